@@ -1,0 +1,454 @@
+"""`alexnet prepare`: raw ILSVRC-2012 -> shorter-side-256 JPEGs in webdataset tar shards.
+
+Input (SRC), either layout:
+  (a) extracted: SRC/train/<wnid>/*.JPEG; SRC/val/<wnid>/*.JPEG, or flat SRC/val/*.JPEG with
+      SRC/LOC_val_solution.csv (or SRC/val/LOC_val_solution.csv);
+  (b) the distributed archives, read in place with no extraction: SRC/ILSVRC2012_img_train.tar (a tar of
+      per-class tars) and SRC/ILSVRC2012_img_val.tar with SRC/LOC_val_solution.csv.
+
+Output (OUT):
+  train-000000.tar ...  samples <key>.jpg + <key>.cls (class index, ASCII), in a seeded shuffled order
+  train-000000.idx ...  the index `fn.readers.webdataset` reads (wds2idx format v1.2)
+  val-000000.tar/.idx   validation samples in key order
+  manifest.json         classes, per-split counts and shards, parameters, skipped inputs
+  .prepare/             per-shard records; they make the run resumable and the manifest reproducible
+
+Each shard is a pure function of (input listing, parameters, shard index), written under a temporary name and
+renamed, so an interrupted run resumes by writing only the missing shards, byte-identical to an uninterrupted
+run, and `--part i/n` lets n machines write disjoint sets of shards into one OUT.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import signal
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+FORMAT_VERSION = 1
+SHORTER_SIDE = 256  # paper §2: "rescaled the image such that the shorter side was of length 256"
+TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
+
+
+class PrepareError(Exception):
+    """Bad input or output directory: one line naming the file, raised before any shard is written."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    shorter_side: int = SHORTER_SIDE  # pixels
+    quality: int = 90  # JPEG quality of the re-encoded images
+    shard_size: int = 1024  # images per shard (~30 MB at 256 px)
+    seed: int = 0  # order of training samples across shards
+
+    def __post_init__(self):
+        if not 1 <= self.quality <= 100:
+            raise PrepareError(f"--quality must be in 1..100, got {self.quality}")
+        if self.shard_size < 1:
+            raise PrepareError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.shorter_side < 16:
+            raise PrepareError(f"--shorter-side must be >= 16, got {self.shorter_side}")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image: a plain file (offset < 0) or a byte range inside an archive."""
+    key: str  # file stem: n01440764_10026, ILSVRC2012_val_00000001
+    label: int
+    path: str
+    offset: int = -1
+    size: int = -1
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}:{self.key}" if self.offset >= 0 else self.path
+
+    def read(self) -> bytes:
+        if self.offset < 0:
+            with open(self.path, "rb") as f:
+                return f.read()
+        with open(self.path, "rb") as f:
+            return os.pread(f.fileno(), self.size, self.offset)
+
+
+# ---------------------------------------------------------------- scanning the input
+
+
+def _key(name: str, where: str) -> str:
+    key = name.rsplit(".", 1)[0]
+    if "." in key or "/" in key or not key:
+        raise PrepareError(f"{where}: key {key!r} may not contain '.' (webdataset splits sample names at dots)")
+    return key
+
+
+def _tar_members(path: Path, offset: int = 0):
+    """(name, absolute data offset, size) of the regular files in the tar starting at `offset` in `path`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tf:
+                for m in tf:
+                    if m.isfile():
+                        yield m.name, m.offset_data, m.size
+        except tarfile.TarError as e:
+            raise PrepareError(f"{path}: not a readable tar archive ({e})") from None
+
+
+def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str, str, str, int, int]]]:
+    """Class names and (wnid, file name, path, offset, size) of every training input."""
+    tdir = src / "train"
+    found: list[tuple[str, str, str, int, int]] = []
+    if tdir.is_dir():
+        wnids = sorted(p.name for p in tdir.iterdir() if p.is_dir())
+        for p in sorted(tdir.iterdir()):
+            if not p.is_dir():
+                notes.append({"file": str(p), "reason": "not inside a class folder"})
+        for w in wnids:
+            files = sorted(p for p in (tdir / w).iterdir() if p.is_file() and not p.name.startswith("."))
+            if not files:
+                raise PrepareError(f"{tdir / w}: empty class folder")
+            found += [(w, p.name, str(p), -1, -1) for p in files]
+        if not wnids:
+            raise PrepareError(f"{tdir}: no class folders")
+        return wnids, found
+    tar = src / TRAIN_TAR
+    if tar.is_file():
+        wnids = []
+        for name, off, _ in list(_tar_members(tar)):
+            if not name.endswith(".tar"):
+                notes.append({"file": f"{tar}:{name}", "reason": "not a per-class tar"})
+                continue
+            w = Path(name).stem
+            inner = [(w, Path(n).name, str(tar), o, s) for n, o, s in _tar_members(tar, off)
+                     if not Path(n).name.startswith(".")]
+            if not inner:
+                raise PrepareError(f"{tar}:{name}: empty class archive")
+            wnids.append(w)
+            found += inner
+        if not wnids:
+            raise PrepareError(f"{tar}: no per-class tars inside")
+        order = sorted(range(len(wnids)), key=wnids.__getitem__)
+        return [wnids[i] for i in order], found
+    raise PrepareError(f"{src}: found neither train/ nor {TRAIN_TAR}")
+
+
+def _read_val_labels(src: Path) -> tuple[Path, dict[str, str]]:
+    for p in (src / VAL_LABELS, src / "val" / VAL_LABELS):
+        if p.is_file():
+            break
+    else:
+        raise PrepareError(f"{src}: flat val images need {VAL_LABELS} in {src} or {src / 'val'}")
+    labels = {}
+    with open(p, newline="") as f:
+        rd = csv.DictReader(f)
+        if not rd.fieldnames or not {"ImageId", "PredictionString"} <= set(rd.fieldnames):
+            raise PrepareError(f"{p}: expected columns ImageId,PredictionString, got {rd.fieldnames}")
+        for row in rd:
+            pred = (row["PredictionString"] or "").split()
+            if not pred:
+                raise PrepareError(f"{p}: {row['ImageId']} has an empty PredictionString")
+            labels[row["ImageId"]] = pred[0]
+    return p, labels
+
+
+def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Item]:
+    vdir, vtar = src / "val", src / VAL_TAR
+    entries: list[tuple[str, str, int, int]] = []  # (filename, path, offset, size)
+    if vdir.is_dir():
+        subdirs = sorted(p for p in vdir.iterdir() if p.is_dir())
+        if subdirs:  # class folders
+            items = []
+            for d in subdirs:
+                if d.name not in classes:
+                    raise PrepareError(f"{d}: val class folder names unknown class {d.name!r} (not in train/)")
+                for p in sorted(q for q in d.iterdir() if q.is_file() and not q.name.startswith(".")):
+                    items.append(Item(_key(p.name, str(p)), classes[d.name], str(p)))
+            return sorted(items, key=lambda it: it.key)
+        entries = [(p.name, str(p), -1, -1) for p in sorted(vdir.iterdir())
+                   if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS]
+    elif vtar.is_file():
+        entries = [(Path(n).name, str(vtar), o, s) for n, o, s in _tar_members(vtar)]
+    else:
+        notes.append({"file": str(src), "reason": "no val/ or ILSVRC2012_img_val.tar: no val split written"})
+        return []
+    csv_path, labels = _read_val_labels(src)
+    items = []
+    for fname, path, off, size in entries:
+        where = path if off < 0 else f"{path}:{fname}"
+        key = _key(fname, where)
+        if key not in labels:
+            raise PrepareError(f"{where}: no label in {csv_path}")
+        if labels[key] not in classes:
+            raise PrepareError(f"{csv_path}: {key} names unknown class {labels[key]!r} (not in train)")
+        items.append(Item(key, classes[labels[key]], path, off, size))
+    return sorted(items, key=lambda it: it.key)
+
+
+def scan(src: str | os.PathLike) -> tuple[list[str], list[Item], list[Item], list[dict]]:
+    """(classes, train items in sorted order, val items in key order, notes) for SRC; raises PrepareError."""
+    src = Path(src)
+    if not src.is_dir():
+        raise PrepareError(f"{src}: no such directory")
+    notes: list[dict] = []
+    wnids, found = _scan_train(src, notes)
+    classes = {w: i for i, w in enumerate(wnids)}  # class index = position of the wnid in sorted order
+    train = sorted((Item(_key(fname, p if off < 0 else f"{p}:{fname}"), classes[w], p, off, size)
+                    for w, fname, p, off, size in found), key=lambda it: (it.label, it.key))
+    val = _scan_val(src, classes, notes)
+    for split, items in (("train", train), ("val", val)):
+        seen: set[str] = set()
+        for it in items:
+            if it.key in seen:
+                raise PrepareError(f"{it.name}: duplicate {split} key {it.key!r}")
+            seen.add(it.key)
+    return wnids, train, val, notes
+
+
+# ---------------------------------------------------------------- one image
+
+
+def resize_to_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes, bool]:
+    """Decode any PIL format to RGB, resize the shorter side to `shorter_side` (aspect kept, antialiased), encode
+    JPEG. Returns (jpeg bytes, whether it was upscaled). Raises on unreadable or truncated data."""
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    scale = shorter_side / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    box = None
+    if im.format == "JPEG" and scale <= 0.5:
+        # Decode at 1/2, 1/4 or 1/8 in the DCT domain (never below `size`): far less IDCT and resize work.
+        drafted = im.draft(None, size)
+        box = drafted[1] if drafted else None
+    im.load()  # a truncated file raises here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+    if im.mode != "RGB":  # CMYK, grayscale, palette, RGBA -> RGB
+        im = im.convert("RGB")
+    im = im.resize(size, Image.Resampling.BICUBIC, box=box)  # PIL's BICUBIC is antialiased when shrinking
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue(), scale > 1
+
+
+# ---------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    split: str
+    index: int
+    items: tuple[Item, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.index:06d}"
+
+
+def plan(train: list[Item], val: list[Item], cfg: PrepareConfig) -> list[ShardSpec]:
+    """Every shard of the output, in order; the training items are shuffled with cfg.seed first."""
+    import numpy as np
+
+    order = np.random.default_rng(cfg.seed).permutation(len(train))
+    shuffled = [train[i] for i in order]
+    specs = []
+    for split, items in (("train", shuffled), ("val", val)):
+        for j in range(0, len(items), cfg.shard_size):
+            specs.append(ShardSpec(split, j // cfg.shard_size, tuple(items[j:j + cfg.shard_size])))
+    return specs
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: byte-identical re-runs
+    tf.addfile(info, io.BytesIO(data))
+
+
+def wds_index(tar_bytes: bytes) -> str:
+    """The index DALI's `fn.readers.webdataset` takes as `index_paths` (the format of DALI's wds2idx, v1.2)."""
+    samples: list[list[str]] = []
+    last = None
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+        for m in tf:
+            base, ext = m.name.split(".", 1)
+            part = f"{ext} {m.offset_data} {m.size} {m.name}"
+            if base == last:
+                samples[-1].append(part)
+            else:
+                samples.append([part])
+                last = base
+    return f"v1.2 {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _reason(e: Exception, data: bytes | None) -> str:
+    """A reproducible one-line reason (PIL's own messages for unidentified images embed a memory address)."""
+    if data is not None and len(data) == 0:
+        return "empty file"
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    return f"{type(e).__name__}: {e}"
+
+
+_progress = None  # a shared counter of processed images, set in each worker
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+
+
+def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
+    """Processes and writes one shard (record, index, then the tar last: the tar's presence means done)."""
+    buf = io.BytesIO()
+    skipped, upscaled, n = [], [], 0
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for it in spec.items:
+            data = None
+            try:
+                data = it.read()
+                jpg, up = resize_to_jpeg(data, cfg.shorter_side, cfg.quality)
+            except Exception as e:  # unreadable, truncated, empty, not an image: left out and listed
+                skipped.append({"file": it.name, "reason": _reason(e, data)})
+            else:
+                _add(tf, f"{it.key}.jpg", jpg)
+                _add(tf, f"{it.key}.cls", str(it.label).encode())
+                n += 1
+                if up:
+                    upscaled.append(it.name)
+            if _progress is not None:
+                with _progress.get_lock():
+                    _progress.value += 1
+    record = {"file": f"{spec.name}.tar", "images": n, "skipped": skipped, "upscaled": upscaled}
+    data = buf.getvalue()
+    _atomic_write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
+    if n:
+        _atomic_write(out / f"{spec.name}.idx", wds_index(data).encode())
+        _atomic_write(out / f"{spec.name}.tar", data)
+    return record
+
+
+def _is_done(out: Path, spec: ShardSpec) -> bool:
+    rec = out / ".prepare" / f"{spec.name}.json"
+    if not rec.is_file():
+        return False
+    n = json.loads(rec.read_text())["images"]
+    return n == 0 or ((out / f"{spec.name}.tar").is_file() and (out / f"{spec.name}.idx").is_file())
+
+
+def _fingerprint(classes: list[str], train: list[Item], val: list[Item]) -> str:
+    h = hashlib.sha256(json.dumps(classes).encode())
+    for it in train + val:
+        h.update(f"{it.key} {it.label} {it.size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def parse_part(part: str | None) -> tuple[int, int]:
+    if not part:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in part.split("/"))
+    except ValueError:
+        raise PrepareError(f"--part must look like i/n (e.g. 0/4), got {part!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise PrepareError(f"--part {part}: need 0 <= i < n")
+    return i, n
+
+
+def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig = PrepareConfig(),
+            workers: int | None = None, part: str | None = None, progress: bool = True,
+            log=print) -> dict | None:
+    """Runs `alexnet prepare`. Returns the manifest, or None when other parts' shards are still missing."""
+    part_i, part_n = parse_part(part)
+    out = Path(out)
+    classes, train, val, notes = scan(src)
+    if not train:
+        raise PrepareError(f"{src}: no training images")
+    params = {"format_version": FORMAT_VERSION, **asdict(cfg),
+              "inputs": _fingerprint(classes, train, val)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ".prepare").mkdir(exist_ok=True)
+    pfile = out / ".prepare" / "params.json"
+    if pfile.is_file():
+        old = json.loads(pfile.read_text())
+        if old != params:
+            diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in params.items() if old.get(k) != v)
+            raise PrepareError(f"{out} holds a prepare run with other parameters or inputs ({diff}); "
+                               f"use an empty OUT")
+    else:
+        _atomic_write(pfile, json.dumps(params, indent=1).encode())
+
+    specs = plan(train, val, cfg)
+    mine = [s for g, s in enumerate(specs) if g % part_n == part_i]
+    todo = [s for s in mine if not _is_done(out, s)]
+    for s in mine:  # leftovers of a killed run
+        for tmp in (out / f"{s.name}.tar.tmp", out / f"{s.name}.idx.tmp", out / ".prepare" / f"{s.name}.json.tmp"):
+            tmp.unlink(missing_ok=True)
+    n_imgs = sum(len(s.items) for s in todo)
+    log(f"prepare: {len(classes)} classes, {len(train)} train + {len(val)} val inputs -> {len(specs)} shards"
+        + (f" (part {part_i}/{part_n}: {len(mine)})" if part_n > 1 else "")
+        + (f"; {len(mine) - len(todo)} already written, resuming" if len(todo) < len(mine) else ""))
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo) or 1))
+    t0 = time.perf_counter()
+    if todo:
+        counter = mp.Value("q", 0)
+        pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
+        try:
+            with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:
+                results = [pool.apply_async(write_shard, (s, out, cfg)) for s in todo]
+                while not all(r.ready() for r in results):
+                    time.sleep(0.2)
+                    bar.update(counter.value - bar.n)
+                bar.update(counter.value - bar.n)
+                for r in results:
+                    r.get()  # re-raises a worker's error (e.g. disk full)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    dt = time.perf_counter() - t0
+
+    missing = [s.name for s in specs if not _is_done(out, s)]
+    if missing:
+        log(f"prepare: part {part_i}/{part_n} done in {dt:.0f} s; {len(missing)} shards of other parts missing, "
+            f"the last part to finish writes manifest.json")
+        return None
+    manifest = _manifest(out, specs, classes, cfg, notes)
+    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    sk, up = len(manifest["skipped"]), len(manifest["upscaled"])
+    rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
+    log(f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
+        f"{len(manifest['train']['shards']) + len(manifest['val']['shards'])} shards{rate}; "
+        f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}; -> {out / 'manifest.json'}")
+    return manifest
+
+
+def _manifest(out: Path, specs: list[ShardSpec], classes: list[str], cfg: PrepareConfig, notes: list[dict]):
+    man = {"format_version": FORMAT_VERSION, "classes": classes, "params": asdict(cfg),
+           "train": {"images": 0, "shards": []}, "val": {"images": 0, "shards": []},
+           "skipped": list(notes), "upscaled": []}
+    for s in specs:
+        rec = json.loads((out / ".prepare" / f"{s.name}.json").read_text())
+        man["skipped"] += rec["skipped"]
+        man["upscaled"] += rec["upscaled"]
+        if rec["images"]:
+            man[s.split]["images"] += rec["images"]
+            man[s.split]["shards"].append({"file": rec["file"], "images": rec["images"]})
+    return man

@@ -1,0 +1,213 @@
+"""A generated mini-ImageNet in the original ILSVRC-2012 layout.
+
+Every stage (prepare, stats, pipelines, trainer) can be shown and tested on it without the real 150 GB:
+
+    OUT/train/<wnid>/<wnid>_<n>.JPEG
+    OUT/val/ILSVRC2012_val_<8 digits>.JPEG
+    OUT/LOC_val_solution.csv            ImageId,PredictionString ("<wnid> x0 y0 x1 y1 ")
+    OUT/synth.json                      what was generated, including the planted oddities
+
+With `layout="archives"` it writes the distributed archives instead: `ILSVRC2012_img_train.tar` (a tar of
+per-class tars `<wnid>.tar`) and `ILSVRC2012_img_val.tar` (flat), beside `LOC_val_solution.csv`.
+
+Images look like photographs to a JPEG codec: a 1/f amplitude spectrum texture (natural images' spectra fall
+off roughly as 1/f, Field 1987), so file sizes and decode costs are realistic (~100 KB at 500x375, quality
+90-96). Each class has its own hue and grating orientation, a signal a small network learns in minutes.
+Sizes follow ImageNet's spread: most near 500x375, some over 2000 px, some under 256 px.
+"""
+from __future__ import annotations
+
+import colorsys
+import csv
+import io
+import json
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    classes: int = 10
+    train_per_class: int = 100
+    val_per_class: int = 10
+    seed: int = 0
+    oddities: bool = True  # plant ImageNet's known bad files (CMYK, grayscale, PNG-as-JPEG, truncated, empty)
+    layout: str = "tree"  # "tree" (extracted folders) or "archives" (the distributed tars)
+
+    def __post_init__(self):
+        if self.classes < 1 or self.classes > 1000:
+            raise ValueError(f"classes must be in 1..1000, got {self.classes}")
+        if self.train_per_class < 1 or self.val_per_class < 0:
+            raise ValueError("train_per_class must be >= 1 and val_per_class >= 0")
+        if self.layout not in ("tree", "archives"):
+            raise ValueError(f"layout must be 'tree' or 'archives', got {self.layout!r}")
+
+
+def wnid(k: int) -> str:
+    """A WordNet-id-like name for class k (real ones look like n01440764); sorted order == k."""
+    return f"n{1440764 + 1000 * k:08d}"
+
+
+def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(width, height) drawn to mimic ILSVRC-2012: ~80 % near 500x375 or 375x500, 8 % small, 4 % huge."""
+    u = rng.random()
+    if u < 0.04:  # huge camera originals, long side over 2000 px
+        long, short = int(rng.integers(2000, 2600)), int(rng.integers(1300, 1900))
+    elif u < 0.12:  # thumbnails with the shorter side under 256 px
+        long, short = int(rng.integers(180, 330)), int(rng.integers(90, 255))
+    elif u < 0.20:  # everything in between
+        long, short = int(rng.integers(400, 1000)), int(rng.integers(260, 700))
+    else:
+        long, short = 500, int(rng.choice([333, 375, 375, 375, 400]))
+    short = min(short, long)
+    return (long, short) if rng.random() < 0.8 else (short, long)
+
+
+def _pink_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(h, w) float32 noise with a 1/f amplitude spectrum, unit std."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    f = np.sqrt(fx * fx + fy * fy)
+    f[0, 0] = 1.0
+    spec = (rng.standard_normal((h, w // 2 + 1)) + 1j * rng.standard_normal((h, w // 2 + 1))) / f
+    spec[0, 0] = 0.0
+    x = np.fft.irfft2(spec, s=(h, w)).astype(np.float32)
+    return x / (x.std() + 1e-8)
+
+
+def render(k: int, classes: int, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
+    """One RGB image of class k: class hue + oriented grating + 1/f texture."""
+    w, h = size or _image_size(rng)
+    # Draw the texture at most ~1 Mpx and upsample: huge images keep their size and decode cost cheaply.
+    scale = max(1.0, (w * h / 1.0e6) ** 0.5)
+    th, tw = max(8, int(h / scale)), max(8, int(w / scale))
+    lum = _pink_noise(rng, th, tw)
+    chroma = _pink_noise(rng, th, tw)
+    hue = (k + rng.uniform(-0.25, 0.25)) / classes
+    base = np.array(colorsys.hsv_to_rgb(hue % 1.0, 0.55, 0.6), np.float32) * 255
+    angle = np.pi * (k + rng.uniform(-0.2, 0.2)) / (2 * classes)  # in [0, pi/2): a mirror maps it out of the set
+    period = rng.uniform(14, 28) / scale
+    yy, xx = np.mgrid[0:th, 0:tw].astype(np.float32)
+    grating = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 6.3))
+    img = (base[None, None, :] + 38 * lum[..., None] + 18 * grating[..., None]
+           + 10 * chroma[..., None] * np.array([1.0, -0.5, -0.5], np.float32))
+    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+    return im.resize((w, h), Image.Resampling.BILINEAR) if (tw, th) != (w, h) else im
+
+
+def _jpeg(im: Image.Image, rng: np.random.Generator) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=int(rng.integers(90, 97)))
+    return buf.getvalue()
+
+
+def _make_one(job: tuple[int, int, int, int, int, str]) -> bytes:
+    """Encoded bytes of one image; job = (seed, classes, split_id, class, index, oddity)."""
+    seed, classes, split_id, k, n, oddity = job
+    rng = np.random.default_rng([seed, split_id, k, n])
+    if oddity == "":
+        return _jpeg(render(k, classes, rng), rng)
+    im = render(k, classes, rng, size=(500, 375))
+    buf = io.BytesIO()
+    if oddity == "cmyk":  # 22 of ImageNet's training JPEGs are CMYK
+        im.convert("CMYK").save(buf, "JPEG", quality=92)
+    elif oddity == "grayscale":  # about 1 in 1000 is single-channel
+        im.convert("L").save(buf, "JPEG", quality=92)
+    elif oddity == "png":  # n02105855_2933.JPEG is really a PNG
+        im.save(buf, "PNG")
+    elif oddity == "truncated":  # a download cut short
+        return _jpeg(im, rng)[: 20_000]
+    elif oddity == "empty":
+        return b""
+    else:
+        raise ValueError(f"unknown oddity {oddity!r}")
+    return buf.getvalue()
+
+
+ODDITIES = ("cmyk", "grayscale", "png", "truncated", "empty")
+
+
+def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers: int | None = None,
+               progress: bool = True) -> dict:
+    """Writes the mini-ImageNet under `out`; returns the description also saved as `out/synth.json`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    wnids = [wnid(k) for k in range(cfg.classes)]
+
+    # (split_id, class, n, oddity, relative path); split 0 = train, 1 = val
+    jobs: list[tuple[int, int, int, str, str]] = []
+    for k, w in enumerate(wnids):
+        for n in range(cfg.train_per_class):
+            jobs.append((0, k, n, "", f"train/{w}/{w}_{n + 1}.JPEG"))
+    odd_paths = {}
+    if cfg.oddities:
+        for i, odd in enumerate(ODDITIES):
+            k = i % cfg.classes
+            n = cfg.train_per_class + i
+            path = f"train/{wnids[k]}/{wnids[k]}_{n + 1}.JPEG"
+            jobs.append((0, k, n, odd, path))
+            odd_paths[odd] = path
+    val_order = np.random.default_rng([cfg.seed, 1]).permutation(cfg.classes * cfg.val_per_class)
+    val_labels = {}
+    for i, j in enumerate(val_order):
+        k, n = divmod(int(j), cfg.val_per_class)
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        jobs.append((1, k, n, "", f"val/{name}.JPEG"))
+        val_labels[name] = wnids[k]
+
+    payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
+    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+        blobs = list(tqdm(pool.map(_make_one, payloads, chunksize=8), total=len(jobs), desc="synth",
+                          unit="img", disable=not progress))
+
+    sizes = [len(b) for b, j in zip(blobs, jobs) if j[3] == ""]
+    if cfg.layout == "tree":
+        for blob, (_, _, _, _, rel) in zip(blobs, jobs):
+            p = out / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(blob)
+    else:
+        _write_archives(out, wnids, jobs, blobs)
+
+    with open(out / "LOC_val_solution.csv", "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["ImageId", "PredictionString"])
+        for name, w in val_labels.items():
+            wr.writerow([name, f"{w} 0 0 100 100 "])
+
+    desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class
+            + len(odd_paths), "val_images": len(val_labels), "oddities": odd_paths,
+            "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0}
+    (out / "synth.json").write_text(json.dumps(desc, indent=1) + "\n")
+    return desc
+
+
+def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    tf.addfile(info, io.BytesIO(data))
+
+
+def _write_archives(out: Path, wnids: list[str], jobs, blobs) -> None:
+    """ILSVRC2012_img_train.tar (a tar of per-class tars, as distributed) and ILSVRC2012_img_val.tar."""
+    per_class: dict[int, list[tuple[str, bytes]]] = {k: [] for k in range(len(wnids))}
+    val: list[tuple[str, bytes]] = []
+    for blob, (s, k, _, _, rel) in zip(blobs, jobs):
+        (per_class[k] if s == 0 else val).append((Path(rel).name, blob))
+    with tarfile.open(out / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as outer:
+        for k, w in enumerate(wnids):
+            inner = io.BytesIO()
+            with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as tf:
+                for name, blob in per_class[k]:
+                    _tar_add(tf, name, blob)
+            _tar_add(outer, f"{w}.tar", inner.getvalue())
+    with tarfile.open(out / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for name, blob in sorted(val):
+            _tar_add(tf, name, blob)

@@ -1,0 +1,244 @@
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg, wds_index
+from alexdata.synth import SynthConfig, make_synth, wnid
+from conftest import PREP, ROOT, SYNTH, run_cli, tree_files
+
+QUIET = dict(progress=False, log=lambda *a: None)
+
+
+def read_split(out, split):
+    """{key: (label, PIL image)} of every sample in a split's shards, read with tarfile."""
+    man = json.loads((out / "manifest.json").read_text())
+    samples = {}
+    for sh in man[split]["shards"]:
+        with tarfile.open(out / sh["file"]) as tf:
+            members = tf.getmembers()
+            assert [m.name.split(".", 1)[1] for m in members] == ["jpg", "cls"] * (len(members) // 2)
+            for jpg, cls in zip(members[::2], members[1::2]):
+                key = jpg.name[:-4]
+                assert cls.name == key + ".cls"
+                samples[key] = (int(tf.extractfile(cls).read().decode("ascii")),
+                                Image.open(io.BytesIO(tf.extractfile(jpg).read())))
+            assert len(members) // 2 == sh["images"]
+    return man, samples
+
+
+def test_tree_with_flat_val(prepared, synth_tree):
+    man, train = read_split(prepared, "train")
+    _, val = read_split(prepared, "val")
+    wnids = [wnid(k) for k in range(SYNTH.classes)]
+    assert man["classes"] == wnids
+    odd = json.loads((synth_tree / "synth.json").read_text())["oddities"]
+    # every input is either in the data or listed with its reason: nothing is lost silently
+    n_inputs = SYNTH.classes * SYNTH.train_per_class + len(odd)
+    assert len(train) == man["train"]["images"] == n_inputs - 2
+    reasons = {os.path.relpath(s["file"], synth_tree): s["reason"] for s in man["skipped"]}
+    assert set(reasons) == {odd["truncated"], odd["empty"]}
+    assert "truncated" in reasons[odd["truncated"]] and reasons[odd["empty"]] == "empty file"
+    for key, (label, im) in train.items():  # label = position of the key's wnid in sorted order
+        assert label == wnids.index(key.split("_")[0])
+        assert im.mode == "RGB" and min(im.size) == 256
+    for kind in ("cmyk", "grayscale", "png"):  # decoded to RGB, kept
+        assert os.path.basename(odd[kind])[:-5] in train
+    with open(synth_tree / "LOC_val_solution.csv") as f:
+        truth = {r["ImageId"]: wnids.index(r["PredictionString"].split()[0]) for r in csv.DictReader(f)}
+    assert {k: lab for k, (lab, _) in val.items()} == truth
+    small = [p for p in man["upscaled"]]
+    assert all(min(Image.open(p).size) < 256 for p in small)
+    n_small = sum(min(Image.open(p).size) < 256 for p in (synth_tree / "train").rglob("*.JPEG")
+                  if p.stat().st_size and os.path.relpath(p, synth_tree) != odd["truncated"])
+    n_small += sum(min(Image.open(p).size) < 256 for p in (synth_tree / "val").iterdir())
+    assert len(small) == n_small
+
+
+def test_training_order_is_shuffled_across_shards(prepared):
+    man = json.loads((prepared / "manifest.json").read_text())
+    with tarfile.open(prepared / man["train"]["shards"][0]["file"]) as tf:
+        labels = [int(tf.extractfile(m).read()) for m in tf.getmembers() if m.name.endswith(".cls")]
+    assert len(set(labels)) > 1
+
+
+def test_index_matches_dalis_wds2idx(prepared, tmp_path):
+    """Our index equals the one DALI's own wds2idx tool writes for the same tar."""
+    wds2idx = shutil.which("wds2idx", path=os.path.dirname(sys.executable))
+    if wds2idx is None:
+        pytest.skip("DALI's wds2idx not installed beside this Python")
+    for tar in sorted(prepared.glob("*.tar"))[:2]:
+        subprocess.run([wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True)
+        assert (prepared / (tar.stem + ".idx")).read_text() == (tmp_path / "ref.idx").read_text()
+
+
+def test_resize_matches_plain_pil_reference():
+    """The DCT-domain draft path gives nearly the image a full decode + antialiased resize gives."""
+    from alexdata.synth import render
+
+    rng = np.random.default_rng(0)
+    im = render(2, 5, rng, size=(1200, 900))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95)
+    out, up = resize_to_jpeg(buf.getvalue(), 256, 95)
+    got = np.asarray(Image.open(io.BytesIO(out)), np.float64)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((341, 256), Image.BICUBIC),
+                     np.float64)
+    assert got.shape == ref.shape == (256, 341, 3) and not up
+    assert np.abs(got - ref).mean() < 3.0  # JPEG re-encoding + IDCT scaling, on a 0-255 scale
+
+
+def test_upscales_small_images():
+    buf = io.BytesIO()
+    Image.new("RGB", (200, 100), (10, 200, 30)).save(buf, "JPEG", quality=95)
+    out, up = resize_to_jpeg(buf.getvalue(), 256, 90)
+    im = Image.open(io.BytesIO(out))
+    assert up and im.size == (512, 256)
+    assert np.abs(np.asarray(im, np.float64).mean((0, 1)) - [10, 200, 30]).max() < 3
+
+
+def test_val_in_class_folders_gives_same_labels(prepared, synth_tree, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(synth_tree / "train", src / "train")
+    with open(synth_tree / "LOC_val_solution.csv") as f:
+        for r in csv.DictReader(f):
+            d = src / "val" / r["PredictionString"].split()[0]
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(synth_tree / "val" / f"{r['ImageId']}.JPEG", d)
+    prepare(src, tmp_path / "out", PREP, workers=2, **QUIET)
+    ref = tree_files(prepared)
+    got = tree_files(tmp_path / "out")
+    for name in ref:
+        if name.endswith((".tar", ".idx")):
+            assert got[name] == ref[name], name
+
+
+def test_archives_give_identical_shards(prepared, tmp_path):
+    """The original tars, read in place, give byte-identical shards to the extracted tree."""
+    make_synth(tmp_path / "raw", SynthConfig(**{**SYNTH.__dict__, "layout": "archives"}), workers=2,
+               progress=False)
+    assert not (tmp_path / "raw" / "train").exists()
+    man = prepare(tmp_path / "raw", tmp_path / "out", PREP, workers=2, **QUIET)
+    ref, got = tree_files(prepared), tree_files(tmp_path / "out")
+    shards = [n for n in ref if n.endswith((".tar", ".idx"))]
+    assert shards and all(got[n] == ref[n] for n in shards)
+    assert sorted(n for n in got if n.endswith(".tar")) == sorted(n for n in ref if n.endswith(".tar"))
+    assert len(man["skipped"]) == 2 and all("ILSVRC2012_img_train.tar:" in s["file"] for s in man["skipped"])
+
+
+def test_rerun_is_byte_identical_and_writes_nothing(prepared, synth_tree, tmp_path):
+    prepare(synth_tree, tmp_path / "a", PREP, workers=1, **QUIET)
+    assert tree_files(tmp_path / "a") == tree_files(prepared)  # other worker count, same bytes
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").glob("*.tar")}
+    prepare(synth_tree, tmp_path / "a", PREP, workers=2, **QUIET)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").glob("*.tar")} == before
+
+
+def test_resume_writes_only_missing_shards(prepared, synth_tree, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    shards = sorted(out.glob("train-*.tar"))
+    shards[1].unlink()  # as if killed before this shard's rename ...
+    (out / ".prepare" / f"{shards[1].stem}.json").unlink()
+    (out / f"{shards[2].name}.tmp").write_bytes(b"half a shard")  # ... while this one was being written
+    (out / "manifest.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in shards if p != shards[1]}
+    prepare(synth_tree, out, PREP, workers=2, **QUIET)
+    assert tree_files(out) == tree_files(prepared)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+
+
+def test_resume_after_sigkill(prepared, synth_tree, tmp_path):
+    """A real `kill -9` mid-run, then the same command: the result equals an uninterrupted run."""
+    out = tmp_path / "out"
+    args = [sys.executable, str(ROOT / "cli.py"), "prepare", str(synth_tree), str(out), "--shard-size", "2",
+            "--seed", str(PREP.seed), "--workers", "1"]
+    ref = tmp_path / "ref"
+    prepare(synth_tree, ref, PrepareConfig(shard_size=2, seed=PREP.seed), workers=2, **QUIET)
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 60
+    while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.005)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "manifest.json").exists(), "the run finished before the kill; the test proves nothing"
+    n_written = len(list(out.glob("*.tar")))
+    assert 0 < n_written < len(list(ref.glob("*.tar")))
+    r = run_cli("prepare", synth_tree, out, "--shard-size", 2, "--seed", PREP.seed, "--workers", 2)
+    assert "resuming" in r.stdout
+    assert tree_files(out) == tree_files(ref)
+
+
+def test_parts_together_equal_one_machine(prepared, synth_tree, tmp_path):
+    out = tmp_path / "out"
+    n_shards = len(list(prepared.glob("*.tar")))
+    assert prepare(synth_tree, out, PREP, workers=1, part="0/3", **QUIET) is None  # others still missing
+    assert not (out / "manifest.json").exists()
+    first = {p.name for p in out.glob("*.tar")}
+    assert first == {sorted(prepared.glob("*.tar"))[g].name for g in range(0, n_shards, 3)}
+    prepare(synth_tree, out, PREP, workers=1, part="2/3", **QUIET)
+    man = prepare(synth_tree, out, PREP, workers=1, part="1/3", **QUIET)  # the last part writes the manifest
+    assert man is not None
+    assert tree_files(out) == tree_files(prepared)
+
+
+def _no_shards(out):
+    return not out.exists() or not list(out.glob("*.tar"))
+
+
+@pytest.mark.parametrize("case", ["missing_src", "empty_class", "unlabelled_val", "unknown_wnid", "bad_part"])
+def test_bad_input_is_one_line_error(synth_tree, tmp_path, case):
+    src, out = tmp_path / "src", tmp_path / "out"
+    if case != "missing_src":
+        shutil.copytree(synth_tree, src)
+    extra = []
+    if case == "empty_class":
+        (src / "train" / "n99999999").mkdir()
+        culprit = "n99999999"
+    elif case == "unlabelled_val":
+        shutil.copy(src / "val" / "ILSVRC2012_val_00000001.JPEG", src / "val" / "ILSVRC2012_val_00000999.JPEG")
+        culprit = "ILSVRC2012_val_00000999"
+    elif case == "unknown_wnid":
+        text = (src / "LOC_val_solution.csv").read_text().replace(wnid(1), "n12345678", 1)
+        (src / "LOC_val_solution.csv").write_text(text)
+        culprit = "n12345678"
+    elif case == "bad_part":
+        extra, culprit = ["--part", "3/3"], "--part"
+    else:
+        culprit = "src"
+    r = run_cli("prepare", src, out, *extra, check=False)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error:") and culprit in err[0], r.stderr
+    assert _no_shards(out)
+
+
+def test_changed_parameters_are_refused(prepared, synth_tree, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    r = run_cli("prepare", synth_tree, out, "--shard-size", PREP.shard_size, "--seed", PREP.seed,
+                "--quality", 80, check=False)
+    assert r.returncode != 0 and "quality 90 -> 80" in r.stderr
+
+
+def test_wds_index_of_a_handmade_tar():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name, data in [("a.jpg", b"xyz"), ("a.cls", b"1"), ("b.jpg", b"q" * 600), ("b.cls", b"22")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    # headers are 512 bytes, data padded to 512: a.jpg at 512, a.cls at 1536, b.jpg at 2560, b.cls at 2560+512+1024
+    assert wds_index(buf.getvalue()) == ("v1.2 2\njpg 512 3 a.jpg cls 1536 1 a.cls\n"
+                                         "jpg 2560 600 b.jpg cls 4096 2 b.cls\n")
