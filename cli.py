@@ -70,5 +70,36 @@ def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part):
         sys.exit(130)
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks: side-by-side ratios measured in one run (figures go to docs/BENCHMARKS.md)."""
+
+
+def _report(result: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:>24}: {v:.1f}" if isinstance(v, float) else f"{k:>24}: {v}")
+
+
+@bench.command("prepare")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--images", default=300, show_default=True, help="Training images to time (held in memory).")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_prepare(src, images, rounds, as_json):
+    """Per-core images/s of prepare's resize (DCT-domain draft) vs a plain PIL loop on SRC's images."""
+    from alexdata.bench import bench_prepare as run
+    from alexdata.prepare import PrepareError
+
+    try:
+        _report(run(src, images, rounds), as_json)
+    except PrepareError as e:
+        _fail(e)
+
+
 if __name__ == "__main__":
     main()

@@ -15,7 +15,8 @@ Two placements share one set of weights (and one state-dict key layout):
                         exchanges of §3.2. fc8 is not split: it lives on dev0
                         and the logits come back on dev0.
 
-Shapes for the paper's model (width=1.0), batch B:
+Shapes for the paper's model (width=1.0), batch B. The paper's text says 224x224
+inputs, but only 227x227 gives conv1's 55x55 maps with 11x11 kernels at stride 4.
   input  (B, 3, 227, 227)
   conv1  (B, 96, 55, 55)   = (B, 48, 55, 55) per tower, -> LRN -> pool1 (B, 96, 27, 27)
   conv2  (B, 256, 27, 27)  = (B, 128, 27, 27) per tower, -> LRN -> pool2 (B, 256, 13, 13)
@@ -43,7 +44,6 @@ LRN_ALPHA = 1e-4
 LRN_BETA = 0.75
 DROPOUT_P = 0.5  # paper §4.2, in fc6 and fc7
 INIT_STD = 0.01  # paper §5: "zero-mean Gaussian distribution with standard deviation 0.01"
-CROP = 227  # input side; the paper's text says 224, but 227 is what makes conv1 give 55x55
 
 # Channel / feature counts of the paper's model, both towers together (Figure 2).
 PAPER_WIDTHS = {
@@ -86,8 +86,9 @@ class TowerLayer(nn.Module):
     Two towers: `weight0`, `bias0` on dev0 hold output rows [0, out/2) and `weight1`,
     `bias1` on dev1 hold rows [out/2, out). The state dict always uses the one-device
     keys `weight`, `bias` (the halves are concatenated on dev0 when saving and split
-    when loading), so checkpoints move between placements. Optimizer state, which is
-    keyed by parameter order rather than name, does not.
+    when loading), so checkpoints move between placements. In two-tower mode those
+    entries are fresh tensors, not the parameters, even with keep_vars=True.
+    Optimizer state, which follows the parameters, does not move between placements.
     """
 
     def __init__(self, weight_shape: Sequence[int], devices: tuple[torch.device, torch.device] | None):
@@ -124,12 +125,18 @@ class TowerLayer(nn.Module):
             for name in ("weight", "bias"):
                 whole = state_dict.pop(prefix + name, None)
                 if whole is None:
-                    continue  # reported as missing (weight0/weight1) by the default loader
+                    continue  # the default loader reports the halves missing; renamed below
                 halves = whole.chunk(2, dim=0)
                 for t in range(2):
                     state_dict[f"{prefix}{name}{t}"] = halves[t].to(getattr(self, f"{name}{t}").device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
+        if self.two_tower:
+            # Report a missing key by its one-device name, the name the checkpoint should have.
+            for name in ("weight", "bias"):
+                halves = [f"{prefix}{name}{t}" for t in range(2)]
+                if halves[0] in missing_keys:
+                    missing_keys[:] = [k for k in missing_keys if k not in halves] + [prefix + name]
 
 
 class TowerConv2d(TowerLayer):
@@ -197,11 +204,12 @@ class AlexNet(nn.Module):
     width: scales every channel/feature count (kept even); 1.0 is the paper's net, e.g.
         0.125 makes a small model for CPU demos and tests.
     init: "paper" draws all weights from N(0, 0.01) and sets the biases of conv2,
-        conv4, conv5, fc6 and fc7 to 1 and the rest to 0 (§5); the positive biases
-        give the ReLUs positive inputs early on. "modern" uses Kaiming-normal weights
-        (He et al. 2015, fan-in, ReLU gain) and zero biases: activations keep their
-        scale through the depth, so training leaves its initial plateau much sooner
-        than with the paper's fixed 0.01 and needs no bias trick.
+        conv4, conv5, fc6 and fc7 to 1 and the rest to 0 (§5: the positive biases
+        "accelerate the early stages of learning by providing the ReLUs with positive
+        inputs"). "modern" uses Kaiming-normal weights (He et al. 2015 §2.2: fan-in,
+        ReLU gain) and zero biases; it keeps the activations' scale from layer to
+        layer instead of shrinking it by the fixed 0.01, so the loss starts falling
+        sooner. Use it for quick runs; "paper" for the reproduction.
     devices: None puts the whole net on one device (move it with .to() as usual);
         (dev0, dev1) builds the towers on those devices (e.g. ("cuda:0", "cuda:1"),
         or ("cpu", "cpu") for testing). Do not call .to(device) on a two-tower model,
@@ -301,4 +309,4 @@ class AlexNet(nn.Module):
 
 
 __all__ = ["AlexNet", "ModelConfig", "TowerConv2d", "TowerLinear", "lrn",
-           "LRN_K", "LRN_N", "LRN_ALPHA", "LRN_BETA", "CROP"]
+           "LRN_K", "LRN_N", "LRN_ALPHA", "LRN_BETA"]

@@ -1,0 +1,81 @@
+"""Finding the data a reader needs: the shards of a `prepare` output, or the files of a raw class-folder tree.
+
+Both give a `Split`: what DALI's readers take (`fn.readers.webdataset` paths + index_paths, or
+`fn.readers.file` files + labels), the class names and the image count."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+
+
+class DataError(Exception):
+    """The data directory is missing or is not a prepare output / class tree; one line naming the path."""
+
+
+@dataclass(frozen=True)
+class Split:
+    kind: str  # "shards" (a prepare output: shorter side already 256) or "files" (raw class folders)
+    classes: tuple[str, ...]
+    images: int
+    tars: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    shard_images: tuple[int, ...] = ()  # images per shard, in `tars` order
+    files: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    shorter_side: int | None = None  # the stored images' shorter side, when known (prepare output)
+
+    @property
+    def prepared(self) -> bool:
+        return self.kind == "shards"
+
+
+def load_manifest(data: str | os.PathLike) -> dict:
+    p = Path(data) / "manifest.json"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p}: not found (is {data} a `alexnet prepare` output?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: not valid JSON ({e})") from None
+
+
+def open_split(data: str | os.PathLike, split: str = "train") -> Split:
+    """The `split` ("train" or "val") of DATA: a prepare output (manifest.json) or a tree DATA/<split>/<wnid>/*
+    (DATA itself may be the class-folder tree). Raises DataError on anything else."""
+    data = Path(data)
+    if not data.is_dir():
+        raise DataError(f"{data}: no such directory")
+    if (data / "manifest.json").is_file():
+        man = load_manifest(data)
+        try:
+            shards = man[split]["shards"]
+            classes = tuple(man["classes"])
+            side = int(man["params"]["shorter_side"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{data / 'manifest.json'}: no '{split}' split or not a prepare manifest") from None
+        tars = tuple(str(data / s["file"]) for s in shards)
+        for t in tars:
+            for f in (t, t[:-4] + ".idx"):
+                if not os.path.isfile(f):
+                    raise DataError(f"{f}: listed in manifest.json but missing")
+        if not tars:
+            raise DataError(f"{data}: the '{split}' split has no images")
+        return Split("shards", classes, sum(s["images"] for s in shards), tars,
+                     tuple(t[:-4] + ".idx" for t in tars), tuple(s["images"] for s in shards), shorter_side=side)
+    root = data / split if (data / split).is_dir() else data
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+        raise DataError(f"{data}: neither a prepare output (no manifest.json) nor a class-folder tree")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        for p in sorted((root / c).iterdir()):
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+                files.append(str(p))
+                labels.append(i)
+    if not files:
+        raise DataError(f"{root}: class folders hold no .JPEG/.jpg/.png files")
+    return Split("files", classes, len(files), files=tuple(files), labels=tuple(labels))

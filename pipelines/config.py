@@ -1,0 +1,45 @@
+"""What the pipelines need to know: the augmentation (defaults from the paper) and the dataset statistics."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CROP = 227  # paper §3.5 says 224; the layer arithmetic (55 = (227 - 11) / 4 + 1) needs 227
+SHORTER_SIDE = 256  # paper §2: rescale so the shorter side is 256, then crop
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop: int = CROP  # pixels, square
+    shorter_side: int = SHORTER_SIDE  # pixels; skipped when the data is a prepare output of this size
+    flip_prob: float = 0.5  # paper §4.1: horizontal reflections
+    pca_std: float = 0.1  # paper §4.1: alpha ~ N(0, 0.1) along the RGB principal components
+    divide_std: bool = False  # paper §2 subtracts the mean only
+    dtype: str = "float32"  # "float16"/"bfloat16" for GPU training
+
+    def __post_init__(self):
+        if not 1 <= self.crop <= self.shorter_side:
+            raise ValueError(f"crop {self.crop} must be in 1..shorter_side ({self.shorter_side})")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        if self.pca_std < 0:
+            raise ValueError(f"pca_std must be >= 0, got {self.pca_std}")
+        if self.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """Training-set statistics on the 0-255 scale (from `alexnet stats`): the mean subtracted from every pixel,
+    the std optionally divided by, and the RGB covariance's eigen-decomposition for PCA lighting."""
+    mean_255: tuple[float, float, float]
+    std_255: tuple[float, float, float]
+    eigval_255: tuple[float, float, float]  # variances, descending
+    eigvec: tuple[tuple[float, ...], ...]  # 3x3, columns are eigenvectors
+
+    @classmethod
+    def from_dict(cls, s: dict) -> "PipelineStats":
+        f = lambda v: tuple(float(x) for x in np.asarray(v, np.float64).reshape(-1))
+        ev = np.asarray(s["eigvec"], np.float64).reshape(3, 3)
+        return cls(f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev))

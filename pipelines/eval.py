@@ -1,0 +1,44 @@
+"""Evaluation pipelines: read -> decode -> (resize to shorter side 256) -> crop(s) -> mean subtraction.
+
+centre   one central 227 crop per image -> (N, 3, 227, 227)
+tencrop  paper §4.1: the four corner crops and the centre crop, each with its mirror -> (N, 10, 3, 227, 227),
+         in the order TL, TR, BL, BR, C, then the same five mirrored; the trainer averages their softmax.
+"""
+from __future__ import annotations
+
+import nvidia.dali.fn as fn
+from nvidia.dali import pipeline_def
+
+from alexdata.dataset import Split
+from pipelines import common
+from pipelines.config import AugmentConfig, PipelineStats
+
+# (crop_pos_x, crop_pos_y): anchor = round(pos * (extent - crop)) in crop_mirror_normalize
+TEN_CROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
+
+
+def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
+                        ten_crop: bool = False, batch_size: int, num_threads: int, device: str = "cpu",
+                        shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
+                        device_id: int = 0, seed: int = 0, checkpoint: str | None = None):
+    """A DALI pipeline yielding (images, labels int64 [1]); images (3, crop, crop) or (10, 3, crop, crop)."""
+
+    @pipeline_def(enable_checkpointing=True)
+    def evaluate():
+        jpg, label = common.read(split, shuffle=False, shard_id=shard_id, num_shards=num_shards)
+        img = common.decode(jpg, device, hw_decoder_load)
+        if common.needs_resize(split, aug.shorter_side):
+            img = common.resize_shorter(img, aug.shorter_side)
+        std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
+        cmn = dict(crop=(aug.crop, aug.crop), mean=list(stats.mean_255), std=std, output_layout="CHW",
+                   dtype=common.output_dtype(aug.dtype, device))
+        if not ten_crop:
+            out = fn.crop_mirror_normalize(img, crop_pos_x=0.5, crop_pos_y=0.5, **cmn)
+        else:
+            views = [fn.crop_mirror_normalize(img, crop_pos_x=x, crop_pos_y=y, mirror=m, **cmn)
+                     for m in (0, 1) for x, y in TEN_CROP_POSITIONS]
+            out = fn.stack(*views)  # (10, 3, crop, crop)
+        return out, (label.gpu() if device == "gpu" else label)
+
+    return evaluate(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
+                    seed=seed, prefetch_queue_depth=prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
