@@ -61,14 +61,18 @@ def resize_shorter(img, shorter_side: int):
     return fn.resize(img, resize_shorter=shorter_side, antialias=True)
 
 
+def uniform_anchor(span):
+    """An integer (as float) uniform over 0..span, one per sample."""
+    k = dmath.floor(fn.random.uniform(range=(0.0, 1.0)) * (span + 1.0))
+    return dmath.min(k, span)  # u < 1, but float rounding of u * (span + 1) could reach span + 1
+
+
 def uniform_offset_frac(extent, crop: int):
     """A crop position for `crop_mirror_normalize` (crop_pos in [0, 1], anchor = round(pos * (extent - crop)))
     whose anchor is uniform over the integers 0..extent-crop. A plain uniform pos would give the two end
     positions half the probability of the others."""
     span = fn.cast(extent, dtype=types.FLOAT) - crop  # valid anchors: 0..span
-    k = dmath.floor(fn.random.uniform(range=(0.0, 1.0)) * (span + 1.0))
-    k = dmath.min(k, span)  # u == 1.0 cannot happen for [0, 1), but float rounding of u * (span + 1) can
-    return k / dmath.max(span, 1.0)
+    return uniform_anchor(span) / dmath.max(span, 1.0)
 
 
 def pca_lighting_mean(stats, pca_std: float):

@@ -15,6 +15,7 @@ decoded (ROI decode) and resized straight to 227x227, instead of decoding and re
 from __future__ import annotations
 
 import nvidia.dali.fn as fn
+import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
@@ -23,28 +24,41 @@ from pipelines import common
 from pipelines.config import AugmentConfig, PipelineStats
 
 
+ROI_MARGIN = 2  # original pixels decoded beyond the window: the resampling filter reaches past its edge
+
+
 def roi_window(jpg, aug: AugmentConfig):
-    """(rel_start, rel_shape) in "WH" order of a random crop x crop window of the image resized to shorter side
-    `aug.shorter_side`, as fractions of the original: relative coordinates survive the resize unchanged."""
+    """A random crop x crop window of the image resized to shorter side `aug.shorter_side`, mapped back to the
+    original: (box_start, box_end) the integer "WH" box to decode, (roi_start, roi_end) the exact fractional
+    window inside that box in "HW" order, as `fn.resize` takes it."""
     hwc = fn.peek_image_shape(jpg, dtype=types.FLOAT)
     h, w = hwc[0], hwc[1]
-    scale = aug.shorter_side / fn.cast(fn.reductions.min(fn.stack(h, w)), dtype=types.FLOAT)
-    wr, hr = w * scale, h * scale  # resized extent (fractional)
-    x = common.uniform_offset_frac(fn.cast(wr, dtype=types.INT32), aug.crop) * (wr - aug.crop)
-    y = common.uniform_offset_frac(fn.cast(hr, dtype=types.INT32), aug.crop) * (hr - aug.crop)
-    start = fn.stack(x / wr, y / hr)
-    shape = fn.stack(aug.crop / wr, aug.crop / hr)
-    return start, shape
+    short = dmath.min(h, w)
+    hr = dmath.floor(h * aug.shorter_side / short + 0.5)  # the resized extents, rounded as fn.resize does
+    wr = dmath.floor(w * aug.shorter_side / short + 0.5)
+    kx, ky = common.uniform_anchor(wr - aug.crop), common.uniform_anchor(hr - aug.crop)
+    x0, x1 = kx * w / wr, (kx + aug.crop) * w / wr  # resize maps output x to input x * w / wr
+    y0, y1 = ky * h / hr, (ky + aug.crop) * h / hr
+    return window_boxes(x0, x1, y0, y1, w, h)
 
 
-def roi_decode_crop(jpg, rel_start, rel_shape, crop: int, device: str, hw_decoder_load: float = 0.65):
-    """Decode only the window (rel_start, rel_shape, "WH", fractions) and resize it to crop x crop."""
-    kw = dict(rel_start=rel_start, rel_shape=rel_shape, axis_names="WH", output_type=types.RGB)
+def window_boxes(x0, x1, y0, y1, w, h):
+    bx0, by0 = dmath.max(dmath.floor(x0) - ROI_MARGIN, 0.0), dmath.max(dmath.floor(y0) - ROI_MARGIN, 0.0)
+    bx1, by1 = dmath.min(dmath.ceil(x1) + ROI_MARGIN, w), dmath.min(dmath.ceil(y1) + ROI_MARGIN, h)
+    box = lambda a, b: fn.cast(fn.stack(a, b), dtype=types.INT32)  # image_slice takes integer start/end
+    return box(bx0, by0), box(bx1, by1), fn.stack(y0 - by0, x0 - bx0), fn.stack(y1 - by0, x1 - bx0)
+
+
+def roi_decode_crop(jpg, window, crop: int, device: str, hw_decoder_load: float = 0.65):
+    """Decode only the box of `window` (from `roi_window`) and resample its exact window to crop x crop."""
+    box_start, box_end, roi_start, roi_end = window
+    kw = dict(start=box_start, end=box_end, axis_names="WH", output_type=types.RGB)
     if device == "gpu":
         img = fn.decoders.image_slice(jpg, device="mixed", hw_decoder_load=hw_decoder_load, **kw)
     else:
         img = fn.decoders.image_slice(jpg, device="cpu", **kw)
-    return fn.resize(img, size=[crop, crop], antialias=True)
+    return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
+                     antialias=True)
 
 
 def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
@@ -62,8 +76,7 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig 
         cmn = dict(mirror=mirror, mean=mean, std=std, dtype=common.output_dtype(aug.dtype, device),
                    output_layout="CHW")
         if common.needs_resize(split, aug.shorter_side):  # raw images: ROI decode of the crop window (2-4)
-            start, shape = roi_window(jpg, aug)
-            img = roi_decode_crop(jpg, start, shape, aug.crop, device, hw_decoder_load)
+            img = roi_decode_crop(jpg, roi_window(jpg, aug), aug.crop, device, hw_decoder_load)
             out = fn.crop_mirror_normalize(img, **cmn)
         else:
             img = common.decode(jpg, device, hw_decoder_load)  # 2 (3: already 256)

@@ -1,0 +1,369 @@
+"""The DALI pipelines and the Loader, on the CPU (device_id=None), against numpy references."""
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexdata.dataset import DataError, open_split
+from alexdata.loader import Loader
+from alexdata.prepare import PrepareConfig, prepare
+from pipelines.config import AugmentConfig, PipelineStats
+
+QUIET = dict(progress=False, log=lambda *a: None)
+ZERO = {"mean": [0, 0, 0], "std": [1, 1, 1], "eigval": [1, 1, 1], "eigvec": np.eye(3).tolist()}
+SIZES = [(256, 256), (300, 256), (256, 300)]  # (W, H)
+SLOPE = 0.8  # ramp: R = 0.8 x, G = 0.8 y; a crop's mean R is 0.8 (anchor_x + 113)
+
+
+def ramp(w, h, tag):
+    """R = 0.8 x, G = 0.8 y, B = tag (which size this is). A crop's mean R is 0.8 (anchor_x + 113)."""
+    x, y = np.meshgrid(np.arange(w), np.arange(h))
+    return np.stack([SLOPE * x, SLOPE * y, np.full_like(x, tag)], -1).round().astype(np.uint8)
+
+
+TAGS = [60, 120, 180]  # B channel of each size in SIZES
+
+
+def build(tmp, images: dict[str, list[np.ndarray]], shard_size=4):
+    """A class tree of PNGs (lossless) -> prepare output; returns the prepared directory."""
+    for cls, arrays in images.items():
+        d = tmp / "raw" / "train" / cls
+        d.mkdir(parents=True)
+        for i, a in enumerate(arrays):
+            Image.fromarray(a).save(d / f"{cls}_{i}.png")
+    prepare(tmp / "raw", tmp / "data", PrepareConfig(shard_size=shard_size), workers=1, **QUIET)
+    return tmp / "data"
+
+
+@pytest.fixture(scope="module")
+def ramps(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ramps")
+    return build(tmp, {"c0": [ramp(w, h, t) for (w, h), t in zip(SIZES, TAGS)] * 16})
+
+
+def chi2_limit(df, z=3.29):  # upper 0.9995 quantile, Wilson-Hilferty approximation
+    return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+def crop_readout(x):
+    """(anchor_x, anchor_y, size index, mirrored) of each crop of ramp images."""
+    x = x.numpy().astype(np.float64)  # (B, 3, 227, 227)
+    ax = x[:, 0].mean((1, 2)) / SLOPE - 113
+    ay = x[:, 1].mean((1, 2)) / SLOPE - 113
+    size = np.abs(x[:, 2].mean((1, 2))[:, None] - np.array(TAGS)[None]).argmin(1)
+    mirrored = x[:, 0, :, :113].mean((1, 2)) > x[:, 0, :, 114:].mean((1, 2))  # a mirrored ramp falls
+    assert np.abs(ax - ax.round()).max() < 0.3 and np.abs(ay - ay.round()).max() < 0.3  # unambiguous readout
+    return ax.round().astype(int), ay.round().astype(int), size, mirrored
+
+
+def test_crop_positions_are_uniform_and_flips_half(ramps):
+    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=16, threads=2, seed=1)
+    rows = [np.stack(crop_readout(x), 1) for _ in range(25) for x, _ in loader]
+    rows = np.concatenate(rows)  # (N, 4)
+    assert len(rows) == 25 * 48
+    for k, (w, h) in enumerate(SIZES):
+        mine = rows[rows[:, 2] == k]
+        assert len(mine) == 25 * 16
+        for axis, extent in ((0, w), (1, h)):
+            span = extent - 227  # valid anchors 0..span
+            counts = np.bincount(mine[:, axis], minlength=span + 1)
+            assert len(counts) == span + 1  # never beyond the valid range
+            expected = len(mine) / (span + 1)
+            chi2 = ((counts - expected) ** 2 / expected).sum()
+            assert chi2 < chi2_limit(span), (w, h, axis, counts)
+    n, k = len(rows), rows[:, 3].sum()
+    assert abs(k - n / 2) < 3.5 * math.sqrt(n / 4)  # Binomial(n, 0.5)
+
+
+def test_ends_of_the_range_are_not_half_as_likely(ramps):
+    """round(u * span) would give anchors 0 and span half the mass of the others; ours are uniform."""
+    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=16, threads=2,
+                    seed=2)
+    ends = n = 0
+    for _ in range(40):
+        for x, _ in loader:
+            ax, ay, size, _ = crop_readout(x)
+            square = size == 0  # 256x256: 30 positions per axis
+            ends += int(((ax == 0) | (ax == 29))[square].sum() + ((ay == 0) | (ay == 29))[square].sum())
+            n += 2 * int(square.sum())
+    p = 2 / 30
+    assert abs(ends - n * p) < 4 * math.sqrt(n * p * (1 - p)), (ends, n * p)
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grey")
+    return build(tmp, {"c0": [np.full((256, 256, 3), 128, np.uint8)] * 8, "c1": [np.full((256, 300, 3), 128, np.uint8)] * 8})
+
+
+def random_stats(seed=0):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    return {"mean": [120.5, 115.25, 101.0], "std": [60.0, 58.0, 57.0], "eigval": [4000.0, 250.0, 30.0],
+            "eigvec": q.tolist()}
+
+
+def test_constant_colour_gives_colour_minus_mean_exactly(grey):
+    st = random_stats()
+    loader = Loader(grey, stats=st, aug=AugmentConfig(pca_std=0.0), batch_size=8, threads=2)
+    for x, _ in loader:
+        assert torch.equal(x, torch.full_like(x, 0) + (128 - torch.tensor(st["mean"]).float()).view(1, 3, 1, 1))
+
+
+def test_lighting_offsets_have_the_papers_distribution(grey):
+    st = random_stats(1)
+    loader = Loader(grey, stats=st, aug=AugmentConfig(), batch_size=16, threads=2, seed=3)
+    offsets = []
+    for _ in range(150):
+        for x, _ in loader:
+            flat = x.double().flatten(2)  # (B, 3, pixels)
+            assert (flat.std(2) < 1e-3).all()  # the offset is one colour per image, added to every pixel
+            offsets.append(flat.mean(2) - (128 - torch.tensor(st["mean"], dtype=torch.float64)))
+    off = torch.cat(offsets).numpy()  # (N, 3) = eigvec @ (alpha * eigval), alpha ~ N(0, 0.1)
+    n = len(off)
+    v, lam = np.array(st["eigvec"]), np.array(st["eigval"])
+    expected = v @ np.diag((0.1 * lam) ** 2) @ v.T
+    # in the eigenbasis the components are independent N(0, (0.1 lam)^2)
+    z = off @ v / (0.1 * lam)
+    assert np.abs(z.mean(0)).max() < 4 / math.sqrt(n)
+    assert np.abs(z.std(0) - 1).max() < 4 / math.sqrt(2 * n)
+    cov = np.cov(off.T)
+    corr = np.corrcoef(z.T)[np.triu_indices(3, 1)]
+    assert np.abs(corr).max() < 4 / math.sqrt(n)
+    assert np.allclose(cov, expected, rtol=0.15, atol=0.15 * expected.max() / 100)
+
+
+def decoded(data, split="train"):
+    """Every decoded image of a prepared split in shard order, decoded by DALI's own CPU decoder, no crop."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    s = open_split(data, split)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def p():
+        jpg, cls = fn.readers.webdataset(paths=list(s.tars), index_paths=list(s.indexes), ext=["jpg", "cls"])
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+
+    pipe = p()
+    pipe.build()
+    return [np.array(pipe.run()[0][0]) for _ in range(s.images)]
+
+
+def test_ten_crop_views_equal_explicit_crops(prepared):
+    st = random_stats()
+    ref = decoded(prepared, "val")
+    loader = Loader(prepared, split="val", mode="tencrop", stats=st, batch_size=5, threads=2)
+    views = torch.cat([x for x, _ in loader]).numpy()
+    assert views.shape == (len(ref), 10, 3, 227, 227)
+    mean = np.array(st["mean"], np.float32)
+    for img, v in zip(ref, views):
+        h, w, _ = img.shape
+        cy, cx = (h - 227 + 1) // 2, (w - 227 + 1) // 2  # DALI rounds the centre anchor half up
+        boxes = [(0, 0), (0, w - 227), (h - 227, 0), (h - 227, w - 227), (cy, cx)]
+        crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
+        crops += [c[:, ::-1] for c in crops]
+        expect = np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
+        assert np.array_equal(v, expect)
+
+
+def test_center_crop_equals_explicit_crop(prepared):
+    st = random_stats()
+    ref = decoded(prepared, "val")
+    loader = Loader(prepared, split="val", mode="center", stats=st, batch_size=8, threads=2)
+    got = torch.cat([x for x, _ in loader]).numpy()
+    for img, v in zip(ref, got):
+        h, w, _ = img.shape
+        y, x = (h - 227 + 1) // 2, (w - 227 + 1) // 2
+        assert np.array_equal(v, (img[y:y + 227, x:x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
+
+
+def test_every_image_once_per_epoch_across_shards(prepared):
+    ref = None
+    for n in (1, 2, 3):
+        seen, steps = [], []
+        for shard in range(n):
+            loader = Loader(prepared, mode="center", stats=ZERO, batch_size=4, threads=1, shard_id=shard,
+                            num_shards=n)
+            k = 0
+            for x, y in loader:
+                seen += [(float(a.sum()), int(b)) for a, b in zip(x.double(), y)]
+                k += 1
+            assert k == len(loader)
+            steps.append(k)
+        assert len(set(steps)) == 1  # every rank runs the same number of steps
+        assert len(seen) == json.loads((prepared / "manifest.json").read_text())["train"]["images"]
+        ref = ref or sorted(seen)
+        assert sorted(seen) == ref  # the same images, each once
+    assert len(set(ref)) == len(ref)  # (the test images are all distinct)
+
+
+def test_train_epoch_covers_all_labels_across_shards(prepared):
+    man = json.loads((prepared / "manifest.json").read_text())
+    counts = []
+    for n in (1, 3):
+        labels = []
+        for shard in range(n):
+            for _, y in Loader(prepared, stats=ZERO, batch_size=5, threads=1, shard_id=shard, num_shards=n):
+                labels += y.tolist()
+        assert len(labels) == man["train"]["images"]
+        counts.append(np.bincount(labels))
+    assert np.array_equal(counts[0], counts[1])
+
+
+def test_same_seed_same_batches(prepared):
+    def batches(seed):
+        return [x for x, _ in Loader(prepared, stats=random_stats(), batch_size=8, threads=2, seed=seed)]
+
+    a, b, c = batches(5), batches(5), batches(6)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_resume_mid_epoch_continues_exactly(prepared):
+    kw = dict(stats=random_stats(), batch_size=8, threads=2, seed=9)
+    full = Loader(prepared, **kw)
+    n = len(full)
+    ref = [x for _ in range(2) for x, _ in full]  # two epochs
+    first = Loader(prepared, **kw)
+    it = iter(first)
+    got = [next(it)[0] for _ in range(3)]
+    state = first.state_dict()
+    second = Loader(prepared, **kw)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # as a training checkpoint holds it
+    buf.seek(0)
+    second.load_state_dict(torch.load(buf, weights_only=True))
+    got += [x for x, _ in second]  # the rest of epoch 0 ...
+    got += [x for x, _ in second]  # ... and all of epoch 1
+    assert len(got) == 2 * n
+    assert all(torch.equal(p, q) for p, q in zip(got, ref))
+
+
+def test_roi_decode_matches_decode_resize_crop(synth_tree):
+    """The raw-image shortcut (decode only the window, resize to 227) against decode -> resize 256 -> crop."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    from pipelines import common
+    from pipelines.train import roi_decode_crop, window_boxes
+
+    files = sorted((synth_tree / "train").rglob("*_1.JPEG")) + sorted((synth_tree / "train").rglob("*_2.JPEG"))
+    blobs = [np.frombuffer(f.read_bytes(), np.uint8) for f in files]
+    sizes = [Image.open(f).size for f in files]
+    rng = np.random.default_rng(0)
+    rows = []
+    for w, h in sizes:
+        s = 256 / min(w, h)
+        wr, hr = round(w * s), round(h * s)
+        kx, ky = int(rng.integers(0, wr - 227 + 1)), int(rng.integers(0, hr - 227 + 1))
+        rows.append((kx, ky, wr, hr))
+
+    @pipeline_def(batch_size=len(files), num_threads=2, device_id=None)
+    def p():
+        jpg = fn.external_source(source=lambda: blobs, batch=True)
+        pos = fn.external_source(source=lambda: [np.float32([kx / (wr - 227) if wr > 227 else 0,
+                                                             ky / (hr - 227) if hr > 227 else 0])
+                                                 for kx, ky, wr, hr in rows], batch=True)
+        # the window in original pixels, worked out here in numpy: x maps to x * w / wr
+        win = fn.external_source(source=lambda: [np.float32([kx * w / wr, (kx + 227) * w / wr, ky * h / hr,
+                                                             (ky + 227) * h / hr, w, h])
+                                                 for (kx, ky, wr, hr), (w, h) in zip(rows, sizes)])
+        full = common.resize_shorter(common.decode(jpg, "cpu"), 256)
+        ref = fn.crop(full, crop=(227, 227), crop_pos_x=pos[0], crop_pos_y=pos[1])
+        roi = roi_decode_crop(jpg, window_boxes(*(win[i] for i in range(6))), 227, "cpu")
+        return ref, fn.cast(roi, dtype=types.UINT8), full
+
+    pipe = p()
+    pipe.build()
+    ref, roi, full = pipe.run()
+    for i, (kx, ky, wr, hr) in enumerate(rows):
+        f = np.array(full[i], np.float64)
+        assert f.shape[:2] == (hr, wr)  # DALI's resize rounds like ours
+        a, b = np.array(ref[i], np.float64), np.array(roi[i], np.float64)
+        assert a.shape == b.shape == (227, 227, 3)
+        # Resampling straight from the original grid differs a little from resample-then-crop; on this
+        # high-frequency texture a one-pixel misplacement costs 10+ levels, the shortcut about one.
+        x1 = kx + 1 if kx + 228 <= wr else kx - 1
+        one_pixel_off = np.abs(f[ky:ky + 227, x1:x1 + 227] - b).mean()
+        diff = np.abs(a - b).mean()
+        assert diff < 2.0 and diff < one_pixel_off / 8, (i, diff, one_pixel_off)
+
+
+def test_raw_tree_loader(tmp_path, synth_tree):
+    import shutil
+
+    src = tmp_path / "train"
+    shutil.copytree(synth_tree / "train", src)
+    odd = json.loads((synth_tree / "synth.json").read_text())["oddities"]
+    for kind in ("truncated", "empty"):
+        (tmp_path / odd[kind]).unlink()
+    loader = Loader(tmp_path, stats=ZERO, batch_size=8, threads=2)
+    shapes, n = set(), 0
+    for x, y in loader:
+        shapes.add(tuple(x.shape[1:]))
+        n += len(y)
+    assert n == open_split(tmp_path).images and shapes == {(3, 227, 227)}
+
+
+def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    tar = sorted(data.glob("train-*.tar"))[0]
+    first = (tar.with_suffix(".idx")).read_text().splitlines()[1].split()
+    off, size = int(first[1]), int(first[2])
+    raw = bytearray(tar.read_bytes())
+    raw[off:off + size] = b"\0" * size  # the first sample's JPEG bytes zeroed, sizes intact
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"unreadable sample .*this loader can not continue"):
+        loader = Loader(data, mode="center", stats=ZERO, batch_size=4, threads=1)
+        for _ in loader:
+            pass
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(device="tpu"), "device must be"),
+    (dict(mode="five-crop"), "mode must be"),
+    (dict(shard_id=2, num_shards=2), "shard_id"),
+])
+def test_bad_arguments_fail_at_construction(prepared, bad, match):
+    with pytest.raises(ValueError, match=match):
+        Loader(prepared, **{"stats": ZERO, **bad})
+
+
+def test_bad_augment_config():
+    with pytest.raises(ValueError, match="crop 300"):
+        AugmentConfig(crop=300)
+
+
+def test_missing_and_malformed_stats(prepared, tmp_path):
+    with pytest.raises(DataError, match="no stats file"):
+        Loader(prepared, stats=tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mean": [1, 2]}')
+    with pytest.raises(DataError, match="bad.json"):
+        Loader(prepared, stats=bad)
+
+
+def test_pipeline_stats_from_dict_shapes():
+    ps = PipelineStats.from_dict(random_stats())
+    assert len(ps.mean_255) == 3 and len(ps.eigvec) == 3 and all(len(r) == 3 for r in ps.eigvec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_and_cpu_pipelines_agree(prepared):
+    st = random_stats()
+    cpu = torch.cat([x for x, _ in Loader(prepared, split="val", mode="center", stats=st, batch_size=8)])
+    gpu = torch.cat([x for x, _ in Loader(prepared, split="val", mode="center", stats=st, batch_size=8,
+                                          device="gpu")]).cpu()
+    assert cpu.shape == gpu.shape
+    assert (cpu - gpu).abs().mean() < 1.5  # nvJPEG vs libjpeg-turbo IDCT differ by a level or two
