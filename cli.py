@@ -101,5 +101,24 @@ def bench_prepare(src, images, rounds, as_json):
         _fail(e)
 
 
+@bench.command("loader")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--seconds", default=10.0, show_default=True, help="Timed seconds per contender (after warm-up).")
+@click.option("--threads", type=int, default=None, help="DALI threads = DataLoader workers (default: all cores).")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_loader(data, device, batch_size, seconds, threads, stats, as_json):
+    """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
+    from alexdata.bench import bench_loader as run
+    from alexdata.dataset import DataError
+
+    try:
+        _report(run(data, device, batch_size, seconds, threads, stats), as_json)
+    except (DataError, ValueError) as e:
+        _fail(e)
+
+
 if __name__ == "__main__":
     main()

@@ -68,3 +68,115 @@ def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -
     o, p = float(np.median(ours)), float(np.median(base))
     return {"images": len(blobs), "mean_input_kb": sum(map(len, blobs)) / len(blobs) / 1e3,
             "prepare_per_core": o, "plain_pil_per_core": p, "speedup": o / p, "machine": machine()}
+
+
+# ---------------------------------------------------------------- the loader
+
+
+class PilAugmentDataset:
+    """The baseline users would otherwise write: a torch Dataset doing the train pipeline's work with PIL and
+    numpy (decode, resize unless prepared, random 227 crop, flip, PCA lighting + mean), read from the same data."""
+
+    def __init__(self, split, stats, aug, seed: int = 0):
+        self.split, self.stats, self.aug, self.seed = split, stats, aug, seed
+        self.entries = []  # (tar path, offset, size, label) or (file, -1, -1, label)
+        if split.prepared:
+            for tar, idx in zip(split.tars, split.indexes):
+                for line in open(idx).read().splitlines()[1:]:
+                    f = line.split()
+                    parts = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
+                    (jo, js), (co, cs) = parts["jpg"], parts["cls"]
+                    with open(tar, "rb") as fh:
+                        label = int(os.pread(fh.fileno(), cs, co))
+                    self.entries.append((tar, jo, js, label))
+        else:
+            self.entries = [(f, -1, -1, lab) for f, lab in zip(split.files, split.labels)]
+        self.mean = np.array(stats.mean_255, np.float32)
+        self.eigvec, self.eigval = np.array(stats.eigvec, np.float32), np.array(stats.eigval_255, np.float32)
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __getitem__(self, i):
+        import torch
+
+        path, off, size, label = self.entries[i]
+        with open(path, "rb") as fh:
+            data = os.pread(fh.fileno(), size, off) if off >= 0 else fh.read()
+        rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        a = self.aug
+        if not (self.split.prepared and self.split.shorter_side == a.shorter_side):
+            w, h = im.size
+            s = a.shorter_side / min(w, h)
+            im = im.resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR)
+        w, h = im.size
+        x, y = int(rng.integers(0, w - a.crop + 1)), int(rng.integers(0, h - a.crop + 1))
+        im = im.crop((x, y, x + a.crop, y + a.crop))
+        if rng.random() < a.flip_prob:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        offset = self.eigvec @ (rng.normal(0, a.pca_std, 3).astype(np.float32) * self.eigval)
+        arr = np.asarray(im, np.float32) - (self.mean - offset)
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy()), label
+
+
+def _timed(batches, seconds: float, warmup: int = 3) -> float:
+    """Images/s over `seconds` after `warmup` batches; `batches` is an endless iterator of batch sizes."""
+    for _ in range(warmup):
+        next(batches)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        n += next(batches)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds: float = 10.0,
+                 threads: int | None = None, stats=None) -> dict:
+    """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
+    the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations."""
+    import nvidia.dali.fn as fn
+    import torch
+    from nvidia.dali import pipeline_def
+
+    from alexdata.dataset import open_split
+    from alexdata.loader import Loader, resolve_stats
+    from pipelines import common
+    from pipelines.config import AugmentConfig
+
+    threads = threads or len(os.sched_getaffinity(0))
+    split = open_split(data, "train")
+    st = resolve_stats(stats, data)
+    sync = (lambda: torch.cuda.synchronize()) if device == "gpu" else (lambda: None)
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0)
+    def decode_only():
+        jpg, label = common.read(split, shuffle=True, shard_id=0, num_shards=1)
+        return common.decode(jpg, device), label
+
+    def endless_pipe(pipe):
+        pipe.build()
+        while True:
+            out = pipe.run()
+            sync()
+            yield len(out[1])
+
+    def endless_loader(loader):
+        while True:
+            for x, y in loader:
+                sync()
+                yield len(y)
+
+    res = {"data": str(data), "kind": split.kind, "images": split.images, "device": device,
+           "batch_size": batch_size, "threads": threads, "seconds": seconds}
+    res["decode_only"] = _timed(endless_pipe(decode_only()), seconds)
+    res["pipeline"] = _timed(endless_loader(Loader(data, stats=st, batch_size=batch_size, device=device,
+                                                   threads=threads)), seconds)
+    ds = PilAugmentDataset(split, st, AugmentConfig())
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
+                                     persistent_workers=True, pin_memory=device == "gpu", drop_last=True)
+    res["baseline"] = _timed(endless_loader(dl), seconds, warmup=2)
+    res["pipeline_vs_baseline"] = res["pipeline"] / res["baseline"]
+    res["pipeline_vs_decode_only"] = res["pipeline"] / res["decode_only"]
+    res["machine"] = machine()
+    res["torch"] = torch.__version__
+    return res
