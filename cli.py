@@ -120,5 +120,196 @@ def bench_loader(data, device, batch_size, seconds, threads, stats, as_json):
         _fail(e)
 
 
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DATA/stats.json].")
+@click.option("--max-images", type=int, default=None,
+              help="Sum a seeded uniform sample of N training images [default: all].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --max-images sample.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Decode and sum on [default: gpu if torch sees CUDA, else cpu].")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--threads", type=int, default=None,
+              help="DALI threads, and summing threads on cpu [default: all cores].")
+def stats(data, out, max_images, seed, device, batch_size, threads):
+    """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json.
+
+    DATA is a `prepare` output or a raw class-folder tree (DATA/train/<wnid>/* or DATA/<wnid>/*). The pipelines
+    read the file for mean subtraction and PCA colour noise (paper §4.1)."""
+    from pathlib import Path
+
+    from alexdata.dataset import DataError
+    from alexdata.stats import compute_stats, default_device, summary, write_stats
+
+    try:
+        device = device or default_device()
+        rec = compute_stats(data, max_images=max_images, seed=seed, device=device, batch_size=batch_size,
+                            threads=threads, progress=True)
+        path = write_stats(rec, out or Path(data) / "stats.json")
+    except DataError as e:
+        _fail(e)
+    click.echo(summary(rec, path))
+
+
+@bench.command("stats")
+@click.argument("data", type=click.Path())
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--threads", type=int, default=None,
+              help="DALI threads, and summing threads on cpu [default: all cores].")
+@click.option("--max-images", type=int, default=None, help="Time a seeded sample of N images [default: all].")
+@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
+    """Images/s of DALI decode alone vs the stats pass (same reader, decoder, images and threads), and the ratio."""
+    from alexdata.bench import bench_stats as run
+    from alexdata.dataset import DataError
+
+    try:
+        _report(run(data, device, batch_size, threads, max_images, rounds), as_json)
+    except DataError as e:
+        _fail(e)
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), default="runs/alexnet", show_default=True,
+              help="Run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's.")
+@click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,
+              help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, "
+                   "Kaiming init.")
+@click.option("--epochs", type=int, default=None, help="[default: 90, paper §5]")
+@click.option("--batch-size", type=int, default=None,
+              help="Images per step over all ranks [default: paper 128; modern 512].")
+@click.option("--lr", type=float, default=None,
+              help="Initial/peak learning rate [default: paper 0.01; modern 0.01 per 128 images of the batch].")
+@click.option("--width", type=float, default=1.0, show_default=True,
+              help="Channel multiplier; 1.0 is the paper's net, 0.125 makes a CPU-sized one.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="[default: DATA/stats.json]")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="fp16 uses a GradScaler (GPU only).")
+@click.option("--channels-last", is_flag=True, help="NHWC activations (faster convolutions on tensor cores).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--placement", type=click.Choice(["single", "two-tower"]), default="single", show_default=True,
+              help="two-tower: the paper's split of the net over two GPUs (§3.2).")
+@click.option("--threads", type=int, default=None, help="DALI threads per rank [default: all cores].")
+@click.option("--torch-threads", type=int, default=None,
+              help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress bar.")
+@click.pass_context
+def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, device, precision, channels_last,
+          compile_, placement, threads, torch_threads, checkpoint_every, seed, progress):
+    """Train AlexNet on DATA (a `prepare` output with stats.json); data parallel under torchrun.
+
+    Per epoch it logs train loss and top-1, val top-1/top-5 (centre crop), lr, images/s and the fraction of step
+    time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png."""
+    import os
+    from dataclasses import replace
+
+    from alexdata.dataset import DataError
+    from alexmodel import runlog
+    from alexmodel.train import DataConfig, RunConfig, TrainError, configs_from_dict
+    from alexmodel.train import recipe as make_recipe
+    from alexmodel.train import train as run_train
+
+    given = {name for name in ctx.params
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    try:
+        if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
+            # Options not given on this command line are the run's own (config.json).
+            data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
+            data_cfg = replace(data_cfg, data=data, **{k: v for k, v in (("stats", stats), ("threads", threads))
+                                                        if k in given})
+            model = replace(model, **({"width": width} if "width" in given else {}))
+            optim = replace(optim, **{k: v for k, v in (("recipe", recipe), ("epochs", epochs),
+                                                        ("batch_size", batch_size), ("lr", lr)) if k in given})
+            run = replace(run, out=out, **{k: v for k, v in (
+                ("device", device), ("precision", precision), ("channels_last", channels_last),
+                ("compile", compile_), ("placement", placement), ("torch_threads", torch_threads),
+                ("checkpoint_every", checkpoint_every), ("seed", seed), ("progress", progress)) if k in given})
+        else:
+            model, aug, optim = make_recipe(recipe, width=width, batch_size=batch_size, epochs=epochs, lr=lr)
+            data_cfg = DataConfig(data, stats=stats, threads=threads, aug=aug)
+            run = RunConfig(out=out, device=device or "auto", precision=precision, channels_last=channels_last,
+                            compile=compile_, placement=placement, checkpoint_every=checkpoint_every, seed=seed,
+                            torch_threads=torch_threads, progress=progress)
+        result = run_train(data_cfg, model, optim, run, resume=resume)
+    except (TrainError, DataError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo(f"\ntrain: interrupted; continue with: alexnet train {data} --out {out} --resume", err=True)
+        sys.exit(130)
+    if int(os.environ.get("RANK", "0")) == 0:
+        h = result["history"]
+        last = (f"epoch {h[-1]['epoch']}: val top-1 {100 * h[-1]['val_top1']:.1f}%, top-5 "
+                f"{100 * h[-1]['val_top5']:.1f}%; " if h else "")
+        click.echo(f"train: {last}metrics {out}/{runlog.METRICS}, plot {out}/{runlog.PLOT}, "
+                   f"checkpoint {result['checkpoint']}")
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint.pt of `alexnet train`.")
+@click.option("--ten-crop", is_flag=True,
+              help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option("--batch-size", default=128, show_default=True, help="Images per batch (ten-crop: 10 views each).")
+@click.option("--threads", type=int, default=None, help="DALI threads [default: all cores].")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None,
+              help="[default: the statistics the run trained with, kept in the checkpoint]")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, stats, precision):
+    """Top-1/top-5 of a checkpoint on DATA's val split (centre crop, or --ten-crop)."""
+    import json
+
+    from alexdata.dataset import DataError
+    from alexmodel.train import TrainError, evaluate_checkpoint
+
+    try:
+        r = evaluate_checkpoint(data, checkpoint, ten_crop=ten_crop, device=device or "auto",
+                                batch_size=batch_size, threads=threads, stats=stats, precision=precision)
+    except (TrainError, DataError, ValueError) as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(r))
+    else:
+        click.echo(f"evaluate: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  on {r['images']} val "
+                   f"images ({'ten-crop' if ten_crop else 'centre crop'}; {checkpoint}, epoch {r['epoch']})")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="demo", show_default=True,
+              help="Directory for raw/, data/ and run/; finished stages are reused.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="[default: gpu if torch sees CUDA, else cpu]")
+def demo(out, device):
+    """synth -> prepare -> stats -> train -> evaluate on a generated 10-class mini-ImageNet (minutes on a CPU)."""
+    from alexdata.dataset import DataError
+    from alexdata.prepare import PrepareError
+    from alexmodel.demo import run_demo
+    from alexmodel.train import TrainError
+
+    try:
+        r = run_demo(out, device=device or "auto", log=click.echo)
+    except (TrainError, DataError, PrepareError, ValueError) as e:
+        _fail(e)
+    click.echo(f"demo: val top-1 {100 * r['val_top1']:.1f}% (ten-crop {100 * r['ten_crop_top1']:.1f}%), top-5 "
+               f"{100 * r['val_top5']:.1f}% on {r['val_images']} images; {r['total_s'] / 60:.1f} min on {r['device']} "
+               f"(synth {r['synth_s']:.0f} s, prepare {r['prepare_s']:.0f} s, stats {r['stats_s']:.0f} s, "
+               f"train {r['train_s']:.0f} s, evaluate {r['evaluate_s']:.0f} s)")
+    click.echo(f"demo: metrics {r['metrics']}")
+    click.echo(f"demo: plot    {r['plot']}")
+
+
 if __name__ == "__main__":
     main()

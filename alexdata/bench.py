@@ -180,3 +180,32 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
     res["machine"] = machine()
     res["torch"] = torch.__version__
     return res
+
+
+def bench_stats(data: str, device: str | None = None, batch_size: int = 64, threads: int | None = None,
+                max_images: int | None = None, rounds: int = 3) -> dict:
+    """images/s of the stats pass vs DALI decode alone (same reader, decoder, images, batch size and threads; the
+    decoded images discarded), alternating rounds, medians; and process CPU time per image, steadier than wall
+    time on a shared machine. Pipeline construction is left out of both timings."""
+    from alexdata.dataset import open_split
+    from alexdata.stats import StatsError, StatsPass, default_device, select
+
+    if rounds < 1:
+        raise StatsError(f"--rounds must be >= 1, got {rounds}")
+    device = device or default_device()
+    threads = len(os.sched_getaffinity(0)) if threads is None else threads
+    sel = select(open_split(data, "train"), max_images)
+    runs: dict[str, list[tuple[float, float]]] = {"decode": [], "stats": []}
+    for _ in range(rounds):
+        for name in runs:
+            p = StatsPass(sel, device=device, batch_size=batch_size, threads=threads, decode_only=name == "decode")
+            t0, c0 = time.perf_counter(), time.process_time()
+            p.run()
+            runs[name].append((time.perf_counter() - t0, time.process_time() - c0))
+            del p
+    (dec_s, dec_cpu), (st_s, st_cpu) = ([float(np.median([r[i] for r in runs[k]])) for i in (0, 1)] for k in runs)
+    n = sel.images
+    return {"data": str(data), "images": n, "device": device, "batch_size": batch_size, "threads": threads,
+            "rounds": rounds, "decode_img_s": n / dec_s, "stats_img_s": n / st_s, "ratio": dec_s / st_s,
+            "ratio_pct": 100 * dec_s / st_s, "decode_cpu_us_per_img": dec_cpu / n * 1e6,
+            "stats_cpu_us_per_img": st_cpu / n * 1e6, "machine": machine()}

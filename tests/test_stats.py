@@ -1,0 +1,238 @@
+"""alexnet stats: exact sums against numpy over the same decoded pixels, images of known pixels, the eigen
+decomposition's properties, stats.json validation and bad input."""
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from alexdata.dataset import DataError, open_split
+from alexdata.stats import (StatsError, StatsPass, compute_stats, eigen, load_stats, select, write_stats)
+from conftest import run_cli
+
+RTOL = 1e-6
+
+
+def dali_decode(blobs: list[bytes], device: str = "cpu") -> list[np.ndarray]:
+    """HWC uint8 RGB of each encoded image, decoded one by one by DALI's decoder (no reader, no batching)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=0 if device == "gpu" else None)
+    def pipe():
+        enc = fn.external_source(source=([np.frombuffer(b, np.uint8)] for b in blobs), dtype=types.UINT8)
+        return fn.decoders.image(enc, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+
+    p = pipe()
+    p.build()
+    out = []
+    for _ in blobs:
+        (img,) = p.run()
+        out.append(np.array(img.as_cpu()[0] if device == "gpu" else img[0]))
+    return out
+
+
+def selected_blobs(sel) -> list[bytes]:
+    """The encoded bytes of a Selection's images, read with tarfile / open, not with DALI's readers."""
+    if sel.kind == "files":
+        return [open(f, "rb").read() for f in sel.files]
+    blobs = []
+    for t in sel.tars:
+        with tarfile.open(t) as tf:
+            blobs += [tf.extractfile(m).read() for m in tf.getmembers() if m.name.endswith(".jpg")]
+    return blobs[:sel.images]
+
+
+def reference(images: list[np.ndarray]) -> dict:
+    """Exact integer sums, then float64 mean / covariance and numpy's eigh."""
+    s1, s2, n = np.zeros(3, np.int64), np.zeros((3, 3), np.int64), 0
+    for a in images:
+        x = a.reshape(-1, 3).astype(np.int64)
+        s1, s2, n = s1 + x.sum(0), s2 + x.T @ x, n + len(x)
+    mean = s1 / n
+    cov = s2 / n - np.outer(mean, mean)
+    w, v = np.linalg.eigh(cov)
+    return {"s1": s1, "s2": s2, "pixels": n, "mean": mean, "cov": cov, "std": np.sqrt(np.diag(cov)),
+            "eigval": w[::-1], "eigvec": v[:, ::-1]}
+
+
+def check_against(rec: dict, ref: dict, images: int) -> None:
+    assert rec["images"] == images and rec["pixels"] == ref["pixels"]
+    assert rec["pixel_sum"] == ref["s1"].tolist() and rec["pixel_product_sum"] == ref["s2"].tolist()
+    for k in ("mean", "std", "cov", "eigval"):
+        np.testing.assert_allclose(np.array(rec[k]), ref[k], rtol=RTOL, err_msg=k)
+    dots = np.abs(np.sum(np.array(rec["eigvec"]) * ref["eigvec"], axis=0))  # |<v_j, v_ref_j>| = 1 up to sign
+    np.testing.assert_allclose(dots, 1, rtol=RTOL)
+
+
+@pytest.fixture(scope="module")
+def full_ref(prepared):
+    split = open_split(prepared)
+    return reference(dali_decode(selected_blobs(select(split))))
+
+
+def test_full_pass_matches_numpy(prepared, full_ref):
+    split = open_split(prepared)
+    rec = compute_stats(prepared, batch_size=5, threads=2)  # 42 images: the last batch wraps around the epoch
+    check_against(rec, full_ref, split.images)
+    assert rec["scale"] == 255 and rec["source"]["kind"] == "shards" and rec["source"]["max_images"] is None
+
+
+def test_sampled_pass_is_the_reported_sample(prepared):
+    split = open_split(prepared)
+    sel = select(split, 13, seed=1)
+    blobs = selected_blobs(sel)
+    assert sel.images == len(blobs) == 13 and len(set(blobs)) == 13
+    rec = compute_stats(prepared, max_images=13, seed=1, batch_size=4, threads=2)
+    check_against(rec, reference(dali_decode(blobs)), 13)
+    again = compute_stats(prepared, max_images=13, seed=1, batch_size=7, threads=1)
+    other = compute_stats(prepared, max_images=13, seed=2, batch_size=4, threads=2)
+    assert again["pixel_product_sum"] == rec["pixel_product_sum"] and again["eigvec"] == rec["eigvec"]
+    assert other["images"] == 13 and other["pixel_product_sum"] != rec["pixel_product_sum"]
+    assert select(split, 10**6).images == split.images  # more than there are: all of them
+
+
+def test_moments_graph_matches_numpy_on_cpu(prepared, full_ref):
+    """The DALI-operator sums the GPU path uses, run on the CPU."""
+    m = StatsPass(select(open_split(prepared)), batch_size=8, threads=2, moments_in_pipeline=True).run()
+    assert m.pixels == full_ref["pixels"] and (m.s1 == full_ref["s1"]).all() and (m.s2 == full_ref["s2"]).all()
+
+
+def write_tree(root, images: dict[str, list[np.ndarray]]):
+    for cls, arrays in images.items():
+        (root / cls).mkdir(parents=True)
+        for i, a in enumerate(arrays):
+            Image.fromarray(a).save(root / cls / f"{cls}_{i}.png")  # lossless: decoded pixels == a
+    return root
+
+
+def test_known_pixels_exact(tmp_path):
+    half = np.zeros((4, 6, 3), np.uint8)
+    half[:, 3:] = 255  # half black, half white: mean 127.5, every covariance entry 127.5**2
+    tree = write_tree(tmp_path / "bw", {"a": [half], "b": [np.full((5, 2, 3), 0, np.uint8),
+                                                            np.full((5, 2, 3), 255, np.uint8)]})
+    rec = compute_stats(tree, threads=1)
+    assert rec["images"] == 3 and rec["pixels"] == 44
+    assert rec["mean"] == [127.5] * 3 and rec["cov"] == [[127.5**2] * 3] * 3 and rec["std"] == [127.5] * 3
+    np.testing.assert_allclose(rec["eigval"], [3 * 127.5**2, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(np.array(rec["eigvec"])[:, 0], np.full(3, 3**-0.5), rtol=1e-12)
+    assert (tree / "stats.json").exists() is False  # compute_stats writes nothing
+
+    rng = np.random.default_rng(0)  # odd sizes: full 256-pixel blocks and a padded last one
+    arrays = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((37, 19, 3), (1, 1, 3), (16, 16, 3), (50, 41, 3))]
+    tree = write_tree(tmp_path / "rand", {"x": arrays[:2], "y": arrays[2:]})
+    check_against(compute_stats(tree, batch_size=3, threads=2), reference(arrays), 4)
+    sub = compute_stats(tree, max_images=2, seed=5, threads=1)
+    picked = [np.asarray(Image.open(f).convert("RGB")) for f in select(open_split(tree), 2, seed=5).files]
+    check_against(sub, reference(picked), 2)
+
+
+def test_constant_image(tmp_path):
+    tree = write_tree(tmp_path / "c", {"a": [np.full((3, 5, 3), (10, 200, 30), np.uint8)]})
+    rec = compute_stats(tree, threads=1)
+    assert rec["mean"] == [10, 200, 30] and rec["cov"] == [[0.0] * 3] * 3 and rec["eigval"] == [0.0] * 3
+    assert rec["eigvec"] == np.eye(3).tolist()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eigen_properties(seed):
+    a = np.random.default_rng(seed).normal(size=(3, 3)) * 40
+    cov = a @ a.T
+    w, v = eigen(cov)
+    np.testing.assert_allclose(cov @ v, v * w, atol=1e-9 * w[0])  # cov v_j = w_j v_j, column by column
+    assert (np.diff(w) <= 0).all() and (w >= 0).all()
+    np.testing.assert_allclose(v.T @ v, np.eye(3), atol=1e-12)
+    assert (v[np.abs(v).argmax(0), range(3)] > 0).all()  # sign convention
+    flipped = v * np.array([-1, 1, -1])  # the same eigenvectors with other signs
+    _, v2 = eigen(flipped @ np.diag(w) @ flipped.T)
+    np.testing.assert_allclose(v2, v, atol=1e-9)
+
+
+def test_load_stats_round_trip_and_errors(tmp_path, prepared):
+    rec = compute_stats(prepared, max_images=6, threads=2)
+    p = write_stats(rec, tmp_path / "sub" / "stats.json")
+    got = load_stats(p)
+    assert isinstance(got["mean"], np.ndarray) and got["eigvec"].shape == (3, 3) and got["eigval"].shape == (3,)
+    np.testing.assert_array_equal(got["eigvec"], np.array(rec["eigvec"]))
+    assert got["images"] == 6 and got["source"] == rec["source"]
+
+    def broken(**change):
+        bad = {**rec, **change}
+        for k, v in change.items():
+            if v is None:
+                del bad[k]
+        q = tmp_path / "bad.json"
+        q.write_text(json.dumps(bad))
+        with pytest.raises(StatsError) as e:
+            load_stats(q)
+        assert "\n" not in str(e.value) and str(q) in str(e.value)
+        return str(e.value)
+
+    assert "eigvec" in broken(eigvec=None)
+    assert "shape" in broken(mean=[1, 2]) and "shape" in broken(cov=[[1, 2, 3], [1, 2]])
+    assert "non-finite" in broken(cov=[[float("nan")] * 3] * 3)
+    assert "scale" in broken(scale=1.0)
+    assert "descending" in broken(eigval=rec["eigval"][::-1])
+    assert "orthonormal" in broken(eigvec=[[1, 1, 0], [0, 1, 0], [0, 0, 1]])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(StatsError, match="JSON"):
+        load_stats(tmp_path / "bad.json")
+    with pytest.raises(StatsError, match="not found"):
+        load_stats(tmp_path / "none.json")
+    assert issubclass(StatsError, DataError)
+
+
+def test_unreadable_raw_file_names_it(synth_tree):
+    odd = json.loads((synth_tree / "synth.json").read_text())["oddities"]
+    with pytest.raises(StatsError) as e:
+        compute_stats(synth_tree, threads=2)
+    assert "\n" not in str(e.value)
+    assert any(str(synth_tree / odd[k]) in str(e.value) for k in ("truncated", "empty"))
+
+
+def test_cli(prepared, tmp_path):
+    out = tmp_path / "s.json"
+    r = run_cli("stats", prepared, "--out", out, "--max-images", 9, "--seed", 3, "--threads", 2, "--device", "cpu")
+    assert r.stdout.count("\n") == 1 and str(out) in r.stdout and "9 images" in r.stdout
+    rec = load_stats(out)
+    assert rec["images"] == 9 and rec["source"]["seed"] == 3 and rec["source"]["device"] == "cpu"
+
+
+def test_cli_bad_input(tmp_path):
+    tree = write_tree(tmp_path / "ok", {"a": [np.zeros((2, 2, 3), np.uint8)]})
+    (tmp_path / "empty" / "n01").mkdir(parents=True)
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "notes.txt").write_text("not images")
+    for d, why in ((tmp_path / "missing", "no such directory"), (tmp_path / "empty", "no .JPEG"),
+                   (tmp_path / "random", "neither a prepare output")):
+        r = run_cli("stats", d, check=False)
+        assert r.returncode != 0 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert why in r.stderr
+    with pytest.raises(StatsError, match="max-images"):
+        compute_stats(tmp_path, max_images=0)
+    with pytest.raises(StatsError, match="threads"):
+        StatsPass(select(open_split(tree)), threads=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_pass_matches_numpy(prepared):
+    """nvJPEG may differ from the CPU decoder by +-1, so the reference decodes with the same mixed decoder."""
+    split = open_split(prepared)
+    ref = reference(dali_decode(selected_blobs(select(split)), device="gpu"))
+    check_against(compute_stats(prepared, device="gpu", batch_size=5), ref, split.images)
+
+
+def test_sum_images_exact():
+    """Block sums stay exact at the extremes: every pixel 255 (the float32 bound) and odd sizes."""
+    from alexdata.stats import sum_images
+
+    rng = np.random.default_rng(3)
+    images = [np.full((700, 900, 3), 255, np.uint8), rng.integers(0, 256, (257, 3, 3), dtype=np.uint8),
+              rng.integers(250, 256, (1, 255, 3), dtype=np.uint8)]
+    px, s1, s2 = sum_images(images)
+    ref = reference(images)
+    assert px == ref["pixels"] and (s1 == ref["s1"]).all() and (s2 == ref["s2"]).all()
