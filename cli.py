@@ -105,17 +105,18 @@ def bench_prepare(src, images, rounds, as_json):
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--seconds", default=10.0, show_default=True, help="Timed seconds per contender (after warm-up).")
+@click.option("--seconds", default=10.0, show_default=True, help="Timed seconds per contender and round.")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--threads", type=int, default=None, help="DALI threads = DataLoader workers (default: all cores).")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_loader(data, device, batch_size, seconds, threads, stats, as_json):
+def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_json):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
     from alexdata.dataset import DataError
 
     try:
-        _report(run(data, device, batch_size, seconds, threads, stats), as_json)
+        _report(run(data, device, batch_size, seconds, threads, stats, rounds), as_json)
     except (DataError, ValueError) as e:
         _fail(e)
 
@@ -257,7 +258,8 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
 
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False), help="A checkpoint.pt of `alexnet train`.")
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A checkpoint.pt of `alexnet train`.")
 @click.option("--ten-crop", is_flag=True,
               help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -76,15 +76,21 @@ def uniform_offset_frac(extent, crop: int):
 
 
 def pca_lighting_mean(stats, pca_std: float):
-    """Per-sample vector to subtract: mean - eigvec @ (alpha * eigval), alpha ~ N(0, pca_std) (paper §4.1).
-    Subtracting it in crop_mirror_normalize adds the lighting offset and removes the mean in one pass."""
+    """Per-sample vector to subtract: mean - eigvec @ (alpha * eigval_01) * 255, alpha ~ N(0, pca_std).
+
+    Paper §4.1 adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel. That formula is not scale-free: l are
+    variances, so it only means what the paper meant on the 0-1 pixel scale (as in fb.resnet.torch and its
+    descendants, l ~ 0.22 on ImageNet: a shift of ~5 levels of 255). On our 0-255 statistics this is
+    eigvec @ (alpha * eigval_255 / 255); using eigval_255 directly would shift colours by ~300 levels.
+    Subtracting the vector in crop_mirror_normalize adds the lighting offset and removes the mean in one pass."""
     mean = types.Constant(np.array(stats.mean_255, np.float32))
     if pca_std == 0:
         return mean
     alpha = fn.random.normal(shape=[1, 3], stddev=pca_std, dtype=types.FLOAT)  # one draw per image
-    scaled = alpha * types.Constant(np.array(stats.eigval_255, np.float32).reshape(1, 3))
+    eigval_01_times_255 = np.array(stats.eigval_255, np.float32).reshape(1, 3) / 255.0
+    scaled = alpha * types.Constant(eigval_01_times_255)
     m = np.array(stats.eigvec, np.float32).reshape(-1).tolist()  # row-major: offset = eigvec @ scaled
-    offset = fn.coord_transform(scaled, M=m)  # (1, 3)
+    offset = fn.coord_transform(scaled, M=m)  # (1, 3), on the 0-255 scale
     return mean - fn.reshape(offset, shape=[3])
 
 

@@ -123,9 +123,9 @@ def test_lighting_offsets_have_the_papers_distribution(grey):
             flat = x.double().flatten(2)  # (B, 3, pixels)
             assert (flat.std(2) < 1e-3).all()  # the offset is one colour per image, added to every pixel
             offsets.append(flat.mean(2) - (128 - torch.tensor(st["mean"], dtype=torch.float64)))
-    off = torch.cat(offsets).numpy()  # (N, 3) = eigvec @ (alpha * eigval), alpha ~ N(0, 0.1)
+    off = torch.cat(offsets).numpy()  # (N, 3) = 255 eigvec @ (alpha * eigval_01), alpha ~ N(0, 0.1)
     n = len(off)
-    v, lam = np.array(st["eigvec"]), np.array(st["eigval"])
+    v, lam = np.array(st["eigvec"]), np.array(st["eigval"]) / 255  # 255 * eigval_255 / 255^2
     expected = v @ np.diag((0.1 * lam) ** 2) @ v.T
     # in the eigenbasis the components are independent N(0, (0.1 lam)^2)
     z = off @ v / (0.1 * lam)

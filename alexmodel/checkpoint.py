@@ -1,0 +1,70 @@
+"""Checkpoints that resume a run exactly, written so that a kill at any instant leaves a readable file.
+
+A checkpoint holds everything the next step depends on: model, optimizer, lr scheduler and GradScaler states,
+the global step, the epoch's running sums when taken mid-epoch, and per data-parallel rank the loader's position
+inside the epoch (`Loader.state_dict()`) and the random generators (torch, CUDA, numpy, python). It is written
+to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on POSIX), so the file on disk is always the last
+complete checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = 1  # bump when the layout below changes
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """torch.save to `path.tmp`, flushed to disk, then renamed over `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | os.PathLike) -> dict:
+    """A checkpoint written by the trainer, on the CPU. It holds numpy and python RNG states, hence
+    weights_only=False: load only checkpoints you trust (as with any pickle)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a trainer checkpoint of format {FORMAT}")
+    return ckpt
+
+
+def rng_state() -> dict:
+    """The states of every generator the training step draws from (dropout: torch/CUDA)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def incompatibility(saved: dict, now: dict, keys: list[str]) -> str | None:
+    """The first dotted key (e.g. "model.width") whose value differs between two nested config dicts,
+    described in one phrase; None when they all agree."""
+    for key in keys:
+        a, b = saved, now
+        for part in key.split("."):
+            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
+        if a != b:
+            return f"{key} is {a!r} in the checkpoint but {b!r} now"
+    return None

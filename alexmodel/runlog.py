@@ -1,0 +1,103 @@
+"""The record every training run leaves in its directory:
+
+    config.json     the resolved configuration, the code revision, library versions and the machine
+    metrics.jsonl   one JSON object per epoch (train loss/top-1, val top-1/top-5, lr, images/s, data wait)
+    plot.png        loss, accuracy and learning-rate curves, redrawn after every epoch
+    checkpoint.pt   the latest checkpoint (alexmodel/checkpoint.py)
+
+Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG, METRICS, PLOT, CHECKPOINT = "config.json", "metrics.jsonl", "plot.png", "checkpoint.pt"
+
+
+def git_revision() -> str:
+    """`git rev-parse HEAD` of the code's checkout, or "unknown" (an installed copy, no git)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, config: dict, **extra) -> dict:
+    """config.json: {"config": the resolved configs, "revision", versions, machine, command, ...extra}."""
+    import torch
+
+    try:
+        import nvidia.dali as dali
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = "not installed"
+    record = {"config": config, "revision": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": sys.argv, "python": platform.python_version(), "torch": torch.__version__,
+              "dali": dali_version, "host": platform.node(),
+              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra}
+    _write_text(run_dir / CONFIG, json.dumps(record, indent=1, default=str) + "\n")
+    return record
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    p = Path(run_dir) / CONFIG
+    try:
+        return json.loads(p.read_text())["config"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{p}: not found (is {run_dir} a run directory?)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{p}: not a run's config.json ({e})") from None
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl from the whole history (the checkpoint's copy), so file and checkpoint always agree."""
+    _write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in history))
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    p = Path(run_dir) / METRICS
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def plot(run_dir: Path, history: list[dict]) -> None:
+    """plot.png: loss, accuracy (%) and learning rate against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on training machines
+    import matplotlib.pyplot as plt
+
+    ep = [m["epoch"] for m in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    ax_loss.plot(ep, [m["train_loss"] for m in history], "o-", ms=3, label="train")
+    ax_loss.plot(ep, [m["val_loss"] for m in history], "o-", ms=3, label="val (centre crop)")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    for key, label in (("train_top1", "train top-1 (running)"), ("val_top1", "val top-1"),
+                       ("val_top5", "val top-5")):
+        ax_acc.plot(ep, [100 * m[key] for m in history], "o-", ms=3, label=label)
+    ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
+    ax_lr.plot(ep, [m["lr"] for m in history], "o-", ms=3)
+    ax_lr.set(xlabel="epoch", title="learning rate (last step of the epoch)")
+    if all(m["lr"] > 0 for m in history):
+        ax_lr.set_yscale("log")
+    for ax in (ax_loss, ax_acc):
+        ax.legend(fontsize=8)
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+    tmp = run_dir / (PLOT + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, run_dir / PLOT)

@@ -1,0 +1,593 @@
+"""The trainer: SGD with momentum on the two-tower AlexNet (paper §5), fed by the DALI `Loader`.
+
+    alexnet train DATA --out runs/paper                                   # the paper's recipe, one GPU
+    python -m torch.distributed.run --nproc_per_node 8 cli.py train DATA --out runs/ddp   # data parallel
+
+Small free functions, as in torchvision's references/classification:
+    train_one_epoch(model, optimizer, loader, ...)   one pass over this rank's shard; returns the epoch's sums
+    evaluate(model, loader, ...)                     top-1/top-5 on a centre-crop or ten-crop loader (§4.1)
+    train(data, model, optim, run)                   a whole run: loaders, model, schedule, checkpoints, record
+    evaluate_checkpoint(data, checkpoint, ...)       `alexnet evaluate`
+
+Recipes (`recipe()`):
+    paper   §5: batch 128, SGD momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 whenever the validation
+            error stops improving, 90 epochs, N(0, 0.01) init with the paper's unit biases.
+    modern  batch 512 with the lr scaled linearly (0.01 per 128 images, Goyal et al. 2017 §2.1), 5 warmup
+            epochs (ibid. §2.2), cosine decay to 0 (Loshchilov & Hutter 2017), label smoothing 0.1 (Szegedy et
+            al. 2016 §7), Kaiming init (He et al. 2015) on inputs divided by the per-channel std, no PCA lighting
+            noise. Not the paper; it starts learning at once where the paper's init can sit at chance for epochs.
+
+Data parallel: started by torchrun (WORLD_SIZE > 1), every rank trains on `Loader(shard_id=rank,
+num_shards=world_size)` (disjoint shards that together cover the epoch), DistributedDataParallel all-reduces the
+gradients (NCCL on GPUs, gloo on CPUs), and rank 0 writes the run directory (alexmodel/runlog.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from alexdata.dataset import DataError, open_split
+from alexmodel import checkpoint as ckpt_io
+from alexmodel import runlog
+from alexmodel.model import AlexNet, ModelConfig
+from pipelines.config import AugmentConfig, PipelineStats
+
+RECIPES = ("paper", "modern")
+SCHEDULES = ("plateau", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PLACEMENTS = ("single", "two-tower")
+DEVICES = ("auto", "cpu", "gpu")
+PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
+
+
+class TrainError(Exception):
+    """A run cannot start or go on: one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str  # a prepare output (or class-folder tree) with a train and a val split
+    stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
+    threads: int | None = None  # DALI CPU threads per rank; None: all cores
+    aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads}: expected an int >= 1 (or None for all cores)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    recipe: str = "paper"  # where the defaults came from, see recipe()
+    batch_size: int = 128  # paper §5; images per step over all data-parallel ranks together
+    epochs: int = 90  # paper §5: "roughly 90 cycles through the training set"
+    lr: float = 0.01  # paper §5: initial (peak) learning rate
+    momentum: float = 0.9  # paper §5
+    weight_decay: float = 5e-4  # paper §5, on every weight and bias as in the paper's update rule
+    schedule: str = "plateau"  # paper §5: lr / 10 "when the validation error rate stopped improving"; or "cosine"
+    plateau_factor: float = 0.1  # paper §5: "divided by 10"
+    plateau_patience: int = 5  # epochs without a better val top-1 error; the paper gives no number (3 cuts, ~90 ep.)
+    warmup_epochs: float = 0.0  # cosine only: lr ramps linearly from 0 (Goyal et al. 2017 §2.2)
+    label_smoothing: float = 0.0  # Szegedy et al. 2016 §7; the paper uses none
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe={self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"batch_size={self.batch_size!r}: expected an int >= 1")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ValueError(f"epochs={self.epochs!r}: expected an int >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr={self.lr!r}: expected a finite number > 0")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"momentum={self.momentum}, weight_decay={self.weight_decay}: expected 0 <= momentum < 1 "
+                             f"and weight_decay >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
+            raise ValueError(f"plateau_factor={self.plateau_factor}, plateau_patience={self.plateau_patience}: "
+                             f"expected 0 < factor < 1 and patience >= 0")
+        if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.schedule != "cosine"):
+            raise ValueError(f"warmup_epochs={self.warmup_epochs}: expected >= 0, and 0 unless schedule='cosine'")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing}: expected a number in [0, 1)")
+
+
+def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = None, epochs: int | None = None,
+           lr: float | None = None) -> tuple[ModelConfig, AugmentConfig, OptimConfig]:
+    """The model, augmentation and optimisation settings of a recipe (see the module docstring), with overrides.
+
+    "modern" scales its lr linearly with the batch size unless `lr` is given, and divides the inputs by the
+    per-channel std so that Kaiming-initialised layers start at unit scale (the paper's N(0, 0.01) init is
+    matched to mean-subtracted 0-255 pixels instead). "paper" keeps lr 0.01 at any batch size.
+    ModelConfig.num_classes is a placeholder: train() takes the class count from the data."""
+    if name == "paper":
+        model, aug, optim = ModelConfig(width=width, init="paper"), AugmentConfig(), OptimConfig()
+    elif name == "modern":
+        # No PCA lighting noise: torchvision's and timm's ImageNet recipes use none.
+        model, aug = ModelConfig(width=width, init="modern"), AugmentConfig(divide_std=True, pca_std=0.0)
+        optim = OptimConfig(recipe="modern", batch_size=512, schedule="cosine", warmup_epochs=5.0,
+                            label_smoothing=0.1)
+    else:
+        raise ValueError(f"recipe={name!r}: expected one of {', '.join(RECIPES)}")
+    bs = optim.batch_size if batch_size is None else batch_size
+    if lr is None:
+        lr = optim.lr * bs / PAPER_LR_BATCH if name == "modern" else optim.lr
+    return model, aug, replace(optim, batch_size=bs, epochs=optim.epochs if epochs is None else epochs, lr=lr)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/alexnet"  # run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt
+    device: str = "auto"  # "gpu" when torch sees CUDA, else "cpu"
+    precision: str = "fp32"  # the paper trained in fp32; "bf16" autocast; "fp16" autocast + GradScaler (GPU)
+    channels_last: bool = False  # NHWC activations: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile the model
+    placement: str = "single"  # "two-tower": tower t on GPU t, as the paper split the net (§3.2)
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: at the end of each epoch only
+    seed: int = 0  # init, dropout and the loader's augmentation draws
+    torch_threads: int | None = None  # CPU intra-op threads; fix it so CPU runs (and resumes) are bit-exact
+    progress: bool = True  # live tqdm bar on rank 0
+
+    def __post_init__(self):
+        for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS),
+                                     ("placement", self.placement, PLACEMENTS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every={self.checkpoint_every}: expected >= 0 steps (0: epoch ends only)")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads={self.torch_threads}: expected >= 1 (or None for torch's default)")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise TrainError("--device gpu asked for, but torch sees no CUDA GPU (use --device cpu)")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------- one epoch
+
+
+@dataclass
+class EpochMeter:
+    """Running sums of one training epoch over all ranks (times: this rank's); saved in mid-epoch checkpoints."""
+    steps: int = 0
+    images: int = 0
+    loss_sum: float = 0.0  # cross-entropy summed over images
+    correct: int = 0  # top-1 hits on the training crops, with the weights as they were before each step
+    data_s: float = 0.0  # seconds waiting for the loader
+    step_s: float = 0.0  # seconds in whole steps, the wait included
+
+    def summary(self) -> dict:
+        n, s = max(self.images, 1), max(self.step_s, 1e-9)
+        return {"train_loss": self.loss_sum / n, "train_top1": self.correct / n,
+                "images_per_s": self.images / s, "data_wait_frac": self.data_s / s}
+
+
+class NonFiniteLoss(TrainError):
+    pass
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _autocast(device_type: str, precision: str):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
+def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler=None, channels_last: bool = False,
+                    label_smoothing: float = 0.0, lr_at: Callable[[int], float] | None = None,
+                    meter: EpochMeter | None = None, after_step: Callable | None = None, bar=None) -> EpochMeter:
+    """One pass over `loader` (this rank's shard of the epoch), continuing `meter` when resuming mid-epoch.
+
+    lr_at(i): the lr for the epoch's step i (per-step schedules); None leaves the optimizer's lr alone.
+    after_step(meter, images, labels): called after every optimizer step (checkpoints, hooks).
+    Raises NonFiniteLoss when the loss (averaged over all ranks) is NaN or infinite."""
+    meter = EpochMeter() if meter is None else meter
+    scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler
+    model.train()
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        if batch is None:
+            break
+        images, labels = batch  # (B, 3, 227, 227), (B,) on the loader's device
+        t_data = time.perf_counter() - t0
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(meter.steps)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(images.device.type, precision):
+            logits = model(images)  # (B, classes)
+        labels = labels.to(logits.device)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        sums = torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
+                            logits.new_tensor(labels.numel(), dtype=torch.float32)])
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if _distributed():
+            dist.all_reduce(sums)
+        # The step's one host sync: it makes the NaN check possible and the step and data-wait times honest.
+        loss_sum, correct, count = sums.tolist()
+        step_s = time.perf_counter() - t0
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLoss(f"loss is {loss_sum / count} at step {meter.steps + 1} of the epoch")
+        meter.steps += 1
+        meter.images += int(count)
+        meter.loss_sum += loss_sum
+        meter.correct += int(correct)
+        meter.data_s += t_data
+        meter.step_s += step_s
+        if bar is not None:
+            s = meter.summary()
+            bar.set_postfix(loss=f"{s['train_loss']:.3f}", top1=f"{100 * s['train_top1']:.1f}%",
+                            lr=f"{optimizer.param_groups[0]['lr']:.3g}", img_s=f"{s['images_per_s']:.0f}",
+                            wait=f"{100 * s['data_wait_frac']:.0f}%", refresh=False)
+            bar.update()
+        if after_step is not None:
+            after_step(meter, images, labels)
+    return meter
+
+
+@torch.no_grad()
+def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = False) -> dict:
+    """Top-1/top-5 accuracy (fractions) and cross-entropy over `loader`, summed over all ranks.
+
+    A ten-crop loader gives (B, 10, 3, 227, 227): the prediction is the softmax averaged over the ten views
+    (paper §4.1); its loss is -log of that average."""
+    was_training = model.training
+    model.eval()
+    totals = None
+    for images, labels in loader:
+        views = images.shape[1] if images.dim() == 5 else 1
+        if views > 1:
+            images = images.flatten(0, 1)  # (B * 10, 3, 227, 227), views of an image adjacent
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(images.device.type, precision):
+            logits = model(images)
+        logp = logits.float().log_softmax(-1)
+        logp = logp.view(-1, views, logp.shape[-1]).logsumexp(1) - math.log(views)  # log of the mean softmax
+        labels = labels.to(logp.device)
+        top = logp.topk(min(5, logp.shape[-1]), dim=1).indices  # (B, 5)
+        hits = top == labels[:, None]
+        batch = torch.stack([-logp.gather(1, labels[:, None]).sum(), hits[:, 0].sum().float(),
+                             hits.any(1).sum().float(), logp.new_tensor(labels.numel())]).double()
+        totals = batch if totals is None else totals + batch
+    if totals is None:
+        raise DataError("evaluate: the loader yielded no batches")
+    if _distributed():
+        dist.all_reduce(totals)
+    loss_sum, top1, top5, n = totals.tolist()
+    model.train(was_training)
+    return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "images": int(n)}
+
+
+# ---------------------------------------------------------------------------------------------- a whole run
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this module initialised the process group (and destroys it)
+
+
+def _init_distributed(device: str, placement: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "gpu":
+        torch.cuda.set_device(local * (2 if placement == "two-tower" else 1))
+    if _distributed():
+        return Dist(dist.get_rank(), dist.get_world_size(), local)
+    dist.init_process_group("nccl" if device == "gpu" else "gloo")
+    return Dist(rank, world, local, owned=True)
+
+
+def _tower_devices(device: str, placement: str, local_rank: int) -> tuple[torch.device, ...]:
+    """The devices of this rank's model: one, or (tower 0, tower 1) for the two-tower placement."""
+    if device == "cpu":
+        return (torch.device("cpu"),)
+    per_rank = 2 if placement == "two-tower" else 1
+    first = local_rank * per_rank
+    if torch.cuda.device_count() < first + per_rank:
+        raise TrainError(f"--placement {placement} on local rank {local_rank} needs GPUs "
+                         f"{first}..{first + per_rank - 1}, but torch sees {torch.cuda.device_count()}")
+    return tuple(torch.device("cuda", first + t) for t in range(per_rank))
+
+
+def _gather(obj, d: Dist) -> list:
+    if d.world == 1:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _all_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
+# may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths and the
+# speed-only settings (precision, threads, channels_last, compile).
+COMPAT_KEYS = (["model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
+                "run.placement", "world_size", "stats_255"]
+               + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
+
+
+def stats_path(data: DataConfig) -> Path:
+    return Path(data.stats) if data.stats else Path(data.data) / "stats.json"
+
+
+def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConfig, *, resume: bool = False,
+          on_step: Callable | None = None) -> dict:
+    """Trains AlexNet and records the run in `run.out`. Returns {"run_dir", "history", "model", "checkpoint"}.
+
+    model: width and init are used; num_classes comes from the data, devices from `run.placement`.
+    resume: continue `run.out/checkpoint.pt` exactly (weights, optimizer, schedule, scaler, RNGs and the loader's
+        position inside the epoch); the configs must match the checkpoint's (COMPAT_KEYS), `optim.epochs` may grow.
+    on_step(epoch, step, images, labels): called on every rank after every optimizer step (tests, debugging);
+        epoch counts from 0, step is the global step count after this one.
+    Raises TrainError (and DataError, ValueError for bad inputs) with one line."""
+    device = resolve_device(run.device)
+    run = replace(run, device=device)
+    if run.precision == "fp16" and device != "gpu":
+        raise TrainError("--precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on the CPU")
+    if run.placement == "two-tower" and device != "gpu":
+        raise TrainError("--placement two-tower needs two GPUs; use --placement single on the CPU")
+    if run.torch_threads:
+        torch.set_num_threads(run.torch_threads)
+    d = _init_distributed(device, run.placement)
+    try:
+        return _train(data, model, optim, run, d, resume=resume, on_step=on_step)
+    finally:
+        if d.owned:
+            dist.destroy_process_group()
+
+
+def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: RunConfig, d: Dist, *,
+           resume: bool, on_step: Callable | None) -> dict:
+    from alexdata.loader import Loader, resolve_stats
+
+    if optim.batch_size % d.world:
+        raise TrainError(f"--batch-size {optim.batch_size} does not split over {d.world} ranks; "
+                         f"use a multiple of {d.world}")
+    per_rank = optim.batch_size // d.world
+    classes = open_split(data.data, "train").classes
+    open_split(data.data, "val")  # the schedule needs the val error: fail now, not after an epoch
+    model_cfg = replace(model_cfg, num_classes=len(classes), devices=None)
+    stats = resolve_stats(stats_path(data), data.data)
+    config = {"data": asdict(data), "model": {k: getattr(model_cfg, k) for k in ("num_classes", "width", "init")},
+              "optim": asdict(optim), "run": asdict(run), "world_size": d.world, "stats_255": asdict(stats)}
+
+    run_dir = Path(run.out)
+    ckpt_path = run_dir / runlog.CHECKPOINT
+    saved = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise TrainError(f"--resume: {ckpt_path} not found (no run to continue in {run_dir})")
+        try:
+            saved = ckpt_io.load(ckpt_path)
+        except ValueError as e:
+            raise TrainError(str(e)) from None
+        why = ckpt_io.incompatibility(saved["config"], config, COMPAT_KEYS)
+        if why:
+            raise TrainError(f"cannot resume {ckpt_path}: {why}; resume with the run's options "
+                             f"(see {run_dir / runlog.CONFIG}) or train into a new --out")
+    elif ckpt_path.exists():
+        raise TrainError(f"{run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue it, "
+                         f"or choose another --out")
+
+    # Same init on every rank (DDP also broadcasts rank 0's weights), then a different dropout stream per rank.
+    torch.manual_seed(run.seed)
+    np.random.seed(run.seed)
+    random.seed(run.seed)
+    devices = _tower_devices(run.device, run.placement, d.local_rank)
+    net = AlexNet(model_cfg.num_classes, width=model_cfg.width, init=model_cfg.init,
+                  devices=devices if len(devices) == 2 else None)
+    if len(devices) == 1:
+        net = net.to(devices[0])
+    if run.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    torch.manual_seed(run.seed + 1 + d.rank)
+    if run.device == "gpu":
+        torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=optim.plateau_factor,
+                                                         patience=optim.plateau_patience)
+    scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
+
+    loader_kw = dict(stats=stats, aug=data.aug, batch_size=per_rank, device=run.device,
+                     device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
+                     shard_id=d.rank, num_shards=d.world)
+    train_loader = Loader(data.data, split="train", mode="train", **loader_kw)
+    val_loader = Loader(data.data, split="val", mode="center", **loader_kw)
+    steps_per_epoch = len(train_loader)
+
+    history: list[dict] = []
+    start_epoch, meter = 0, None
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if optim.lr != saved["config"]["optim"]["lr"]:  # a new initial lr: keep the plateau cuts made so far
+            for group in optimizer.param_groups:
+                group["lr"] *= optim.lr / saved["config"]["optim"]["lr"]
+        plateau.load_state_dict(saved["plateau"])
+        scaler.load_state_dict(saved["scaler"])
+        train_loader.load_state_dict(saved["ranks"][d.rank]["loader"])
+        history, start_epoch = saved["history"], saved["epoch"]
+        meter = EpochMeter(**saved["meter"]) if saved["meter"] else None
+    if d.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
+        runlog.write_config(run_dir, config, classes=list(classes), resumed_at=resumed_at)
+        if saved is not None:  # the checkpoint's history is the truth: drop lines of epochs it does not hold
+            runlog.write_metrics(run_dir, history)
+
+    model = net
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[devices[0]] if run.device == "gpu" and len(devices) == 1 else None)
+    if run.compile:
+        model = torch.compile(model)
+
+    def lr_at(epoch: int) -> Callable[[int], float] | None:
+        if optim.schedule != "cosine":
+            return None
+        total, warm = optim.epochs * steps_per_epoch, optim.warmup_epochs * steps_per_epoch
+
+        def at(i: int) -> float:
+            step = epoch * steps_per_epoch + i  # 0-based global step
+            if step < warm:
+                return optim.lr * (step + 1) / warm
+            return 0.5 * optim.lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+        return at
+
+    last_saved: list = [None if saved is None else (saved["epoch"], saved["step"])]
+
+    def save(epoch: int, meter_now: EpochMeter | None, step: int) -> None:
+        """A checkpoint after `step` global steps; epoch = epochs finished (meter None) or the one in progress."""
+        if not _all_finite(net):
+            raise NonFiniteLoss(f"the weights hold NaN/inf after step {step}")
+        mine = {"loader": train_loader.state_dict(), "rng": ckpt_io.rng_state()}
+        ranks = _gather(mine, d)
+        if d.rank == 0:
+            ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": config, "epoch": epoch, "step": step,
+                                 "meter": None if meter_now is None else asdict(meter_now),
+                                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "plateau": plateau.state_dict(), "scaler": scaler.state_dict(),
+                                 "ranks": ranks, "history": history}, ckpt_path)
+        last_saved[0] = (epoch, step)
+
+    if saved is not None:
+        ckpt_io.set_rng_state(saved["ranks"][d.rank]["rng"])  # last: building the model above drew from them
+    show = run.progress and d.rank == 0
+    from tqdm import tqdm
+
+    try:
+        for epoch in range(start_epoch, optim.epochs):
+            desc = f"epoch {epoch + 1}/{optim.epochs}" + (f" (val top-1 {100 * history[-1]['val_top1']:.1f}%)"
+                                                          if history else "")
+            bar = tqdm(total=steps_per_epoch, initial=meter.steps if meter else 0, unit="step", leave=False,
+                       desc=desc, dynamic_ncols=True) if show else None
+
+            def after_step(m: EpochMeter, images, labels, epoch=epoch) -> None:
+                step = epoch * steps_per_epoch + m.steps
+                if run.checkpoint_every and step % run.checkpoint_every == 0 and m.steps < steps_per_epoch:
+                    save(epoch, m, step)
+                if on_step is not None:
+                    on_step(epoch, step, images, labels)
+
+            try:
+                meter = train_one_epoch(model, optimizer, train_loader, precision=run.precision, scaler=scaler,
+                                        channels_last=run.channels_last, label_smoothing=optim.label_smoothing,
+                                        lr_at=lr_at(epoch), meter=meter, after_step=after_step, bar=bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            t_eval = time.perf_counter()
+            val = evaluate(net, val_loader, precision=run.precision, channels_last=run.channels_last)
+            lr = optimizer.param_groups[0]["lr"]
+            if optim.schedule == "plateau":
+                plateau.step(1.0 - val["top1"])  # paper §5: watches the validation error rate
+            history.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **meter.summary(),
+                            "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
+                            "epoch_s": meter.step_s, "eval_s": time.perf_counter() - t_eval,
+                            "time": time.time()})
+            save(epoch + 1, None, (epoch + 1) * steps_per_epoch)
+            meter = None
+            if d.rank == 0:
+                runlog.write_metrics(run_dir, history)
+                runlog.plot(run_dir, history)
+                if run.progress:
+                    _print_epoch(history[-1], optim.epochs)
+    except NonFiniteLoss as e:
+        where = (f"kept the last good checkpoint {ckpt_path} (epoch {last_saved[0][0]}, step {last_saved[0][1]})"
+                 if last_saved[0] else "no checkpoint was written yet")
+        hint = "continue with --resume and a lower --lr" + (", or fp32" if run.precision != "fp32" else "")
+        raise TrainError(f"epoch {epoch + 1}: {e}: training stopped; {where}; {hint}") from None
+    except torch.cuda.OutOfMemoryError:
+        raise TrainError(f"out of GPU memory with {per_rank} images per GPU (--batch-size {optim.batch_size}); "
+                         f"try --batch-size {max(1, optim.batch_size // 2)}") from None
+    return {"run_dir": run_dir, "history": history, "model": net, "checkpoint": ckpt_path}
+
+
+def _print_epoch(m: dict, epochs: int) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.3f}  train {100 * m['train_top1']:5.1f}%  "
+               f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%  lr {m['lr']:.3g}  "
+               f"{m['images_per_s']:.0f} img/s  data wait {100 * m['data_wait_frac']:.0f}%")
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_checkpoint(data: str | os.PathLike, checkpoint: str | os.PathLike, *, ten_crop: bool = False,
+                        device: str = "auto", batch_size: int = 128, threads: int | None = None,
+                        stats: str | os.PathLike | None = None, precision: str = "fp32") -> dict:
+    """Top-1/top-5 of a trained checkpoint on DATA's val split, centre crop or ten-crop (paper §4.1).
+
+    The mean subtracted is the one the run trained with (kept in the checkpoint) unless `stats` names a file."""
+    from alexdata.loader import Loader, resolve_stats
+
+    device = resolve_device(device)
+    if precision not in PRECISIONS or (precision == "fp16" and device != "gpu"):
+        raise TrainError(f"--precision {precision}: expected fp32 or bf16 (fp16 on a GPU)")
+    try:
+        saved = ckpt_io.load(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainError(str(e)) from None
+    cfg = saved["config"]
+    classes = open_split(data, "val").classes
+    if len(classes) != cfg["model"]["num_classes"]:
+        raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has "
+                         f"{len(classes)}")
+    pstats = resolve_stats(stats, data) if stats else PipelineStats(**cfg["stats_255"])
+    aug = AugmentConfig(**cfg["data"]["aug"])
+    net = AlexNet(cfg["model"]["num_classes"], width=cfg["model"]["width"], init=cfg["model"]["init"])
+    net.load_state_dict(saved["model"])
+    net = net.to("cuda" if device == "gpu" else "cpu")
+    loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", stats=pstats, aug=aug,
+                    batch_size=batch_size, device=device, device_id=torch.cuda.current_device() if device == "gpu"
+                    else 0, threads=threads)
+    out = evaluate(net, loader, precision=precision)
+    return {**out, "ten_crop": ten_crop, "checkpoint": str(checkpoint), "epoch": saved["epoch"],
+            "step": saved["step"]}
+
+
+def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
+    """The configs recorded in a run's config.json (to resume with the options the run started with)."""
+    d = dict(cfg["data"])
+    d["aug"] = AugmentConfig(**d["aug"])
+    return (DataConfig(**d), ModelConfig(**cfg["model"]), OptimConfig(**cfg["optim"]), RunConfig(**cfg["run"]))
+
+
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "recipe", "train",
+           "train_one_epoch", "evaluate", "evaluate_checkpoint", "configs_from_dict", "RECIPES"]

@@ -1,0 +1,303 @@
+"""The trainer on tiny data and a 1/16-width AlexNet on the CPU: the run record, learning, exact resume after
+SIGKILL, data parallelism under torchrun/gloo, bad states, and ten-crop evaluation against a direct computation."""
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from alexdata.stats import compute_stats, write_stats
+from alexmodel.train import (COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, TrainError, evaluate_checkpoint,
+                             recipe, train)
+from conftest import ROOT, run_cli
+
+WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
+TINY = ["--recipe", "modern", "--width", WIDTH, "--batch-size", 8, "--device", "cpu", "--torch-threads", 1,
+        "--threads", 1, "--no-progress"]
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prepared):
+    """The session's prepared mini-ImageNet (3 classes, 45 train / 12 val images) with its stats.json."""
+    d = tmp_path_factory.mktemp("train") / "data"
+    shutil.copytree(prepared, d)
+    write_stats(compute_stats(d, threads=1), d / "stats.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory):
+    """One epoch through the command line, as a user runs it."""
+    out = tmp_path_factory.mktemp("runs") / "one"
+    r = run_cli("train", data, "--out", out, "--epochs", 1, *TINY)
+    assert "metrics.jsonl" in r.stdout
+    return out
+
+
+def tiny(data, out, *, epochs=1, lr=None, batch_size=8, **run):
+    """Configs for the tiny model: the modern recipe with one warmup epoch, deterministic CPU threads."""
+    model, aug, optim = recipe("modern", width=WIDTH, batch_size=batch_size, epochs=epochs, lr=lr)
+    run = RunConfig(out=str(out), device="cpu", torch_threads=1, progress=False, **run)
+    return DataConfig(str(data), threads=1, aug=aug), model, replace(optim, warmup_epochs=1.0), run
+
+
+def test_recipes_have_the_papers_defaults():
+    _, aug, paper = recipe("paper")
+    assert (paper.batch_size, paper.lr, paper.momentum, paper.weight_decay, paper.epochs, paper.schedule,
+            paper.plateau_factor) == (128, 0.01, 0.9, 5e-4, 90, "plateau", 0.1)
+    assert aug.pca_std == 0.1 and not aug.divide_std
+    model, _, modern = recipe("modern", batch_size=1024)
+    assert model.init == "modern" and modern.schedule == "cosine" and modern.lr == pytest.approx(0.01 * 1024 / 128)
+    assert recipe("paper", batch_size=256)[2].lr == 0.01  # the paper's recipe does not rescale
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        OptimConfig(warmup_epochs=1.0)  # plateau schedule
+    with pytest.raises(ValueError, match="batch_size=0"):
+        OptimConfig(batch_size=0)
+
+
+def test_one_epoch_leaves_config_metrics_and_plot(one_epoch, data):
+    cfg = json.loads((one_epoch / "config.json").read_text())
+    assert cfg["config"]["model"] == {"num_classes": 3, "width": WIDTH, "init": "modern"}
+    assert cfg["config"]["optim"]["batch_size"] == 8 and cfg["config"]["run"]["device"] == "cpu"
+    assert len(cfg["revision"]) == 40 or cfg["revision"] == "unknown"
+    lines = (one_epoch / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    m = json.loads(lines[0])
+    assert m["epoch"] == 1 and m["step"] == math.ceil(45 / 8)
+    for k in ("train_top1", "val_top1", "val_top5", "data_wait_frac"):
+        assert 0.0 <= m[k] <= 1.0, (k, m[k])
+    assert m["val_top5"] == 1.0  # 3 classes: the top 5 hold them all
+    assert m["train_loss"] > 0 and m["val_loss"] > 0 and m["lr"] > 0 and m["images_per_s"] > 0
+    assert (one_epoch / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (one_epoch / "checkpoint.pt").is_file() and not list(one_epoch.glob("*.tmp"))
+
+
+def test_loss_goes_down(data, tmp_path):
+    h = train(*tiny(data, tmp_path / "run", epochs=3, lr=0.02))["history"]
+    assert [m["epoch"] for m in h] == [1, 2, 3]
+    assert h[-1]["train_loss"] < h[0]["train_loss"] - 0.05, [m["train_loss"] for m in h]
+
+
+KILL_SCRIPT = r"""
+import json, os, signal, sys
+from dataclasses import replace
+import torch
+from alexmodel.train import train
+from test_train import tiny
+
+data, out, log, kill_at, every, resume = sys.argv[1:7]
+def on_step(epoch, step, images, labels):
+    with open(log, "a") as f:
+        f.write(json.dumps({"epoch": epoch, "step": step, "labels": labels.tolist(),
+                            "pixels": float(images.double().sum())}) + "\n")
+    if step == int(kill_at):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as if the machine died
+r = train(*tiny(data, out, epochs=2, checkpoint_every=int(every)), resume=resume == "1", on_step=on_step)
+torch.save(r["model"].state_dict(), os.path.join(out, "final.pt"))
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(data, tmp_path):
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    steps = math.ceil(45 / 8)  # per epoch
+    every, kill_at = steps + 2, steps + 3  # a checkpoint at the 2nd step of epoch 2; killed one step later
+    cmd = lambda out, log, kill, resume: [sys.executable, str(script), str(data), str(tmp_path / out),
+                                         str(tmp_path / log), str(kill), str(every), resume]
+    ref = subprocess.Popen(cmd("ref", "ref.jsonl", -1, "0"), env=ENV, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.run(cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert ref.wait() == 0, ref.stderr.read()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["meter"]["steps"]) == (1, steps + 2, 2)  # mid-epoch
+    resumed = subprocess.run(cmd("run", "resumed.jsonl", -1, "1"), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
+    ref_log, killed_log, resumed_log = read("ref.jsonl"), read("killed.jsonl"), read("resumed.jsonl")
+    assert len(ref_log) == 2 * steps
+    assert killed_log == ref_log[:kill_at]
+    assert resumed_log == ref_log[every:]  # the same batches (labels and pixels) from the checkpoint on
+    a = torch.load(tmp_path / "ref" / "final.pt")
+    b = torch.load(tmp_path / "run" / "final.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("epoch", "step", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr")
+    ma = [{k: m[k] for k in keys} for m in map(json.loads, (tmp_path / "ref" / "metrics.jsonl").open())]
+    mb = [{k: m[k] for k in keys} for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())]
+    assert ma == mb and len(ma) == 2
+
+
+DDP_SCRIPT = r"""
+import hashlib, json, os, sys
+from alexmodel.train import train
+from test_train import tiny
+
+data, out, logs = sys.argv[1:4]
+seen = {}
+def on_step(epoch, step, images, labels):
+    seen.setdefault(epoch, []).extend(labels.tolist())
+r = train(*tiny(data, out, epochs=2, batch_size=4), on_step=on_step)  # 2 images per rank and step
+sd = r["model"].state_dict()
+digest = hashlib.sha256(b"".join(sd[k].numpy().tobytes() for k in sorted(sd))).hexdigest()
+with open(os.path.join(logs, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"seen": seen, "weights": digest, "world": int(os.environ["WORLD_SIZE"])}, f)
+"""
+
+
+@pytest.fixture(scope="module")
+def one_label_per_image(tmp_path_factory):
+    """16 training images of 16 classes: an image's label names it, so the labels a rank sees say which images."""
+    from alexdata.prepare import PrepareConfig, prepare
+    from alexdata.synth import SynthConfig, make_synth
+
+    root = tmp_path_factory.mktemp("unique")
+    make_synth(root / "raw", SynthConfig(classes=16, train_per_class=1, val_per_class=1, oddities=False),
+               workers=2, progress=False)
+    prepare(root / "raw", root / "data", PrepareConfig(shard_size=4), workers=2, progress=False, log=lambda *a: None)
+    write_stats(compute_stats(root / "data", threads=1), root / "data" / "stats.json")
+    return root / "data"
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_gloo_cover_the_epoch_disjointly_and_agree(one_label_per_image, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), str(one_label_per_image), str(tmp_path / "run"), str(tmp_path)],
+                       env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert all(x["world"] == 2 for x in ranks)
+    for epoch in ("0", "1"):
+        a, b = (x["seen"][epoch] for x in ranks)
+        assert len(a) == len(b) == 8  # global batch 4 = 2 per rank, 4 steps each
+        assert not set(a) & set(b), f"epoch {epoch}: both ranks saw {set(a) & set(b)}"
+        assert sorted(a + b) == list(range(16))  # together: every image once
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["config"]["world_size"] == 2
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    out = tmp_path / "nan"
+    r = run_cli("train", data, "--out", out, "--epochs", 1, "--lr", 1e6, "--checkpoint-every", 1, *TINY, check=False)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "loss is nan" in lines[0] and "kept the last good checkpoint" in lines[0], r.stderr
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] >= 1 and f"step {ckpt['step']})" in lines[0]
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_incompatible_resume_is_one_line(one_epoch, data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    for opt, value, key in (("--width", 0.125, "model.width"), ("--batch-size", 16, "optim.batch_size")):
+        r = run_cli("train", data, "--out", run, "--resume", opt, value, check=False)
+        assert r.returncode == 1
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"cannot resume {run / 'checkpoint.pt'}: {key} is" in lines[0], r.stderr
+    r = run_cli("train", data, "--out", run, *TINY, check=False)  # a fresh run into a used directory
+    assert r.returncode == 1 and "already holds a run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # Options not given on a resume are the run's own: only the longer schedule is new.
+    run_cli("train", data, "--out", run, "--resume", "--epochs", 2)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_compat_keys_cover_the_optimiser_but_not_epochs_or_lr():
+    assert {"optim.batch_size", "optim.schedule", "optim.momentum", "model.width", "world_size"} <= set(COMPAT_KEYS)
+    assert not {"optim.epochs", "optim.lr", "run.precision"} & set(COMPAT_KEYS)
+
+
+def test_ten_crop_is_the_mean_softmax_of_the_ten_views(one_epoch, data):
+    from alexdata.loader import Loader
+    from alexmodel.model import AlexNet
+    from pipelines.config import AugmentConfig, PipelineStats
+
+    got = evaluate_checkpoint(data, one_epoch / "checkpoint.pt", ten_crop=True, device="cpu", batch_size=5,
+                              threads=1)
+    saved = torch.load(one_epoch / "checkpoint.pt", weights_only=False)
+    net = AlexNet(3, width=WIDTH, init="modern")
+    net.load_state_dict(saved["model"])
+    net.eval()
+    cfg = saved["config"]
+    loader = Loader(data, split="val", mode="tencrop", stats=PipelineStats(**cfg["stats_255"]),
+                    aug=AugmentConfig(**cfg["data"]["aug"]), batch_size=4, threads=1)
+    probs, labels = [], []
+    with torch.no_grad():
+        for images, y in loader:  # (B, 10, 3, 227, 227): each view through the net on its own
+            views = [torch.softmax(net(images[:, v]), -1).double().numpy() for v in range(10)]
+            probs.append(np.mean(views, axis=0))  # (B, classes)
+            labels.append(y.numpy())
+    p, y = np.concatenate(probs), np.concatenate(labels)
+    assert got["images"] == len(y) == 12
+    assert got["top1"] == np.mean(p.argmax(1) == y)
+    assert got["loss"] == pytest.approx(-np.mean(np.log(p[np.arange(len(y)), y])), rel=1e-5)
+    centre = evaluate_checkpoint(data, one_epoch / "checkpoint.pt", device="cpu", threads=1)
+    assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)  # the views do change the prediction
+
+    r = run_cli("evaluate", data, "--checkpoint", one_epoch / "checkpoint.pt", "--ten-crop", "--json",
+                "--device", "cpu", "--threads", 1)
+    cli = json.loads(r.stdout)
+    assert cli["top1"] == got["top1"] and cli["loss"] == pytest.approx(got["loss"], rel=1e-6)
+
+
+def test_bad_device_options_are_one_line(data, tmp_path):
+    r = run_cli("train", data, "--out", tmp_path / "a", *TINY, "--precision", "fp16", check=False)
+    assert r.returncode == 1 and "fp16 needs a GPU" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        r = run_cli("train", data, "--out", tmp_path / "b", "--device", "gpu", check=False)
+        assert r.returncode == 1 and "no CUDA GPU" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision,channels_last,compile", [("fp32", False, False), ("bf16", True, False),
+                                                             ("fp16", True, False), ("bf16", True, True)])
+def test_gpu_epoch(data, tmp_path, precision, channels_last, compile):
+    d, m, o, r = tiny(data, tmp_path / "run", epochs=2)
+    r = replace(r, device="gpu", torch_threads=None, precision=precision, channels_last=channels_last,
+                compile=compile, checkpoint_every=3)
+    h = train(d, m, o, r)["history"]
+    assert len(h) == 2 and all(math.isfinite(x["train_loss"]) for x in h)
+    ev = evaluate_checkpoint(data, tmp_path / "run" / "checkpoint.pt", device="gpu", ten_crop=True)
+    assert ev["images"] == 12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_tower_placement_on_two_gpus(data, tmp_path):
+    d, m, o, r = tiny(data, tmp_path / "run", epochs=1)
+    h = train(d, m, o, replace(r, device="gpu", torch_threads=None, placement="two-tower"))["history"]
+    assert math.isfinite(h[0]["train_loss"])
+    ev = evaluate_checkpoint(data, tmp_path / "run" / "checkpoint.pt", device="gpu")  # loads on one device
+    assert ev["top1"] == pytest.approx(h[0]["val_top1"])
+
+
+def test_bad_data_is_one_line(tmp_path):
+    with pytest.raises(Exception, match="no such directory"):
+        train(*tiny(tmp_path / "missing", tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reuses_them(tmp_path):
+    from alexmodel.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(classes=3, train_per_class=6, val_per_class=2, width=WIDTH, epochs=1, batch_size=6)
+    r = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)
+    assert r["val_images"] == 6 and 0 <= r["val_top1"] <= 1 and 0 <= r["ten_crop_top1"] <= 1
+    assert len((tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    again = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)  # every stage already done
+    assert again["val_top1"] == r["val_top1"] and again["train_s"] < r["train_s"]
