@@ -313,5 +313,35 @@ def demo(out, device):
     click.echo(f"demo: plot    {r['plot']}")
 
 
+@bench.command("train")
+@click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if available]")
+@click.option("--steps", default=20, show_default=True, help="Timed optimizer steps per variant (after warm-up).")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--width", default=1.0, show_default=True, help="Model width (1.0 = the paper's net).")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16", "fp16"]),
+              help="Precisions to sweep [default: fp32 and bf16].")
+@click.option("--threads", type=int, default=None, help="DALI threads for the end-to-end run.")
+@click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
+@click.option("--no-sweep", is_flag=True, help="Only the bf16 channels_last single-device variant.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_train(data, device, steps, batch_size, width, precisions, threads, stats, no_sweep, as_json):
+    """Training images/s: synthetic tensors on the device (compute bound) vs the real loader (end to end), and
+    the placement / precision / channels_last sweep. Without DATA only the synthetic figures."""
+    import torch
+
+    from alexdata.dataset import DataError
+    from alexmodel.bench import bench_train as run
+
+    device = device or ("gpu" if torch.cuda.is_available() else "cpu")
+    if device == "gpu" and not torch.cuda.is_available():
+        _fail(ValueError("--device gpu asked for, but torch sees no CUDA GPU"))
+    try:
+        _report(run(data, device, steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads, stats,
+                    sweep=not no_sweep), as_json)
+    except (DataError, ValueError) as e:
+        _fail(e)
+
+
 if __name__ == "__main__":
     main()

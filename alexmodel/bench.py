@@ -1,0 +1,109 @@
+"""`alexnet bench train`: training images/s with synthetic tensors already on the device (the compute bound) and
+with the real DALI loader (end to end), side by side in one run; end_to_end / synthetic is what waiting for data
+costs. Also sweeps placement (one device / two towers), precision and channels_last on synthetic tensors.
+
+Every variant runs the trainer's own `train_one_epoch` step (forward, backward, SGD, the per-step host sync), so
+the figures are the trainer's, not a stripped-down loop's."""
+from __future__ import annotations
+
+import itertools
+import platform
+import time
+
+import torch
+
+from alexmodel.model import AlexNet
+from alexmodel.train import train_one_epoch
+
+
+class _Synthetic:
+    """`steps` batches of one fixed random batch, already on the device: no data cost at all."""
+
+    def __init__(self, batch_size: int, classes: int, device: torch.device, steps: int):
+        g = torch.Generator().manual_seed(0)
+        self.images = (torch.randn(batch_size, 3, 227, 227, generator=g) * 60).to(device)
+        self.labels = torch.randint(0, classes, (batch_size,), generator=g).to(device)
+        self.steps = steps
+
+    def __iter__(self):
+        return itertools.repeat((self.images, self.labels), self.steps)
+
+
+class _Take:
+    """The first `steps` batches of an endless pass over a Loader (epochs chained)."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps = loader, steps
+
+    def __iter__(self):
+        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.steps)
+
+
+def _run(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> dict:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)  # tiny lr: stays finite
+    batches_it = iter(batches)
+    head = list(itertools.islice(batches_it, warmup))
+    train_one_epoch(model, opt, head, precision=precision, channels_last=channels_last)  # cudnn autotune, caches
+    sync()
+    t0 = time.perf_counter()
+    meter = train_one_epoch(model, opt, batches_it, precision=precision, channels_last=channels_last)
+    sync()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": meter.images / dt, "data_wait_frac": meter.data_s / max(meter.step_s, 1e-9),
+            "steps": meter.steps}
+
+
+def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_size: int = 128,
+                width: float = 1.0, precisions: tuple[str, ...] = ("fp32", "bf16"), threads: int | None = None,
+                stats=None, warmup: int = 3, sweep: bool = True) -> dict:
+    from alexdata.bench import machine
+    from alexdata.dataset import open_split
+    from alexdata.loader import Loader
+
+    dev = torch.device("cuda", 0) if device == "gpu" else torch.device("cpu")
+    sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+    if device == "gpu":
+        torch.backends.cudnn.benchmark = True
+    classes = len(open_split(data, "train").classes) if data else 1000
+    res = {"device": device, "batch_size": batch_size, "width": width, "steps": steps, "classes": classes,
+           "machine": machine(), "torch": torch.__version__}
+    if device == "gpu":
+        res["gpu"] = torch.cuda.get_device_name(0)
+    n_gpu = torch.cuda.device_count() if device == "gpu" else 0
+    placements = ["single"] + (["two-tower"] if device == "cpu" or n_gpu >= 2 else [])
+    best = "bf16" if "bf16" in precisions else precisions[0]
+    variants = [("single", p, cl) for p in precisions for cl in (False, True)] if sweep else []
+    variants += [("two-tower", best, True)] if sweep and "two-tower" in placements else []
+    variants = variants or [("single", best, True)]
+
+    def make(placement):
+        torch.manual_seed(0)
+        if placement == "two-tower":
+            devs = (("cpu", "cpu") if device == "cpu" else ("cuda:0", "cuda:1"))
+            return AlexNet(classes, width=width, devices=devs)
+        return AlexNet(classes, width=width).to(dev)
+
+    results = []
+    for placement, precision, cl in variants:
+        model = make(placement)
+        if cl:
+            model = model.to(memory_format=torch.channels_last)
+        r = _run(model, _Synthetic(batch_size, classes, dev, steps + warmup), precision=precision,
+                 channels_last=cl, warmup=warmup, sync=sync)
+        results.append({"placement": placement, "precision": precision, "channels_last": cl,
+                        "synthetic_images_per_s": r["images_per_s"]})
+    res["synthetic"] = results
+    if data:
+        top = max(results, key=lambda r: r["synthetic_images_per_s"])
+        loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats)
+        model = make(top["placement"])
+        if top["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        r = _run(model, _Take(loader, steps + warmup), precision=top["precision"], channels_last=top["channels_last"],
+                 warmup=warmup, sync=sync)
+        res["end_to_end"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
+                             "images_per_s": r["images_per_s"], "data_wait_frac": r["data_wait_frac"],
+                             "synthetic_images_per_s": top["synthetic_images_per_s"],
+                             "end_to_end_vs_synthetic": r["images_per_s"] / top["synthetic_images_per_s"]}
+    res["python"] = platform.python_version()
+    return res

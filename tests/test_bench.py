@@ -1,0 +1,29 @@
+"""Benchmarks are not timed tests: these only check that each runs on tiny data and reports what it promises."""
+import numpy as np
+
+from alexdata.bench import bench_loader, bench_prepare
+from alexmodel.bench import bench_train
+
+STATS = {"mean": [120, 110, 100], "std": [60, 60, 60], "eigval": [3000, 200, 50], "eigvec": np.eye(3).tolist()}
+
+
+def test_bench_prepare(synth_tree):
+    r = bench_prepare(str(synth_tree), images=6, rounds=1)
+    assert r["images"] == 6 and r["prepare_per_core"] > 0 and r["plain_pil_per_core"] > 0
+    assert np.isclose(r["speedup"], r["prepare_per_core"] / r["plain_pil_per_core"])
+
+
+def test_bench_loader(prepared):
+    r = bench_loader(str(prepared), batch_size=8, seconds=0.2, threads=1, stats=STATS, rounds=1)
+    for k in ("decode_only", "pipeline", "baseline"):
+        assert r[k] > 0 and len(r[k + "_rounds"]) == 1
+    assert np.isclose(r["pipeline_vs_baseline"], r["pipeline"] / r["baseline"])
+
+
+def test_bench_train(prepared):
+    r = bench_train(str(prepared), steps=2, batch_size=4, width=0.0625, precisions=("fp32",), threads=1,
+                    stats=STATS, warmup=1)
+    variants = {(v["placement"], v["channels_last"]) for v in r["synthetic"]}
+    assert variants == {("single", False), ("single", True), ("two-tower", True)}
+    e2e = r["end_to_end"]
+    assert e2e["images_per_s"] > 0 and 0 <= e2e["data_wait_frac"] <= 1
