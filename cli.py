@@ -7,6 +7,10 @@ import sys
 import click
 
 
+POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
+POS_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
 def _fail(e: Exception) -> None:
     raise click.ClickException(str(e))
 
@@ -21,15 +25,16 @@ def main() -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--classes", default=10, show_default=True, help="Number of classes.")
-@click.option("--train-per-class", default=100, show_default=True, help="Training images per class.")
-@click.option("--val-per-class", default=10, show_default=True, help="Validation images per class.")
+@click.option("--classes", type=POS_INT, default=10, show_default=True, help="Number of classes.")
+@click.option("--train-per-class", type=POS_INT, default=100, show_default=True, help="Training images per class.")
+@click.option("--val-per-class", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Validation images per class.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--oddities/--no-oddities", default=True, show_default=True,
               help="Plant ImageNet's bad files: CMYK, grayscale, PNG-as-JPEG, truncated, empty.")
 @click.option("--layout", type=click.Choice(["tree", "archives"]), default="tree", show_default=True,
               help="Extracted folders, or the distributed ILSVRC2012_img_{train,val}.tar archives.")
-@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers):
     """Generate a mini-ImageNet in the original layout under OUT."""
     from alexdata.synth import SynthConfig, make_synth
@@ -46,11 +51,12 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
 @main.command()
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--quality", default=90, show_default=True, help="JPEG quality of the re-encoded images.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="JPEG quality of the re-encoded images.")
 @click.option("--shorter-side", default=256, show_default=True, help="Resize so the shorter side is this long.")
-@click.option("--shard-size", default=1024, show_default=True, help="Images per shard.")
+@click.option("--shard-size", type=POS_INT, default=1024, show_default=True, help="Images per shard.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the training samples' order across shards.")
-@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 @click.option("--part", default=None, metavar="I/N",
               help="Write only part I of N (0-based): N machines write disjoint shards into one OUT.")
 def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part):
@@ -62,7 +68,7 @@ def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part):
     try:
         run(src, out, PrepareConfig(shorter_side, quality, shard_size, seed), workers=workers, part=part,
             log=click.echo)
-    except PrepareError as e:
+    except (PrepareError, OSError) as e:
         _fail(e)
     except KeyboardInterrupt:
         click.echo("\nprepare: interrupted; run the same command again to resume (finished shards are kept)",
@@ -87,8 +93,10 @@ def _report(result: dict, as_json: bool) -> None:
 
 @bench.command("prepare")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.option("--images", default=300, show_default=True, help="Training images to time (held in memory).")
-@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--images", type=POS_INT, default=300, show_default=True,
+              help="Training images to time (held in memory).")
+@click.option("--rounds", type=POS_INT, default=3, show_default=True,
+              help="Alternating rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_prepare(src, images, rounds, as_json):
     """Per-core images/s of prepare's resize (DCT-domain draft) vs a plain PIL loop on SRC's images."""
@@ -104,10 +112,11 @@ def bench_prepare(src, images, rounds, as_json):
 @bench.command("loader")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--seconds", default=10.0, show_default=True, help="Timed seconds per contender and round.")
-@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; medians are reported.")
-@click.option("--threads", type=int, default=None, help="DALI threads = DataLoader workers (default: all cores).")
+@click.option("--batch-size", type=POS_INT, default=128, show_default=True)
+@click.option("--seconds", type=POS_FLOAT, default=10.0, show_default=True,
+              help="Timed seconds per contender and round.")
+@click.option("--rounds", type=POS_INT, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
+@click.option("--threads", type=POS_INT, default=None, help="DALI threads = DataLoader workers (default: all cores).")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_json):
@@ -124,13 +133,13 @@ def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_j
 @main.command()
 @click.argument("data", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DATA/stats.json].")
-@click.option("--max-images", type=int, default=None,
+@click.option("--max-images", type=POS_INT, default=None,
               help="Sum a seeded uniform sample of N training images [default: all].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --max-images sample.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
               help="Decode and sum on [default: gpu if torch sees CUDA, else cpu].")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", type=int, default=None,
+@click.option("--batch-size", type=POS_INT, default=64, show_default=True)
+@click.option("--threads", type=POS_INT, default=None,
               help="DALI threads, and summing threads on cpu [default: all cores].")
 def stats(data, out, max_images, seed, device, batch_size, threads):
     """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json.
@@ -156,11 +165,12 @@ def stats(data, out, max_images, seed, device, batch_size, threads):
 @click.argument("data", type=click.Path())
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
               help="[default: gpu if torch sees CUDA, else cpu]")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", type=int, default=None,
+@click.option("--batch-size", type=POS_INT, default=64, show_default=True)
+@click.option("--threads", type=POS_INT, default=None,
               help="DALI threads, and summing threads on cpu [default: all cores].")
-@click.option("--max-images", type=int, default=None, help="Time a seeded sample of N images [default: all].")
-@click.option("--rounds", default=3, show_default=True, help="Alternating rounds; the median is reported.")
+@click.option("--max-images", type=POS_INT, default=None, help="Time a seeded sample of N images [default: all].")
+@click.option("--rounds", type=POS_INT, default=3, show_default=True,
+              help="Alternating rounds; the median is reported.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
     """Images/s of DALI decode alone vs the stats pass (same reader, decoder, images and threads), and the ratio."""
@@ -182,8 +192,8 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,
               help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, "
                    "Kaiming init.")
-@click.option("--epochs", type=int, default=None, help="[default: 90, paper §5]")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--epochs", type=POS_INT, default=None, help="[default: 90, paper §5]")
+@click.option("--batch-size", type=POS_INT, default=None,
               help="Images per step over all ranks [default: paper 128; modern 512].")
 @click.option("--lr", type=float, default=None,
               help="Initial/peak learning rate [default: paper 0.01; modern 0.01 per 128 images of the batch].")
@@ -198,8 +208,8 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--placement", type=click.Choice(["single", "two-tower"]), default="single", show_default=True,
               help="two-tower: the paper's split of the net over two GPUs (§3.2).")
-@click.option("--threads", type=int, default=None, help="DALI threads per rank [default: all cores].")
-@click.option("--torch-threads", type=int, default=None,
+@click.option("--threads", type=POS_INT, default=None, help="DALI threads per rank [default: all cores].")
+@click.option("--torch-threads", type=POS_INT, default=None,
               help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
               help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
@@ -265,8 +275,9 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
               help="[default: gpu if torch sees CUDA, else cpu]")
-@click.option("--batch-size", default=128, show_default=True, help="Images per batch (ten-crop: 10 views each).")
-@click.option("--threads", type=int, default=None, help="DALI threads [default: all cores].")
+@click.option("--batch-size", type=POS_INT, default=128, show_default=True,
+              help="Images per batch (ten-crop: 10 views each).")
+@click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None,
               help="[default: the statistics the run trained with, kept in the checkpoint]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
@@ -316,12 +327,13 @@ def demo(out, device):
 @bench.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if available]")
-@click.option("--steps", default=20, show_default=True, help="Timed optimizer steps per variant (after warm-up).")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--steps", type=POS_INT, default=20, show_default=True,
+              help="Timed optimizer steps per variant (after warm-up).")
+@click.option("--batch-size", type=POS_INT, default=128, show_default=True)
 @click.option("--width", default=1.0, show_default=True, help="Model width (1.0 = the paper's net).")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16", "fp16"]),
               help="Precisions to sweep [default: fp32 and bf16].")
-@click.option("--threads", type=int, default=None, help="DALI threads for the end-to-end run.")
+@click.option("--threads", type=POS_INT, default=None, help="DALI threads for the end-to-end run.")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--no-sweep", is_flag=True, help="Only the bf16 channels_last single-device variant.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -332,6 +344,7 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
 
     from alexdata.dataset import DataError
     from alexmodel.bench import bench_train as run
+    from alexmodel.train import TrainError
 
     device = device or ("gpu" if torch.cuda.is_available() else "cpu")
     if device == "gpu" and not torch.cuda.is_available():
@@ -339,7 +352,7 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
     try:
         _report(run(data, device, steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads, stats,
                     sweep=not no_sweep), as_json)
-    except (DataError, ValueError) as e:
+    except (DataError, TrainError, ValueError) as e:
         _fail(e)
 
 

@@ -171,7 +171,7 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
            "batch_size": batch_size, "threads": threads, "seconds": seconds, "rounds": rounds}
     ds = PilAugmentDataset(split, st, AugmentConfig())
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
-                                     persistent_workers=True, pin_memory=device == "gpu", drop_last=True)
+                                     persistent_workers=True, pin_memory=device == "gpu")
     contenders = {"decode_only": endless_pipe(decode_only()),
                   "pipeline": endless_loader(Loader(data, stats=st, batch_size=batch_size, device=device,
                                                     threads=threads)),

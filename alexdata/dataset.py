@@ -45,7 +45,8 @@ def load_manifest(data: str | os.PathLike) -> dict:
 
 def open_split(data: str | os.PathLike, split: str = "train") -> Split:
     """The `split` ("train" or "val") of DATA: a prepare output (manifest.json) or a tree DATA/<split>/<wnid>/*
-    (DATA itself may be the class-folder tree). Raises DataError on anything else."""
+    (for "train", DATA itself may be the class-folder tree; labels always follow the training classes).
+    Raises DataError on anything else."""
     data = Path(data)
     if not data.is_dir():
         raise DataError(f"{data}: no such directory")
@@ -66,16 +67,25 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
             raise DataError(f"{data}: the '{split}' split has no images")
         return Split("shards", classes, sum(s["images"] for s in shards), tars,
                      tuple(t[:-4] + ".idx" for t in tars), tuple(s["images"] for s in shards), shorter_side=side)
-    root = data / split if (data / split).is_dir() else data
-    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if (data / split).is_dir():
+        root = data / split
+    elif split == "train":
+        root = data  # DATA itself is the class-folder tree of the training images
+    else:
+        raise DataError(f"{data}: no {split}/ folder (a raw tree needs DATA/train/<class>/ and DATA/{split}/<class>/)")
+    train_root = data / "train" if (data / "train").is_dir() else data
+    classes = tuple(sorted(p.name for p in train_root.iterdir() if p.is_dir()))
     if not classes:
         raise DataError(f"{data}: neither a prepare output (no manifest.json) nor a class-folder tree")
+    index = {c: i for i, c in enumerate(classes)}  # every split takes its labels from the training classes
     files, labels = [], []
-    for i, c in enumerate(classes):
-        for p in sorted((root / c).iterdir()):
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if d.name not in index:
+            raise DataError(f"{d}: class folder {d.name!r} is not among the training classes")
+        for p in sorted(d.iterdir()):
             if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
                 files.append(str(p))
-                labels.append(i)
+                labels.append(index[d.name])
     if not files:
         raise DataError(f"{root}: class folders hold no .JPEG/.jpg/.png files")
     return Split("files", classes, len(files), files=tuple(files), labels=tuple(labels))

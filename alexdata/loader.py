@@ -11,8 +11,10 @@
 - `len(loader)` is the number of batches in one epoch on this rank. Across `num_shards` ranks an epoch reads each
   image exactly once: shards are disjoint, and DALI pads every shard to the same length (so all ranks run the
   same number of steps) while the iterator strips the padding. The last batch of an epoch is therefore
-  partial (smaller than `batch_size`) when the shard size is not a multiple of it; a rank whose shard is one
-  image shorter may see a last batch that is one image smaller still.
+  partial (smaller than `batch_size`) when the shard size is not a multiple of it; on a rank whose shard is one
+  image shorter it can even be empty (0 images), so a data-parallel consumer must accept empty batches.
+- `seed` drives the augmentation (give each rank its own); `shuffle_seed` the epoch order (the same on every
+  rank, or the shards stop being disjoint).
 - Corrupt data: `prepare` decodes every image before writing it, so a sample that fails to decode means the
   files changed after `prepare`. Policy: stop with a `DataError` naming the shard (and sample where DALI tells
   it); DALI cannot skip a sample inside a running pipeline. Re-run `alexnet prepare` into a fresh directory.
@@ -55,8 +57,8 @@ def resolve_stats(stats, data) -> PipelineStats:
 class Loader:
     def __init__(self, data: str | os.PathLike, *, split: str = "train", mode: str = "train", stats=None,
                  aug: AugmentConfig = AugmentConfig(), batch_size: int = 128, device: str = "cpu",
-                 device_id: int = 0, threads: int | None = None, seed: int = 0, shard_id: int = 0,
-                 num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65):
+                 device_id: int = 0, threads: int | None = None, seed: int = 0, shuffle_seed: int = 0,
+                 shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -75,8 +77,10 @@ class Loader:
         self.stats = resolve_stats(stats, data)
         self.mode, self.aug, self.device = mode, aug, device
         self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
+        self.shuffle_seed = shuffle_seed
         self._kw = dict(batch_size=batch_size, num_threads=threads or len(os.sched_getaffinity(0)),
-                        device=device, device_id=device_id, seed=seed, shard_id=shard_id, num_shards=num_shards,
+                        device=device, device_id=device_id, seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id,
+                        num_shards=num_shards,
                         prefetch=prefetch, hw_decoder_load=hw_decoder_load)
         self._build(None)
 
@@ -128,11 +132,12 @@ class Loader:
     def state_dict(self) -> dict:
         """The pipeline's position (reader, random generators) after the batches handed out so far."""
         return {"dali": self._it.checkpoints()[0], "mode": self.mode, "seed": self.seed,
+                "shuffle_seed": self.shuffle_seed,
                 "shard": [self.shard_id, self.num_shards], "batch_size": self.batch_size, "aug": asdict(self.aug)}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for k in ("mode", "seed", "shard", "batch_size", "aug"):
+        for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug"):
             if state.get(k) != mine[k]:
                 raise ValueError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")
         self._build(state["dali"])

@@ -217,7 +217,10 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         with _autocast(images.device.type, precision):
             logits = model(images)  # (B, classes)
         labels = labels.to(logits.device)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        # Sum / max(n, 1): a data-parallel rank's last batch can be empty (alexdata/loader.py); it still steps
+        # (zero gradients) so every rank makes the same all-reduce calls, and its loss is 0, not NaN.
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
+                               reduction="sum") / max(labels.numel(), 1)
         sums = torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
                             logits.new_tensor(labels.numel(), dtype=torch.float32)])
         optimizer.zero_grad(set_to_none=True)
@@ -425,7 +428,7 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
 
     loader_kw = dict(stats=stats, aug=data.aug, batch_size=per_rank, device=run.device,
                      device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
-                     shard_id=d.rank, num_shards=d.world)
+                     shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world)
     train_loader = Loader(data.data, split="train", mode="train", **loader_kw)
     val_loader = Loader(data.data, split="val", mode="center", **loader_kw)
     steps_per_epoch = len(train_loader)

@@ -15,19 +15,26 @@ READER = "reader"  # the reader's name, which the iterator asks for epoch size a
 MAX_LABEL_DIGITS = 6  # `.cls` holds the class index in ASCII; up to 999,999 classes
 
 
-def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, initial_fill: int = 1024):
-    """(encoded image, int64 label) of one sample. Shards are disjoint and padded to equal length (the last
-    sample repeated) so every data-parallel rank runs the same number of batches; the iterator drops the
-    padding, so one epoch over all shards sees each image exactly once."""
-    common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, random_shuffle=shuffle,
-                  initial_fill=initial_fill, name=READER)
+def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle_seed: int = 0):
+    """(encoded image, int64 label) of one sample.
+
+    Shuffling: epoch 0 reads the stored order (prepare already shuffled the training samples with its seed; a
+    raw tree's file list is shuffled here with `shuffle_seed`), then every later epoch is a fresh permutation of
+    the whole split (`shuffle_after_epoch`, DALI docs "Sharding and Shuffling"). The permutation depends only on
+    `shuffle_seed`, so it is the same on every rank and the ranks' shards stay disjoint.
+    Sharding: shards are padded to equal length (the last sample repeated) so every data-parallel rank runs the
+    same number of batches; the iterator drops the padding, so one epoch over all shards sees each image once."""
+    common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name=READER,
+                  shuffle_after_epoch=shuffle, **({"shuffle_after_epoch_seed": shuffle_seed} if shuffle else {}))
     if split.prepared:
-        # prepare shuffled the training samples across shards once; random_shuffle draws from a buffer of
-        # `initial_fill` samples, a new order every epoch (DALI docs, "Sharding and Shuffling").
         jpg, cls = fn.readers.webdataset(paths=list(split.tars), index_paths=list(split.indexes),
                                          ext=["jpg", "cls"], missing_component_behavior="error", **common)
         return jpg, ascii_to_int(cls)
-    jpg, label = fn.readers.file(files=list(split.files), labels=list(split.labels), **common)
+    files, labels = list(split.files), list(split.labels)
+    if shuffle:  # files are sorted by class on disk: epoch 0 must not be
+        order = np.random.default_rng(shuffle_seed).permutation(len(files))
+        files, labels = [files[i] for i in order], [labels[i] for i in order]
+    jpg, label = fn.readers.file(files=files, labels=labels, **common)
     return jpg, fn.cast(label, dtype=types.INT64)
 
 
@@ -94,7 +101,7 @@ def pca_lighting_mean(stats, pca_std: float):
     return mean - fn.reshape(offset, shape=[3])
 
 
-def output_dtype(dtype: str, device: str):
+def output_dtype(dtype: str):
     """DALI has no bfloat16: it emits float32 and the loader casts on the device."""
     if dtype == "float16":
         return types.FLOAT16

@@ -20,7 +20,7 @@ TEN_CROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)
 def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
                         ten_crop: bool = False, batch_size: int, num_threads: int, device: str = "cpu",
                         shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                        device_id: int = 0, seed: int = 0, checkpoint: str | None = None):
+                        device_id: int = 0, seed: int = 0, shuffle_seed: int = 0, checkpoint: str | None = None):
     """A DALI pipeline yielding (images, labels int64 [1]); images (3, crop, crop) or (10, 3, crop, crop)."""
 
     @pipeline_def(enable_checkpointing=True)
@@ -31,7 +31,7 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
             img = common.resize_shorter(img, aug.shorter_side)
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
         cmn = dict(crop=(aug.crop, aug.crop), mean=list(stats.mean_255), std=std, output_layout="CHW",
-                   dtype=common.output_dtype(aug.dtype, device))
+                   dtype=common.output_dtype(aug.dtype))
         if not ten_crop:
             out = fn.crop_mirror_normalize(img, crop_pos_x=0.5, crop_pos_y=0.5, **cmn)
         else:

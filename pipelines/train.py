@@ -1,12 +1,12 @@
 """The training pipeline (paper §4.1), one definition for the GPU and the CPU. The ops, in the order an image
 meets them:
 
-  1. read        webdataset shards from `prepare` (or a raw class-folder tree), shuffled, sharded per rank
+  1. read        webdataset shards from `prepare` (or a raw class-folder tree), reshuffled every epoch, sharded
   2. decode      JPEG -> RGB (nvJPEG + hardware decoder on the GPU)
   3. resize      shorter side -> 256, skipped on prepare output (already 256)
   4. crop        random 227x227, anchor uniform over all valid positions
   5. flip        horizontal, probability 0.5
-  6+7. lighting + mean   subtract (mean - eigvec @ (alpha * eigval)), alpha ~ N(0, 0.1): one fused op
+  6+7. lighting + mean   subtract (mean - 255 eigvec @ (alpha * eigval_01)), alpha ~ N(0, 0.1): one fused op
   -> NCHW float, int64 labels
 
 Raw images take a shortcut: the 227 window is chosen in resized coordinates, only that region of the original is
@@ -64,16 +64,17 @@ def roi_decode_crop(jpg, window, crop: int, device: str, hw_decoder_load: float 
 def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
                          batch_size: int, num_threads: int, device: str = "cpu", seed: int = 0, shard_id: int = 0,
                          num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                         device_id: int = 0, checkpoint: str | None = None):
+                         device_id: int = 0, shuffle_seed: int = 0, checkpoint: str | None = None):
     """A DALI pipeline yielding (images NCHW float, labels int64 [1]); device "cpu" (device_id=None) or "gpu"."""
 
     @pipeline_def(enable_checkpointing=True)
     def train():
-        jpg, label = common.read(split, shuffle=True, shard_id=shard_id, num_shards=num_shards)  # 1
+        jpg, label = common.read(split, shuffle=True, shard_id=shard_id, num_shards=num_shards,  # 1
+                                  shuffle_seed=shuffle_seed)
         mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
         mean = common.pca_lighting_mean(stats, aug.pca_std)  # 6+7
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
-        cmn = dict(mirror=mirror, mean=mean, std=std, dtype=common.output_dtype(aug.dtype, device),
+        cmn = dict(mirror=mirror, mean=mean, std=std, dtype=common.output_dtype(aug.dtype),
                    output_layout="CHW")
         if common.needs_resize(split, aug.shorter_side):  # raw images: ROI decode of the crop window (2-4)
             img = roi_decode_crop(jpg, roi_window(jpg, aug), aug.crop, device, hw_decoder_load)

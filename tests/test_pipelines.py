@@ -97,7 +97,8 @@ def test_ends_of_the_range_are_not_half_as_likely(ramps):
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grey")
-    return build(tmp, {"c0": [np.full((256, 256, 3), 128, np.uint8)] * 8, "c1": [np.full((256, 300, 3), 128, np.uint8)] * 8})
+    return build(tmp, {"c0": [np.full((256, 256, 3), 128, np.uint8)] * 8,
+                       "c1": [np.full((256, 300, 3), 128, np.uint8)] * 8})
 
 
 def random_stats(seed=0):
@@ -183,12 +184,13 @@ def test_center_crop_equals_explicit_crop(prepared):
         assert np.array_equal(v, (img[y:y + 227, x:x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
 
 
-def test_every_image_once_per_epoch_across_shards(prepared):
+@pytest.mark.parametrize("batch_size", [4, 11])  # 45 images: with 11 over 2 shards (23 + 22) a last batch is empty
+def test_every_image_once_per_epoch_across_shards(prepared, batch_size):
     ref = None
     for n in (1, 2, 3):
         seen, steps = [], []
         for shard in range(n):
-            loader = Loader(prepared, mode="center", stats=ZERO, batch_size=4, threads=1, shard_id=shard,
+            loader = Loader(prepared, mode="center", stats=ZERO, batch_size=batch_size, threads=1, shard_id=shard,
                             num_shards=n)
             k = 0
             for x, y in loader:
@@ -201,6 +203,34 @@ def test_every_image_once_per_epoch_across_shards(prepared):
         ref = ref or sorted(seen)
         assert sorted(seen) == ref  # the same images, each once
     assert len(set(ref)) == len(ref)  # (the test images are all distinct)
+
+
+@pytest.fixture(scope="module")
+def palette(tmp_path_factory):
+    """20 constant-colour images, each its own colour: a crop of any of them still says which image it is."""
+    tmp = tmp_path_factory.mktemp("palette")
+    cols = [np.full((256, 280, 3), (12 * i, 255 - 12 * i, 100), np.uint8) for i in range(20)]
+    return build(tmp, {"c0": cols[:10], "c1": cols[10:]})
+
+
+def test_training_epochs_are_reshuffled_globally_and_stay_disjoint(palette):
+    """Each epoch every image exactly once over 2 ranks (different augmentation seeds, one shuffle seed), and
+    later epochs are new permutations of the whole split, not the same order or the same split into shards."""
+    aug = AugmentConfig(pca_std=0.0, flip_prob=0.0)
+    loaders = [Loader(palette, stats=ZERO, aug=aug, batch_size=4, threads=1, seed=10 + r, shuffle_seed=3,
+                      shard_id=r, num_shards=2) for r in range(2)]
+    epochs = []
+    for _ in range(3):
+        per_rank = []
+        for loader in loaders:
+            ids = []
+            for x, _ in loader:
+                ids += [round(float(v) / 12) for v in x[:, 0].double().mean((1, 2))]  # R = 12 i
+            per_rank.append(ids)
+        assert sorted(per_rank[0] + per_rank[1]) == list(range(20))
+        epochs.append(per_rank)
+    assert len({tuple(e[0] + e[1]) for e in epochs}) == 3  # three different orders
+    assert len({frozenset(e[0]) for e in epochs}) > 1  # rank 0 does not keep the same images
 
 
 def test_train_epoch_covers_all_labels_across_shards(prepared):
@@ -359,6 +389,7 @@ def test_pipeline_stats_from_dict_shapes():
     assert len(ps.mean_255) == 3 and len(ps.eigvec) == 3 and all(len(r) == 3 for r in ps.eigvec)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_and_cpu_pipelines_agree(prepared):
     st = random_stats()

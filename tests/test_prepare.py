@@ -242,3 +242,21 @@ def test_wds_index_of_a_handmade_tar():
     # headers are 512 bytes, data padded to 512: a.jpg at 512, a.cls at 1536, b.jpg at 2560, b.cls at 2560+512+1024
     assert wds_index(buf.getvalue()) == ("v1.2 2\njpg 512 3 a.jpg cls 1536 1 a.cls\n"
                                          "jpg 2560 600 b.jpg cls 4096 2 b.cls\n")
+
+
+def test_raw_tree_splits_follow_the_training_classes(tmp_path):
+    from alexdata.dataset import DataError, open_split
+
+    for split, classes in (("train", ["a", "b", "c"]), ("val", ["b"])):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / c / f"{c}.png")
+    val = open_split(tmp_path, "val")
+    assert val.classes == ("a", "b", "c") and val.labels == (1,)  # b is class 1 of the training classes
+    (tmp_path / "val" / "zz").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "zz" / "z.png")
+    with pytest.raises(DataError, match="not among the training classes"):
+        open_split(tmp_path, "val")
+    with pytest.raises(DataError, match="no val/ folder"):
+        open_split(tmp_path / "train", "val")  # a bare class tree has no val split: never reuse train
+    assert open_split(tmp_path / "train", "train").images == 3

@@ -301,3 +301,18 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert len((tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()) == 1
     again = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)  # every stage already done
     assert again["val_top1"] == r["val_top1"] and again["train_s"] < r["train_s"]
+
+
+def test_an_empty_last_batch_steps_without_nan():
+    """A data-parallel rank whose shard is one image shorter can get an empty last batch (alexdata/loader.py)."""
+    from alexmodel.model import AlexNet
+    from alexmodel.train import train_one_epoch
+
+    torch.manual_seed(0)
+    model = AlexNet(3, width=0.0625)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.randn(2, 3, 227, 227), torch.tensor([0, 2])),
+               (torch.zeros(0, 3, 227, 227), torch.zeros(0, dtype=torch.int64))]
+    meter = train_one_epoch(model, opt, batches)
+    assert meter.steps == 2 and meter.images == 2 and math.isfinite(meter.loss_sum)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
