@@ -11,7 +11,8 @@ Small free functions, as in torchvision's references/classification:
 
 Recipes (`recipe()`):
     paper   §5: batch 128, SGD momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 whenever the validation
-            error stops improving, 90 epochs, N(0, 0.01) init with the paper's unit biases.
+            error stops improving, 90 epochs, N(0, 0.01) init with the paper's unit biases; §2/§4.1: random 227
+            crops and ten-crop corners inside the central 256x256 patch, PCA lighting.
     modern  batch 512 with the lr scaled linearly (0.01 per 128 images, Goyal et al. 2017 §2.1), 5 warmup
             epochs (ibid. §2.2), cosine decay to 0 (Loshchilov & Hutter 2017), label smoothing 0.1 (Szegedy et
             al. 2016 §7), Kaiming init (He et al. 2015) on inputs divided by the per-channel std, no PCA lighting
@@ -112,7 +113,8 @@ def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = 
     matched to mean-subtracted 0-255 pixels instead). "paper" keeps lr 0.01 at any batch size.
     ModelConfig.num_classes is a placeholder: train() takes the class count from the data."""
     if name == "paper":
-        model, aug, optim = ModelConfig(width=width, init="paper"), AugmentConfig(), OptimConfig()
+        # §2: crops (and the ten-crop corners) come from the central 256x256 patch
+        model, aug, optim = ModelConfig(width=width, init="paper"), AugmentConfig(central_square=True), OptimConfig()
     elif name == "modern":
         # No PCA lighting noise: torchvision's and timm's ImageNet recipes use none.
         model, aug = ModelConfig(width=width, init="modern"), AugmentConfig(divide_std=True, pca_std=0.0)

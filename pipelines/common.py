@@ -68,18 +68,31 @@ def resize_shorter(img, shorter_side: int):
     return fn.resize(img, resize_shorter=shorter_side, antialias=True)
 
 
-def uniform_anchor(span):
-    """An integer (as float) uniform over 0..span, one per sample."""
-    k = dmath.floor(fn.random.uniform(range=(0.0, 1.0)) * (span + 1.0))
+def uniform_anchor(span, axes: int | None = None):
+    """An integer (as float) uniform over 0..span per sample; `axes` = n draws at once for a span of shape [n]."""
+    u = fn.random.uniform(range=(0.0, 1.0), **({"shape": [axes]} if axes else {}))
+    k = dmath.floor(u * (span + 1.0))
     return dmath.min(k, span)  # u < 1, but float rounding of u * (span + 1) could reach span + 1
 
 
-def uniform_offset_frac(extent, crop: int):
-    """A crop position for `crop_mirror_normalize` (crop_pos in [0, 1], anchor = round(pos * (extent - crop)))
-    whose anchor is uniform over the integers 0..extent-crop. A plain uniform pos would give the two end
-    positions half the probability of the others."""
-    span = fn.cast(extent, dtype=types.FLOAT) - crop  # valid anchors: 0..span
-    return uniform_anchor(span) / dmath.max(span, 1.0)
+def image_hw(jpg, shorter_side: int | None = None):
+    """(H, W) as floats, shape [2], from the encoded image's header; with `shorter_side`, the extents after
+    `resize_shorter` (rounded as fn.resize rounds them)."""
+    hw = fn.cast(fn.peek_image_shape(jpg, dtype=types.INT32)[0:2], dtype=types.FLOAT)
+    if shorter_side is None:
+        return hw
+    return dmath.floor(hw * shorter_side / fn.reductions.min(hw) + 0.5)
+
+
+def crop_anchor_frac(hw, crop: int, square: int | None, k=None):
+    """crop_pos (y, x) for `crop_mirror_normalize` given extents `hw` (floats, shape [2]). Anchors are uniform
+    over every valid position, or with `square` over the positions inside the central square x square patch
+    (paper §2); `k` (shape [2]) fixes the offsets inside the allowed range instead of drawing them."""
+    lo, span = 0.0, hw - crop
+    if square:
+        lo, span = dmath.floor((hw - square) / 2.0), float(square - crop)  # the central square's top-left
+    offset = uniform_anchor(span, axes=2) if k is None else k
+    return (lo + offset) / dmath.max(hw - crop, 1.0)
 
 
 def pca_lighting_mean(stats, pca_std: float):

@@ -16,6 +16,9 @@ class AugmentConfig:
     flip_prob: float = 0.5  # paper §4.1: horizontal reflections
     pca_std: float = 0.1  # paper §4.1: alpha ~ N(0, 0.1) along the RGB principal components
     divide_std: bool = False  # paper §2 subtracts the mean only
+    # Paper §2 cropped the central 256x256 patch before anything else, so its random crops and its ten-crop
+    # corners lie inside that square. False (the default) uses the whole aspect-kept image.
+    central_square: bool = False
     dtype: str = "float32"  # "float16"/"bfloat16" for GPU training
 
     def __post_init__(self):

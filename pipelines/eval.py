@@ -3,10 +3,13 @@
 centre   one central 227 crop per image -> (N, 3, 227, 227)
 tencrop  paper §4.1: the four corner crops and the centre crop, each with its mirror -> (N, 10, 3, 227, 227),
          in the order TL, TR, BL, BR, C, then the same five mirrored; the trainer averages their softmax.
+         With AugmentConfig(central_square=True) the corners are those of the central 256x256 patch (paper §2).
 """
 from __future__ import annotations
 
+import numpy as np
 import nvidia.dali.fn as fn
+import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
 from alexdata.dataset import Split
@@ -35,8 +38,17 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
         if not ten_crop:
             out = fn.crop_mirror_normalize(img, crop_pos_x=0.5, crop_pos_y=0.5, **cmn)
         else:
+            if aug.central_square:  # paper §4.1: the corners of the central 256x256 patch (§2)
+                resized = common.needs_resize(split, aug.shorter_side)
+                hw = common.image_hw(jpg, aug.shorter_side if resized else None)
+                span = aug.shorter_side - aug.crop
+                offsets = [np.float32([int(y * span + 0.5), int(x * span + 0.5)]) for x, y in TEN_CROP_POSITIONS]
+                poss = [common.crop_anchor_frac(hw, aug.crop, aug.shorter_side, k=types.Constant(k)) for k in offsets]
+                places = [(p[1], p[0]) for p in poss]  # (crop_pos_x, crop_pos_y)
+            else:
+                places = TEN_CROP_POSITIONS
             views = [fn.crop_mirror_normalize(img, crop_pos_x=x, crop_pos_y=y, mirror=m, **cmn)
-                     for m in (0, 1) for x, y in TEN_CROP_POSITIONS]
+                     for m in (0, 1) for x, y in places]
             out = fn.stack(*views)  # (10, 3, crop, crop)
         return out, (label.gpu() if device == "gpu" else label)
 

@@ -31,15 +31,12 @@ def roi_window(jpg, aug: AugmentConfig):
     """A random crop x crop window of the image resized to shorter side `aug.shorter_side`, mapped back to the
     original: (box_start, box_end) the integer "WH" box to decode, (roi_start, roi_end) the exact fractional
     window inside that box in "HW" order, as `fn.resize` takes it."""
-    hwc = fn.peek_image_shape(jpg, dtype=types.FLOAT)
-    h, w = hwc[0], hwc[1]
-    short = dmath.min(h, w)
-    hr = dmath.floor(h * aug.shorter_side / short + 0.5)  # the resized extents, rounded as fn.resize does
-    wr = dmath.floor(w * aug.shorter_side / short + 0.5)
-    kx, ky = common.uniform_anchor(wr - aug.crop), common.uniform_anchor(hr - aug.crop)
-    x0, x1 = kx * w / wr, (kx + aug.crop) * w / wr  # resize maps output x to input x * w / wr
-    y0, y1 = ky * h / hr, (ky + aug.crop) * h / hr
-    return window_boxes(x0, x1, y0, y1, w, h)
+    hw = common.image_hw(jpg)  # original (H, W)
+    hw_r = common.image_hw(jpg, aug.shorter_side)  # after resize_shorter
+    square = aug.shorter_side if aug.central_square else None
+    k = common.crop_anchor_frac(hw_r, aug.crop, square) * dmath.max(hw_r - aug.crop, 1.0)  # (y, x) anchors
+    start, end = k * hw / hw_r, (k + aug.crop) * hw / hw_r  # resize maps output x to input x * w / wr
+    return window_boxes(start[1], end[1], start[0], end[0], hw[1], hw[0])
 
 
 def window_boxes(x0, x1, y0, y1, w, h):
@@ -81,10 +78,10 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig 
             out = fn.crop_mirror_normalize(img, **cmn)
         else:
             img = common.decode(jpg, device, hw_decoder_load)  # 2 (3: already 256)
-            hwc = fn.peek_image_shape(jpg, dtype=types.INT32)
+            square = aug.shorter_side if aug.central_square else None
+            pos = common.crop_anchor_frac(common.image_hw(jpg), aug.crop, square)  # (y, x)
             out = fn.crop_mirror_normalize(  # 4-7 in one pass over the pixels
-                img, crop=(aug.crop, aug.crop), crop_pos_x=common.uniform_offset_frac(hwc[1], aug.crop),
-                crop_pos_y=common.uniform_offset_frac(hwc[0], aug.crop), **cmn)
+                img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn)
         return out, (label.gpu() if device == "gpu" else label)
 
     return train(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,

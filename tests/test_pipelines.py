@@ -79,6 +79,22 @@ def test_crop_positions_are_uniform_and_flips_half(ramps):
     assert abs(k - n / 2) < 3.5 * math.sqrt(n / 4)  # Binomial(n, 0.5)
 
 
+def test_central_square_crops_stay_in_the_papers_256_patch(ramps):
+    """Paper §2: crops come from the central 256x256 patch; anchors uniform over its 30 positions per axis."""
+    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, central_square=True), batch_size=16,
+                    threads=2, seed=4)
+    rows = np.concatenate([np.stack(crop_readout(x), 1) for _ in range(20) for x, _ in loader])
+    for k, (w, h) in enumerate(SIZES):
+        mine = rows[rows[:, 2] == k]
+        for axis, extent in ((0, w), (1, h)):
+            lo = (extent - 256) // 2
+            v = mine[:, axis] - lo
+            assert v.min() == 0 and v.max() == 29, (w, h, axis)
+            counts = np.bincount(v, minlength=30)
+            chi2 = ((counts - len(v) / 30) ** 2 / (len(v) / 30)).sum()
+            assert chi2 < chi2_limit(29), counts
+
+
 def test_ends_of_the_range_are_not_half_as_likely(ramps):
     """round(u * span) would give anchors 0 and span half the mass of the others; ours are uniform."""
     loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=16, threads=2,
@@ -167,6 +183,24 @@ def test_ten_crop_views_equal_explicit_crops(prepared):
         h, w, _ = img.shape
         cy, cx = (h - 227 + 1) // 2, (w - 227 + 1) // 2  # DALI rounds the centre anchor half up
         boxes = [(0, 0), (0, w - 227), (h - 227, 0), (h - 227, w - 227), (cy, cx)]
+        crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
+        crops += [c[:, ::-1] for c in crops]
+        expect = np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
+        assert np.array_equal(v, expect)
+
+
+def test_ten_crop_central_square_corners(prepared):
+    """With central_square the corners are those of the central 256x256 patch (paper §2, §4.1)."""
+    st = random_stats()
+    ref = decoded(prepared, "val")
+    loader = Loader(prepared, split="val", mode="tencrop", stats=st, batch_size=5, threads=2,
+                    aug=AugmentConfig(central_square=True))
+    views = torch.cat([x for x, _ in loader]).numpy()
+    mean = np.array(st["mean"], np.float32)
+    for img, v in zip(ref, views):
+        h, w, _ = img.shape
+        ly, lx = (h - 256) // 2, (w - 256) // 2
+        boxes = [(ly, lx), (ly, lx + 29), (ly + 29, lx), (ly + 29, lx + 29), (ly + 15, lx + 15)]
         crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
         crops += [c[:, ::-1] for c in crops]
         expect = np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
@@ -334,12 +368,13 @@ def test_raw_tree_loader(tmp_path, synth_tree):
     odd = json.loads((synth_tree / "synth.json").read_text())["oddities"]
     for kind in ("truncated", "empty"):
         (tmp_path / odd[kind]).unlink()
-    loader = Loader(tmp_path, stats=ZERO, batch_size=8, threads=2)
-    shapes, n = set(), 0
-    for x, y in loader:
-        shapes.add(tuple(x.shape[1:]))
-        n += len(y)
-    assert n == open_split(tmp_path).images and shapes == {(3, 227, 227)}
+    for square in (False, True):
+        loader = Loader(tmp_path, stats=ZERO, batch_size=8, threads=2, aug=AugmentConfig(central_square=square))
+        shapes, n = set(), 0
+        for x, y in loader:
+            shapes.add(tuple(x.shape[1:]))
+            n += len(y)
+        assert n == open_split(tmp_path).images and shapes == {(3, 227, 227)}
 
 
 def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
