@@ -135,7 +135,6 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
     Each is timed `seconds` per round over interleaved `rounds`; the medians are reported."""
-    import nvidia.dali.fn as fn
     import torch
     from nvidia.dali import pipeline_def
 

@@ -34,8 +34,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from alexdata.files import atomic_write
+from pipelines.config import SHORTER_SIDE  # paper §2
+
 FORMAT_VERSION = 1
-SHORTER_SIDE = 256  # paper §2: "rescaled the image such that the shorter side was of length 256"
 TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
 
 
@@ -264,7 +266,7 @@ def plan(train: list[Item], val: list[Item], cfg: PrepareConfig) -> list[ShardSp
     return specs
 
 
-def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_to_tar(tf: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: byte-identical re-runs
     tf.addfile(info, io.BytesIO(data))
@@ -284,15 +286,6 @@ def wds_index(tar_bytes: bytes) -> str:
                 samples.append([part])
                 last = base
     return f"v1.2 {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _reason(e: Exception, data: bytes | None) -> str:
@@ -326,8 +319,8 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
             except Exception as e:  # unreadable, truncated, empty, not an image: left out and listed
                 skipped.append({"file": it.name, "reason": _reason(e, data)})
             else:
-                _add(tf, f"{it.key}.jpg", jpg)
-                _add(tf, f"{it.key}.cls", str(it.label).encode())
+                add_to_tar(tf, f"{it.key}.jpg", jpg)
+                add_to_tar(tf, f"{it.key}.cls", str(it.label).encode())
                 n += 1
                 if up:
                     upscaled.append(it.name)
@@ -336,10 +329,10 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
                     _progress.value += 1
     record = {"file": f"{spec.name}.tar", "images": n, "skipped": skipped, "upscaled": upscaled}
     data = buf.getvalue()
-    _atomic_write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
+    atomic_write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
     if n:
-        _atomic_write(out / f"{spec.name}.idx", wds_index(data).encode())
-        _atomic_write(out / f"{spec.name}.tar", data)
+        atomic_write(out / f"{spec.name}.idx", wds_index(data).encode())
+        atomic_write(out / f"{spec.name}.tar", data)
     return record
 
 
@@ -391,7 +384,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
             raise PrepareError(f"{out} holds a prepare run with other parameters or inputs ({diff}); "
                                f"use an empty OUT")
     else:
-        _atomic_write(pfile, json.dumps(params, indent=1).encode())
+        atomic_write(pfile, json.dumps(params, indent=1).encode())
 
     specs = plan(train, val, cfg)
     mine = [s for g, s in enumerate(specs) if g % part_n == part_i]
@@ -431,7 +424,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
             f"the last part to finish writes manifest.json")
         return None
     manifest = _manifest(out, specs, classes, cfg, notes)
-    _atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    atomic_write(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     sk, up = len(manifest["skipped"]), len(manifest["upscaled"])
     rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
     log(f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexdata.files import atomic_write
 from alexdata.dataset import DataError, Split, open_split
 
 SCALE = 255  # pixel values of stats.json are on the 0-255 scale
@@ -383,9 +384,7 @@ def write_stats(rec: dict, path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rec, indent=1) + "\n")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(rec, indent=1) + "\n")
     except OSError as e:
         raise StatsError(f"{path}: cannot write ({e.strerror or e})") from None
     return path

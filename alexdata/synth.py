@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from alexdata.prepare import add_to_tar
+
 
 @dataclass(frozen=True)
 class SynthConfig:
@@ -189,12 +191,6 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
     return desc
 
 
-def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
-    tf.addfile(info, io.BytesIO(data))
-
-
 def _write_archives(out: Path, wnids: list[str], jobs, blobs) -> None:
     """ILSVRC2012_img_train.tar (a tar of per-class tars, as distributed) and ILSVRC2012_img_val.tar."""
     per_class: dict[int, list[tuple[str, bytes]]] = {k: [] for k in range(len(wnids))}
@@ -206,8 +202,8 @@ def _write_archives(out: Path, wnids: list[str], jobs, blobs) -> None:
             inner = io.BytesIO()
             with tarfile.open(fileobj=inner, mode="w", format=tarfile.GNU_FORMAT) as tf:
                 for name, blob in per_class[k]:
-                    _tar_add(tf, name, blob)
-            _tar_add(outer, f"{w}.tar", inner.getvalue())
+                    add_to_tar(tf, name, blob)
+            add_to_tar(outer, f"{w}.tar", inner.getvalue())
     with tarfile.open(out / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as tf:
         for name, blob in sorted(val):
-            _tar_add(tf, name, blob)
+            add_to_tar(tf, name, blob)

@@ -9,6 +9,7 @@ Every file is written to a temporary name and renamed, so a killed run never lea
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from alexdata.files import atomic_write
 
 CONFIG, METRICS, PLOT, CHECKPOINT = "config.json", "metrics.jsonl", "plot.png", "checkpoint.pt"
 
@@ -28,12 +31,6 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_config(run_dir: Path, config: dict, **extra) -> dict:
@@ -49,7 +46,7 @@ def write_config(run_dir: Path, config: dict, **extra) -> dict:
               "command": sys.argv, "python": platform.python_version(), "torch": torch.__version__,
               "dali": dali_version, "host": platform.node(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra}
-    _write_text(run_dir / CONFIG, json.dumps(record, indent=1, default=str) + "\n")
+    atomic_write(run_dir / CONFIG, json.dumps(record, indent=1, default=str) + "\n")
     return record
 
 
@@ -65,12 +62,7 @@ def read_config(run_dir: str | os.PathLike) -> dict:
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl from the whole history (the checkpoint's copy), so file and checkpoint always agree."""
-    _write_text(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in history))
-
-
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    p = Path(run_dir) / METRICS
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    atomic_write(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in history))
 
 
 def plot(run_dir: Path, history: list[dict]) -> None:
@@ -97,7 +89,7 @@ def plot(run_dir: Path, history: list[dict]) -> None:
         ax.legend(fontsize=8)
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
-    tmp = run_dir / (PLOT + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, run_dir / PLOT)
+    atomic_write(run_dir / PLOT, buf.getvalue())
