@@ -360,6 +360,30 @@ def test_roi_decode_matches_decode_resize_crop(synth_tree):
         assert diff < 2.0 and diff < one_pixel_off / 8, (i, diff, one_pixel_off)
 
 
+def test_raw_images_crop_positions_are_uniform(tmp_path):
+    """The ROI-decode path (raw images, resized on the fly) places its windows like the prepared path: anchors in
+    resized coordinates, uniform over every valid position."""
+    sizes = [(512, 512), (600, 512)]  # resized to 256x256 and 300x256
+    d = tmp_path / "train" / "c0"
+    d.mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes * 8):
+        # original pixel i at 0.4 (i - 0.5): a 2:1 resize averages pixels 2j, 2j+1 into 0.8 j, the prepared ramp
+        x, y = np.meshgrid(np.arange(w) - 0.5, np.arange(h) - 0.5)
+        tag = TAGS[i % 2]
+        img = np.stack([SLOPE / 2 * x, SLOPE / 2 * y, np.full_like(x, tag)], -1).clip(0).round().astype(np.uint8)
+        Image.fromarray(img).save(d / f"c0_{i}.png")
+    loader = Loader(tmp_path, stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=8, threads=2, seed=3)
+    rows = np.concatenate([np.stack(crop_readout(x), 1) for _ in range(40) for x, _ in loader])
+    for k, (w, h) in enumerate(sizes):
+        mine = rows[rows[:, 2] == k]
+        for axis, extent in ((0, w // 2), (1, h // 2)):
+            span = extent - 227
+            counts = np.bincount(mine[:, axis], minlength=span + 1)
+            assert len(counts) == span + 1 and counts.min() > 0, (w, h, axis, counts)
+            chi2 = ((counts - len(mine) / (span + 1)) ** 2 / (len(mine) / (span + 1))).sum()
+            assert chi2 < chi2_limit(span), counts
+
+
 def test_raw_tree_loader(tmp_path, synth_tree):
     import shutil
 
