@@ -50,12 +50,19 @@ def ascii_to_int(cls):
     return value // scale
 
 
-def decode(jpg, device: str, hw_decoder_load: float = 0.65):
+def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None):
     """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100,
-    the hardware JPEG decoder (`hw_decoder_load` = the hardware's share)."""
+    the hardware JPEG decoder (`hw_decoder_load` = the hardware's share). crop = (size, (pos_y, pos_x)) decodes
+    only that window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize)."""
+    kw = dict(output_type=types.RGB)
     if device == "gpu":
-        return fn.decoders.image(jpg, device="mixed", output_type=types.RGB, hw_decoder_load=hw_decoder_load)
-    return fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+        kw.update(device="mixed", hw_decoder_load=hw_decoder_load)
+    else:
+        kw.update(device="cpu")
+    if crop is None:
+        return fn.decoders.image(jpg, **kw)
+    size, pos = crop
+    return fn.decoders.image_crop(jpg, crop=(size, size), crop_pos_x=pos[1], crop_pos_y=pos[0], **kw)
 
 
 def needs_resize(split: Split, shorter_side: int) -> bool:
