@@ -340,16 +340,12 @@ def demo(out, device):
 def bench_train(data, device, steps, batch_size, width, precisions, threads, stats, no_sweep, as_json):
     """Training images/s: synthetic tensors on the device (compute bound) vs the real loader (end to end), and
     the placement / precision / channels_last sweep. Without DATA only the synthetic figures."""
-    import torch
-
     from alexdata.dataset import DataError
     from alexmodel.bench import bench_train as run
-    from alexmodel.train import TrainError
+    from alexmodel.train import TrainError, resolve_device
 
-    device = device or ("gpu" if torch.cuda.is_available() else "cpu")
-    if device == "gpu" and not torch.cuda.is_available():
-        _fail(ValueError("--device gpu asked for, but torch sees no CUDA GPU"))
     try:
+        device = resolve_device(device or "auto")
         _report(run(data, device, steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads, stats,
                     sweep=not no_sweep), as_json)
     except (DataError, TrainError, ValueError) as e:

@@ -344,10 +344,6 @@ COMPAT_KEYS = (["model.num_classes", "model.width", "model.init", "data.aug", "r
                + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
 
 
-def stats_path(data: DataConfig) -> Path:
-    return Path(data.stats) if data.stats else Path(data.data) / "stats.json"
-
-
 def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConfig, *, resume: bool = False,
           on_step: Callable | None = None) -> dict:
     """Trains AlexNet and records the run in `run.out`. Returns {"run_dir", "history", "model", "checkpoint"}.
@@ -385,7 +381,7 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
     classes = open_split(data.data, "train").classes
     open_split(data.data, "val")  # the schedule needs the val error: fail now, not after an epoch
     model_cfg = replace(model_cfg, num_classes=len(classes), devices=None)
-    stats = resolve_stats(stats_path(data), data.data)
+    stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
     config = {"data": asdict(data), "model": {k: getattr(model_cfg, k) for k in ("num_classes", "width", "init")},
               "optim": asdict(optim), "run": asdict(run), "world_size": d.world, "stats_255": asdict(stats)}
 

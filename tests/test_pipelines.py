@@ -172,6 +172,13 @@ def decoded(data, split="train"):
     return [np.array(pipe.run()[0][0]) for _ in range(s.images)]
 
 
+def ten_views(img, boxes, mean):
+    """The paper's ten views in numpy: 227 crops at the five (y, x) anchors, then their mirrors, minus the mean."""
+    crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
+    crops += [c[:, ::-1] for c in crops]
+    return np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
+
+
 def test_ten_crop_views_equal_explicit_crops(prepared):
     st = random_stats()
     ref = decoded(prepared, "val")
@@ -183,10 +190,7 @@ def test_ten_crop_views_equal_explicit_crops(prepared):
         h, w, _ = img.shape
         cy, cx = (h - 227 + 1) // 2, (w - 227 + 1) // 2  # DALI rounds the centre anchor half up
         boxes = [(0, 0), (0, w - 227), (h - 227, 0), (h - 227, w - 227), (cy, cx)]
-        crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
-        crops += [c[:, ::-1] for c in crops]
-        expect = np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
-        assert np.array_equal(v, expect)
+        assert np.array_equal(v, ten_views(img, boxes, mean))
 
 
 def test_ten_crop_central_square_corners(prepared):
@@ -201,10 +205,7 @@ def test_ten_crop_central_square_corners(prepared):
         h, w, _ = img.shape
         ly, lx = (h - 256) // 2, (w - 256) // 2
         boxes = [(ly, lx), (ly, lx + 29), (ly + 29, lx), (ly + 29, lx + 29), (ly + 15, lx + 15)]
-        crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
-        crops += [c[:, ::-1] for c in crops]
-        expect = np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
-        assert np.array_equal(v, expect)
+        assert np.array_equal(v, ten_views(img, boxes, mean))
 
 
 def test_center_crop_equals_explicit_crop(prepared):
