@@ -2,9 +2,13 @@
 
 Input (SRC), either layout:
   (a) extracted: SRC/train/<wnid>/*.JPEG; SRC/val/<wnid>/*.JPEG, or flat SRC/val/*.JPEG with
-      SRC/LOC_val_solution.csv (or SRC/val/LOC_val_solution.csv);
+      val labels (below);
   (b) the distributed archives, read in place with no extraction: SRC/ILSVRC2012_img_train.tar (a tar of
-      per-class tars) and SRC/ILSVRC2012_img_val.tar with SRC/LOC_val_solution.csv.
+      per-class tars) and SRC/ILSVRC2012_img_val.tar (flat), with val labels (below).
+Labels of flat val images, the first found: SRC/LOC_val_solution.csv or SRC/val/LOC_val_solution.csv (the Kaggle
+release), or the official development kit, SRC/ILSVRC2012_devkit_t12.tar.gz as downloaded (or extracted to
+SRC/ILSVRC2012_devkit_t12/): line n of data/ILSVRC2012_validation_ground_truth.txt is the ILSVRC2012_ID of
+ILSVRC2012_val_<n, 8 digits>, and data/meta.mat maps ILSVRC2012_IDs to WordNet ids (read with scipy.io).
 
 Output (OUT):
   train-000000.tar ...  samples <key>.jpg + <key>.cls (class index, ASCII), in a seeded shuffled order
@@ -39,6 +43,8 @@ from pipelines.config import SHORTER_SIDE  # paper §2
 
 FORMAT_VERSION = 1
 TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
+DEVKIT = "ILSVRC2012_devkit_t12"  # the development kit: DEVKIT.tar.gz as distributed, or that folder extracted
+DEVKIT_TRUTH, DEVKIT_META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 
 
 class PrepareError(Exception):
@@ -144,11 +150,18 @@ def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str
 
 
 def _read_val_labels(src: Path) -> tuple[Path, dict[str, str]]:
+    """(where the labels came from, {val key: wnid}) from the Kaggle CSV or the official devkit."""
     for p in (src / VAL_LABELS, src / "val" / VAL_LABELS):
         if p.is_file():
-            break
-    else:
-        raise PrepareError(f"{src}: flat val images need {VAL_LABELS} in {src} or {src / 'val'}")
+            return p, _csv_labels(p)
+    found = _devkit_files(src)
+    if found:
+        return found[0], devkit_labels(*found)
+    raise PrepareError(f"{src}: flat val images need labels: {VAL_LABELS} (in {src} or {src / 'val'}) or the "
+                       f"devkit {DEVKIT}.tar.gz (or its extracted folder) in {src}")
+
+
+def _csv_labels(p: Path) -> dict[str, str]:
     labels = {}
     with open(p, newline="") as f:
         rd = csv.DictReader(f)
@@ -159,7 +172,55 @@ def _read_val_labels(src: Path) -> tuple[Path, dict[str, str]]:
             if not pred:
                 raise PrepareError(f"{p}: {row['ImageId']} has an empty PredictionString")
             labels[row["ImageId"]] = pred[0]
-    return p, labels
+    return labels
+
+
+def _devkit_files(src: Path) -> tuple[Path, bytes, bytes] | None:
+    """(where, ground-truth text, meta.mat bytes) of the devkit in SRC, extracted or as the .tar.gz; None if absent."""
+    folder = src / DEVKIT
+    if folder.is_dir():
+        try:
+            return folder, (folder / DEVKIT_TRUTH).read_bytes(), (folder / DEVKIT_META).read_bytes()
+        except OSError as e:
+            raise PrepareError(f"{folder}: not the extracted devkit ({e.strerror}: {e.filename})") from None
+    path = src / f"{DEVKIT}.tar.gz"
+    if not path.is_file():
+        return None
+    got: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                for want in (DEVKIT_TRUTH, DEVKIT_META):
+                    if m.isfile() and (m.name.endswith("/" + want) or m.name == want):
+                        got[want] = tf.extractfile(m).read()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PrepareError(f"{path}: not a readable .tar.gz ({str(e).splitlines()[0]})") from None
+    missing = [w for w in (DEVKIT_TRUTH, DEVKIT_META) if w not in got]
+    if missing:
+        raise PrepareError(f"{path}: has no {' or '.join(missing)} (not the ILSVRC-2012 devkit?)")
+    return path, got[DEVKIT_TRUTH], got[DEVKIT_META]
+
+
+def devkit_labels(where: Path, truth: bytes, meta: bytes) -> dict[str, str]:
+    """{"ILSVRC2012_val_00000001": wnid, ...}: line n of the ground truth is the ILSVRC2012_ID of val image n, and
+    meta.mat's `synsets` table maps ILSVRC2012_IDs to WNIDs (the IDs do not follow sorted WNID order)."""
+    try:
+        import scipy.io
+    except ImportError:
+        raise PrepareError(f"{where}: reading the devkit's meta.mat needs scipy (pip install scipy)") from None
+    try:
+        syn = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
+        wnid_of = {int(i): str(w) for i, w in zip(syn["ILSVRC2012_ID"], syn["WNID"])}
+    except Exception as e:  # scipy raises many kinds on a file that is not a MAT file
+        raise PrepareError(f"{where}: {DEVKIT_META} is not the devkit's synset table ({type(e).__name__}: {e})"
+                           ) from None
+    labels = {}
+    for n, line in enumerate(truth.decode("ascii", "replace").split(), 1):
+        if not line.isdigit() or int(line) not in wnid_of:
+            raise PrepareError(f"{where}: line {n} of {DEVKIT_TRUTH} is {line!r}, not an ILSVRC2012_ID of "
+                               f"{DEVKIT_META}")
+        labels[f"ILSVRC2012_val_{n:08d}"] = wnid_of[int(line)]
+    return labels
 
 
 def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Item]:
@@ -182,15 +243,15 @@ def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Ite
     else:
         notes.append({"file": str(src), "reason": "no val/ or ILSVRC2012_img_val.tar: no val split written"})
         return []
-    csv_path, labels = _read_val_labels(src)
+    label_path, labels = _read_val_labels(src)
     items = []
     for fname, path, off, size in entries:
         where = path if off < 0 else f"{path}:{fname}"
         key = _key(fname, where)
         if key not in labels:
-            raise PrepareError(f"{where}: no label in {csv_path}")
+            raise PrepareError(f"{where}: no label in {label_path}")
         if labels[key] not in classes:
-            raise PrepareError(f"{csv_path}: {key} names unknown class {labels[key]!r} (not in train)")
+            raise PrepareError(f"{label_path}: {key} names unknown class {labels[key]!r} (not in train)")
         items.append(Item(key, classes[labels[key]], path, off, size))
     return sorted(items, key=lambda it: it.key)
 

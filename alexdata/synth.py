@@ -7,8 +7,11 @@ Every stage (prepare, stats, pipelines, trainer) can be shown and tested on it w
     OUT/LOC_val_solution.csv            ImageId,PredictionString ("<wnid> x0 y0 x1 y1 ")
     OUT/synth.json                      what was generated, including the planted oddities
 
-With `layout="archives"` it writes the distributed archives instead: `ILSVRC2012_img_train.tar` (a tar of
-per-class tars `<wnid>.tar`) and `ILSVRC2012_img_val.tar` (flat), beside `LOC_val_solution.csv`.
+With `layout="archives"` it writes what ImageNet distributes instead: `ILSVRC2012_img_train.tar` (a tar of
+per-class tars `<wnid>.tar`), `ILSVRC2012_img_val.tar` (flat) and the development kit
+`ILSVRC2012_devkit_t12.tar.gz` with the val labels (data/ILSVRC2012_validation_ground_truth.txt: one
+ILSVRC2012_ID per val image; data/meta.mat: the `synsets` table mapping IDs to WNIDs, IDs in a shuffled class
+order as in the real kit, plus non-leaf synsets). The Kaggle CSV goes only with the extracted tree.
 
 Images look like photographs to a JPEG codec: a 1/f amplitude spectrum texture (natural images' spectra fall
 off roughly as 1/f, Field 1987), so file sizes and decode costs are realistic (~100 KB at 500x375, quality
@@ -178,11 +181,14 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
     else:
         _write_archives(out, wnids, jobs, blobs)
 
-    with open(out / "LOC_val_solution.csv", "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["ImageId", "PredictionString"])
-        for name, w in val_labels.items():
-            wr.writerow([name, f"{w} 0 0 100 100 "])
+    if cfg.layout == "tree":
+        with open(out / "LOC_val_solution.csv", "w", newline="") as f:
+            wr = csv.writer(f)
+            wr.writerow(["ImageId", "PredictionString"])
+            for name, w in val_labels.items():
+                wr.writerow([name, f"{w} 0 0 100 100 "])
+    else:
+        _write_devkit(out, wnids, val_labels, cfg.seed)
 
     desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class
             + len(odd_paths), "val_images": len(val_labels), "oddities": odd_paths,
@@ -207,3 +213,34 @@ def _write_archives(out: Path, wnids: list[str], jobs, blobs) -> None:
     with tarfile.open(out / "ILSVRC2012_img_val.tar", "w", format=tarfile.GNU_FORMAT) as tf:
         for name, blob in sorted(val):
             add_to_tar(tf, name, blob)
+
+
+def devkit_ids(wnids: list[str], seed: int) -> dict[str, int]:
+    """The synth devkit's ILSVRC2012_ID of each class: 1..n in a seeded shuffled order (the real kit's IDs do not
+    follow sorted WNID order either, so sorting can never stand in for meta.mat)."""
+    order = np.random.default_rng([seed, 2]).permutation(len(wnids))
+    if len(wnids) > 1 and (order == np.arange(len(wnids))).all():
+        order = np.roll(order, 1)
+    return {wnids[int(j)]: i + 1 for i, j in enumerate(order)}
+
+
+def _write_devkit(out: Path, wnids: list[str], val_labels: dict[str, str], seed: int) -> None:
+    """ILSVRC2012_devkit_t12.tar.gz: the ground truth of the val images and meta.mat, as in the real kit."""
+    import scipy.io
+
+    ids = devkit_ids(wnids, seed)
+    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
+              "num_train_images"]
+    rows = [(ids[w], w, f"synthetic class {w}", "", 0, np.zeros((1, 0)), 0, 0) for w in sorted(wnids, key=ids.get)]
+    n = len(wnids)  # two non-leaf synsets above the classes, as the real table has (IDs after the leaves)
+    rows += [(n + 1, "n00001740", "entity", "", 1, np.array([[n + 2]], float), 2, 0),
+             (n + 2, "n00002684", "object", "", n, np.arange(1, n + 1, dtype=float)[None], 1, 0)]
+    table = np.empty((len(rows), 1), dtype=[(f, "O") for f in fields])
+    for i, r in enumerate(rows):
+        table[i, 0] = tuple(np.array([[v]], float) if isinstance(v, int) else v for v in r)
+    mat = io.BytesIO()
+    scipy.io.savemat(mat, {"synsets": table})
+    truth = "".join(f"{ids[val_labels[name]]}\n" for name in sorted(val_labels)).encode()
+    with tarfile.open(out / "ILSVRC2012_devkit_t12.tar.gz", "w:gz", format=tarfile.GNU_FORMAT) as tf:
+        add_to_tar(tf, "ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue())
+        add_to_tar(tf, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)

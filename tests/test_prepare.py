@@ -123,11 +123,70 @@ def test_val_in_class_folders_gives_same_labels(prepared, synth_tree, tmp_path):
             assert got[name] == ref[name], name
 
 
+def _val_labels(src):
+    from alexdata.prepare import scan
+
+    _, _, val, _ = scan(src)
+    return {it.key: it.label for it in val}
+
+
+def test_devkit_labels_equal_the_csv(synth_tree, tmp_path):
+    """The official devkit (ground truth IDs + meta.mat), as the .tar.gz or extracted, labels every val image as
+    the Kaggle CSV does; its IDs are not in sorted-WNID order, so only meta.mat can map them."""
+    from alexdata.synth import _write_devkit, devkit_ids
+
+    ref = _val_labels(synth_tree)
+    src = tmp_path / "src"
+    shutil.copytree(synth_tree, src, ignore=shutil.ignore_patterns("LOC_val_solution.csv"))
+    with open(synth_tree / "LOC_val_solution.csv") as f:
+        truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
+    classes = sorted(set(truth.values()))
+    ids = devkit_ids(classes, 0)
+    assert [ids[w] for w in classes] != list(range(1, len(classes) + 1))
+    _write_devkit(src, classes, truth, seed=0)
+    assert _val_labels(src) == ref
+    with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
+        tf.extractall(src, filter="data")
+    (src / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+    assert _val_labels(src) == ref
+
+
+@pytest.mark.parametrize("case", ["unknown_id", "not_mat", "no_labels"])
+def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
+    from alexdata.synth import _write_devkit
+
+    src = tmp_path / "src"
+    shutil.copytree(synth_tree, src, ignore=shutil.ignore_patterns("LOC_val_solution.csv"))
+    if case != "no_labels":
+        with open(synth_tree / "LOC_val_solution.csv") as f:
+            truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
+        _write_devkit(src, sorted(set(truth.values())), truth, seed=0)
+        with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
+            tf.extractall(src, filter="data")
+        (src / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+        data = src / "ILSVRC2012_devkit_t12" / "data"
+        if case == "unknown_id":
+            lines = (data / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
+            lines[2] = "977"
+            (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+            culprit = "line 3"
+        else:
+            (data / "meta.mat").write_bytes(b"not a MAT file")
+            culprit = "meta.mat"
+    else:
+        culprit = "ILSVRC2012_devkit_t12"
+    r = run_cli("prepare", src, tmp_path / "out", check=False)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(err) == 1 and err[0].startswith("Error:") and culprit in err[0], r.stderr
+    assert _no_shards(tmp_path / "out")
+
+
 def test_archives_give_identical_shards(prepared, tmp_path):
-    """The original tars, read in place, give byte-identical shards to the extracted tree."""
+    """The original tars, read in place, give byte-identical shards to the extracted tree (val labels from the
+    devkit there, from the Kaggle CSV here)."""
     make_synth(tmp_path / "raw", SynthConfig(**{**SYNTH.__dict__, "layout": "archives"}), workers=2,
                progress=False)
-    assert not (tmp_path / "raw" / "train").exists()
+    assert not (tmp_path / "raw" / "train").exists() and not (tmp_path / "raw" / "LOC_val_solution.csv").exists()
     man = prepare(tmp_path / "raw", tmp_path / "out", PREP, workers=2, **QUIET)
     ref, got = tree_files(prepared), tree_files(tmp_path / "out")
     shards = [n for n in ref if n.endswith((".tar", ".idx"))]

@@ -67,7 +67,12 @@ def test_archives_layout(tmp_path):
         assert all(n.startswith(wnid(0) + "_") and n.endswith(".JPEG") for n in inner.getnames())
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar") as tf:
         assert len(tf.getnames()) == 4
-    assert not (tmp_path / "train").exists()
+    with tarfile.open(tmp_path / "ILSVRC2012_devkit_t12.tar.gz") as tf:
+        assert sorted(tf.getnames()) == ["ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+                                         "ILSVRC2012_devkit_t12/data/meta.mat"]
+        truth = tf.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read().split()
+    assert sorted(map(int, truth)) == [1, 1, 2, 2]  # two val images per class, IDs 1..2
+    assert not (tmp_path / "train").exists() and not (tmp_path / "LOC_val_solution.csv").exists()
 
 
 def test_bad_config():
