@@ -33,7 +33,8 @@ def main() -> None:
 @click.option("--oddities/--no-oddities", default=True, show_default=True,
               help="Plant ImageNet's bad files: CMYK, grayscale, PNG-as-JPEG, truncated, empty.")
 @click.option("--layout", type=click.Choice(["tree", "archives"]), default="tree", show_default=True,
-              help="Extracted folders, or the distributed ILSVRC2012_img_{train,val}.tar archives.")
+              help="Extracted folders with the Kaggle CSV, or the distributed ILSVRC2012_img_{train,val}.tar "
+                   "archives with the devkit.")
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers):
     """Generate a mini-ImageNet in the original layout under OUT."""
@@ -62,7 +63,8 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
 def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part):
     """Resize raw ImageNet at SRC (extracted tree or the original tars) into webdataset shards at OUT.
 
-    Resumable: run the same command again after an interruption and only missing shards are written."""
+    Val labels: LOC_val_solution.csv (Kaggle), the devkit ILSVRC2012_devkit_t12.tar.gz (or extracted), or val
+    class folders. Resumable: run the same command again after an interruption and only missing shards are written."""
     from alexdata.prepare import PrepareConfig, PrepareError, prepare as run
 
     try:
