@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from alexdata.dataset import DataError, open_split
-from pipelines.common import READER
+from pipelines.common import READER, labels_from_digits
 from pipelines.config import AugmentConfig, PipelineStats
 
 MODES = ("train", "center", "tencrop")
@@ -72,6 +72,7 @@ class Loader:
         if aug.dtype == "float16" and device == "cpu":
             raise ValueError("float16 output is for the GPU; use float32 on the CPU")
         self.split = open_split(data, split)
+        self._where = f"{data} ({split} split)"
         if self.split.images < num_shards:
             raise ValueError(f"{self.split.images} images cannot be split over {num_shards} shards")
         self.stats = resolve_stats(stats, data)
@@ -113,7 +114,11 @@ class Loader:
                 return
             except RuntimeError as e:
                 raise self._data_error(e) from None
-            images, labels = out[0]["images"], out[0]["labels"].view(-1)
+            images = out[0]["images"]
+            try:
+                labels = labels_from_digits(out[0]["labels"]).to(images.device, non_blocking=True)
+            except ValueError as e:
+                raise DataError(f"{self._where}: {e} (re-run `alexnet prepare` into a fresh directory)") from None
             if self.aug.dtype == "bfloat16":
                 images = images.to(torch.bfloat16)
             yield images, labels

@@ -24,7 +24,8 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
                         ten_crop: bool = False, batch_size: int, num_threads: int, device: str = "cpu",
                         shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
                         device_id: int = 0, seed: int = 0, shuffle_seed: int = 0, checkpoint: str | None = None):
-    """A DALI pipeline yielding (images, labels int64 [1]); images (3, crop, crop) or (10, 3, crop, crop)."""
+    """A DALI pipeline yielding (images, labels as read: `common.labels_from_digits` makes them int64); images
+    (3, crop, crop) or (10, 3, crop, crop)."""
 
     @pipeline_def(enable_checkpointing=True)
     def evaluate():
@@ -50,7 +51,7 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
             views = [fn.crop_mirror_normalize(img, crop_pos_x=x, crop_pos_y=y, mirror=m, **cmn)
                      for m in (0, 1) for x, y in places]
             out = fn.stack(*views)  # (10, 3, crop, crop)
-        return out, (label.gpu() if device == "gpu" else label)
+        return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
 
     return evaluate(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
                     seed=seed, prefetch_queue_depth=prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))

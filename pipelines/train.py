@@ -7,7 +7,7 @@ meets them:
   4. crop        random 227x227, anchor uniform over all valid positions (or inside the central 256 square)
   5. flip        horizontal, probability 0.5
   6+7. lighting + mean   subtract (mean - 255 eigvec @ (alpha * eigval_01)), alpha ~ N(0, 0.1): one fused op
-  -> NCHW float, int64 labels
+  -> NCHW float; labels as ASCII digits (the loader makes int64 of them)
 
 Raw images take a shortcut: the 227 window is chosen in resized coordinates, only that region of the original is
 decoded (ROI decode) and resized straight to 227x227, instead of decoding and resizing the whole image.
@@ -62,7 +62,8 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig 
                          batch_size: int, num_threads: int, device: str = "cpu", seed: int = 0, shard_id: int = 0,
                          num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
                          device_id: int = 0, shuffle_seed: int = 0, checkpoint: str | None = None):
-    """A DALI pipeline yielding (images NCHW float, labels int64 [1]); device "cpu" (device_id=None) or "gpu"."""
+    """A DALI pipeline yielding (images NCHW float, labels as read: `common.labels_from_digits` makes them int64);
+    device "cpu" (device_id=None) or "gpu"."""
 
     @pipeline_def(enable_checkpointing=True)
     def train():
@@ -89,7 +90,7 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig 
                 img = common.decode(jpg, device, hw_decoder_load)
                 out = fn.crop_mirror_normalize(img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1],
                                                crop_pos_y=pos[0], **cmn)
-        return out, (label.gpu() if device == "gpu" else label)
+        return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
 
     return train(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
                  seed=seed, prefetch_queue_depth=prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))

@@ -269,8 +269,14 @@ def test_training_epochs_are_reshuffled_globally_and_stay_disjoint(palette):
 
 
 def test_train_epoch_covers_all_labels_across_shards(prepared):
+    import tarfile
+
     man = json.loads((prepared / "manifest.json").read_text())
-    counts = []
+    stored = []  # the labels as written, parsed with int()
+    for sh in man["train"]["shards"]:
+        with tarfile.open(prepared / sh["file"]) as tf:
+            stored += [int(tf.extractfile(m).read()) for m in tf if m.name.endswith(".cls")]
+    counts = [np.bincount(stored)]
     for n in (1, 3):
         labels = []
         for shard in range(n):
@@ -278,7 +284,7 @@ def test_train_epoch_covers_all_labels_across_shards(prepared):
                 labels += y.tolist()
         assert len(labels) == man["train"]["images"]
         counts.append(np.bincount(labels))
-    assert np.array_equal(counts[0], counts[1])
+    assert all(np.array_equal(counts[0], c) for c in counts[1:])
 
 
 def test_same_seed_same_batches(prepared):
@@ -402,6 +408,39 @@ def test_raw_tree_loader(tmp_path, synth_tree):
         assert n == open_split(tmp_path).images and shapes == {(3, 227, 227)}
 
 
+def test_labels_from_digits_match_int():
+    from pipelines.common import MAX_LABEL_DIGITS, labels_from_digits
+
+    values = [0, 7, 10, 417, 999, 1000, 65535, 999_999] + np.random.default_rng(0).integers(0, 10**6, 200).tolist()
+    digits = torch.zeros(len(values), MAX_LABEL_DIGITS, dtype=torch.uint8)
+    for i, v in enumerate(values):  # what `ascii_digits` gives: the ASCII text, zero bytes after it
+        text = str(v).encode()
+        digits[i, :len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+    assert labels_from_digits(digits).tolist() == values
+    assert labels_from_digits(torch.tensor([[3], [5]])).tolist() == [3, 5]  # integer labels (raw tree) pass
+    for bad in (b"4a2", b"", b"-1", b"1 2"):
+        row = torch.zeros(1, MAX_LABEL_DIGITS, dtype=torch.uint8)
+        row[0, :len(bad)] = torch.tensor(list(bad), dtype=torch.uint8)
+        with pytest.raises(ValueError, match="not a class index"):
+            labels_from_digits(row)
+
+
+def test_malformed_label_in_a_shard_is_one_line_error(prepared, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    tar = sorted(data.glob("val-*.tar"))[0]
+    first = (tar.with_suffix(".idx")).read_text().splitlines()[1].split()
+    off, size = int(first[5]), int(first[6])  # the first sample's .cls: "jpg off size name cls off size name"
+    raw = bytearray(tar.read_bytes())
+    raw[off:off + size] = b"x" * size
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"\(val split\): a .cls label is b'x+', not a class index"):
+        for _ in Loader(data, split="val", mode="center", stats=ZERO, batch_size=4, threads=1):
+            pass
+
+
 def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
     import shutil
 
@@ -453,8 +492,10 @@ def test_pipeline_stats_from_dict_shapes():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_and_cpu_pipelines_agree(prepared):
     st = random_stats()
-    cpu = torch.cat([x for x, _ in Loader(prepared, split="val", mode="center", stats=st, batch_size=8)])
-    gpu = torch.cat([x for x, _ in Loader(prepared, split="val", mode="center", stats=st, batch_size=8,
-                                          device="gpu")]).cpu()
+    cpu_batches = list(Loader(prepared, split="val", mode="center", stats=st, batch_size=8))
+    gpu_batches = list(Loader(prepared, split="val", mode="center", stats=st, batch_size=8, device="gpu"))
+    assert all(x.is_cuda and y.is_cuda for x, y in gpu_batches)
+    assert torch.equal(torch.cat([y for _, y in cpu_batches]), torch.cat([y for _, y in gpu_batches]).cpu())
+    cpu, gpu = torch.cat([x for x, _ in cpu_batches]), torch.cat([x for x, _ in gpu_batches]).cpu()
     assert cpu.shape == gpu.shape
     assert (cpu - gpu).abs().mean() < 1.5  # nvJPEG vs libjpeg-turbo IDCT differ by a level or two
