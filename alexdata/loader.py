@@ -116,9 +116,12 @@ class Loader:
                 raise self._data_error(e) from None
             images = out[0]["images"]
             try:
-                labels = labels_from_digits(out[0]["labels"]).to(images.device, non_blocking=True)
+                labels = labels_from_digits(out[0]["labels"])  # on the CPU, as DALI gives them
+                if labels.numel() and int(labels.max()) >= len(self.split.classes):
+                    raise ValueError(f"label {int(labels.max())} is past the {len(self.split.classes)} classes")
             except ValueError as e:
                 raise DataError(f"{self._where}: {e} (re-run `alexnet prepare` into a fresh directory)") from None
+            labels = labels.to(images.device, non_blocking=True)
             if self.aug.dtype == "bfloat16":
                 images = images.to(torch.bfloat16)
             yield images, labels

@@ -24,6 +24,7 @@ run, and `--part i/n` lets n machines write disjoint sets of shards into one OUT
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -32,6 +33,7 @@ import os
 import signal
 import tarfile
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from alexdata.files import atomic_write
-from pipelines.config import SHORTER_SIDE  # paper §2
+from pipelines.config import MAX_LABEL_DIGITS, SHORTER_SIDE  # paper §2
 
 FORMAT_VERSION = 1
 TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
@@ -187,14 +189,15 @@ def _devkit_files(src: Path) -> tuple[Path, bytes, bytes] | None:
     if not path.is_file():
         return None
     got: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r:*") as tf:
+    try:  # decompress it whole first (~2.5 MB): that checks the gzip CRC, which a member-by-member read may not
+        data = gzip.decompress(path.read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
             for m in tf:
                 for want in (DEVKIT_TRUTH, DEVKIT_META):
                     if m.isfile() and (m.name.endswith("/" + want) or m.name == want):
                         got[want] = tf.extractfile(m).read()
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise PrepareError(f"{path}: not a readable .tar.gz ({str(e).splitlines()[0]})") from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise PrepareError(f"{path}: not a readable .tar.gz ({_first_line(e)})") from None
     missing = [w for w in (DEVKIT_TRUTH, DEVKIT_META) if w not in got]
     if missing:
         raise PrepareError(f"{path}: has no {' or '.join(missing)} (not the ILSVRC-2012 devkit?)")
@@ -212,15 +215,22 @@ def devkit_labels(where: Path, truth: bytes, meta: bytes) -> dict[str, str]:
         syn = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         wnid_of = {int(i): str(w) for i, w in zip(syn["ILSVRC2012_ID"], syn["WNID"])}
     except Exception as e:  # scipy raises many kinds on a file that is not a MAT file
-        raise PrepareError(f"{where}: {DEVKIT_META} is not the devkit's synset table ({type(e).__name__}: {e})"
-                           ) from None
+        raise PrepareError(f"{where}: {DEVKIT_META} is not the devkit's synset table ({type(e).__name__}: "
+                           f"{_first_line(e)})") from None
+    lines = truth.decode("ascii", "replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     labels = {}
-    for n, line in enumerate(truth.decode("ascii", "replace").split(), 1):
-        if not line.isdigit() or int(line) not in wnid_of:
-            raise PrepareError(f"{where}: line {n} of {DEVKIT_TRUTH} is {line!r}, not an ILSVRC2012_ID of "
+    for n, line in enumerate(lines, 1):  # one ID per line: a blank or doubled line would shift every later label
+        if not line.strip().isdigit() or int(line) not in wnid_of:
+            raise PrepareError(f"{where}: line {n} of {DEVKIT_TRUTH} is {line!r}, not one ILSVRC2012_ID of "
                                f"{DEVKIT_META}")
         labels[f"ILSVRC2012_val_{n:08d}"] = wnid_of[int(line)]
     return labels
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Item]:
@@ -263,6 +273,8 @@ def scan(src: str | os.PathLike) -> tuple[list[str], list[Item], list[Item], lis
         raise PrepareError(f"{src}: no such directory")
     notes: list[dict] = []
     wnids, found = _scan_train(src, notes)
+    if len(wnids) > 10 ** MAX_LABEL_DIGITS:
+        raise PrepareError(f"{src}: {len(wnids)} classes; labels are stored as at most {MAX_LABEL_DIGITS} digits")
     classes = {w: i for i, w in enumerate(wnids)}  # class index = position of the wnid in sorted order
     train = sorted((Item(_key(fname, p if off < 0 else f"{p}:{fname}"), classes[w], p, off, size)
                     for w, fname, p, off, size in found), key=lambda it: (it.label, it.key))

@@ -240,7 +240,9 @@ def _write_devkit(out: Path, wnids: list[str], val_labels: dict[str, str], seed:
         table[i, 0] = tuple(np.array([[v]], float) if isinstance(v, int) else v for v in r)
     mat = io.BytesIO()
     scipy.io.savemat(mat, {"synsets": table})
-    truth = "".join(f"{ids[val_labels[name]]}\n" for name in sorted(val_labels)).encode()
+    numbers = sorted(int(name.rsplit("_", 1)[1]) for name in val_labels)
+    assert numbers == list(range(1, len(numbers) + 1)), "line n of the ground truth is val image n"
+    truth = "".join(f"{ids[val_labels[f'ILSVRC2012_val_{n:08d}']]}\n" for n in numbers).encode()
     with tarfile.open(out / "ILSVRC2012_devkit_t12.tar.gz", "w:gz", format=tarfile.GNU_FORMAT) as tf:
         add_to_tar(tf, "ILSVRC2012_devkit_t12/data/meta.mat", mat.getvalue())
         add_to_tar(tf, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt", truth)

@@ -10,9 +10,9 @@ import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 
 from alexdata.dataset import Split
+from pipelines.config import MAX_LABEL_DIGITS
 
 READER = "reader"  # the reader's name, which the iterator asks for epoch size and padding
-MAX_LABEL_DIGITS = 6  # `.cls` holds the class index in ASCII; up to 999,999 classes
 
 
 def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle_seed: int = 0):
@@ -54,7 +54,9 @@ def labels_from_digits(digits):
 
     if digits.dtype != torch.uint8 or digits.numel() == 0:  # integer labels, or an empty batch
         return digits.reshape(-1).long()
-    d = digits.reshape(digits.shape[0], -1).long()
+    if digits.dim() != 2 or digits.shape[1] != MAX_LABEL_DIGITS:  # fn.pad only widens: a longer .cls stays long
+        raise ValueError(f"a .cls label is longer than {MAX_LABEL_DIGITS} characters")
+    d = digits.long()
     given = d != 0
     bad = (given & ((d < 48) | (d > 57))).any(1) | ~given[:, 0] | (given[:, 1:] & ~given[:, :-1]).any(1)
     if bad.any():

@@ -7,6 +7,7 @@ import numpy as np
 
 CROP = 227  # paper §3.5 says 224; the layer arithmetic (55 = (227 - 11) / 4 + 1) needs 227
 SHORTER_SIDE = 256  # paper §2: rescale so the shorter side is 256, then crop
+MAX_LABEL_DIGITS = 6  # a `.cls` label holds the class index in ASCII: up to 999,999 classes
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from alexdata.synth import SynthConfig, make_synth, wnid
 from conftest import PREP, ROOT, SYNTH, run_cli, tree_files
 
 QUIET = dict(progress=False, log=lambda *a: None)
+SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # tarfile's extraction filter: 3.11.4+
 
 
 def read_split(out, split):
@@ -146,12 +147,12 @@ def test_devkit_labels_equal_the_csv(synth_tree, tmp_path):
     _write_devkit(src, classes, truth, seed=0)
     assert _val_labels(src) == ref
     with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
-        tf.extractall(src, filter="data")
+        tf.extractall(src, **SAFE)
     (src / "ILSVRC2012_devkit_t12.tar.gz").unlink()
     assert _val_labels(src) == ref
 
 
-@pytest.mark.parametrize("case", ["unknown_id", "not_mat", "no_labels"])
+@pytest.mark.parametrize("case", ["unknown_id", "blank_line", "not_mat", "no_labels", "corrupt_gzip"])
 def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
     from alexdata.synth import _write_devkit
 
@@ -161,13 +162,22 @@ def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
         with open(synth_tree / "LOC_val_solution.csv") as f:
             truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
         _write_devkit(src, sorted(set(truth.values())), truth, seed=0)
-        with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
-            tf.extractall(src, filter="data")
-        (src / "ILSVRC2012_devkit_t12.tar.gz").unlink()
+        gz = src / "ILSVRC2012_devkit_t12.tar.gz"
+        if case == "corrupt_gzip":  # bytes flipped inside the deflate stream: a bad block or a CRC mismatch
+            raw = bytearray(gz.read_bytes())
+            for i in range(len(raw) // 2, len(raw) // 2 + 8):
+                raw[i] ^= 0x55
+            gz.write_bytes(bytes(raw))
+        else:
+            with tarfile.open(gz) as tf:
+                tf.extractall(src, **SAFE)
+            gz.unlink()
         data = src / "ILSVRC2012_devkit_t12" / "data"
-        if case == "unknown_id":
+        if case == "corrupt_gzip":
+            culprit = "not a readable .tar.gz"
+        elif case in ("unknown_id", "blank_line"):
             lines = (data / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
-            lines[2] = "977"
+            lines[2] = "977" if case == "unknown_id" else ""  # a blank line must not shift the later labels
             (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
             culprit = "line 3"
         else:
