@@ -25,5 +25,8 @@ def test_bench_train(prepared):
                     stats=STATS, warmup=1)
     variants = {(v["placement"], v["channels_last"]) for v in r["synthetic"]}
     assert variants == {("single", False), ("single", True), ("two-tower", True)}
+    hs = r["host_sync"]
+    assert hs["trainer_images_per_s"] > 0 and hs["no_sync_images_per_s"] > 0
+    assert np.isclose(hs["trainer_vs_no_sync"], hs["trainer_images_per_s"] / hs["no_sync_images_per_s"])
     e2e = r["end_to_end"]
     assert e2e["images_per_s"] > 0 and 0 <= e2e["data_wait_frac"] <= 1
