@@ -113,7 +113,8 @@ def bench_prepare(src, images, rounds, as_json):
 
 @bench.command("loader")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="Default: gpu when torch sees one, else cpu.")
 @click.option("--batch-size", type=POS_INT, default=128, show_default=True)
 @click.option("--seconds", type=POS_FLOAT, default=10.0, show_default=True,
               help="Timed seconds per contender and round.")

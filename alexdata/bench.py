@@ -130,7 +130,7 @@ def _timed(batches, seconds: float, warmup: int = 3) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds: float = 10.0,
+def bench_loader(data: str, device: str | None = None, batch_size: int = 128, seconds: float = 10.0,
                  threads: int | None = None, stats=None, rounds: int = 3) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
@@ -144,6 +144,7 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
     from pipelines.config import AugmentConfig
 
     threads = threads or len(os.sched_getaffinity(0))
+    device = device or ("gpu" if torch.cuda.is_available() else "cpu")
     split = open_split(data, "train")
     st = resolve_stats(stats, data)
     sync = (lambda: torch.cuda.synchronize()) if device == "gpu" else (lambda: None)
@@ -160,9 +161,11 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
             sync()
             yield len(out[1])
 
-    def endless_loader(loader):
+    def endless_loader(loader, to_gpu: bool = False):
         while True:
             for x, y in loader:
+                if to_gpu:  # the baseline's batches end where the pipeline's do: on the GPU
+                    x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
                 sync()
                 yield len(y)
 
@@ -174,11 +177,15 @@ def bench_loader(data: str, device: str = "cpu", batch_size: int = 128, seconds:
     contenders = {"decode_only": endless_pipe(decode_only()),
                   "pipeline": endless_loader(Loader(data, stats=st, batch_size=batch_size, device=device,
                                                     threads=threads)),
-                  "baseline": endless_loader(dl)}
+                  "baseline": endless_loader(dl, to_gpu=device == "gpu")}
+    # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
+    # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that
+    # backlog, so every timed window starts from the steady state rather than from a head start.
+    warmup = {"decode_only": 3, "pipeline": 3, "baseline": 3 + 2 * threads}
     rates = {k: [] for k in contenders}
     for _ in range(rounds):  # interleaved rounds: drift on a shared machine hits every contender alike
         for k, batches in contenders.items():
-            rates[k].append(_timed(batches, seconds))
+            rates[k].append(_timed(batches, seconds, warmup[k]))
     for k, v in rates.items():
         res[k] = float(np.median(v))
         res[k + "_rounds"] = [round(x, 1) for x in v]

@@ -54,6 +54,12 @@ def resolve_stats(stats, data) -> PipelineStats:
         raise DataError(f"{path}: not a valid stats file ({e})") from None
 
 
+def default_threads() -> int:
+    """The cores this process may use, shared among the ranks on this node (torchrun sets LOCAL_WORLD_SIZE):
+    every rank's pipeline with all cores would oversubscribe them LOCAL_WORLD_SIZE times."""
+    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 class Loader:
     def __init__(self, data: str | os.PathLike, *, split: str = "train", mode: str = "train", stats=None,
                  aug: AugmentConfig = AugmentConfig(), batch_size: int = 128, device: str = "cpu",
@@ -79,7 +85,7 @@ class Loader:
         self.mode, self.aug, self.device = mode, aug, device
         self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
         self.shuffle_seed = shuffle_seed
-        self._kw = dict(batch_size=batch_size, num_threads=threads or len(os.sched_getaffinity(0)),
+        self._kw = dict(batch_size=batch_size, num_threads=threads or default_threads(),
                         device=device, device_id=device_id, seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id,
                         num_shards=num_shards,
                         prefetch=prefetch, hw_decoder_load=hw_decoder_load)
@@ -121,7 +127,7 @@ class Loader:
                     raise ValueError(f"label {int(labels.max())} is past the {len(self.split.classes)} classes")
             except ValueError as e:
                 raise DataError(f"{self._where}: {e} (re-run `alexnet prepare` into a fresh directory)") from None
-            labels = labels.to(images.device, non_blocking=True)
+            labels = labels.to(images.device)  # 8 bytes an image: a synchronous copy costs nothing
             if self.aug.dtype == "bfloat16":
                 images = images.to(torch.bfloat16)
             yield images, labels

@@ -43,17 +43,18 @@ def load(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def rng_state() -> dict:
-    """The states of every generator the training step draws from (dropout: torch/CUDA)."""
+def rng_state(cuda_devices=()) -> dict:
+    """The states of every generator the training step draws from (dropout: torch, and the CUDA devices the model
+    uses: only those, so a rank never opens a context on the other ranks' GPUs)."""
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": {str(dev): torch.cuda.get_rng_state(dev) for dev in cuda_devices},
             "numpy": np.random.get_state(), "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    for dev, st in (state["cuda"] or {}).items():
+        torch.cuda.set_rng_state(st, dev)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 

@@ -187,14 +187,25 @@ def within_towers(fn: Callable[[torch.Tensor], torch.Tensor], x: Towers) -> Towe
     return tuple(fn(xt) for xt in x)
 
 
-def lrn() -> nn.LocalResponseNorm:
+class LRN(nn.LocalResponseNorm):
+    """nn.LocalResponseNorm that squares float16 activations in float32: it squares in the input's dtype, and
+    under fp16 autocast an activation above 256 (likely on 0-255 inputs) would square to inf and zero its
+    output without any NaN to notice. bfloat16 has float32's range and stays as it is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float16:
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
+
+
+def lrn() -> LRN:
     """Paper §3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta.
 
     nn.LocalResponseNorm divides alpha by the window size n (it averages the squares,
     it does not sum them), so it is given alpha * n to compute the paper's sum.
     It keeps a channels_last input channels_last (checked in tests/test_model.py).
     """
-    return nn.LocalResponseNorm(LRN_N, alpha=LRN_ALPHA * LRN_N, beta=LRN_BETA, k=LRN_K)
+    return LRN(LRN_N, alpha=LRN_ALPHA * LRN_N, beta=LRN_BETA, k=LRN_K)
 
 
 class AlexNet(nn.Module):

@@ -440,7 +440,8 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
             for group in optimizer.param_groups:
                 group["lr"] *= optim.lr / saved["config"]["optim"]["lr"]
         plateau.load_state_dict(saved["plateau"])
-        scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"]:  # a run without fp16 saved a disabled scaler's empty state
+            scaler.load_state_dict(saved["scaler"])
         train_loader.load_state_dict(saved["ranks"][d.rank]["loader"])
         history, start_epoch = saved["history"], saved["epoch"]
         meter = EpochMeter(**saved["meter"]) if saved["meter"] else None
@@ -471,12 +472,13 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
         return at
 
     last_saved: list = [None if saved is None else (saved["epoch"], saved["step"])]
+    cuda_devices = sorted({p.device for p in net.parameters() if p.device.type == "cuda"}, key=str)
 
     def save(epoch: int, meter_now: EpochMeter | None, step: int) -> None:
         """A checkpoint after `step` global steps; epoch = epochs finished (meter None) or the one in progress."""
         if not _all_finite(net):
             raise NonFiniteLoss(f"the weights hold NaN/inf after step {step}")
-        mine = {"loader": train_loader.state_dict(), "rng": ckpt_io.rng_state()}
+        mine = {"loader": train_loader.state_dict(), "rng": ckpt_io.rng_state(cuda_devices)}
         ranks = _gather(mine, d)
         if d.rank == 0:
             ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": config, "epoch": epoch, "step": step,

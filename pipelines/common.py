@@ -53,7 +53,7 @@ def labels_from_digits(digits):
     import torch
 
     if digits.dtype != torch.uint8 or digits.numel() == 0:  # integer labels, or an empty batch
-        return digits.reshape(-1).long()
+        return digits.reshape(-1).to(torch.long, copy=True)  # never a view of DALI's (reused) output buffer
     if digits.dim() != 2 or digits.shape[1] != MAX_LABEL_DIGITS:  # fn.pad only widens: a longer .cls stays long
         raise ValueError(f"a .cls label is longer than {MAX_LABEL_DIGITS} characters")
     d = digits.long()

@@ -14,10 +14,16 @@ SYNTH = SynthConfig(classes=3, train_per_class=14, val_per_class=4, seed=7)
 PREP = PrepareConfig(shard_size=8, seed=3)
 
 
+def env_with_path(*paths) -> dict:
+    """os.environ with PYTHONPATH = `paths` first, then what it held already (a GPU kit's site folder, say)."""
+    old = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), *([old] if old else [])])}
+
+
 def run_cli(*args, check=True, **kw):
     """Runs `alexnet ARGS` in a subprocess, as a user would; returns the CompletedProcess."""
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, **kw)
+                       cwd=ROOT, env=env_with_path(ROOT), **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"alexnet {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")
     return r

@@ -15,7 +15,7 @@ from PIL import Image
 
 from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg, wds_index
 from alexdata.synth import SynthConfig, make_synth, wnid
-from conftest import PREP, ROOT, SYNTH, run_cli, tree_files
+from conftest import PREP, ROOT, SYNTH, env_with_path, run_cli, tree_files
 
 QUIET = dict(progress=False, log=lambda *a: None)
 SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # tarfile's extraction filter: 3.11.4+
@@ -235,7 +235,7 @@ def test_resume_after_sigkill(prepared, synth_tree, tmp_path):
     ref = tmp_path / "ref"
     prepare(synth_tree, ref, PrepareConfig(shard_size=2, seed=PREP.seed), workers=2, **QUIET)
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+                         env=env_with_path(ROOT))
     deadline = time.time() + 60
     while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and p.poll() is None:
         time.sleep(0.005)

@@ -16,12 +16,12 @@ import torch
 from alexdata.stats import compute_stats, write_stats
 from alexmodel.train import (COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, evaluate_checkpoint,
                              recipe, train)
-from conftest import ROOT, run_cli
+from conftest import ROOT, env_with_path, run_cli
 
 WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
 TINY = ["--recipe", "modern", "--width", WIDTH, "--batch-size", 8, "--device", "cpu", "--torch-threads", 1,
         "--threads", 1, "--no-progress"]
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+ENV = env_with_path(ROOT, ROOT / "tests")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
