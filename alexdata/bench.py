@@ -140,11 +140,12 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
 
     from alexdata.dataset import open_split
     from alexdata.loader import Loader, resolve_stats
+    from alexdata.stats import default_device
     from pipelines import common
     from pipelines.config import AugmentConfig
 
     threads = threads or len(os.sched_getaffinity(0))
-    device = device or ("gpu" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     split = open_split(data, "train")
     st = resolve_stats(stats, data)
     sync = (lambda: torch.cuda.synchronize()) if device == "gpu" else (lambda: None)

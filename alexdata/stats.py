@@ -365,7 +365,6 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
     _check_max_images(max_images)  # before scanning DATA, which may hold a million files
     split = open_split(data, "train")
     sel = select(split, max_images, seed)
-    threads = len(os.sched_getaffinity(0)) if threads is None else threads
     pas = StatsPass(sel, device=device, batch_size=batch_size, threads=threads, device_id=device_id)
     t0 = time.perf_counter()
     m = pas.run(progress)
@@ -375,7 +374,7 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
     rec = derive(m)
     rec["source"] = {"data": str(Path(data).resolve()), "kind": split.kind, "split": "train",
                      "max_images": max_images, "seed": seed, "device": device, "dali": dali.__version__,
-                     "batch_size": batch_size, "threads": threads, "seconds": round(seconds, 3)}
+                     "batch_size": batch_size, "threads": pas.threads, "seconds": round(seconds, 3)}
     return rec
 
 

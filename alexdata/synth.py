@@ -178,16 +178,13 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
             p = out / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(blob)
-    else:
-        _write_archives(out, wnids, jobs, blobs)
-
-    if cfg.layout == "tree":
         with open(out / "LOC_val_solution.csv", "w", newline="") as f:
             wr = csv.writer(f)
             wr.writerow(["ImageId", "PredictionString"])
             for name, w in val_labels.items():
                 wr.writerow([name, f"{w} 0 0 100 100 "])
     else:
+        _write_archives(out, wnids, jobs, blobs)
         _write_devkit(out, wnids, val_labels, cfg.seed)
 
     desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class

@@ -108,38 +108,32 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     variants += [("two-tower", best, True)] if sweep and "two-tower" in placements else []
     variants = variants or [("single", best, True)]
 
-    def make(placement):
+    def make(placement, channels_last):
         torch.manual_seed(0)
         if placement == "two-tower":
             devs = (("cpu", "cpu") if device == "cpu" else ("cuda:0", "cuda:1"))
-            return AlexNet(classes, width=width, devices=devs)
-        return AlexNet(classes, width=width).to(dev)
+            model = AlexNet(classes, width=width, devices=devs)
+        else:
+            model = AlexNet(classes, width=width).to(dev)
+        return model.to(memory_format=torch.channels_last) if channels_last else model
 
     results = []
     for placement, precision, cl in variants:
-        model = make(placement)
-        if cl:
-            model = model.to(memory_format=torch.channels_last)
+        model = make(placement, cl)
         r = _run(model, _Synthetic(batch_size, classes, dev, steps + warmup), precision=precision,
                  channels_last=cl, warmup=warmup, sync=sync)
         results.append({"placement": placement, "precision": precision, "channels_last": cl,
                         "synthetic_images_per_s": r["images_per_s"]})
     res["synthetic"] = results
     top = max(results, key=lambda r: r["synthetic_images_per_s"])
-    model = make(top["placement"])
-    if top["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    unsynced = _run_unsynced(model, _Synthetic(batch_size, classes, dev, steps + warmup), precision=top["precision"],
+    unsynced = _run_unsynced(make(top["placement"], top["channels_last"]), _Synthetic(batch_size, classes, dev, steps + warmup), precision=top["precision"],
                              channels_last=top["channels_last"], warmup=warmup, sync=sync)
     res["host_sync"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                         "trainer_images_per_s": top["synthetic_images_per_s"], "no_sync_images_per_s": unsynced,
                         "trainer_vs_no_sync": top["synthetic_images_per_s"] / unsynced}
     if data:
         loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats)
-        model = make(top["placement"])
-        if top["channels_last"]:
-            model = model.to(memory_format=torch.channels_last)
-        r = _run(model, _Take(loader, steps + warmup), precision=top["precision"], channels_last=top["channels_last"],
+        r = _run(make(top["placement"], top["channels_last"]), _Take(loader, steps + warmup), precision=top["precision"], channels_last=top["channels_last"],
                  warmup=warmup, sync=sync)
         res["end_to_end"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                              "images_per_s": r["images_per_s"], "data_wait_frac": r["data_wait_frac"],

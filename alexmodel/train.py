@@ -38,6 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from alexdata.dataset import DataError, open_split
+from alexdata.stats import default_device
 from alexmodel import checkpoint as ckpt_io
 from alexmodel import runlog
 from alexmodel.model import AlexNet, ModelConfig
@@ -154,7 +155,7 @@ class RunConfig:
 
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
+        return default_device()
     if device == "gpu" and not torch.cuda.is_available():
         raise TrainError("--device gpu asked for, but torch sees no CUDA GPU (use --device cpu)")
     return device

@@ -131,58 +131,58 @@ def _val_labels(src):
     return {it.key: it.label for it in val}
 
 
-def test_devkit_labels_equal_the_csv(synth_tree, tmp_path):
-    """The official devkit (ground truth IDs + meta.mat), as the .tar.gz or extracted, labels every val image as
-    the Kaggle CSV does; its IDs are not in sorted-WNID order, so only meta.mat can map them."""
-    from alexdata.synth import _write_devkit, devkit_ids
-
-    ref = _val_labels(synth_tree)
-    src = tmp_path / "src"
-    shutil.copytree(synth_tree, src, ignore=shutil.ignore_patterns("LOC_val_solution.csv"))
-    with open(synth_tree / "LOC_val_solution.csv") as f:
-        truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
-    classes = sorted(set(truth.values()))
-    ids = devkit_ids(classes, 0)
-    assert [ids[w] for w in classes] != list(range(1, len(classes) + 1))
-    _write_devkit(src, classes, truth, seed=0)
-    assert _val_labels(src) == ref
-    with tarfile.open(src / "ILSVRC2012_devkit_t12.tar.gz") as tf:
-        tf.extractall(src, **SAFE)
-    (src / "ILSVRC2012_devkit_t12.tar.gz").unlink()
-    assert _val_labels(src) == ref
-
-
-@pytest.mark.parametrize("case", ["unknown_id", "blank_line", "not_mat", "no_labels", "corrupt_gzip"])
-def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
+def _src_with_devkit(synth_tree, tmp_path, devkit: str):
+    """A copy of the synth tree whose val labels come from a devkit instead of the Kaggle CSV: devkit "gz" (the
+    .tar.gz as downloaded), "extracted" (its folder), or "none" (no labels at all)."""
     from alexdata.synth import _write_devkit
 
     src = tmp_path / "src"
     shutil.copytree(synth_tree, src, ignore=shutil.ignore_patterns("LOC_val_solution.csv"))
-    if case != "no_labels":
-        with open(synth_tree / "LOC_val_solution.csv") as f:
-            truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
-        _write_devkit(src, sorted(set(truth.values())), truth, seed=0)
+    if devkit == "none":
+        return src
+    with open(synth_tree / "LOC_val_solution.csv") as f:
+        truth = {r["ImageId"]: r["PredictionString"].split()[0] for r in csv.DictReader(f)}
+    _write_devkit(src, sorted(set(truth.values())), truth, seed=0)
+    if devkit == "extracted":
         gz = src / "ILSVRC2012_devkit_t12.tar.gz"
-        if case == "corrupt_gzip":  # bytes flipped inside the deflate stream: a bad block or a CRC mismatch
-            raw = bytearray(gz.read_bytes())
-            for i in range(len(raw) // 2, len(raw) // 2 + 8):
-                raw[i] ^= 0x55
-            gz.write_bytes(bytes(raw))
-        else:
-            with tarfile.open(gz) as tf:
-                tf.extractall(src, **SAFE)
-            gz.unlink()
-        data = src / "ILSVRC2012_devkit_t12" / "data"
-        if case == "corrupt_gzip":
-            culprit = "not a readable .tar.gz"
-        elif case in ("unknown_id", "blank_line"):
-            lines = (data / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
-            lines[2] = "977" if case == "unknown_id" else ""  # a blank line must not shift the later labels
-            (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
-            culprit = "line 3"
-        else:
-            (data / "meta.mat").write_bytes(b"not a MAT file")
-            culprit = "meta.mat"
+        with tarfile.open(gz) as tf:
+            tf.extractall(src, **SAFE)
+        gz.unlink()
+    return src
+
+
+@pytest.mark.parametrize("devkit", ["gz", "extracted"])
+def test_devkit_labels_equal_the_csv(synth_tree, tmp_path, devkit):
+    """The official devkit (ground truth IDs + meta.mat), as the .tar.gz or extracted, labels every val image as
+    the Kaggle CSV does; its IDs are not in sorted-WNID order, so only meta.mat can map them."""
+    from alexdata.synth import devkit_ids
+
+    classes = sorted({wnid(k) for k in range(SYNTH.classes)})
+    ids = devkit_ids(classes, 0)
+    assert [ids[w] for w in classes] != list(range(1, len(classes) + 1))
+    assert _val_labels(_src_with_devkit(synth_tree, tmp_path, devkit)) == _val_labels(synth_tree)
+
+
+@pytest.mark.parametrize("case", ["unknown_id", "blank_line", "not_mat", "no_labels", "corrupt_gzip"])
+def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
+    devkit = {"no_labels": "none", "corrupt_gzip": "gz"}.get(case, "extracted")
+    src = _src_with_devkit(synth_tree, tmp_path, devkit)
+    data = src / "ILSVRC2012_devkit_t12" / "data"
+    if case == "corrupt_gzip":  # bytes flipped inside the deflate stream: a bad block or a CRC mismatch
+        gz = src / "ILSVRC2012_devkit_t12.tar.gz"
+        raw = bytearray(gz.read_bytes())
+        for i in range(len(raw) // 2, len(raw) // 2 + 8):
+            raw[i] ^= 0x55
+        gz.write_bytes(bytes(raw))
+        culprit = "not a readable .tar.gz"
+    elif case in ("unknown_id", "blank_line"):
+        lines = (data / "ILSVRC2012_validation_ground_truth.txt").read_text().splitlines()
+        lines[2] = "977" if case == "unknown_id" else ""  # a blank line must not shift the later labels
+        (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
+        culprit = "line 3"
+    elif case == "not_mat":
+        (data / "meta.mat").write_bytes(b"not a MAT file")
+        culprit = "meta.mat"
     else:
         culprit = "ILSVRC2012_devkit_t12"
     r = run_cli("prepare", src, tmp_path / "out", check=False)
