@@ -7,6 +7,7 @@ import io
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -78,17 +79,19 @@ class PilAugmentDataset:
     numpy (decode, resize unless prepared, random 227 crop, flip, PCA lighting + mean), read from the same data."""
 
     def __init__(self, split, stats, aug, seed: int = 0):
+        from pipelines.common import needs_resize
+
         self.split, self.stats, self.aug, self.seed = split, stats, aug, seed
+        self.resize = needs_resize(split, aug.shorter_side)
         self.entries = []  # (tar path, offset, size, label) or (file, -1, -1, label)
         if split.prepared:
             for tar, idx in zip(split.tars, split.indexes):
-                for line in open(idx).read().splitlines()[1:]:
-                    f = line.split()
-                    parts = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
-                    (jo, js), (co, cs) = parts["jpg"], parts["cls"]
-                    with open(tar, "rb") as fh:
-                        label = int(os.pread(fh.fileno(), cs, co))
-                    self.entries.append((tar, jo, js, label))
+                with open(tar, "rb") as fh:
+                    for line in Path(idx).read_text().splitlines()[1:]:
+                        f = line.split()
+                        parts = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
+                        (jo, js), (co, cs) = parts["jpg"], parts["cls"]
+                        self.entries.append((tar, jo, js, int(os.pread(fh.fileno(), cs, co))))
         else:
             self.entries = [(f, -1, -1, lab) for f, lab in zip(split.files, split.labels)]
         self.mean = np.array(stats.mean_255, np.float32)
@@ -106,7 +109,7 @@ class PilAugmentDataset:
         rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
         im = Image.open(io.BytesIO(data)).convert("RGB")
         a = self.aug
-        if not (self.split.prepared and self.split.shorter_side == a.shorter_side):
+        if self.resize:
             w, h = im.size
             s = a.shorter_side / min(w, h)
             im = im.resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR)

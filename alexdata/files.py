@@ -1,17 +1,26 @@
 """Writing files so that a kill at any instant leaves either the old file or the new one, never half of one."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write `data` to `path.tmp`, flush it to disk, then rename it over `path` (atomic on POSIX)."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file to write `path` through: written as `path.tmp`, flushed to disk, then renamed over `path`
+    (atomic on POSIX) when the block ends without an error."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` through `atomic_open`."""
+    with atomic_open(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)

@@ -201,7 +201,9 @@ def build_pipeline(sel: Selection, *, device: str = "cpu", batch_size: int = 64,
                    outputs: str = "images", device_id: int = 0):
     """The DALI pipeline of a pass: reader -> decoder (RGB) -> `outputs`: "images" (HWC uint8) or "moments"
     (`moments_graph`: S1, S2 and the image shape per sample). Built, not yet run."""
-    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def
+
+    from pipelines import common
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id if device == "gpu" else None,
                   prefetch_queue_depth=2)
@@ -211,7 +213,7 @@ def build_pipeline(sel: Selection, *, device: str = "cpu", batch_size: int = 64,
                                         missing_component_behavior="error", name=READER)
         else:
             jpg, _ = fn.readers.file(files=list(sel.files), name=READER)
-        img = fn.decoders.image(jpg, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB)
+        img = common.decode(jpg, device)  # the pipelines' decoder: mixed (nvJPEG + hardware) or cpu, RGB
         if outputs == "images":
             return img
         s1, s2 = moments_graph(img)

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from alexdata.files import atomic_open
 
 FORMAT = 1  # bump when the layout below changes
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to `path.tmp`, flushed to disk, then renamed over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """torch.save to `path.tmp`, flushed to disk, then renamed over `path` (alexdata.files.atomic_open)."""
+    with atomic_open(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -104,8 +104,11 @@ def image_hw(jpg, shorter_side: int | None = None):
     """(H, W) as floats, shape [2], from the encoded image's header; with `shorter_side`, the extents after
     `resize_shorter` (rounded as fn.resize rounds them)."""
     hw = fn.cast(fn.peek_image_shape(jpg, dtype=types.INT32)[0:2], dtype=types.FLOAT)
-    if shorter_side is None:
-        return hw
+    return hw if shorter_side is None else resized_hw(hw, shorter_side)
+
+
+def resized_hw(hw, shorter_side: int):
+    """Extents `hw` (floats, shape [2]) after `resize_shorter` to `shorter_side`, rounded as fn.resize rounds."""
     return dmath.floor(hw * shorter_side / fn.reductions.min(hw) + 0.5)
 
 

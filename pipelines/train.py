@@ -32,7 +32,7 @@ def roi_window(jpg, aug: AugmentConfig):
     original: (box_start, box_end) the integer "WH" box to decode, (roi_start, roi_end) the exact fractional
     window inside that box in "HW" order, as `fn.resize` takes it."""
     hw = common.image_hw(jpg)  # original (H, W)
-    hw_r = common.image_hw(jpg, aug.shorter_side)  # after resize_shorter
+    hw_r = common.resized_hw(hw, aug.shorter_side)  # after resize_shorter: the header is read once
     square = aug.shorter_side if aug.central_square else None
     k = common.crop_anchor_frac(hw_r, aug.crop, square) * dmath.max(hw_r - aug.crop, 1.0)  # (y, x) anchors
     start, end = k * hw / hw_r, (k + aug.crop) * hw / hw_r  # resize maps output x to input x * w / wr

@@ -2,7 +2,6 @@
 SIGKILL, data parallelism under torchrun/gloo, bad states, and ten-crop evaluation against a direct computation."""
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
