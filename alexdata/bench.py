@@ -180,7 +180,7 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
                                      persistent_workers=True, pin_memory=device == "gpu")
     contenders = {"decode_only": endless_pipe(decode_only()),
                   "pipeline": endless_loader(Loader(data, stats=st, batch_size=batch_size, device=device,
-                                                    threads=threads)),
+                                                    threads=threads, opened=split)),
                   "baseline": endless_loader(dl, to_gpu=device == "gpu")}
     # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
     # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that

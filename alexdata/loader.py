@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from alexdata.dataset import DataError, open_split
+from alexdata.dataset import DataError, Split, open_split
 from pipelines.common import READER, labels_from_digits
 from pipelines.config import AugmentConfig, PipelineStats
 
@@ -64,7 +64,10 @@ class Loader:
     def __init__(self, data: str | os.PathLike, *, split: str = "train", mode: str = "train", stats=None,
                  aug: AugmentConfig = AugmentConfig(), batch_size: int = 128, device: str = "cpu",
                  device_id: int = 0, threads: int | None = None, seed: int = 0, shuffle_seed: int = 0,
-                 shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65):
+                 shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
+                 opened: Split | None = None):
+        """`opened`: what `open_split(data, split)` returned, when the caller has it already (on a raw ImageNet
+        tree that call lists 1.28 M files)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -77,7 +80,7 @@ class Loader:
             raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}/{num_shards}")
         if aug.dtype == "float16" and device == "cpu":
             raise ValueError("float16 output is for the GPU; use float32 on the CPU")
-        self.split = open_split(data, split)
+        self.split = opened if opened is not None else open_split(data, split)
         self._where = f"{data} ({split} split)"
         if self.split.images < num_shards:
             raise ValueError(f"{self.split.images} images cannot be split over {num_shards} shards")

@@ -96,7 +96,8 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
     if device == "gpu":
         torch.backends.cudnn.benchmark = True
-    classes = len(open_split(data, "train").classes) if data else 1000
+    split = open_split(data, "train") if data else None
+    classes = len(split.classes) if split else 1000
     res = {"device": device, "batch_size": batch_size, "width": width, "steps": steps, "classes": classes,
            "machine": machine(), "torch": torch.__version__}
     if device == "gpu":
@@ -126,15 +127,15 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
                         "synthetic_images_per_s": r["images_per_s"]})
     res["synthetic"] = results
     top = max(results, key=lambda r: r["synthetic_images_per_s"])
-    unsynced = _run_unsynced(make(top["placement"], top["channels_last"]), _Synthetic(batch_size, classes, dev, steps + warmup), precision=top["precision"],
-                             channels_last=top["channels_last"], warmup=warmup, sync=sync)
+    top_kw = dict(precision=top["precision"], channels_last=top["channels_last"], warmup=warmup, sync=sync)
+    unsynced = _run_unsynced(make(top["placement"], top["channels_last"]),
+                             _Synthetic(batch_size, classes, dev, steps + warmup), **top_kw)
     res["host_sync"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                         "trainer_images_per_s": top["synthetic_images_per_s"], "no_sync_images_per_s": unsynced,
                         "trainer_vs_no_sync": top["synthetic_images_per_s"] / unsynced}
     if data:
-        loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats)
-        r = _run(make(top["placement"], top["channels_last"]), _Take(loader, steps + warmup), precision=top["precision"], channels_last=top["channels_last"],
-                 warmup=warmup, sync=sync)
+        loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats, opened=split)
+        r = _run(make(top["placement"], top["channels_last"]), _Take(loader, steps + warmup), **top_kw)
         res["end_to_end"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                              "images_per_s": r["images_per_s"], "data_wait_frac": r["data_wait_frac"],
                              "synthetic_images_per_s": top["synthetic_images_per_s"],

@@ -379,8 +379,8 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
         raise TrainError(f"--batch-size {optim.batch_size} does not split over {d.world} ranks; "
                          f"use a multiple of {d.world}")
     per_rank = optim.batch_size // d.world
-    classes = open_split(data.data, "train").classes
-    open_split(data.data, "val")  # the schedule needs the val error: fail now, not after an epoch
+    splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
+    classes = splits["train"].classes
     model_cfg = replace(model_cfg, num_classes=len(classes), devices=None)
     stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
     config = {"data": asdict(data), "model": {k: getattr(model_cfg, k) for k in ("num_classes", "width", "init")},
@@ -428,8 +428,8 @@ def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: Ru
     loader_kw = dict(stats=stats, aug=data.aug, batch_size=per_rank, device=run.device,
                      device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
                      shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world)
-    train_loader = Loader(data.data, split="train", mode="train", **loader_kw)
-    val_loader = Loader(data.data, split="val", mode="center", **loader_kw)
+    train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"], **loader_kw)
+    val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **loader_kw)
     steps_per_epoch = len(train_loader)
 
     history: list[dict] = []
@@ -569,7 +569,8 @@ def evaluate_checkpoint(data: str | os.PathLike, checkpoint: str | os.PathLike, 
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(str(e)) from None
     cfg = saved["config"]
-    classes = open_split(data, "val").classes
+    val = open_split(data, "val")
+    classes = val.classes
     if len(classes) != cfg["model"]["num_classes"]:
         raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has "
                          f"{len(classes)}")
@@ -578,7 +579,7 @@ def evaluate_checkpoint(data: str | os.PathLike, checkpoint: str | os.PathLike, 
     net = AlexNet(cfg["model"]["num_classes"], width=cfg["model"]["width"], init=cfg["model"]["init"])
     net.load_state_dict(saved["model"])
     net = net.to("cuda" if device == "gpu" else "cpu")
-    loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", stats=pstats, aug=aug,
+    loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", opened=val, stats=pstats, aug=aug,
                     batch_size=batch_size, device=device, device_id=torch.cuda.current_device() if device == "gpu"
                     else 0, threads=threads)
     out = evaluate(net, loader, precision=precision)

@@ -408,6 +408,12 @@ def test_raw_tree_loader(tmp_path, synth_tree):
         assert n == open_split(tmp_path).images and shapes == {(3, 227, 227)}
 
 
+def test_loader_uses_an_opened_split(prepared):
+    s = open_split(prepared, "val")
+    loader = Loader(prepared, split="val", mode="center", stats=ZERO, batch_size=4, threads=1, opened=s)
+    assert loader.split is s and sum(len(y) for _, y in loader) == s.images
+
+
 def test_labels_from_digits_match_int():
     from pipelines.common import MAX_LABEL_DIGITS, labels_from_digits
 
