@@ -68,15 +68,18 @@ def labels_from_digits(digits):
     return value
 
 
+def decoder_kw(device: str, hw_decoder_load: float = 0.65) -> dict:
+    """The arguments every decoder here takes: RGB out, on "mixed" with the hardware's share on the GPU."""
+    if device == "gpu":
+        return dict(output_type=types.RGB, device="mixed", hw_decoder_load=hw_decoder_load)
+    return dict(output_type=types.RGB, device="cpu")
+
+
 def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None):
     """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100,
     the hardware JPEG decoder (`hw_decoder_load` = the hardware's share). crop = (size, (pos_y, pos_x)) decodes
     only that window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize)."""
-    kw = dict(output_type=types.RGB)
-    if device == "gpu":
-        kw.update(device="mixed", hw_decoder_load=hw_decoder_load)
-    else:
-        kw.update(device="cpu")
+    kw = decoder_kw(device, hw_decoder_load)
     if crop is None:
         return fn.decoders.image(jpg, **kw)
     size, pos = crop

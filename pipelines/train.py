@@ -49,11 +49,8 @@ def window_boxes(x0, x1, y0, y1, w, h):
 def roi_decode_crop(jpg, window, crop: int, device: str, hw_decoder_load: float = 0.65):
     """Decode only the box of `window` (from `roi_window`) and resample its exact window to crop x crop."""
     box_start, box_end, roi_start, roi_end = window
-    kw = dict(start=box_start, end=box_end, axis_names="WH", output_type=types.RGB)
-    if device == "gpu":
-        img = fn.decoders.image_slice(jpg, device="mixed", hw_decoder_load=hw_decoder_load, **kw)
-    else:
-        img = fn.decoders.image_slice(jpg, device="cpu", **kw)
+    img = fn.decoders.image_slice(jpg, start=box_start, end=box_end, axis_names="WH",
+                                  **common.decoder_kw(device, hw_decoder_load))
     return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
                      antialias=True)
 
