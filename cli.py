@@ -355,5 +355,40 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
         _fail(e)
 
 
+@main.command()
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="auto: gpu when torch sees CUDA, else cpu.")
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
+              help="tiny: a few hundred images, minutes on a laptop; full: ~20k ImageNet-sized images, for a GPU box.")
+@click.option("--budget-s", type=POS_FLOAT, default=420.0, show_default=True,
+              help="Seconds for all stages together; each stage is time-boxed to its share of what is left.")
+@click.option("--out", type=click.Path(file_okay=False), default="check", show_default=True,
+              help="Where check.json and check.md go (rewritten after every stage).")
+@click.option("--work", type=click.Path(file_okay=False), default=None,
+              help="Where the generated data goes, and is reused by a later check [default: a temporary folder, "
+                   "removed at the end].")
+@click.option("--stages", default=",".join(("data", "tests", "loader", "stats", "train", "paper_init")),
+              show_default=True, help="Comma-separated stages to run; the others are recorded as skipped.")
+def check(device, size, budget_s, out, work, stages):
+    """Does everything work here, and how fast? data, tests, loader, stats, train and paper_init stages.
+
+    Writes OUT/check.json (figures per stage) and OUT/check.md (the table printed at the end). Exits 1 when a
+    stage failed. docs/GPU.md is the runbook for a GPU box."""
+    from alexmodel.check import run_check
+    from alexmodel.train import TrainError
+
+    try:
+        report = run_check(out, device=device, size=size, budget_s=budget_s, work=work,
+                           stages=tuple(s.strip() for s in stages.split(",") if s.strip()), log=click.echo)
+    except (TrainError, ValueError) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo(f"\ncheck: interrupted; what was measured is in {out}/check.json", err=True)
+        sys.exit(130)
+    failed = [n for n, r in report["stages"].items() if r["status"] == "failed"]
+    click.echo(f"check: {out}/check.json, {out}/check.md" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    sys.exit(1 if failed else 0)
+
+
 if __name__ == "__main__":
     main()

@@ -133,6 +133,38 @@ def _timed(batches, seconds: float, warmup: int = 3) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def device_sync(device: str):
+    """What makes a timing honest on `device`: wait for the GPU's queued work (nothing to wait for on the CPU)."""
+    import torch
+
+    return torch.cuda.synchronize if device == "gpu" else (lambda: None)
+
+
+def endless(loader, sync, to_gpu: bool = False):
+    """Batch sizes of an endless pass over `loader` (epochs chained), each batch finished (`sync`) on arrival."""
+    while True:
+        for x, y in loader:
+            if to_gpu:  # the baseline's batches end where the pipeline's do: on the GPU
+                x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+            sync()
+            yield len(y)
+
+
+def loader_rate(data: str, seconds: float, *, device: str, stats, opened=None, warmup: int = 3, **loader_kw) -> float:
+    """Images/s of the train pipeline through the Loader with `loader_kw` (batch_size, threads, prefetch,
+    hw_decoder_load, ...), timed `seconds` after `warmup` batches; the pipeline is built outside the timing."""
+    import gc
+
+    from alexdata.loader import Loader
+
+    loader = Loader(data, stats=stats, device=device, opened=opened, **loader_kw)
+    try:
+        return _timed(endless(loader, device_sync(device)), seconds, warmup)
+    finally:
+        del loader
+        gc.collect()  # frees the DALI pipeline (its threads and device buffers) before the next one is built
+
+
 def bench_loader(data: str, device: str | None = None, batch_size: int = 128, seconds: float = 10.0,
                  threads: int | None = None, stats=None, rounds: int = 3) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
@@ -151,7 +183,7 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
     device = device or default_device()
     split = open_split(data, "train")
     st = resolve_stats(stats, data)
-    sync = (lambda: torch.cuda.synchronize()) if device == "gpu" else (lambda: None)
+    sync = device_sync(device)
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0)
     def decode_only():
@@ -165,23 +197,15 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
             sync()
             yield len(out[1])
 
-    def endless_loader(loader, to_gpu: bool = False):
-        while True:
-            for x, y in loader:
-                if to_gpu:  # the baseline's batches end where the pipeline's do: on the GPU
-                    x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
-                sync()
-                yield len(y)
-
     res = {"data": str(data), "kind": split.kind, "images": split.images, "device": device,
            "batch_size": batch_size, "threads": threads, "seconds": seconds, "rounds": rounds}
     ds = PilAugmentDataset(split, st, AugmentConfig())
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
                                      persistent_workers=True, pin_memory=device == "gpu")
     contenders = {"decode_only": endless_pipe(decode_only()),
-                  "pipeline": endless_loader(Loader(data, stats=st, batch_size=batch_size, device=device,
-                                                    threads=threads, opened=split)),
-                  "baseline": endless_loader(dl, to_gpu=device == "gpu")}
+                  "pipeline": endless(Loader(data, stats=st, batch_size=batch_size, device=device, threads=threads,
+                                             opened=split), sync),
+                  "baseline": endless(dl, sync, to_gpu=device == "gpu")}
     # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
     # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that
     # backlog, so every timed window starts from the steady state rather than from a head start.

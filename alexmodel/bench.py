@@ -20,7 +20,7 @@ from alexmodel.model import AlexNet
 from alexmodel.train import _autocast, train_one_epoch
 
 
-class _Synthetic:
+class Synthetic:
     """`steps` batches of one fixed random batch, already on the device: no data cost at all."""
 
     def __init__(self, batch_size: int, classes: int, device: torch.device, steps: int):
@@ -33,7 +33,7 @@ class _Synthetic:
         return itertools.repeat((self.images, self.labels), self.steps)
 
 
-class _Take:
+class Take:
     """The first `steps` batches of an endless pass over a Loader (epochs chained)."""
 
     def __init__(self, loader, steps: int):
@@ -43,7 +43,7 @@ class _Take:
         return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.steps)
 
 
-def _run(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> dict:
+def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)  # tiny lr: stays finite
     batches_it = iter(batches)
     head = list(itertools.islice(batches_it, warmup))
@@ -57,7 +57,7 @@ def _run(model, batches, *, precision: str, channels_last: bool, warmup: int, sy
             "steps": meter.steps}
 
 
-def _run_unsynced(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> float:
+def run_unsynced(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> float:
     """Images/s of the trainer's step without its host sync: forward, loss, backward, SGD; no .tolist(), no NaN
     check, no meters. The host can queue steps ahead of the device."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
@@ -121,21 +121,21 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     results = []
     for placement, precision, cl in variants:
         model = make(placement, cl)
-        r = _run(model, _Synthetic(batch_size, classes, dev, steps + warmup), precision=precision,
+        r = run_steps(model, Synthetic(batch_size, classes, dev, steps + warmup), precision=precision,
                  channels_last=cl, warmup=warmup, sync=sync)
         results.append({"placement": placement, "precision": precision, "channels_last": cl,
                         "synthetic_images_per_s": r["images_per_s"]})
     res["synthetic"] = results
     top = max(results, key=lambda r: r["synthetic_images_per_s"])
     top_kw = dict(precision=top["precision"], channels_last=top["channels_last"], warmup=warmup, sync=sync)
-    unsynced = _run_unsynced(make(top["placement"], top["channels_last"]),
-                             _Synthetic(batch_size, classes, dev, steps + warmup), **top_kw)
+    unsynced = run_unsynced(make(top["placement"], top["channels_last"]),
+                             Synthetic(batch_size, classes, dev, steps + warmup), **top_kw)
     res["host_sync"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                         "trainer_images_per_s": top["synthetic_images_per_s"], "no_sync_images_per_s": unsynced,
                         "trainer_vs_no_sync": top["synthetic_images_per_s"] / unsynced}
     if data:
         loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats, opened=split)
-        r = _run(make(top["placement"], top["channels_last"]), _Take(loader, steps + warmup), **top_kw)
+        r = run_steps(make(top["placement"], top["channels_last"]), Take(loader, steps + warmup), **top_kw)
         res["end_to_end"] = {**{k: top[k] for k in ("placement", "precision", "channels_last")},
                              "images_per_s": r["images_per_s"], "data_wait_frac": r["data_wait_frac"],
                              "synthetic_images_per_s": top["synthetic_images_per_s"],

@@ -1,0 +1,566 @@
+"""`alexnet check`: does everything work on this machine, and how fast is it? One command, six stages.
+
+    alexnet check --device gpu --size full --budget-s 420 --out results/     # a new GPU box (docs/GPU.md)
+    alexnet check --device cpu --size tiny --out /tmp/check                    # the same code on a laptop
+
+The stages run in order of value, each time-boxed inside the budget (a stage's box is its weight's share of
+what is left, so time one stage leaves unused goes to the next):
+
+    data        synth -> prepare -> stats on generated ImageNet-sized JPEGs, with all cores; each step's rate
+    tests       on a GPU `pytest -m gpu`; on the CPU a quick subset; passed/failed counts, failing tests' names
+    loader      decode_only / pipeline / baseline images/s as `bench loader` measures them, then a sweep of
+                hw_decoder_load, threads, batch size and prefetch; `best` is the fastest setting found
+    stats       the stats pass's images/s against decode only, on the device
+    train       synthetic images/s (fp32, bf16, bf16 + channels_last, compiled if the budget allows), the
+                trainer's host-sync ratio, both towers on one device, and end to end through the Loader with
+                the best loader settings and precision (images/s, data-wait share)
+    paper_init  the paper's recipe (N(0, 0.01) init, unit biases, lr 0.01, batch 128) on the stage-1 data for
+                about a minute: when does the loss leave chance, ln(classes)?
+
+After every stage OUT/check.json is rewritten atomically, so a killed run keeps what it measured:
+    {"machine": {...}, "stages": {NAME: {"status": "ok"|"failed"|"skipped"|"timeout", "seconds": S,
+                                         "error": "one line, when not ok", ...figures}}}
+Figures are plain numbers: images/s as floats, shares as fractions in [0, 1]. OUT/check.md holds the table
+printed at the end. The time boxes are kept between measurements: a single step (synthesising the data, one
+pytest run) is never cut short, except pytest, which is stopped at its box.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from alexdata.files import atomic_write
+
+STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
+# Shares of the budget: a stage's box is its weight over the weights of the stages still to run, times the time
+# left. Set from the CPU rehearsal and the GPU plan in docs/GPU.md (data ~60 s and tests ~60 s on an H100 box).
+WEIGHTS = {"data": 0.2, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.2, "paper_init": 0.15}
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout: tests/ lives here
+QUICK_TESTS = ("tests/test_model.py", "-m", "not slow and not gpu")  # the CPU's subset: ~5 s, no data fixtures
+
+
+@dataclass(frozen=True)
+class CheckSize:
+    """How much data and work each stage gets."""
+    classes: int
+    train_per_class: int
+    val_per_class: int
+    shard_size: int  # images per prepare shard
+    width: float  # model width of the train and paper_init stages (1.0: the paper's net)
+    batch_size: int  # the loader's default batch and the train stage's batch
+    loader_seconds: float  # timed seconds per loader contender and sweep point
+    train_steps: int  # timed optimizer steps per synthetic variant (end to end: twice as many)
+    paper_init_s: float  # seconds of paper-recipe training
+    threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
+    batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
+    prefetch: tuple[int, ...] = (2, 3, 4)  # DALI prefetch queue depths to sweep (the Loader's default first)
+    hw_decoder_load: tuple[float, ...] = (0.65, 0.0, 1.0)  # mixed decoder only; the Loader's default first
+
+
+SIZES = {
+    # ~20k distinct ImageNet-sized JPEGs (~2.2 GB raw, ~0.6 GB of shards): the loader is not timing a tiny cache.
+    "full": CheckSize(classes=100, train_per_class=200, val_per_class=10, shard_size=1024, width=1.0,
+                      batch_size=256, loader_seconds=4.0, train_steps=50, paper_init_s=60.0),
+    # A few hundred images: every stage in about 2 minutes on 2 CPU cores.
+    "tiny": CheckSize(classes=4, train_per_class=60, val_per_class=5, shard_size=64, width=0.125, batch_size=32,
+                      loader_seconds=1.5, train_steps=4, paper_init_s=15.0, prefetch=(2, 3)),
+}
+
+
+class StageSkipped(Exception):
+    """A stage that cannot run here (no data, no budget left): its reason is the stage's one-line error."""
+
+
+class StageTimeout(Exception):
+    """A stage's box ran out between two measurements; what it measured so far is kept."""
+
+
+@dataclass
+class Context:
+    """What the stages share: settings, and what earlier stages found (the data, the best loader settings)."""
+    device: str  # "cpu" or "gpu"
+    size: CheckSize
+    work: Path  # raw/ and data/ live here
+    cores: int
+    tests: tuple[str, ...]  # pytest arguments of the tests stage
+    data: Path | None = None  # a prepare output with stats.json, once the data stage has made it
+    best_loader: dict = field(default_factory=dict)  # Loader keyword arguments of the fastest setting
+    best_train: dict = field(default_factory=dict)  # precision and channels_last of the fastest synthetic run
+    deadline: float = math.inf
+
+    def left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def check_time(self) -> None:
+        if self.left() <= 0:
+            raise StageTimeout("its time box ran out")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _nvidia_smi(query: str) -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(device: str) -> dict:
+    from alexdata.bench import machine
+
+    info = {**machine(), "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc)
+            .strftime("%Y-%m-%dT%H:%M:%SZ"), "host": platform.node(), "device": device}
+    if device == "gpu":
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    driver=_nvidia_smi("driver_version"))
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- the stages
+
+
+def stage_data(ctx: Context, fig: dict) -> None:
+    """synth -> prepare -> stats under ctx.work, reusing what an earlier check left there."""
+    from alexdata.prepare import PrepareConfig, prepare
+    from alexdata.stats import compute_stats, write_stats
+    from alexdata.synth import SynthConfig, make_synth
+
+    s = ctx.size
+    raw, data = ctx.work / "raw", ctx.work / "data"
+    cfg = SynthConfig(s.classes, s.train_per_class, s.val_per_class, seed=0)
+    done = raw / "synth.json"
+    fig["workers"] = ctx.cores
+    if done.is_file() and json.loads(done.read_text()).get("config") == asdict(cfg):
+        fig["reused"] = 1
+    else:
+        shutil.rmtree(ctx.work, ignore_errors=True)  # another size's leftovers
+        t = time.perf_counter()
+        d = make_synth(raw, cfg, workers=ctx.cores)
+        n = d["train_images"] + d["val_images"]
+        fig.update(synth_images=n, synth_img_s=n / (time.perf_counter() - t),
+                   synth_mean_kb=d["mean_jpeg_bytes"] / 1e3)
+        fig["reused"] = 0
+    t = time.perf_counter()
+    man = prepare(raw, data, PrepareConfig(shard_size=s.shard_size), workers=ctx.cores, log=lambda *a: None)
+    if not fig["reused"]:
+        n = man["train"]["images"] + man["val"]["images"]
+        fig.update(prepare_images=n, prepare_img_s=n / (time.perf_counter() - t))
+    fig.update(train_images=man["train"]["images"], val_images=man["val"]["images"], classes=len(man["classes"]),
+               skipped=len(man["skipped"]))
+    if not (data / "stats.json").is_file():
+        rec = compute_stats(data, device=ctx.device, progress=True)
+        write_stats(rec, data / "stats.json")
+        fig["stats_img_s"] = rec["images"] / rec["source"]["seconds"]
+    ctx.data = data
+
+
+def _need_data(ctx: Context) -> str:
+    if ctx.data is None:
+        raise StageSkipped("needs the data stage's output, which did not finish")
+    return str(ctx.data)
+
+
+def stage_tests(ctx: Context, fig: dict) -> None:
+    """pytest in a child process, stopped at the box; results read from its -v lines as they come."""
+    import threading
+
+    from tqdm import tqdm
+
+    if not (ROOT / "tests").is_dir():
+        raise StageSkipped(f"no tests/ folder beside the package ({ROOT}); run check from a source checkout")
+    old = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([old] if old else [])]),
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-v", "--tb=line", "-p", "no:cacheprovider", *ctx.tests]
+    fig["command"] = " ".join(["pytest", *cmd[3:]])
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    failing: list[str] = []
+    result = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    bar = tqdm(desc="tests", unit="test", leave=False)
+    timed_out = False
+    try:
+        def kill_at_deadline():
+            nonlocal timed_out
+            while proc.poll() is None:
+                if ctx.left() <= 0:
+                    timed_out = True
+                    proc.kill()
+                    return
+                time.sleep(0.2)
+
+        threading.Thread(target=kill_at_deadline, daemon=True).start()
+        for line in proc.stdout:
+            if m := re.match(r"^collected (\d+) items?", line):
+                bar.total = int(m.group(1))
+            elif m := result.match(line):
+                name, what = m.groups()
+                key = {"XFAIL": "skipped", "XPASS": "passed"}.get(what, what.lower())
+                counts[key] += 1
+                if key in ("failed", "error"):
+                    failing.append(name)
+                bar.update()
+        proc.wait()
+    finally:
+        bar.close()
+        if proc.poll() is None:
+            proc.kill()
+    fig.update(counts)
+    fig["failing"] = failing
+    fig["exit_code"] = proc.returncode
+    if timed_out:
+        raise StageTimeout(f"pytest stopped at its time box after {sum(counts.values())} results")
+    if failing or proc.returncode not in (0, 5):
+        raise RuntimeError(f"{len(failing)} failing: {', '.join(failing[:5])}" if failing
+                           else f"pytest exited with {proc.returncode}")
+    if sum(counts.values()) == 0:
+        raise RuntimeError("pytest ran no tests")
+
+
+def _sweep_points(ctx: Context, default: dict) -> list[tuple[str, list]]:
+    s = ctx.size
+    threads = s.threads or tuple(sorted({max(1, ctx.cores // 2), ctx.cores}, reverse=True))
+    batches = s.batches or (s.batch_size, 2 * s.batch_size)
+    knobs = [("threads", list(threads)), ("batch_size", list(batches)), ("prefetch", list(s.prefetch))]
+    if ctx.device == "gpu":  # the share of JPEGs sent to the hardware decoder: the mixed decoder only
+        knobs.insert(0, ("hw_decoder_load", list(s.hw_decoder_load)))
+    return [(k, [default[k]] + [v for v in vals if v != default[k]]) for k, vals in knobs]
+
+
+def stage_loader(ctx: Context, fig: dict) -> None:
+    """bench loader's three contenders at the defaults, then one knob at a time from the best setting so far."""
+    from tqdm import tqdm
+
+    from alexdata.bench import bench_loader, loader_rate
+    from alexdata.dataset import open_split
+    from alexdata.loader import resolve_stats
+
+    data = _need_data(ctx)
+    s = ctx.size
+    r = bench_loader(data, ctx.device, batch_size=s.batch_size, seconds=s.loader_seconds, threads=ctx.cores,
+                     rounds=1)
+    gc.collect()
+    fig.update({k: r[k] for k in ("decode_only", "pipeline", "baseline", "pipeline_vs_baseline",
+                                  "pipeline_vs_decode_only", "batch_size", "threads")})
+    ctx.check_time()
+    split, stats = open_split(data, "train"), resolve_stats(None, data)
+    default = {"batch_size": s.batch_size, "threads": ctx.cores, "prefetch": 2, "hw_decoder_load": 0.65}
+    best, best_rate, sweep = dict(default), -1.0, []
+    knobs = _sweep_points(ctx, default)
+    with tqdm(total=sum(len(v) for _, v in knobs) - len(knobs) + 1, desc="loader sweep", leave=False) as bar:
+        for i, (knob, values) in enumerate(knobs):
+            for v in values[1:] if i else values:  # the default point is timed once, first
+                ctx.check_time()
+                point = {**best, knob: v}
+                rate = loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split, **point)
+                sweep.append({**point, "img_s": rate})
+                fig["sweep"] = sweep
+                if rate > best_rate:
+                    best, best_rate = point, rate
+                    fig["best"] = {**best, "img_s": best_rate}
+                    ctx.best_loader = dict(best)
+                bar.update()
+    fig["default_img_s"] = sweep[0]["img_s"]
+    fig["best_vs_default"] = best_rate / sweep[0]["img_s"]
+
+
+def stage_stats(ctx: Context, fig: dict) -> None:
+    from alexdata.bench import bench_stats
+
+    r = bench_stats(_need_data(ctx), ctx.device, threads=ctx.cores, rounds=1)
+    fig.update(decode_img_s=r["decode_img_s"], stats_img_s=r["stats_img_s"], stats_vs_decode_only=r["ratio"],
+               images=r["images"])
+
+
+def stage_train(ctx: Context, fig: dict) -> None:
+    """Synthetic variants first (no data needed), then the host-sync ratio, two towers, and end to end."""
+    from alexdata.bench import device_sync
+    from alexmodel.bench import Synthetic, Take, run_steps, run_unsynced
+    from alexmodel.model import AlexNet
+
+    s = ctx.size
+    dev = torch.device("cuda", 0) if ctx.device == "gpu" else torch.device("cpu")
+    sync = device_sync(ctx.device)
+    if ctx.device == "gpu":
+        torch.backends.cudnn.benchmark = True
+    classes = fig["classes"] = s.classes
+    fig.update(width=s.width, batch_size=s.batch_size, steps=s.train_steps)
+    warmup = 3
+
+    def make(channels_last: bool, devices=None):
+        torch.manual_seed(0)
+        net = AlexNet(classes, width=s.width, devices=devices)
+        net = net if devices else net.to(dev)
+        return net.to(memory_format=torch.channels_last) if channels_last else net
+
+    def synthetic(model, precision, channels_last, steps=s.train_steps):
+        return run_steps(model, Synthetic(s.batch_size, classes, dev, steps + warmup), precision=precision,
+                         channels_last=channels_last, warmup=warmup, sync=sync)["images_per_s"]
+
+    syn = fig["synthetic_img_s"] = {}
+    variants = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16_channels_last": ("bf16", True)}
+    for name, (precision, cl) in variants.items():
+        ctx.check_time()
+        syn[name] = synthetic(make(cl), precision, cl)
+    best_name = max(syn, key=syn.get)
+    precision, cl = variants[best_name]
+    ctx.best_train = {"precision": precision, "channels_last": cl}
+    fig["best"] = best_name
+    ctx.check_time()
+    unsynced = run_unsynced(make(cl), Synthetic(s.batch_size, classes, dev, s.train_steps + warmup),
+                            precision=precision, channels_last=cl, warmup=warmup, sync=sync)
+    fig["host_sync"] = {"trainer_img_s": syn[best_name], "no_sync_img_s": unsynced,
+                        "trainer_vs_no_sync": syn[best_name] / unsynced}
+    ctx.check_time()
+    # The paper's two-tower code path (§3.2) with both towers on this one device: a second GPU is not lent here.
+    fig["two_tower_one_device_img_s"] = synthetic(make(cl, devices=(dev, dev)), precision, cl)
+    if ctx.data is not None:
+        from alexdata.dataset import open_split
+        from alexdata.loader import Loader, resolve_stats
+
+        ctx.check_time()
+        kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"}}
+        loader = Loader(str(ctx.data), stats=resolve_stats(None, ctx.data), batch_size=s.batch_size,
+                        device=ctx.device, opened=open_split(ctx.data, "train"), **kw)
+        steps = 2 * s.train_steps
+        r = run_steps(make(cl), Take(loader, steps + warmup), precision=precision, channels_last=cl,
+                      warmup=warmup, sync=sync)
+        del loader
+        gc.collect()
+        fig.update(end_to_end_img_s=r["images_per_s"], data_wait_frac=r["data_wait_frac"],
+                   end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name], end_to_end_loader=kw)
+    else:
+        fig["notes"] = ["end to end skipped: the data stage did not finish"]
+    # torch.compile last: its compilation takes tens of seconds, so it runs only when the box still has a minute.
+    if ctx.device == "gpu" and ctx.left() > 60:
+        syn[best_name + "_compile"] = synthetic(torch.compile(make(cl)), precision, cl)
+    else:
+        fig.setdefault("notes", []).append(
+            "compile not timed: " + ("a GPU run only (inductor takes minutes on a few CPU cores)"
+                                     if ctx.device == "cpu" else f"{ctx.left():.0f} s left in the box, 60 needed"))
+
+
+def stage_paper_init(ctx: Context, fig: dict) -> None:
+    """The paper's recipe from its init on the stage-1 data, until the box (or paper_init_s) runs out."""
+    from tqdm import tqdm
+
+    from alexdata.dataset import open_split
+    from alexdata.loader import Loader, resolve_stats
+    from alexmodel.model import AlexNet
+    from alexmodel.train import recipe, train_one_epoch
+
+    data = _need_data(ctx)
+    s = ctx.size
+    _, aug, optim = recipe("paper", width=s.width)  # batch 128, lr 0.01, momentum 0.9, wd 5e-4 (§5)
+    split = open_split(data, "train")
+    classes = len(split.classes)
+    dev = torch.device("cuda", 0) if ctx.device == "gpu" else torch.device("cpu")
+    precision, cl = (ctx.best_train.get("precision", "bf16"), ctx.best_train.get("channels_last", True)) \
+        if ctx.device == "gpu" else ("fp32", False)
+    torch.manual_seed(0)
+    net = AlexNet(classes, width=s.width, init="paper").to(dev)
+    net = net.to(memory_format=torch.channels_last) if cl else net
+    opt = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"}}
+    loader = Loader(data, stats=resolve_stats(None, data), aug=aug, batch_size=optim.batch_size, device=ctx.device,
+                    opened=split, **kw)
+    chance = math.log(classes)
+    per_epoch = len(loader)
+    every = max(1, min(20, per_epoch // 4))  # a point every few steps, several per epoch
+    fig.update(width=s.width, classes=classes, batch_size=optim.batch_size, lr=optim.lr, precision=precision,
+               channels_last=cl, chance_loss=chance, log_every=every, loss_log=[])
+    seconds = min(s.paper_init_s, max(0.0, ctx.left()))
+    state = {"steps": 0, "images": 0, "window": [], "prev": (0.0, 0)}
+
+    class _Done(Exception):
+        pass
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=round(seconds), desc="paper init", leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s, {postfix}")
+
+    def after_step(meter, images, labels):
+        loss_sum, n = meter.loss_sum - state["prev"][0], meter.images - state["prev"][1]
+        state["prev"] = (meter.loss_sum, meter.images)
+        state["steps"] += 1
+        state["images"] += n
+        loss = loss_sum / max(n, 1)
+        state["window"].append(loss)
+        if state["steps"] % every == 0:
+            mean = sum(state["window"]) / len(state["window"])
+            fig["loss_log"].append([state["steps"], round(mean, 4)])
+            state["window"] = []
+            # Left chance: a window's mean loss 10 % below ln(classes), the loss of a uniform guess.
+            if "left_chance_step" not in fig and mean < 0.9 * chance:
+                fig["left_chance_step"] = state["steps"]
+        bar.n = min(bar.total, round(time.perf_counter() - t0))
+        bar.set_postfix_str(f"step {state['steps']}, loss {loss:.3f}", refresh=True)
+        if time.perf_counter() - t0 >= seconds:
+            raise _Done
+
+    try:
+        while True:
+            train_one_epoch(net, opt, loader, precision=precision, channels_last=cl, after_step=after_step)
+            state["prev"] = (0.0, 0)  # a new epoch starts a new meter
+    except _Done:
+        pass
+    finally:
+        bar.close()
+        del loader
+        gc.collect()
+    dt = time.perf_counter() - t0
+    log = fig["loss_log"]
+    fig.update(steps=state["steps"], seconds_trained=dt, epochs=state["steps"] / per_epoch,
+               img_s=state["images"] / dt, first_loss=log[0][1] if log else None,
+               last_loss=log[-1][1] if log else None, min_loss=min(v for _, v in log) if log else None,
+               left_chance=int("left_chance_step" in fig))
+
+
+STAGE_FNS: dict[str, Callable[[Context, dict], None]] = {
+    "data": stage_data, "tests": stage_tests, "loader": stage_loader, "stats": stage_stats, "train": stage_train,
+    "paper_init": stage_paper_init}
+
+# The figures of each stage's summary line and table row: (key path, label, format).
+HEADLINES = {
+    "data": [("synth_img_s", "synth", "{:.0f} img/s"), ("prepare_img_s", "prepare", "{:.0f} img/s"),
+             ("stats_img_s", "stats", "{:.0f} img/s"), ("train_images", "train images", "{}")],
+    "tests": [("passed", "passed", "{}"), ("failed", "failed", "{}"), ("error", "errors", "{}"),
+              ("skipped", "skipped", "{}")],
+    "loader": [("decode_only", "decode only", "{:.0f} img/s"), ("pipeline", "pipeline", "{:.0f} img/s"),
+               ("baseline", "baseline", "{:.0f} img/s"), ("best.img_s", "best", "{:.0f} img/s")],
+    "stats": [("stats_img_s", "stats", "{:.0f} img/s"), ("stats_vs_decode_only", "of decode only", "{:.0%}")],
+    "train": [("synthetic_img_s.fp32", "fp32", "{:.0f} img/s"), ("synthetic_img_s.bf16_channels_last",
+              "bf16 cl", "{:.0f} img/s"), ("end_to_end_img_s", "end to end", "{:.0f} img/s"),
+              ("data_wait_frac", "data wait", "{:.1%}"), ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}")],
+    "paper_init": [("steps", "steps", "{}"), ("first_loss", "loss from", "{:.3f}"), ("last_loss", "to", "{:.3f}"),
+                   ("chance_loss", "chance", "{:.3f}"), ("left_chance_step", "left chance at step", "{}")],
+}
+
+
+def _get(d: dict, path: str):
+    for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def headline(name: str, rec: dict) -> str:
+    parts = [f"{label} {fmt.format(v)}" for key, label, fmt in HEADLINES[name]
+             if (v := _get(rec, key)) is not None]
+    if rec.get("error"):
+        parts.append(rec["error"])
+    return "; ".join(parts)
+
+
+def table(report: dict) -> str:
+    """check.md: the machine, then one row per stage."""
+    m = report["machine"]
+    what = m.get("gpu") or f"{m.get('cpu')} ({m.get('cores')} cores)"
+    lines = [f"# alexnet check: {what}, {m.get('date')}", "",
+             f"size {report['size']}, device {report['device']}, budget {report['budget_s']:.0f} s; torch "
+             f"{m.get('torch')}, DALI {m.get('dali')}, Python {m.get('python')}, {m.get('cores')} cores"
+             + (f", driver {m.get('driver')}, CUDA {m.get('cuda')}" if m.get("gpu") else ""), "",
+             "| stage | status | seconds | figures |", "|---|---|---|---|"]
+    for name, rec in report["stages"].items():
+        lines.append(f"| {name} | {rec['status']} | {rec['seconds']:.1f} | {headline(name, rec)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, report: dict) -> None:
+    atomic_write(out / "check.json", json.dumps(report, indent=1) + "\n")
+    atomic_write(out / "check.md", table(report))
+
+
+def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | CheckSize = "tiny",
+              budget_s: float = 420.0, work: str | os.PathLike | None = None,
+              stages: tuple[str, ...] = STAGES, tests: tuple[str, ...] | None = None,
+              log: Callable[[str], None] = print) -> dict:
+    """Runs the stages (all of them, in STAGES order; those not in `stages` are recorded as skipped) and returns
+    the report also written to OUT/check.json and OUT/check.md.
+
+    work: where the data is made (reused when it holds this size's data); None: a temporary folder, removed at
+        the end. tests: the tests stage's pytest arguments; None: `-m gpu` on a GPU, QUICK_TESTS on the CPU."""
+    from alexmodel.train import resolve_device
+
+    if budget_s <= 0:
+        raise ValueError(f"budget_s={budget_s}: expected seconds > 0")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}: expected some of {', '.join(STAGES)}")
+    device = resolve_device(device)
+    size_name = size if isinstance(size, str) else "custom"
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"size={size!r}: expected one of {', '.join(SIZES)}")
+        size = SIZES[size]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = work is None
+    work = Path(tempfile.mkdtemp(prefix="alexnet-check-")) if tmp else Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0))
+    tests = tuple(tests) if tests is not None else (("tests", "-m", "gpu") if device == "gpu" else QUICK_TESTS)
+    ctx = Context(device=device, size=size, work=work, cores=cores, tests=tests)
+    report = {"machine": machine_info(device), "size": size_name, "sizes": asdict(size), "device": device,
+              "budget_s": budget_s, "stages": {}}
+    t_end = time.perf_counter() + budget_s
+    try:
+        for i, name in enumerate(STAGES):
+            t0 = time.perf_counter()
+            later = [n for n in STAGES[i:] if n in stages]
+            ctx.deadline = t0 + (t_end - t0) * WEIGHTS[name] / sum(WEIGHTS[n] for n in later) if later else t0
+            fig: dict = {}
+            status, error = "ok", None
+            try:
+                if name not in stages:
+                    raise StageSkipped("not among --stages")
+                if t_end - t0 <= 0:
+                    raise StageSkipped(f"no time left of the {budget_s:.0f} s budget")
+                STAGE_FNS[name](ctx, fig)
+            except StageSkipped as e:
+                status, error = "skipped", str(e)
+            except StageTimeout as e:
+                status, error = "timeout", str(e)
+            except KeyboardInterrupt:
+                report["stages"][name] = {"status": "failed", "seconds": time.perf_counter() - t0,
+                                          "error": "interrupted", **fig}
+                raise
+            except Exception as e:  # one stage's failure must not stop the others
+                status, error = "failed", _one_line(e)
+            rec = {"status": status, "seconds": round(time.perf_counter() - t0, 2),
+                   **({"error": error} if error else {}), **fig}
+            if name in stages:
+                rec["time_box_s"] = round(ctx.deadline - t0, 3)
+            report["stages"][name] = rec
+            _write(out, report)
+            log(f"check {name}: {status} in {rec['seconds']:.1f} s; {headline(name, rec)}")
+    finally:
+        _write(out, report)
+        if tmp:
+            shutil.rmtree(work, ignore_errors=True)
+    log("")
+    log(table(report))
+    return report

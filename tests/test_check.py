@@ -1,0 +1,167 @@
+"""`alexnet check`: the whole acceptance run, rehearsed on the CPU so it cannot rot between GPU sessions."""
+import json
+import math
+import time
+
+import pytest
+
+from alexmodel import check
+from alexmodel.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
+from conftest import run_cli
+
+TINY = check.SIZES["tiny"]
+
+
+def _quiet(*a):
+    pass
+
+
+@pytest.mark.slow  # ~1 minute on 2 cores: every stage for real, through the command line
+def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    r = run_cli("check", "--device", "cpu", "--size", "tiny", "--out", out, "--work", work, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rep = json.loads((out / "check.json").read_text())
+    assert list(rep["stages"]) == list(STAGES)
+    assert {n: s["status"] for n, s in rep["stages"].items()} == {n: "ok" for n in STAGES}
+    m = rep["machine"]
+    assert m["device"] == "cpu" and m["cores"] >= 1 and m["torch"] and m["dali"] and m["python"] and m["date"]
+    st = rep["stages"]
+    for name, s in st.items():
+        assert 0 < s["seconds"] <= s["time_box_s"] + 60, name  # a box is kept between measurements
+        assert f"check {name}: ok" in r.stdout
+
+    d = st["data"]
+    assert d["synth_images"] == TINY.classes * (TINY.train_per_class + TINY.val_per_class) + 5  # 5 planted files
+    assert d["classes"] == TINY.classes and d["train_images"] + d["val_images"] + d["skipped"] == d["synth_images"]
+    assert min(d["synth_img_s"], d["prepare_img_s"], d["stats_img_s"]) > 0
+
+    t = st["tests"]
+    assert t["passed"] > 0 and t["failed"] == t["error"] == 0 and t["failing"] == [] and t["exit_code"] == 0
+
+    lo = st["loader"]
+    assert min(lo["decode_only"], lo["pipeline"], lo["baseline"]) > 0
+    assert math.isclose(lo["pipeline_vs_baseline"], lo["pipeline"] / lo["baseline"])
+    rates = [p["img_s"] for p in lo["sweep"]]
+    assert lo["best"]["img_s"] == max(rates) and lo["default_img_s"] == rates[0]
+    assert {p["threads"] for p in lo["sweep"]} >= {1, 2} or m["cores"] == 1
+    assert {p["batch_size"] for p in lo["sweep"]} == {TINY.batch_size, 2 * TINY.batch_size}
+    assert {p["prefetch"] for p in lo["sweep"]} == set(TINY.prefetch)
+
+    s = st["stats"]
+    assert s["decode_img_s"] > 0 and math.isclose(s["stats_vs_decode_only"], s["stats_img_s"] / s["decode_img_s"],
+                                                  rel_tol=1e-6)
+
+    tr = st["train"]
+    assert set(tr["synthetic_img_s"]) == {"fp32", "bf16", "bf16_channels_last"}
+    assert tr["best"] == max(tr["synthetic_img_s"], key=tr["synthetic_img_s"].get)
+    hs = tr["host_sync"]
+    assert math.isclose(hs["trainer_vs_no_sync"], hs["trainer_img_s"] / hs["no_sync_img_s"])
+    assert tr["two_tower_one_device_img_s"] > 0 and tr["end_to_end_img_s"] > 0 and 0 <= tr["data_wait_frac"] <= 1
+
+    p = st["paper_init"]
+    assert p["width"] == TINY.width and p["lr"] == 0.01 and p["batch_size"] == 128  # the paper's recipe, §5
+    assert math.isclose(p["chance_loss"], math.log(TINY.classes))
+    assert p["steps"] >= len(p["loss_log"]) >= 1 and all(math.isfinite(v) for _, v in p["loss_log"])
+    assert [s for s, _ in p["loss_log"]] == sorted(s for s, _ in p["loss_log"])
+    if p["left_chance"]:
+        step = p["left_chance_step"]
+        assert dict(p["loss_log"])[step] < 0.9 * p["chance_loss"]
+
+    md = (out / "check.md").read_text()
+    assert all(f"| {n} | ok |" in md for n in STAGES) and md in r.stdout
+
+
+def _fake(**figs):
+    def stage(ctx, fig):
+        fig.update(figs)
+    return stage
+
+
+def test_a_failed_stage_is_one_line_and_the_rest_go_on(tmp_path, monkeypatch):
+    def boom(ctx, fig):
+        fig["measured"] = 1.0
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": boom, "train": _fake(x=2.0)})
+    rep = run_check(tmp_path, device="cpu", stages=("data", "stats", "train"), work=tmp_path / "w", log=_quiet)
+    st = rep["stages"]
+    assert st["data"]["status"] == "failed" and st["data"]["error"] == "RuntimeError: boom"
+    assert st["data"]["measured"] == 1.0  # what a stage measured before it failed is kept
+    assert st["stats"]["status"] == "skipped" and "data stage" in st["stats"]["error"]
+    assert st["tests"] == {**st["tests"], "status": "skipped", "error": "not among --stages"}
+    assert st["train"]["status"] == "ok" and st["train"]["x"] == 2.0
+    assert json.loads((tmp_path / "check.json").read_text()) == json.loads(json.dumps(rep))
+
+
+def test_a_stage_past_its_box_times_out_and_keeps_its_figures(tmp_path, monkeypatch):
+    def slow(ctx, fig):
+        fig["first"] = 1.0
+        time.sleep(0.3)
+        ctx.check_time()
+        fig["second"] = 2.0
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "train": slow})
+    rep = run_check(tmp_path, device="cpu", budget_s=0.2, stages=("train", "paper_init"), work=tmp_path / "w",
+                    log=_quiet)
+    tr = rep["stages"]["train"]
+    assert tr["status"] == "timeout" and tr["first"] == 1.0 and "second" not in tr
+    assert tr["time_box_s"] < 0.2  # its share: train's weight over train's and paper_init's
+    assert rep["stages"]["paper_init"]["status"] == "skipped"  # no time left
+
+
+def test_an_interrupted_check_leaves_what_it_measured(tmp_path, monkeypatch):
+    def interrupt(ctx, fig):
+        fig["partial"] = 3.0
+        raise KeyboardInterrupt
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": _fake(synth_img_s=5.0),
+                                             "tests": interrupt})
+    with pytest.raises(KeyboardInterrupt):
+        run_check(tmp_path, device="cpu", work=tmp_path / "w", log=_quiet)
+    st = json.loads((tmp_path / "check.json").read_text())["stages"]
+    assert st["data"]["status"] == "ok" and st["data"]["synth_img_s"] == 5.0
+    assert st["tests"]["status"] == "failed" and st["tests"]["partial"] == 3.0
+    assert "| data | ok |" in (tmp_path / "check.md").read_text()
+
+
+def test_bad_options_are_one_line(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage 'lodaer'"):
+        run_check(tmp_path, device="cpu", stages=("lodaer",))
+    with pytest.raises(ValueError, match="size='huge'"):
+        run_check(tmp_path, device="cpu", size="huge")
+    r = run_cli("check", "--out", tmp_path, "--stages", "data,nope", check=False)
+    assert r.returncode == 1 and "unknown stage 'nope'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _ctx(tests, seconds=120.0):
+    ctx = Context(device="cpu", size=TINY, work=None, cores=1, tests=tests)
+    ctx.deadline = time.perf_counter() + seconds
+    return ctx
+
+
+def test_tests_stage_counts_results_and_names_the_failures(tmp_path):
+    f = tmp_path / "test_mixed.py"
+    f.write_text("import pytest\n\ndef test_ok():\n    pass\n\ndef test_fails():\n    assert 1 == 2\n\n"
+                 "@pytest.mark.skip\ndef test_skipped():\n    pass\n\n"
+                 "@pytest.mark.parametrize('x', [1, 2])\ndef test_param(x):\n    assert x == 1\n")
+    fig = {}
+    with pytest.raises(RuntimeError, match="2 failing"):
+        stage_tests(_ctx((str(f),)), fig)
+    assert (fig["passed"], fig["failed"], fig["skipped"], fig["error"]) == (2, 2, 1, 0)
+    assert sorted(n.split("::")[-1] for n in fig["failing"]) == ["test_fails", "test_param[2]"]
+    assert fig["exit_code"] == 1
+
+
+def test_tests_stage_stops_pytest_at_its_box(tmp_path):
+    f = tmp_path / "test_slow.py"
+    f.write_text("import time\n\ndef test_quick():\n    pass\n\ndef test_slow():\n    time.sleep(60)\n")
+    fig, t0 = {}, time.perf_counter()
+    with pytest.raises(StageTimeout, match="after 1 results"):
+        stage_tests(_ctx((str(f),), seconds=8.0), fig)
+    assert time.perf_counter() - t0 < 30 and fig["passed"] == 1
+
+
+def test_sizes_are_what_the_issue_asks():
+    full = check.SIZES["full"]
+    assert 18_000 <= full.classes * full.train_per_class <= 25_000 and full.width == 1.0  # ~20k distinct images
+    assert 100 <= TINY.classes * (TINY.train_per_class + TINY.val_per_class) <= 500  # a few hundred
+    assert set(check.SIZES["full"].hw_decoder_load) >= {0.0, 0.65, 1.0}
+    assert isinstance(full, CheckSize) and set(check.WEIGHTS) == set(STAGES)
