@@ -165,3 +165,16 @@ def test_sizes_are_what_the_issue_asks():
     assert 100 <= TINY.classes * (TINY.train_per_class + TINY.val_per_class) <= 500  # a few hundred
     assert set(check.SIZES["full"].hw_decoder_load) >= {0.0, 0.65, 1.0}
     assert isinstance(full, CheckSize) and set(check.WEIGHTS) == set(STAGES)
+
+
+def test_a_rerun_of_some_stages_uses_the_data_already_made(tmp_path, prepared, monkeypatch):
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(prepared, work / "data")
+    (work / "data" / "stats.json").write_text("{}")  # only its presence matters here
+    seen = {}
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "stats": lambda ctx, fig: seen.update(d=ctx.data)})
+    rep = run_check(tmp_path / "out", device="cpu", stages=("stats",), work=work, log=_quiet)
+    assert seen["d"] == work / "data" and rep["stages"]["stats"]["status"] == "ok"
+    assert rep["stages"]["data"]["status"] == "skipped" and str(work / "data") in rep["stages"]["data"]["error"]
