@@ -32,9 +32,10 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--oddities/--no-oddities", default=True, show_default=True,
               help="Plant ImageNet's bad files: CMYK, grayscale, PNG-as-JPEG, truncated, empty.")
-@click.option("--layout", type=click.Choice(["tree", "archives"]), default="tree", show_default=True,
-              help="Extracted folders with the Kaggle CSV, or the distributed ILSVRC2012_img_{train,val}.tar "
-                   "archives with the devkit.")
+@click.option("--layout", type=click.Choice(["tree", "archives", "kaggle", "hf"]), default="tree", show_default=True,
+              help="tree: extracted train/ and val/ with the Kaggle CSV; archives: image-net.org's "
+                   "ILSVRC2012_img_{train,val}.tar with the devkit; kaggle: the Kaggle download (ILSVRC/Data/CLS-LOC); "
+                   "hf: the Hugging Face repository (data/*.tar.gz).")
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers):
     """Generate a mini-ImageNet in the original layout under OUT."""
@@ -60,22 +61,57 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 @click.option("--part", default=None, metavar="I/N",
               help="Write only part I of N (0-based): N machines write disjoint shards into one OUT.")
-def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part):
-    """Resize raw ImageNet at SRC (extracted tree or the original tars) into webdataset shards at OUT.
+@click.option("--val-labels", type=click.Path(), default=None,
+              help="Val labels, overriding discovery: a Kaggle LOC_val_solution.csv, the devkit (.tar.gz or its "
+                   "folder), or plain '<stem> <wnid>' lines.")
+def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part, val_labels):
+    """Resize raw ImageNet at SRC into webdataset shards at OUT.
 
-    Val labels: LOC_val_solution.csv (Kaggle), the devkit ILSVRC2012_devkit_t12.tar.gz (or extracted), or val
-    class folders. Resumable: run the same command again after an interruption and only missing shards are written."""
+    SRC is any of: image-net.org's archives (ILSVRC2012_img_{train,val}.tar, read in place) or their extracted
+    train/ and val/; Kaggle's download (ILSVRC/Data/CLS-LOC); the Hugging Face repository (data/*.tar.gz, read
+    in place). Val labels: --val-labels, else LOC_val_solution.csv (Kaggle), the devkit
+    ILSVRC2012_devkit_t12.tar.gz (or extracted), or val class folders. Unlabelled test images are left out.
+    Resumable: run the same command again after an interruption and only missing shards are written."""
     from alexdata.prepare import PrepareConfig, PrepareError, prepare as run
 
     try:
         run(src, out, PrepareConfig(shorter_side, quality, shard_size, seed), workers=workers, part=part,
-            log=click.echo)
+            log=click.echo, val_labels=val_labels)
     except (PrepareError, OSError) as e:
         _fail(e)
     except KeyboardInterrupt:
         click.echo("\nprepare: interrupted; run the same command again to resume (finished shards are kept)",
                    err=True)
         sys.exit(130)
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@click.option("--quick", is_flag=True, help="Presence and sizes only (seconds); the default also checks sha256.")
+@click.option("--workers", type=POS_INT, default=None, help="Hashing processes (default: all cores).")
+def verify(data, quick, workers):
+    """Check a prepare output's shards against manifest.json (e.g. after copying them to a node).
+
+    Prints one line per missing, truncated or damaged file and exits 1 when there is any."""
+    import time
+
+    from alexdata.dataset import DataError
+    from alexdata.verify import verify as run
+
+    t0 = time.perf_counter()
+    try:
+        r = run(data, quick=quick, workers=workers, progress=True)
+    except DataError as e:
+        _fail(e)
+    for line in r["problems"]:
+        click.echo(line)
+    if r["note"]:
+        click.echo(f"verify: {r['note']}", err=True)
+    dt = time.perf_counter() - t0
+    what = (f"sizes of {r['files']} files" if quick or not r["hashed"]
+            else f"sha256 of {r['files']} files ({r['bytes'] / 1e9:.2f} GB, {r['bytes'] / 1e6 / dt:.0f} MB/s)")
+    click.echo(f"verify: {len(r['problems'])} bad files; checked {what} in {dt:.1f} s")
+    sys.exit(1 if r["problems"] else 0)
 
 
 @main.group()

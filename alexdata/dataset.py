@@ -43,6 +43,28 @@ def load_manifest(data: str | os.PathLike) -> dict:
         raise DataError(f"{p}: not valid JSON ({e})") from None
 
 
+def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | None]]:
+    """(path, size, sha256) of a manifest shard entry's tar and index; size and hash None in an old manifest."""
+    tar = data / shard["file"]
+    return [(tar, shard.get("bytes"), shard.get("sha256")),
+            (tar.with_suffix(".idx"), shard.get("idx_bytes"), shard.get("idx_sha256"))]
+
+
+def quick_problems(data: Path, shards: list[dict]) -> list[str]:
+    """One line per shard file that is missing or has another size than manifest.json records (stat calls only)."""
+    bad = []
+    for shard in shards:
+        for path, size, _ in shard_files(data, shard):
+            try:
+                got = path.stat().st_size
+            except FileNotFoundError:
+                bad.append(f"{path}: missing (listed in manifest.json)")
+                continue
+            if size is not None and got != size:
+                bad.append(f"{path}: {got} bytes, manifest.json says {size} (a partial copy?)")
+    return bad
+
+
 def open_split(data: str | os.PathLike, split: str = "train") -> Split:
     """The `split` ("train" or "val") of DATA: a prepare output (manifest.json) or a tree DATA/<split>/<wnid>/*
     (for "train", DATA itself may be the class-folder tree; labels always follow the training classes).
@@ -59,10 +81,10 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{data / 'manifest.json'}: no '{split}' split or not a prepare manifest") from None
         tars = tuple(str(data / s["file"]) for s in shards)
-        for t in tars:
-            for f in (t, t[:-4] + ".idx"):
-                if not os.path.isfile(f):
-                    raise DataError(f"{f}: listed in manifest.json but missing")
+        bad = quick_problems(data, shards)
+        if bad:  # a partial copy fails here, before any step, rather than when DALI opens the shard
+            raise DataError(f"{bad[0]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; "
+                            f"run `alexnet verify {data}`")
         if not tars:
             raise DataError(f"{data}: the '{split}' split has no images")
         return Split("shards", classes, sum(s["images"] for s in shards), tars,

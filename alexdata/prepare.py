@@ -1,37 +1,50 @@
 """`alexnet prepare`: raw ILSVRC-2012 -> shorter-side-256 JPEGs in webdataset tar shards.
 
-Input (SRC), either layout:
-  (a) extracted: SRC/train/<wnid>/*.JPEG; SRC/val/<wnid>/*.JPEG, or flat SRC/val/*.JPEG with
-      val labels (below);
-  (b) the distributed archives, read in place with no extraction: SRC/ILSVRC2012_img_train.tar (a tar of
-      per-class tars) and SRC/ILSVRC2012_img_val.tar (flat), with val labels (below).
-Labels of flat val images, the first found: SRC/LOC_val_solution.csv or SRC/val/LOC_val_solution.csv (the Kaggle
-release), or the official development kit, SRC/ILSVRC2012_devkit_t12.tar.gz as downloaded (or extracted to
+Input (SRC), any of the three ways ImageNet is distributed, detected automatically:
+  (a) image-net.org: the archives read in place with no extraction, SRC/ILSVRC2012_img_train.tar (a tar of
+      per-class tars) and SRC/ILSVRC2012_img_val.tar (flat); or extracted, SRC/train/<wnid>/*.JPEG and
+      SRC/val/<wnid>/*.JPEG or a flat SRC/val/*.JPEG;
+  (b) Kaggle's imagenet-object-localization-challenge download: SRC/ILSVRC/Data/CLS-LOC/{train,val,test} with
+      SRC/LOC_val_solution.csv (SRC may also be the CLS-LOC folder itself); test/ has no labels and is left out;
+  (c) the Hugging Face ILSVRC/imagenet-1k repository, read in place: SRC/data/train_images_{0..4}.tar.gz and
+      SRC/data/val_images.tar.gz, flat members named <original stem>_<wnid>.JPEG (the label is the wnid suffix,
+      the sample key the original stem); test_images.tar.gz has no labels and is left out. gzip cannot seek:
+      one pass per archive (in parallel) lists its members and writes a seek index with rapidgzip
+      (OUT/.prepare/gzindex/), through which the shard writers read their images in any order.
+Labels of flat val images: `--val-labels FILE` when given (a Kaggle CSV, the devkit .tar.gz or folder, or plain
+`<stem> <wnid>` lines); otherwise the first found of LOC_val_solution.csv (in SRC, SRC/val, or Kaggle's top
+folder) and the official development kit, SRC/ILSVRC2012_devkit_t12.tar.gz as downloaded (or extracted to
 SRC/ILSVRC2012_devkit_t12/): line n of data/ILSVRC2012_validation_ground_truth.txt is the ILSVRC2012_ID of
 ILSVRC2012_val_<n, 8 digits>, and data/meta.mat maps ILSVRC2012_IDs to WordNet ids (read with scipy.io).
+The same images give byte-identical shards whichever layout they came in.
 
 Output (OUT):
   train-000000.tar ...  samples <key>.jpg + <key>.cls (class index, ASCII), in a seeded shuffled order
   train-000000.idx ...  the index `fn.readers.webdataset` reads (wds2idx format v1.2)
   val-000000.tar/.idx   validation samples in key order
-  manifest.json         classes, per-split counts and shards, parameters, skipped inputs
+  manifest.json         classes, per-split counts and shards (each with its and its index's size and sha256,
+                        hashed as they were written), parameters, skipped inputs
   .prepare/             per-shard records; they make the run resumable and the manifest reproducible
 
 Each shard is a pure function of (input listing, parameters, shard index), written under a temporary name and
 renamed, so an interrupted run resumes by writing only the missing shards, byte-identical to an uninterrupted
-run, and `--part i/n` lets n machines write disjoint sets of shards into one OUT.
+run, and `--part i/n` lets n machines write disjoint sets of shards into one OUT. Before writing, prepare
+estimates the output's size and stops when OUT's file system clearly lacks the space.
 """
 from __future__ import annotations
 
 import csv
+import errno
 import gzip
 import hashlib
 import io
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import tarfile
+import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -47,6 +60,8 @@ FORMAT_VERSION = 1
 TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
 DEVKIT = "ILSVRC2012_devkit_t12"  # the development kit: DEVKIT.tar.gz as distributed, or that folder extracted
 DEVKIT_TRUTH, DEVKIT_META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
+KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")  # inside Kaggle's download; the labels sit three folders up
+HF_TRAIN, HF_VAL, HF_TEST = "train_images_*.tar.gz", "val_images.tar.gz", "test_images.tar.gz"  # SRC/data/
 
 
 class PrepareError(Exception):
@@ -86,8 +101,86 @@ class Item:
         if self.offset < 0:
             with open(self.path, "rb") as f:
                 return f.read()
+        if self.path.endswith(".gz"):  # a member of a .tar.gz: offset and size in the decompressed stream
+            f = _gz_file(self.path)
+            f.seek(self.offset)
+            return f.read(self.size)
         with open(self.path, "rb") as f:
             return os.pread(f.fileno(), self.size, self.offset)
+
+
+# ---------------------------------------------------------------- .tar.gz archives, read in place
+
+_GZ_INDEX_DIR: dict[str, Path] = {}  # archive path -> folder of its seek index (set by the scan)
+_GZ_OPEN: dict[str, object] = {}  # archive path -> an open rapidgzip file with its index, one per process
+
+
+def _rapidgzip():
+    try:
+        import rapidgzip
+    except ImportError:
+        raise PrepareError("reading .tar.gz archives in place needs rapidgzip (pip install rapidgzip)") from None
+    return rapidgzip
+
+
+def _gz_file(path: str):
+    f = _GZ_OPEN.get(path)
+    if f is None:
+        import atexit
+
+        rg = _rapidgzip()
+        f = rg.RapidgzipFile(path, parallelization=1)
+        f.import_index(str(_GZ_INDEX_DIR[path] / (Path(path).name + ".rgidx")))
+        if not _GZ_OPEN:
+            atexit.register(_close_gz_files)  # rapidgzip aborts an interpreter that exits with a file open
+        _GZ_OPEN[path] = f
+    return f
+
+
+def _close_gz_files() -> None:
+    for f in _GZ_OPEN.values():
+        f.close()
+    _GZ_OPEN.clear()
+
+
+def _gz_members(job: tuple[str, str]) -> list[tuple[str, int, int]]:
+    """(name, offset, size) of the regular files in one .tar.gz, offsets in the decompressed stream; one
+    decompressing pass that also writes the archive's seek index, both kept in `index_dir` and reused while the
+    archive's size and mtime stay the same."""
+    path, index_dir = Path(job[0]), Path(job[1])
+    st = path.stat()
+    listing, index = index_dir / (path.name + ".json"), index_dir / (path.name + ".rgidx")
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if listing.is_file() and index.is_file():
+        rec = json.loads(listing.read_text())
+        if rec.get("archive") == stamp:
+            return [tuple(m) for m in rec["members"]]
+    rg = _rapidgzip()
+    try:
+        with rg.RapidgzipFile(str(path), parallelization=1) as f:
+            with tarfile.open(fileobj=f, mode="r:") as tf:
+                members = [(m.name, m.offset_data, m.size) for m in tf if m.isfile()]
+            f.export_index(str(index) + ".tmp")
+    except (tarfile.TarError, OSError, RuntimeError, ValueError) as e:
+        raise PrepareError(f"{path}: not a readable .tar.gz ({_first_line(e)})") from None
+    os.replace(str(index) + ".tmp", index)
+    atomic_write(listing, json.dumps({"archive": stamp, "members": members}))
+    return members
+
+
+def _scan_gz(archives: list[Path], index_dir: Path, workers: int | None) -> list[list[tuple[str, int, int]]]:
+    """Members of every archive, one process per archive: the decompression is not serialised on one core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    for a in archives:
+        _GZ_INDEX_DIR[str(a)] = index_dir
+    jobs = [(str(a), str(index_dir)) for a in archives]
+    n = max(1, min(len(jobs), workers or len(os.sched_getaffinity(0))))
+    if n == 1:
+        return [_gz_members(j) for j in jobs]
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+        return list(pool.map(_gz_members, jobs))
 
 
 # ---------------------------------------------------------------- scanning the input
@@ -148,19 +241,84 @@ def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str
             raise PrepareError(f"{tar}: no per-class tars inside")
         order = sorted(range(len(wnids)), key=wnids.__getitem__)
         return [wnids[i] for i in order], found
-    raise PrepareError(f"{src}: found neither train/ nor {TRAIN_TAR}")
+    hint = ""
+    if (src / "manifest.json").is_file():
+        hint = " (it holds a prepare output: did you swap SRC and OUT?)"
+    raise PrepareError(f"{src}: found none of train/, {TRAIN_TAR}, Kaggle's {KAGGLE_ROOT}/ or Hugging Face's "
+                       f"data/{HF_TRAIN}{hint}")
 
 
-def _read_val_labels(src: Path) -> tuple[Path, dict[str, str]]:
-    """(where the labels came from, {val key: wnid}) from the Kaggle CSV or the official devkit."""
-    for p in (src / VAL_LABELS, src / "val" / VAL_LABELS):
-        if p.is_file():
-            return p, _csv_labels(p)
-    found = _devkit_files(src)
-    if found:
+def _hf_name(member: str, where: str) -> tuple[str, str]:
+    """(sample key, wnid) of a Hugging Face member `<original stem>_<wnid>.JPEG`."""
+    stem = Path(member).name.rsplit(".", 1)[0]
+    key, sep, w = stem.rpartition("_")
+    if not sep or not key or not w:
+        raise PrepareError(f"{where}:{member}: expected a name <stem>_<wnid>.JPEG")
+    return _key(key + ".x", f"{where}:{member}"), w
+
+
+def _scan_hf(data: Path, index_dir: Path | None, workers: int | None, notes: list[dict]):
+    """Training classes and inputs, and the val entries (key, path, offset, size, wnid), of the repository."""
+    archives = sorted(data.glob(HF_TRAIN))
+    val = data / HF_VAL
+    if (data / HF_TEST).is_file():
+        notes.append({"file": str(data / HF_TEST), "reason": "unlabelled test images: left out", "left_out": True})
+    index_dir = index_dir or Path(tempfile.mkdtemp(prefix="alexnet-gzindex-"))
+    listed = _scan_gz(archives + ([val] if val.is_file() else []), index_dir, workers)
+    found, wnids = [], set()
+    for a, members in zip(archives, listed):
+        for name, off, size in members:
+            key, w = _hf_name(name, str(a))
+            wnids.add(w)
+            found.append((w, key + ".JPEG", str(a), off, size))
+    if not found:
+        raise PrepareError(f"{data}: the {HF_TRAIN} archives hold no images")
+    val_entries = []
+    if val.is_file():
+        for name, off, size in listed[-1]:
+            key, w = _hf_name(name, str(val))
+            val_entries.append((key, str(val), off, size, w))
+    else:
+        notes.append({"file": str(val), "reason": "no val archive: no val split written"})
+    return sorted(wnids), found, val_entries
+
+
+def _label_file(p: Path) -> tuple[Path, dict[str, str]]:
+    """{val key: wnid} from `--val-labels`: a Kaggle CSV, the devkit (.tar.gz or folder), or `<stem> <wnid>` lines."""
+    if p.is_dir() or p.name.endswith(".tar.gz"):
+        found = _devkit_at(p)
+        if found is None:
+            raise PrepareError(f"{p}: no such devkit")
         return found[0], devkit_labels(*found)
-    raise PrepareError(f"{src}: flat val images need labels: {VAL_LABELS} (in {src} or {src / 'val'}) or the "
-                       f"devkit {DEVKIT}.tar.gz (or its extracted folder) in {src}")
+    if not p.is_file():
+        raise PrepareError(f"{p}: no such file (--val-labels)")
+    if p.suffix.lower() == ".csv":
+        return p, _csv_labels(p)
+    labels = {}
+    for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
+        f = line.split()
+        if not f:
+            continue
+        if len(f) != 2:
+            raise PrepareError(f"{p}: line {n} is {line.strip()[:60]!r}, expected '<stem> <wnid>'")
+        labels[f[0].rsplit(".", 1)[0] if f[0].lower().endswith((".jpeg", ".jpg", ".png")) else f[0]] = f[1]
+    if not labels:
+        raise PrepareError(f"{p}: no '<stem> <wnid>' lines")
+    return p, labels
+
+
+def _read_val_labels(dirs: list[Path]) -> tuple[Path, dict[str, str]]:
+    """(where the labels came from, {val key: wnid}) from the Kaggle CSV or the official devkit in `dirs`."""
+    for d in dirs:
+        for p in (d / VAL_LABELS, d / "val" / VAL_LABELS):
+            if p.is_file():
+                return p, _csv_labels(p)
+    for d in dirs:
+        found = _devkit_files(d)
+        if found:
+            return found[0], devkit_labels(*found)
+    raise PrepareError(f"{dirs[0]}: flat val images need labels: {VAL_LABELS} (in {dirs[-1]} or its val/), the "
+                       f"devkit {DEVKIT}.tar.gz (or its extracted folder), or --val-labels FILE")
 
 
 def _csv_labels(p: Path) -> dict[str, str]:
@@ -179,13 +337,19 @@ def _csv_labels(p: Path) -> dict[str, str]:
 
 def _devkit_files(src: Path) -> tuple[Path, bytes, bytes] | None:
     """(where, ground-truth text, meta.mat bytes) of the devkit in SRC, extracted or as the .tar.gz; None if absent."""
-    folder = src / DEVKIT
+    if (src / DEVKIT).is_dir():
+        return _devkit_at(src / DEVKIT)
+    return _devkit_at(src / f"{DEVKIT}.tar.gz")
+
+
+def _devkit_at(path: Path) -> tuple[Path, bytes, bytes] | None:
+    """The devkit at `path`: its extracted folder or the .tar.gz; None if there is nothing at `path`."""
+    folder = path
     if folder.is_dir():
         try:
             return folder, (folder / DEVKIT_TRUTH).read_bytes(), (folder / DEVKIT_META).read_bytes()
         except OSError as e:
             raise PrepareError(f"{folder}: not the extracted devkit ({e.strerror}: {e.filename})") from None
-    path = src / f"{DEVKIT}.tar.gz"
     if not path.is_file():
         return None
     got: dict[str, bytes] = {}
@@ -233,12 +397,19 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Item]:
+def _scan_val(src: Path, classes: dict[str, int], notes: list[dict], label_dirs: list[Path],
+              val_labels: Path | None, entries: list | None = None) -> list[Item]:
+    """Val items in key order. `entries` (key, path, offset, size, wnid from the name) come from a Hugging Face
+    archive; otherwise SRC/val/ or ILSVRC2012_img_val.tar is listed here."""
     vdir, vtar = src / "val", src / VAL_TAR
-    entries: list[tuple[str, str, int, int]] = []  # (filename, path, offset, size)
-    if vdir.is_dir():
+    named: dict[str, str] = {}  # labels carried by the file names (Hugging Face)
+    listed: list[tuple[str, str, int, int]] = []  # (key, path, offset, size)
+    if entries is not None:
+        listed = [(k, p, o, n) for k, p, o, n, _ in entries]
+        named = {k: w for k, _, _, _, w in entries}
+    elif vdir.is_dir():
         subdirs = sorted(p for p in vdir.iterdir() if p.is_dir())
-        if subdirs:  # class folders
+        if subdirs and val_labels is None:  # class folders
             items = []
             for d in subdirs:
                 if d.name not in classes:
@@ -246,18 +417,23 @@ def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Ite
                 for p in sorted(q for q in d.iterdir() if q.is_file() and not q.name.startswith(".")):
                     items.append(Item(_key(p.name, str(p)), classes[d.name], str(p)))
             return sorted(items, key=lambda it: it.key)
-        entries = [(p.name, str(p), -1, -1) for p in sorted(vdir.iterdir())
-                   if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS]
+        files = [p for d in (subdirs or [vdir]) for p in sorted(d.iterdir())]
+        listed = [(_key(p.name, str(p)), str(p), -1, -1) for p in files
+                  if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS]
     elif vtar.is_file():
-        entries = [(Path(n).name, str(vtar), o, s) for n, o, s in _tar_members(vtar)]
+        listed = [(_key(Path(n).name, f"{vtar}:{n}"), str(vtar), o, s) for n, o, s in _tar_members(vtar)]
     else:
         notes.append({"file": str(src), "reason": "no val/ or ILSVRC2012_img_val.tar: no val split written"})
         return []
-    label_path, labels = _read_val_labels(src)
+    if val_labels is not None:
+        label_path, labels = _label_file(val_labels)
+    elif named:
+        label_path, labels = Path(listed[0][1]), named
+    else:
+        label_path, labels = _read_val_labels(label_dirs)
     items = []
-    for fname, path, off, size in entries:
-        where = path if off < 0 else f"{path}:{fname}"
-        key = _key(fname, where)
+    for key, path, off, size in listed:
+        where = path if off < 0 else f"{path}:{key}"
         if key not in labels:
             raise PrepareError(f"{where}: no label in {label_path}")
         if labels[key] not in classes:
@@ -266,19 +442,45 @@ def _scan_val(src: Path, classes: dict[str, int], notes: list[dict]) -> list[Ite
     return sorted(items, key=lambda it: it.key)
 
 
-def scan(src: str | os.PathLike) -> tuple[list[str], list[Item], list[Item], list[dict]]:
-    """(classes, train items in sorted order, val items in key order, notes) for SRC; raises PrepareError."""
+def layout(src: Path) -> tuple[str, Path, list[Path]]:
+    """(layout name, the folder holding train/ and val/ or their archives, folders to look for val labels in)."""
+    if (src / KAGGLE_ROOT).is_dir():
+        return "kaggle", src / KAGGLE_ROOT, [src / KAGGLE_ROOT, src]
+    if src.name == KAGGLE_ROOT.name and src.parent.name == "Data" and src.parent.parent.name == "ILSVRC":
+        return "kaggle", src, [src, src.parents[2]]  # SRC is the CLS-LOC folder: the CSV is three folders up
+    if (src / "data").is_dir() and any((src / "data").glob(HF_TRAIN)):
+        return "hf", src / "data", [src]
+    if src.name == "data" and any(src.glob(HF_TRAIN)):
+        return "hf", src, [src.parent]
+    return ("archives" if (src / TRAIN_TAR).is_file() and not (src / "train").is_dir() else "tree"), src, [src]
+
+
+def scan(src: str | os.PathLike, *, val_labels: str | os.PathLike | None = None, index_dir: Path | None = None,
+         workers: int | None = None) -> tuple[list[str], list[Item], list[Item], list[dict]]:
+    """(classes, train items in sorted order, val items in key order, notes) for SRC; raises PrepareError.
+
+    val_labels: a label file overriding discovery. index_dir: where the seek indexes of .tar.gz archives go
+    (default: a temporary folder). Notes with "left_out" are inputs not prepared on purpose (unlabelled tests)."""
     src = Path(src)
     if not src.is_dir():
         raise PrepareError(f"{src}: no such directory")
     notes: list[dict] = []
-    wnids, found = _scan_train(src, notes)
+    kind, root, label_dirs = layout(src)
+    hf_val = None
+    if kind == "hf":
+        wnids, found, hf_val = _scan_hf(root, index_dir, workers, notes)
+    else:
+        wnids, found = _scan_train(root, notes)
+        if kind == "kaggle" and (root / "test").is_dir():
+            n = sum(1 for p in (root / "test").iterdir() if p.is_file())
+            notes.append({"file": str(root / "test"), "reason": f"{n} unlabelled test images: left out",
+                          "left_out": True})
     if len(wnids) > 10 ** MAX_LABEL_DIGITS:
         raise PrepareError(f"{src}: {len(wnids)} classes; labels are stored as at most {MAX_LABEL_DIGITS} digits")
     classes = {w: i for i, w in enumerate(wnids)}  # class index = position of the wnid in sorted order
     train = sorted((Item(_key(fname, p if off < 0 else f"{p}:{fname}"), classes[w], p, off, size)
                     for w, fname, p, off, size in found), key=lambda it: (it.label, it.key))
-    val = _scan_val(src, classes, notes)
+    val = _scan_val(root, classes, notes, label_dirs, Path(val_labels) if val_labels else None, hf_val)
     for split, items in (("train", train), ("val", val)):
         seen: set[str] = set()
         for it in items:
@@ -402,11 +604,31 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
                     _progress.value += 1
     record = {"file": f"{spec.name}.tar", "images": n, "skipped": skipped, "upscaled": upscaled}
     data = buf.getvalue()
-    atomic_write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
+    idx = wds_index(data).encode()
+    if n:  # hashed from the bytes in memory, as they are written: `alexnet verify` needs no second read here
+        record.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), idx_bytes=len(idx),
+                      idx_sha256=hashlib.sha256(idx).hexdigest())
+    _write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
     if n:
-        atomic_write(out / f"{spec.name}.idx", wds_index(data).encode())
-        atomic_write(out / f"{spec.name}.tar", data)
+        _write(out / f"{spec.name}.idx", idx)
+        _write(out / f"{spec.name}.tar", data)
     return record
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding `path` (for this user)."""
+    return shutil.disk_usage(path).free
+
+
+def _write(path: Path, data: bytes) -> None:
+    """atomic_write, with a full disk (or quota) reported as one line naming the file and the space left."""
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PrepareError(f"{path}: disk full while writing {len(data) / 1e6:.1f} MB ({free_bytes(path.parent) / 1e6:.0f} "
+                           f"MB free); free some space and run the same command again to resume") from None
 
 
 def _is_done(out: Path, spec: ShardSpec) -> bool:
@@ -438,11 +660,14 @@ def parse_part(part: str | None) -> tuple[int, int]:
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig = PrepareConfig(),
             workers: int | None = None, part: str | None = None, progress: bool = True,
-            log=print) -> dict | None:
-    """Runs `alexnet prepare`. Returns the manifest, or None when other parts' shards are still missing."""
+            log=print, val_labels: str | os.PathLike | None = None) -> dict | None:
+    """Runs `alexnet prepare`. Returns the manifest, or None when other parts' shards are still missing.
+
+    val_labels: a label file that overrides discovery (see the module docstring)."""
     part_i, part_n = parse_part(part)
     out = Path(out)
-    classes, train, val, notes = scan(src)
+    classes, train, val, notes = scan(src, val_labels=val_labels, index_dir=out / ".prepare" / "gzindex",
+                                      workers=workers)
     if not train:
         raise PrepareError(f"{src}: no training images")
     params = {"format_version": FORMAT_VERSION, **asdict(cfg),
@@ -466,6 +691,11 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
         for tmp in (out / f"{s.name}.tar.tmp", out / f"{s.name}.idx.tmp", out / ".prepare" / f"{s.name}.json.tmp"):
             tmp.unlink(missing_ok=True)
     n_imgs = sum(len(s.items) for s in todo)
+    for n in notes:
+        if n.get("left_out"):
+            log(f"prepare: {n['file']}: {n['reason']}")
+    if todo:
+        _check_space(out, [s for s in mine if s not in todo], todo, cfg)
     log(f"prepare: {len(classes)} classes, {len(train)} train + {len(val)} val inputs -> {len(specs)} shards"
         + (f" (part {part_i}/{part_n}: {len(mine)})" if part_n > 1 else "")
         + (f"; {len(mine) - len(todo)} already written, resuming" if len(todo) < len(mine) else ""))
@@ -502,19 +732,51 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
     rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
     log(f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
         f"{len(manifest['train']['shards']) + len(manifest['val']['shards'])} shards{rate}; "
-        f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}; -> {out / 'manifest.json'}")
+        f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}"
+        + "".join(f"; left out {n['file']} ({n['reason'].replace(': left out', '')})" for n in manifest["left_out"])
+        + f"; -> {out / 'manifest.json'}")
     return manifest
+
+
+def _check_space(out: Path, done: list[ShardSpec], todo: list[ShardSpec], cfg: PrepareConfig) -> None:
+    """Stops with one line when OUT's file system clearly lacks the space for the shards still to write. Bytes
+    per image: from the shards already written, else from resizing a small even sample of the inputs."""
+    n_imgs = sum(len(s.items) for s in todo)
+    written = [json.loads((out / ".prepare" / f"{s.name}.json").read_text()) for s in done]
+    written = [r for r in written if r.get("bytes")]
+    if written:
+        per_image = sum(r["bytes"] + r["idx_bytes"] for r in written) / max(1, sum(r["images"] for r in written))
+        how = f"as in the {len(written)} shards written"
+    else:
+        items = [it for s in todo for it in s.items]
+        sizes = []
+        for it in items[:: max(1, len(items) // 16)][:16]:
+            try:
+                sizes.append(len(resize_to_jpeg(it.read(), cfg.shorter_side, cfg.quality)[0]))
+            except Exception:  # a bad input is skipped later, with its reason
+                continue
+        if not sizes:
+            return
+        per_image = sum(sizes) / len(sizes) + 3 * 512  # two tar headers, the .cls block, the index line
+        how = f"from a sample of {len(sizes)} inputs"
+    need, free = n_imgs * per_image, free_bytes(out)
+    if need * 0.8 > free:  # "clearly": the estimate is good to well within 20 %
+        raise PrepareError(f"{out}: needs about {need / 1e9:.2f} GB for {n_imgs} images ({per_image / 1e3:.0f} KB "
+                           f"each, {how}) but its file system has {free / 1e9:.2f} GB free; free some space or "
+                           f"choose another OUT")
 
 
 def _manifest(out: Path, specs: list[ShardSpec], classes: list[str], cfg: PrepareConfig, notes: list[dict]):
     man = {"format_version": FORMAT_VERSION, "classes": classes, "params": asdict(cfg),
            "train": {"images": 0, "shards": []}, "val": {"images": 0, "shards": []},
-           "skipped": list(notes), "upscaled": []}
+           "skipped": [n for n in notes if not n.get("left_out")], "upscaled": [],
+           "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")]}
     for s in specs:
         rec = json.loads((out / ".prepare" / f"{s.name}.json").read_text())
         man["skipped"] += rec["skipped"]
         man["upscaled"] += rec["upscaled"]
         if rec["images"]:
             man[s.split]["images"] += rec["images"]
-            man[s.split]["shards"].append({"file": rec["file"], "images": rec["images"]})
+            man[s.split]["shards"].append({k: rec[k] for k in ("file", "images", "bytes", "sha256", "idx_bytes",
+                                                                "idx_sha256") if k in rec})
     return man

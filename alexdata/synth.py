@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import colorsys
 import csv
+import gzip
 import io
 import json
 import os
@@ -37,6 +38,10 @@ from tqdm import tqdm
 from alexdata.prepare import add_to_tar
 
 
+LAYOUTS = ("tree", "archives", "kaggle", "hf")
+HF_TRAIN_ARCHIVES = 5  # data/train_images_{0..4}.tar.gz, as in the Hugging Face repository
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     classes: int = 10
@@ -44,15 +49,18 @@ class SynthConfig:
     val_per_class: int = 10
     seed: int = 0
     oddities: bool = True  # plant ImageNet's known bad files (CMYK, grayscale, PNG-as-JPEG, truncated, empty)
-    layout: str = "tree"  # "tree" (extracted folders) or "archives" (the distributed tars)
+    layout: str = "tree"  # one of LAYOUTS: extracted folders, the distributed tars, Kaggle's or Hugging Face's
+    test_images: int = 3  # unlabelled test images (kaggle and hf layouts only; prepare leaves them out)
 
     def __post_init__(self):
         if self.classes < 1 or self.classes > 1000:
             raise ValueError(f"classes must be in 1..1000, got {self.classes}")
         if self.train_per_class < 1 or self.val_per_class < 0:
             raise ValueError("train_per_class must be >= 1 and val_per_class >= 0")
-        if self.layout not in ("tree", "archives"):
-            raise ValueError(f"layout must be 'tree' or 'archives', got {self.layout!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.test_images < 0:
+            raise ValueError("test_images must be >= 0")
 
 
 def wnid(k: int) -> str:
@@ -167,31 +175,67 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
         jobs.append((1, k, n, "", f"val/{name}.JPEG"))
         val_labels[name] = wnids[k]
 
+    n_test = cfg.test_images if cfg.layout in ("kaggle", "hf") else 0
+    for i in range(n_test):  # split 2: unlabelled, as ILSVRC-2012's test set is to the public
+        jobs.append((2, i % cfg.classes, i, "", f"test/ILSVRC2012_test_{i + 1:08d}.JPEG"))
+
     payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
     with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
         blobs = list(tqdm(pool.map(_make_one, payloads, chunksize=8), total=len(jobs), desc="synth",
                           unit="img", disable=not progress))
 
-    sizes = [len(b) for b, j in zip(blobs, jobs) if j[3] == ""]
-    if cfg.layout == "tree":
+    sizes = [len(b) for b, j in zip(blobs, jobs) if j[3] == "" and j[0] < 2]
+    if cfg.layout in ("tree", "kaggle"):
+        # Kaggle's download: the tree under ILSVRC/Data/CLS-LOC/, the CSV and the synset list at the top.
+        root = out / "ILSVRC" / "Data" / "CLS-LOC" if cfg.layout == "kaggle" else out
         for blob, (_, _, _, _, rel) in zip(blobs, jobs):
-            p = out / rel
+            p = root / rel
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(blob)
-        with open(out / "LOC_val_solution.csv", "w", newline="") as f:
-            wr = csv.writer(f)
-            wr.writerow(["ImageId", "PredictionString"])
-            for name, w in val_labels.items():
-                wr.writerow([name, f"{w} 0 0 100 100 "])
+        _write_csv(out / "LOC_val_solution.csv", val_labels)
+        if cfg.layout == "kaggle":
+            (out / "LOC_synset_mapping.txt").write_text("".join(f"{w} synthetic class {w}\n" for w in wnids))
+    elif cfg.layout == "hf":
+        _write_hf(out, wnids, jobs, blobs)
     else:
         _write_archives(out, wnids, jobs, blobs)
         _write_devkit(out, wnids, val_labels, cfg.seed)
 
     desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class
             + len(odd_paths), "val_images": len(val_labels), "oddities": odd_paths,
-            "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0}
+            "test_images": n_test, "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0}
     (out / "synth.json").write_text(json.dumps(desc, indent=1) + "\n")
     return desc
+
+
+def _write_csv(path: Path, val_labels: dict[str, str]) -> None:
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["ImageId", "PredictionString"])
+        for name, w in val_labels.items():
+            wr.writerow([name, f"{w} 0 0 100 100 "])
+
+
+def _write_hf(out: Path, wnids: list[str], jobs, blobs) -> None:
+    """The Hugging Face ILSVRC/imagenet-1k repository: data/train_images_{0..4}.tar.gz, val_images.tar.gz and
+    test_images.tar.gz, flat members named <original stem>_<wnid>.JPEG (test images keep their plain name)."""
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[tuple[str, bytes]]] = {}
+    train_i = 0
+    for blob, (s, k, _, _, rel) in zip(blobs, jobs):
+        stem = Path(rel).stem
+        if s == 0:  # round robin: every archive holds images of every class
+            name, train_i = f"train_images_{train_i % HF_TRAIN_ARCHIVES}.tar.gz", train_i + 1
+        else:
+            name = "val_images.tar.gz" if s == 1 else "test_images.tar.gz"
+        member = f"{stem}_{wnids[k]}.JPEG" if s < 2 else f"{stem}.JPEG"
+        groups.setdefault(name, []).append((member, blob))
+    for name, members in groups.items():
+        with open(data / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
+            for member, blob in members:
+                add_to_tar(tf, member, blob)
 
 
 def _write_archives(out: Path, wnids: list[str], jobs, blobs) -> None:
