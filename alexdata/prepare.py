@@ -627,8 +627,8 @@ def _write(path: Path, data: bytes) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise PrepareError(f"{path}: disk full while writing {len(data) / 1e6:.1f} MB ({free_bytes(path.parent) / 1e6:.0f} "
-                           f"MB free); free some space and run the same command again to resume") from None
+        raise PrepareError(f"{path}: disk full while writing {_size(len(data))} ({_size(free_bytes(path.parent))} "
+                           f"free); free some space and run the same command again to resume") from None
 
 
 def _is_done(out: Path, spec: ShardSpec) -> bool:
@@ -761,9 +761,13 @@ def _check_space(out: Path, done: list[ShardSpec], todo: list[ShardSpec], cfg: P
         how = f"from a sample of {len(sizes)} inputs"
     need, free = n_imgs * per_image, free_bytes(out)
     if need * 0.8 > free:  # "clearly": the estimate is good to well within 20 %
-        raise PrepareError(f"{out}: needs about {need / 1e9:.2f} GB for {n_imgs} images ({per_image / 1e3:.0f} KB "
-                           f"each, {how}) but its file system has {free / 1e9:.2f} GB free; free some space or "
+        raise PrepareError(f"{out}: needs about {_size(need)} for {n_imgs} images ({per_image / 1e3:.0f} KB "
+                           f"each, {how}) but its file system has {_size(free)} free; free some space or "
                            f"choose another OUT")
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _manifest(out: Path, specs: list[ShardSpec], classes: list[str], cfg: PrepareConfig, notes: list[dict]):

@@ -1,0 +1,77 @@
+"""`alexnet verify` and the Loader's quick check: shards copied elsewhere are the bytes prepare wrote."""
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from alexdata.dataset import DataError, open_split
+from alexdata.verify import verify
+from conftest import run_cli
+
+
+@pytest.fixture
+def copy(prepared, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(prepared, d)
+    return d
+
+
+def test_manifest_records_what_is_on_disk(prepared):
+    man = json.loads((prepared / "manifest.json").read_text())
+    for s in man["train"]["shards"] + man["val"]["shards"]:
+        tar, idx = (prepared / s["file"]).read_bytes(), (prepared / s["file"]).with_suffix(".idx").read_bytes()
+        assert (s["bytes"], s["sha256"]) == (len(tar), hashlib.sha256(tar).hexdigest())
+        assert (s["idx_bytes"], s["idx_sha256"]) == (len(idx), hashlib.sha256(idx).hexdigest())
+
+
+def test_a_clean_copy_verifies(copy):
+    r = run_cli("verify", copy)
+    assert "verify: 0 bad files; checked sha256 of" in r.stdout
+    assert verify(copy, quick=True)["problems"] == []
+
+
+def test_damage_of_every_kind_is_one_line_per_file(copy):
+    shards = sorted(copy.glob("train-*.tar"))
+    with open(shards[0], "r+b") as f:  # one flipped byte inside a JPEG: sizes agree, only the hash can tell
+        f.seek(2000)
+        b = f.read(1)
+        f.seek(2000)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with open(shards[1], "r+b") as f:
+        f.truncate(shards[1].stat().st_size // 2)
+    shards[2].with_suffix(".idx").unlink()
+    r = run_cli("verify", copy, check=False)
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 1 and lines[-1].startswith("verify: 3 bad files")
+    bad = sorted(lines[:-1])
+    assert len(bad) == 3
+    assert bad[0].startswith(f"{shards[0]}: sha256") and "damaged" in bad[0]
+    assert bad[1].startswith(f"{shards[1]}: ") and "bytes, manifest.json says" in bad[1]
+    assert bad[2] == f"{shards[2].with_suffix('.idx')}: missing (listed in manifest.json)"
+    q = run_cli("verify", copy, "--quick", check=False)  # sizes only: the flipped byte goes unseen
+    assert q.returncode == 1 and q.stdout.strip().splitlines()[-1].startswith("verify: 2 bad files")
+
+
+def test_an_old_manifest_still_loads_and_verify_says_it_has_no_hashes(copy):
+    man = json.loads((copy / "manifest.json").read_text())
+    for split in ("train", "val"):
+        man[split]["shards"] = [{"file": s["file"], "images": s["images"]} for s in man[split]["shards"]]
+    (copy / "manifest.json").write_text(json.dumps(man))
+    assert open_split(copy, "train").images == man["train"]["images"]
+    r = run_cli("verify", copy)
+    assert "no sizes or hashes" in r.stderr and "verify: 0 bad files" in r.stdout
+
+
+def test_the_loader_refuses_a_partial_copy_before_any_step(copy):
+    from alexdata.loader import Loader
+
+    shard = sorted(copy.glob("train-*.tar"))[1]
+    with open(shard, "r+b") as f:
+        f.truncate(1024)
+    with pytest.raises(DataError, match=rf"{shard.name}: 1024 bytes, manifest.json says \d+ .*alexnet verify") as e:
+        Loader(copy, stats={"mean": [1, 2, 3], "std": [1, 1, 1], "eigval": [1, 1, 1],
+                            "eigvec": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, batch_size=4)
+    assert "\n" not in str(e.value)
+    r = run_cli("stats", copy, check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "alexnet verify" in r.stderr
