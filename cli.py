@@ -410,9 +410,15 @@ def check(device, size, budget_s, out, work, stages):
 
     Writes OUT/check.json (figures per stage) and OUT/check.md (the table printed at the end). Exits 1 when a
     stage failed. docs/GPU.md is the runbook for a GPU box."""
+    import signal
+
     from alexmodel.check import run_check
     from alexmodel.train import TrainError
 
+    def interrupted(signum, frame):  # `timeout` and batch systems send SIGTERM: keep the stage's partial figures
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         report = run_check(out, device=device, size=size, budget_s=budget_s, work=work,
                            stages=tuple(s.strip() for s in stages.split(",") if s.strip()), log=click.echo)

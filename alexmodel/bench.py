@@ -34,13 +34,18 @@ class Synthetic:
 
 
 class Take:
-    """The first `steps` batches of an endless pass over a Loader (epochs chained)."""
+    """The first `steps` batches of an endless pass over a Loader (epochs chained). full_only: leave out an
+    epoch's short last batch, whose new shape would make cuDNN's benchmark mode tune every convolution again
+    inside a short timed window (a long run pays that once)."""
 
-    def __init__(self, loader, steps: int):
-        self.loader, self.steps = loader, steps
+    def __init__(self, loader, steps: int, full_only: bool = False):
+        self.loader, self.steps, self.full_only = loader, steps, full_only
 
     def __iter__(self):
-        return itertools.islice(itertools.chain.from_iterable(itertools.repeat(self.loader)), self.steps)
+        batches = itertools.chain.from_iterable(itertools.repeat(self.loader))
+        if self.full_only:
+            batches = (b for b in batches if len(b[1]) == self.loader.batch_size)
+        return itertools.islice(batches, self.steps)
 
 
 def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> dict:

@@ -34,6 +34,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,9 @@ STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
 WEIGHTS = {"data": 0.2, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.2, "paper_init": 0.15}
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout: tests/ lives here
 QUICK_TESTS = ("tests/test_model.py", "-m", "not slow and not gpu")  # the CPU's subset: ~5 s, no data fixtures
+# Every GPU test but the compiled training epoch: the train stage times torch.compile itself, and its several
+# minute-long compilations would not fit the stage's box.
+GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_epoch[bf16-True-True]")
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class CheckSize:
 SIZES = {
     # ~20k distinct ImageNet-sized JPEGs (~2.2 GB raw, ~0.6 GB of shards): the loader is not timing a tiny cache.
     "full": CheckSize(classes=100, train_per_class=200, val_per_class=10, shard_size=1024, width=1.0,
-                      batch_size=256, loader_seconds=4.0, train_steps=50, paper_init_s=60.0),
+                      batch_size=256, loader_seconds=4.0, train_steps=200, paper_init_s=60.0),
     # A few hundred images: every stage in about 2 minutes on 2 CPU cores.
     "tiny": CheckSize(classes=4, train_per_class=60, val_per_class=5, shard_size=64, width=0.125, batch_size=32,
                       loader_seconds=1.5, train_steps=4, paper_init_s=15.0, prefetch=(2, 3)),
@@ -170,9 +174,16 @@ def stage_data(ctx: Context, fig: dict) -> None:
     fig.update(train_images=man["train"]["images"], val_images=man["val"]["images"], classes=len(man["classes"]),
                skipped=len(man["skipped"]))
     if not (data / "stats.json").is_file():
-        rec = compute_stats(data, device=ctx.device, progress=True)
+        try:
+            rec = compute_stats(data, device=ctx.device, progress=True)
+        except Exception as e:  # every later stage needs stats.json: fall back to the CPU pass, and say so
+            if ctx.device == "cpu":
+                raise
+            fig["stats_error"] = _one_line(e)
+            rec = compute_stats(data, device="cpu", max_images=2000, progress=True)
         write_stats(rec, data / "stats.json")
         fig["stats_img_s"] = rec["images"] / rec["source"]["seconds"]
+        fig["stats_device"] = rec["source"]["device"]
     ctx.data = data
 
 
@@ -202,7 +213,16 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     failing: list[str] = []
     result = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A session of its own: at the box, the whole group goes (a grandchild holding the pipe would block the read).
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     bar = tqdm(desc="tests", unit="test", leave=False)
     timed_out = False
     try:
@@ -211,7 +231,7 @@ def stage_tests(ctx: Context, fig: dict) -> None:
             while proc.poll() is None:
                 if ctx.left() <= 0:
                     timed_out = True
-                    proc.kill()
+                    kill()
                     return
                 time.sleep(0.2)
 
@@ -230,7 +250,7 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     finally:
         bar.close()
         if proc.poll() is None:
-            proc.kill()
+            kill()
     fig.update(counts)
     fig["failing"] = failing
     fig["exit_code"] = proc.returncode
@@ -349,21 +369,27 @@ def stage_train(ctx: Context, fig: dict) -> None:
         loader = Loader(str(ctx.data), stats=resolve_stats(None, ctx.data), batch_size=s.batch_size,
                         device=ctx.device, opened=open_split(ctx.data, "train"), **kw)
         steps = 2 * s.train_steps
-        r = run_steps(make(cl), Take(loader, steps + warmup), precision=precision, channels_last=cl,
-                      warmup=warmup, sync=sync)
+        r = run_steps(make(cl), Take(loader, steps + warmup, full_only=True), precision=precision,
+                      channels_last=cl, warmup=warmup, sync=sync)
         del loader
         gc.collect()
         fig.update(end_to_end_img_s=r["images_per_s"], data_wait_frac=r["data_wait_frac"],
                    end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name], end_to_end_loader=kw)
     else:
         fig["notes"] = ["end to end skipped: the data stage did not finish"]
-    # torch.compile last: its compilation takes tens of seconds, so it runs only when the box still has a minute.
-    if ctx.device == "gpu" and ctx.left() > 60:
-        syn[best_name + "_compile"] = synthetic(torch.compile(make(cl)), precision, cl)
+    # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
+    # the timing), so it runs only when the box still has 90 s; a compiler failure is recorded, not fatal.
+    if ctx.device == "gpu" and ctx.left() > 90:
+        t = time.perf_counter()
+        try:
+            syn[best_name + "_compile"] = synthetic(torch.compile(make(cl)), precision, cl)
+            fig["compile_s"] = time.perf_counter() - t
+        except Exception as e:
+            fig["compile_error"] = _one_line(e)
     else:
         fig.setdefault("notes", []).append(
             "compile not timed: " + ("a GPU run only (inductor takes minutes on a few CPU cores)"
-                                     if ctx.device == "cpu" else f"{ctx.left():.0f} s left in the box, 60 needed"))
+                                     if ctx.device == "cpu" else f"{ctx.left():.0f} s left in the box, 90 needed"))
 
 
 def stage_paper_init(ctx: Context, fig: dict) -> None:
@@ -526,7 +552,7 @@ def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | Check
     work = Path(tempfile.mkdtemp(prefix="alexnet-check-")) if tmp else Path(work)
     work.mkdir(parents=True, exist_ok=True)
     cores = len(os.sched_getaffinity(0))
-    tests = tuple(tests) if tests is not None else (("tests", "-m", "gpu") if device == "gpu" else QUICK_TESTS)
+    tests = tuple(tests) if tests is not None else (GPU_TESTS if device == "gpu" else QUICK_TESTS)
     ctx = Context(device=device, size=size, work=work, cores=cores, tests=tests)
     report = {"machine": machine_info(device), "size": size_name, "sizes": asdict(size), "device": device,
               "budget_s": budget_s, "stages": {}}

@@ -178,3 +178,41 @@ def test_a_rerun_of_some_stages_uses_the_data_already_made(tmp_path, prepared, m
     rep = run_check(tmp_path / "out", device="cpu", stages=("stats",), work=work, log=_quiet)
     assert seen["d"] == work / "data" and rep["stages"]["stats"]["status"] == "ok"
     assert rep["stages"]["data"]["status"] == "skipped" and str(work / "data") in rep["stages"]["data"]["error"]
+
+
+def test_the_gpu_selection_names_real_tests():
+    """GPU_TESTS deselects the compiled epoch by its id: if the id drifts, the deselection would silently stop."""
+    import subprocess
+    import sys
+
+    from alexmodel.check import GPU_TESTS, ROOT
+
+    def collect(*args):
+        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT,
+                           capture_output=True, text=True)
+        return {ln for ln in r.stdout.splitlines() if "::" in ln}
+
+    everything, chosen = collect("tests", "-m", "gpu"), collect(*GPU_TESTS)
+    assert everything - chosen == {GPU_TESTS[-1]} and len(chosen) >= 5
+
+
+def test_sigterm_keeps_the_figures_of_the_stage_in_progress(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, env_with_path
+
+    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "check", "--device", "cpu", "--out", tmp_path,
+                          "--stages", "paper_init,tests", "--work", tmp_path / "w"], cwd=ROOT,
+                         env=env_with_path(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "check.json").is_file():
+        time.sleep(0.1)
+    time.sleep(1.0)  # the tests stage's pytest is running
+    os.kill(p.pid, signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err
+    st = json.loads((tmp_path / "check.json").read_text())["stages"]
+    assert st["tests"]["status"] == "failed" and st["tests"]["error"] == "interrupted"
