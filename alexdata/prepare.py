@@ -254,7 +254,7 @@ def _hf_name(member: str, where: str) -> tuple[str, str]:
     key, sep, w = stem.rpartition("_")
     if not sep or not key or not w:
         raise PrepareError(f"{where}:{member}: expected a name <stem>_<wnid>.JPEG")
-    return _key(key + ".x", f"{where}:{member}"), w
+    return _key(f"{key}.JPEG", f"{where}:{member}"), w
 
 
 def _scan_hf(data: Path, index_dir: Path | None, workers: int | None, notes: list[dict]):
@@ -263,7 +263,11 @@ def _scan_hf(data: Path, index_dir: Path | None, workers: int | None, notes: lis
     val = data / HF_VAL
     if (data / HF_TEST).is_file():
         notes.append({"file": str(data / HF_TEST), "reason": "unlabelled test images: left out", "left_out": True})
-    index_dir = index_dir or Path(tempfile.mkdtemp(prefix="alexnet-gzindex-"))
+    if index_dir is None:  # a listing only (bench prepare): the indexes go with the process
+        import atexit
+
+        index_dir = Path(tempfile.mkdtemp(prefix="alexnet-gzindex-"))
+        atexit.register(shutil.rmtree, index_dir, True)
     listed = _scan_gz(archives + ([val] if val.is_file() else []), index_dir, workers)
     found, wnids = [], set()
     for a, members in zip(archives, listed):
