@@ -226,8 +226,9 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.argument("data", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default="runs/alexnet", show_default=True,
               help="Run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt.")
-@click.option("--resume", is_flag=True,
-              help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's.")
+@click.option("--resume", type=click.Choice(["yes", "auto"]), is_flag=False, flag_value="yes", default=None,
+              help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's. "
+                   "`--resume auto`: continue when --out holds a checkpoint, else start (for requeued jobs).")
 @click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,
               help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, "
                    "Kaiming init.")
@@ -253,25 +254,38 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
               help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Live progress bar.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="A live bar on a terminal, a plain line per logging window otherwise (Slurm, nohup). "
+                   "--no-progress keeps only the epoch lines.")
+@click.option("--log-every", type=POS_INT, default=100, show_default=True,
+              help="Optimizer steps per logging window: a line in OUT/steps.jsonl, the NaN check, the one wait for "
+                   "the GPU.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard "
+                                                  "(pip install tensorboard).")
 @click.pass_context
 def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, device, precision, channels_last,
-          compile_, placement, threads, torch_threads, checkpoint_every, seed, progress):
+          compile_, placement, threads, torch_threads, checkpoint_every, seed, progress, log_every, tensorboard):
     """Train AlexNet on DATA (a `prepare` output with stats.json); data parallel under torchrun.
 
     Per epoch it logs train loss and top-1, val top-1/top-5 (centre crop), lr, images/s and the fraction of step
-    time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png."""
+    time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png; every --log-every steps a line to
+    OUT/steps.jsonl. SIGTERM, SIGUSR1 or Ctrl-C stops after the current step with an exact checkpoint (exit
+    status 75); a second one exits at once."""
     import os
     from dataclasses import replace
 
     from alexdata.dataset import DataError
     from alexmodel import runlog
-    from alexmodel.train import DataConfig, RunConfig, TrainError, configs_from_dict
+    from alexmodel.train import STOPPED_EXIT, DataConfig, RunConfig, TrainError, TrainStopped, configs_from_dict
     from alexmodel.train import recipe as make_recipe
     from alexmodel.train import train as run_train
 
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    resume = {"yes": True, "auto": "auto", None: False}[resume]
+    if resume == "auto" and not any(os.path.isfile(os.path.join(out, n)) for n in (runlog.CHECKPOINT,
+                                                                                   runlog.PREVIOUS)):
+        resume = False  # nothing to continue: a fresh run with this command's options
     try:
         if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
             # Options not given on this command line are the run's own (config.json).
@@ -284,17 +298,23 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
             run = replace(run, out=out, **{k: v for k, v in (
                 ("device", device), ("precision", precision), ("channels_last", channels_last),
                 ("compile", compile_), ("placement", placement), ("torch_threads", torch_threads),
-                ("checkpoint_every", checkpoint_every), ("seed", seed), ("progress", progress)) if k in given})
+                ("checkpoint_every", checkpoint_every), ("seed", seed), ("progress", progress),
+                ("log_every", log_every), ("tensorboard", tensorboard)) if k in given})
         else:
             model, aug, optim = make_recipe(recipe, width=width, batch_size=batch_size, epochs=epochs, lr=lr)
             data_cfg = DataConfig(data, stats=stats, threads=threads, aug=aug)
             run = RunConfig(out=out, device=device or "auto", precision=precision, channels_last=channels_last,
                             compile=compile_, placement=placement, checkpoint_every=checkpoint_every, seed=seed,
-                            torch_threads=torch_threads, progress=progress)
+                            torch_threads=torch_threads, progress=progress, log_every=log_every,
+                            tensorboard=tensorboard)
         result = run_train(data_cfg, model, optim, run, resume=resume)
+    except TrainStopped as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(f"train: {e}; continue with: alexnet train {data} --out {out} --resume", err=True)
+        sys.exit(STOPPED_EXIT)
     except (TrainError, DataError, ValueError, FileNotFoundError) as e:
         _fail(e)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before training started (the trainer handles signals once it runs)
         click.echo(f"\ntrain: interrupted; continue with: alexnet train {data} --out {out} --resume", err=True)
         sys.exit(130)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -399,7 +399,7 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     from alexdata.dataset import open_split
     from alexdata.loader import Loader, resolve_stats
     from alexmodel.model import AlexNet
-    from alexmodel.train import recipe, train_one_epoch
+    from alexmodel.train import StopRequested, recipe, train_one_epoch
 
     data = _need_data(ctx)
     s = ctx.size
@@ -422,39 +422,26 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     fig.update(width=s.width, classes=classes, batch_size=optim.batch_size, lr=optim.lr, precision=precision,
                channels_last=cl, chance_loss=chance, log_every=every, loss_log=[])
     seconds = min(s.paper_init_s, max(0.0, ctx.left()))
-    state = {"steps": 0, "images": 0, "window": [], "prev": (0.0, 0)}
-
-    class _Done(Exception):
-        pass
-
+    state = {"steps": 0, "images": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=round(seconds), desc="paper init", leave=False,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s, {postfix}")
 
-    def after_step(meter, images, labels):
-        loss_sum, n = meter.loss_sum - state["prev"][0], meter.images - state["prev"][1]
-        state["prev"] = (meter.loss_sum, meter.images)
-        state["steps"] += 1
-        state["images"] += n
-        loss = loss_sum / max(n, 1)
-        state["window"].append(loss)
-        if state["steps"] % every == 0:
-            mean = sum(state["window"]) / len(state["window"])
-            fig["loss_log"].append([state["steps"], round(mean, 4)])
-            state["window"] = []
-            # Left chance: a window's mean loss 10 % below ln(classes), the loss of a uniform guess.
-            if "left_chance_step" not in fig and mean < 0.9 * chance:
-                fig["left_chance_step"] = state["steps"]
+    def on_window(meter, w):  # the trainer's own logging window: its loss is the mean over `every` steps
+        state["steps"] += w["steps"]
+        state["images"] += w["images"]
+        fig["loss_log"].append([state["steps"], round(w["loss"], 4)])
+        # Left chance: a window's mean loss 10 % below ln(classes), the loss of a uniform guess.
+        if "left_chance_step" not in fig and w["loss"] < 0.9 * chance:
+            fig["left_chance_step"] = state["steps"]
         bar.n = min(bar.total, round(time.perf_counter() - t0))
-        bar.set_postfix_str(f"step {state['steps']}, loss {loss:.3f}", refresh=True)
-        if time.perf_counter() - t0 >= seconds:
-            raise _Done
+        bar.set_postfix_str(f"step {state['steps']}, loss {w['loss']:.3f}", refresh=True)
 
     try:
         while True:
-            train_one_epoch(net, opt, loader, precision=precision, channels_last=cl, after_step=after_step)
-            state["prev"] = (0.0, 0)  # a new epoch starts a new meter
-    except _Done:
+            train_one_epoch(net, opt, loader, precision=precision, channels_last=cl, log_every=every,
+                            on_window=on_window, stop=lambda: time.perf_counter() - t0 >= seconds)
+    except StopRequested:
         pass
     finally:
         bar.close()

@@ -19,10 +19,20 @@ from alexdata.files import atomic_open
 FORMAT = 1  # bump when the layout below changes
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
-    """torch.save to `path.tmp`, flushed to disk, then renamed over `path` (alexdata.files.atomic_open)."""
-    with atomic_open(path) as f:
+def save_atomic(obj, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
+    """torch.save to `path.tmp`, flushed to disk, then renamed over `path` (alexdata.files.atomic_open).
+
+    previous: where the checkpoint being replaced goes (the spare), moved only once the new one is complete on
+    disk. A crash between the two renames leaves the spare and no `path`: resuming falls back to the spare."""
+    if previous is None or not os.path.exists(path):
+        with atomic_open(path) as f:
+            torch.save(obj, f)
+        return
+    tmp = f"{path}.new"
+    with atomic_open(tmp) as f:
         torch.save(obj, f)
+    os.replace(path, previous)
+    os.replace(tmp, path)
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -2,8 +2,10 @@
 
     config.json     the resolved configuration, the code revision, library versions and the machine
     metrics.jsonl   one JSON object per epoch (train loss/top-1, val top-1/top-5, lr, images/s, data wait)
-    plot.png        loss, accuracy and learning-rate curves, redrawn after every epoch
-    checkpoint.pt   the latest checkpoint (alexmodel/checkpoint.py)
+    steps.jsonl     one JSON object per logging window of --log-every steps (step, epoch as a fraction, loss,
+                    top-1, lr, images/s, data wait): the loss moving within minutes, long before an epoch ends
+    plot.png        loss, accuracy and learning-rate curves per epoch, and the loss per step window
+    checkpoint.pt   the latest checkpoint (alexmodel/checkpoint.py), checkpoint.prev.pt the one before it
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 from alexdata.files import atomic_write
 
 CONFIG, METRICS, PLOT, CHECKPOINT = "config.json", "metrics.jsonl", "plot.png", "checkpoint.pt"
+STEPS, PREVIOUS = "steps.jsonl", "checkpoint.prev.pt"
 
 
 def git_revision() -> str:
@@ -65,15 +68,45 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in history))
 
 
-def plot(run_dir: Path, history: list[dict]) -> None:
-    """plot.png: loss, accuracy (%) and learning rate against epoch."""
+def append_step(run_dir: Path, rec: dict) -> None:
+    """One line of steps.jsonl (appended: a line per window, never rewritten while the run goes on)."""
+    with open(run_dir / STEPS, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def read_steps(run_dir: Path) -> list[dict]:
+    p = run_dir / STEPS
+    if not p.is_file():
+        return []
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+    return out
+
+
+def truncate_steps(run_dir: Path, step: int) -> None:
+    """Keep the steps.jsonl lines up to `step` (a resume continues from the checkpoint's step)."""
+    kept = [r for r in read_steps(run_dir) if r["step"] <= step]
+    if kept or (run_dir / STEPS).exists():
+        atomic_write(run_dir / STEPS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot(run_dir: Path, history: list[dict], steps: list[dict] | None = None) -> None:
+    """plot.png: loss, accuracy (%) and learning rate against epoch, and the loss per step window."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on training machines
     import matplotlib.pyplot as plt
 
     ep = [m["epoch"] for m in history]
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    fig, (ax_loss, ax_acc, ax_lr, ax_step) = plt.subplots(1, 4, figsize=(17, 3.6), layout="constrained")
+    if steps:
+        ax_step.plot([r["step"] for r in steps], [r["loss"] for r in steps], "-", lw=1)
+    ax_step.set(xlabel="optimizer step", ylabel="cross-entropy", title="train loss per logging window")
+    ax_step.grid(alpha=0.3)
     ax_loss.plot(ep, [m["train_loss"] for m in history], "o-", ms=3, label="train")
     ax_loss.plot(ep, [m["val_loss"] for m in history], "o-", ms=3, label="val (centre crop)")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")

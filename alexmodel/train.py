@@ -24,9 +24,11 @@ gradients (NCCL on GPUs, gloo on CPUs), and rank 0 writes the run directory (ale
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -140,7 +142,9 @@ class RunConfig:
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: at the end of each epoch only
     seed: int = 0  # init, dropout and the loader's augmentation draws
     torch_threads: int | None = None  # CPU intra-op threads; fix it so CPU runs (and resumes) are bit-exact
-    progress: bool = True  # live tqdm bar on rank 0
+    progress: bool = True  # rank 0: a live bar on a terminal, plain lines per logging window otherwise
+    log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
+    tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
 
     def __post_init__(self):
         for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS),
@@ -149,6 +153,8 @@ class RunConfig:
                 raise ValueError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every}: expected >= 0 steps (0: epoch ends only)")
+        if self.log_every < 1:
+            raise ValueError(f"log_every={self.log_every}: expected >= 1 optimizer steps")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads={self.torch_threads}: expected >= 1 (or None for torch's default)")
 
@@ -166,13 +172,16 @@ def resolve_device(device: str) -> str:
 
 @dataclass
 class EpochMeter:
-    """Running sums of one training epoch over all ranks (times: this rank's); saved in mid-epoch checkpoints."""
+    """Running sums of one training epoch over all ranks (times: this rank's); saved in mid-epoch checkpoints.
+    steps, images and data_s are counted on the host at every step; loss_sum, correct and step_s are added when
+    the host waits for the device, once per logging window (`train_one_epoch`)."""
     steps: int = 0
     images: int = 0
     loss_sum: float = 0.0  # cross-entropy summed over images
     correct: int = 0  # top-1 hits on the training crops, with the weights as they were before each step
     data_s: float = 0.0  # seconds waiting for the loader
     step_s: float = 0.0  # seconds in whole steps, the wait included
+    host_syncs: int = 0  # times the host waited for the device to read the sums
 
     def summary(self) -> dict:
         n, s = max(self.images, 1), max(self.step_s, 1e-9)
@@ -182,6 +191,15 @@ class EpochMeter:
 
 class NonFiniteLoss(TrainError):
     pass
+
+
+class StopRequested(Exception):
+    """A stop was asked for (a signal): raised after the step at which every rank agreed to stop, once the
+    window is read into the meter, so a checkpoint taken now resumes exactly."""
+
+    def __init__(self, meter: EpochMeter):
+        super().__init__("stop requested")
+        self.meter = meter
 
 
 def _distributed() -> bool:
@@ -195,15 +213,54 @@ def _autocast(device_type: str, precision: str):
 
 def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler=None, channels_last: bool = False,
                     label_smoothing: float = 0.0, lr_at: Callable[[int], float] | None = None,
-                    meter: EpochMeter | None = None, after_step: Callable | None = None, bar=None) -> EpochMeter:
+                    meter: EpochMeter | None = None, after_step: Callable | None = None, bar=None,
+                    log_every: int = 0, on_window: Callable | None = None,
+                    stop: Callable[[], bool] | None = None) -> EpochMeter:
     """One pass over `loader` (this rank's shard of the epoch), continuing `meter` when resuming mid-epoch.
 
+    The loss and accuracy sums stay on the device; the host waits for it once per window of `log_every` steps
+    (0: once, at the end), and there checks the loss for NaN, times the window and calls on_window(meter, window)
+    with the window's figures. Between windows the host queues steps ahead of the device.
     lr_at(i): the lr for the epoch's step i (per-step schedules); None leaves the optimizer's lr alone.
-    after_step(meter, images, labels): called after every optimizer step (checkpoints, hooks).
+    after_step(meter, images, labels, sync): called after every optimizer step; it calls sync() before it needs
+        the meter's sums (a checkpoint).
+    stop(): True once a stop is asked for on this rank. The ranks agree at a window's end (the flag rides in the
+        all-reduce each step makes already, so no rank waits in a collective of its own); one process stops after
+        the current step. Then StopRequested is raised, with the meter read up to that step.
     Raises NonFiniteLoss when the loss (averaged over all ranks) is NaN or infinite."""
     meter = EpochMeter() if meter is None else meter
     scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler
     model.train()
+    window = {"sums": None, "steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "stop": False}
+
+    def sync() -> bool:
+        """Read the window's sums into the meter (the host waits for the device here); True once any rank has
+        asked to stop."""
+        if window["sums"] is None:
+            return window["stop"]
+        loss_sum, correct, count, stops = window["sums"].tolist()
+        first = meter.steps - window["steps"] + 1
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLoss(f"loss is {loss_sum / max(count, 1)} in steps {first}-{meter.steps} of the epoch")
+        dt = time.perf_counter() - window["t0"]
+        meter.loss_sum += loss_sum
+        meter.correct += int(correct)
+        meter.images += int(count)
+        meter.step_s += dt
+        meter.host_syncs += 1
+        n = max(count, 1)
+        stats = {"steps": window["steps"], "images": int(count), "loss": loss_sum / n, "top1": correct / n,
+                 "lr": optimizer.param_groups[0]["lr"], "images_per_s": count / max(dt, 1e-9),
+                 "data_wait_frac": window["data_s"] / max(dt, 1e-9)}
+        window.update(sums=None, steps=0, data_s=0.0, t0=time.perf_counter(), stop=window["stop"] or stops > 0)
+        if bar is not None:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{100 * stats['top1']:.1f}%",
+                            lr=f"{stats['lr']:.3g}", img_s=f"{stats['images_per_s']:.0f}",
+                            wait=f"{100 * stats['data_wait_frac']:.0f}%", refresh=False)
+        if on_window is not None:
+            on_window(meter, stats)
+        return window["stop"]
+
     it = iter(loader)
     while True:
         t0 = time.perf_counter()
@@ -224,33 +281,31 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         # (zero gradients) so every rank makes the same all-reduce calls, and its loss is 0, not NaN.
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
                                reduction="sum") / max(labels.numel(), 1)
+        asked = bool(stop is not None and stop())
         sums = torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
-                            logits.new_tensor(labels.numel(), dtype=torch.float32)])
+                            logits.new_tensor(labels.numel(), dtype=torch.float32),
+                            logits.new_tensor(float(asked), dtype=torch.float32)])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         if _distributed():
-            dist.all_reduce(sums)
-        # The step's one host sync: it makes the NaN check possible and the step and data-wait times honest.
-        loss_sum, correct, count = sums.tolist()
-        step_s = time.perf_counter() - t0
-        if not math.isfinite(loss_sum):
-            raise NonFiniteLoss(f"loss is {loss_sum / count} at step {meter.steps + 1} of the epoch")
+            dist.all_reduce(sums)  # queued on the device: no host wait (NCCL)
+        window["sums"] = sums if window["sums"] is None else window["sums"] + sums
+        window["steps"] += 1
+        window["data_s"] += t_data
         meter.steps += 1
-        meter.images += int(count)
-        meter.loss_sum += loss_sum
-        meter.correct += int(correct)
         meter.data_s += t_data
-        meter.step_s += step_s
         if bar is not None:
-            s = meter.summary()
-            bar.set_postfix(loss=f"{s['train_loss']:.3f}", top1=f"{100 * s['train_top1']:.1f}%",
-                            lr=f"{optimizer.param_groups[0]['lr']:.3g}", img_s=f"{s['images_per_s']:.0f}",
-                            wait=f"{100 * s['data_wait_frac']:.0f}%", refresh=False)
             bar.update()
+        if (log_every and window["steps"] >= log_every) or (asked and not _distributed()):
+            sync()
         if after_step is not None:
-            after_step(meter, images, labels)
+            after_step(meter, images, labels, sync)
+        if window["stop"]:
+            raise StopRequested(meter)
+    if sync():
+        raise StopRequested(meter)
     return meter
 
 
@@ -338,22 +393,91 @@ def _all_finite(model) -> bool:
 
 
 # What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
-# may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths and the
-# speed-only settings (precision, threads, channels_last, compile).
+# may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths, the
+# speed-only settings (precision, threads, channels_last, compile) and the number of ranks (a cluster gives what
+# it has: the global batch stays, the per-rank batch changes).
 COMPAT_KEYS = (["model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
-                "run.placement", "world_size", "stats_255"]
+                "run.placement", "stats_255"]
                + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # Slurm's preemption, its early warning (--signal), Ctrl-C
+STOPPED_EXIT = 75  # the exit status after a stop on a signal (EX_TEMPFAIL: try again later, i.e. resume)
 
 
-def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConfig, *, resume: bool = False,
-          on_step: Callable | None = None) -> dict:
+class TrainStopped(Exception):
+    """The run stopped on a signal after writing an exact checkpoint; the message says where and how to resume."""
+
+
+class _Signals:
+    """The first STOP_SIGNALS signal asks the run to stop after the step all ranks agree on; a second exits at
+    once (after a checkpoint being written, so no half file and no traceback)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self.saving, self.pending, self.old = False, None, {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name)
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            print(f"train: {name}: stopping after this step and writing a checkpoint (again to exit at once)",
+                  file=sys.stderr, flush=True)
+        elif self.saving:
+            self.pending = name
+        else:
+            self._exit(name)
+
+    @staticmethod
+    def _exit(name: str) -> None:
+        import signal
+
+        print(f"train: second {name}: exiting at once; the last checkpoint is kept", file=sys.stderr, flush=True)
+        os._exit(128 + getattr(signal, name))
+
+    def stop(self) -> bool:
+        return self.received is not None
+
+    @contextlib.contextmanager
+    def saving_checkpoint(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+            if self.pending:
+                self._exit(self.pending)
+
+
+def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConfig, *,
+          resume: bool | str = False, on_step: Callable | None = None) -> dict:
     """Trains AlexNet and records the run in `run.out`. Returns {"run_dir", "history", "model", "checkpoint"}.
 
     model: width and init are used; num_classes comes from the data, devices from `run.placement`.
-    resume: continue `run.out/checkpoint.pt` exactly (weights, optimizer, schedule, scaler, RNGs and the loader's
-        position inside the epoch); the configs must match the checkpoint's (COMPAT_KEYS), `optim.epochs` may grow.
+    resume: True continues `run.out/checkpoint.pt` exactly (weights, optimizer, schedule, scaler, RNGs and the
+        loader's position inside the epoch; from checkpoint.prev.pt when the latest is unreadable); the configs
+        must match the checkpoint's (COMPAT_KEYS), `optim.epochs` may grow. On another number of ranks the run
+        goes on from the next epoch boundary. "auto": resume when run.out holds a checkpoint, else start.
     on_step(epoch, step, images, labels): called on every rank after every optimizer step (tests, debugging);
         epoch counts from 0, step is the global step count after this one.
+    A SIGTERM, SIGUSR1 or SIGINT stops the run after the current step (under DDP: the step every rank agrees on,
+    at most run.log_every steps later) with an exact checkpoint, and raises TrainStopped.
     Raises TrainError (and DataError, ValueError for bad inputs) with one line."""
     device = resolve_device(run.device)
     run = replace(run, device=device)
@@ -361,185 +485,295 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
         raise TrainError("--precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on the CPU")
     if run.placement == "two-tower" and device != "gpu":
         raise TrainError("--placement two-tower needs two GPUs; use --placement single on the CPU")
+    if resume == "auto":
+        resume = any((Path(run.out) / n).is_file() for n in (runlog.CHECKPOINT, runlog.PREVIOUS))
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = _init_distributed(device, run.placement)
     try:
-        return _train(data, model, optim, run, d, resume=resume, on_step=on_step)
+        with _Signals() as signals:
+            return _Run(data, model, optim, run, d, signals, on_step).fit(bool(resume))
     finally:
         if d.owned:
             dist.destroy_process_group()
 
 
-def _train(data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: RunConfig, d: Dist, *,
-           resume: bool, on_step: Callable | None) -> dict:
-    from alexdata.loader import Loader, resolve_stats
+class _Run:
+    """One training run: built from the configs, then `fit` goes epoch by epoch; every rank holds one."""
 
-    if optim.batch_size % d.world:
-        raise TrainError(f"--batch-size {optim.batch_size} does not split over {d.world} ranks; "
-                         f"use a multiple of {d.world}")
-    per_rank = optim.batch_size // d.world
-    splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
-    classes = splits["train"].classes
-    model_cfg = replace(model_cfg, num_classes=len(classes), devices=None)
-    stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
-    config = {"data": asdict(data), "model": {k: getattr(model_cfg, k) for k in ("num_classes", "width", "init")},
-              "optim": asdict(optim), "run": asdict(run), "world_size": d.world, "stats_255": asdict(stats)}
+    def __init__(self, data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: RunConfig, d: Dist,
+                 signals: _Signals, on_step: Callable | None):
+        from alexdata.loader import Loader, resolve_stats
 
-    run_dir = Path(run.out)
-    ckpt_path = run_dir / runlog.CHECKPOINT
-    saved = None
-    if resume:
-        if not ckpt_path.is_file():
-            raise TrainError(f"--resume: {ckpt_path} not found (no run to continue in {run_dir})")
+        if optim.batch_size % d.world:
+            raise TrainError(f"--batch-size {optim.batch_size} does not split over {d.world} ranks; "
+                             f"use a multiple of {d.world}")
+        self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
+        self.per_rank = optim.batch_size // d.world
+        splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
+        self.classes = splits["train"].classes
+        self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
+        stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
+        self.config = {"data": asdict(data),
+                       "model": {k: getattr(self.model_cfg, k) for k in ("num_classes", "width", "init")},
+                       "optim": asdict(optim), "run": asdict(run), "world_size": d.world,
+                       "stats_255": asdict(stats)}
+        self.run_dir = Path(run.out)
+        self.ckpt_path = self.run_dir / runlog.CHECKPOINT
+
+        # Same init on every rank (DDP also broadcasts rank 0's weights), then a different dropout stream per rank.
+        torch.manual_seed(run.seed)
+        np.random.seed(run.seed)
+        random.seed(run.seed)
+        devices = _tower_devices(run.device, run.placement, d.local_rank)
+        net = AlexNet(self.model_cfg.num_classes, width=self.model_cfg.width, init=self.model_cfg.init,
+                      devices=devices if len(devices) == 2 else None)
+        if len(devices) == 1:
+            net = net.to(devices[0])
+        self.net = net.to(memory_format=torch.channels_last) if run.channels_last else net
+        torch.manual_seed(run.seed + 1 + d.rank)
+        if run.device == "gpu":
+            torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                         weight_decay=optim.weight_decay)
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
+        kw = dict(stats=stats, aug=data.aug, batch_size=self.per_rank, device=run.device,
+                  device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
+                  shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world)
+        self.train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"], **kw)
+        self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
+        self.steps_per_epoch = len(self.train_loader)
+        self.cuda_devices = sorted({p.device for p in self.net.parameters() if p.device.type == "cuda"}, key=str)
+        self.history: list[dict] = []
+        self.last_saved: tuple[int, int] | None = None
+        self.interactive = sys.stderr.isatty()  # a terminal draws a live bar; Slurm, nohup get plain lines
+        self.writer = None
+        if run.tensorboard and d.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
+                                 "(or the project's [tensorboard] extra)") from None
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _load(self) -> dict:
+        """The latest readable checkpoint: checkpoint.pt, else the spare one, saying so in one line."""
+        prev = self.run_dir / runlog.PREVIOUS
+        if not self.ckpt_path.is_file() and not prev.is_file():
+            raise TrainError(f"--resume: {self.ckpt_path} not found (no run to continue in {self.run_dir})")
         try:
-            saved = ckpt_io.load(ckpt_path)
-        except ValueError as e:
-            raise TrainError(str(e)) from None
-        why = ckpt_io.incompatibility(saved["config"], config, COMPAT_KEYS)
+            return ckpt_io.load(self.ckpt_path)
+        except (FileNotFoundError, ValueError) as e:
+            if not prev.is_file():
+                raise TrainError(str(e)) from None
+            try:
+                saved = ckpt_io.load(prev)
+            except (FileNotFoundError, ValueError) as e2:
+                raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
+            if self.d.rank == 0:
+                print(f"train: {self.ckpt_path.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming "
+                      f"from the spare {prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
+            return saved
+
+    def _restore(self, saved: dict) -> tuple[int, EpochMeter | None]:
+        """Loads a checkpoint; returns (epoch to start at, the meter of an epoch in progress)."""
+        why = ckpt_io.incompatibility(saved["config"], self.config, COMPAT_KEYS)
         if why:
-            raise TrainError(f"cannot resume {ckpt_path}: {why}; resume with the run's options "
-                             f"(see {run_dir / runlog.CONFIG}) or train into a new --out")
-    elif ckpt_path.exists():
-        raise TrainError(f"{run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue it, "
-                         f"or choose another --out")
-
-    # Same init on every rank (DDP also broadcasts rank 0's weights), then a different dropout stream per rank.
-    torch.manual_seed(run.seed)
-    np.random.seed(run.seed)
-    random.seed(run.seed)
-    devices = _tower_devices(run.device, run.placement, d.local_rank)
-    net = AlexNet(model_cfg.num_classes, width=model_cfg.width, init=model_cfg.init,
-                  devices=devices if len(devices) == 2 else None)
-    if len(devices) == 1:
-        net = net.to(devices[0])
-    if run.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    torch.manual_seed(run.seed + 1 + d.rank)
-    if run.device == "gpu":
-        torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
-
-    optimizer = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum,
-                                weight_decay=optim.weight_decay)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=optim.plateau_factor,
-                                                         patience=optim.plateau_patience)
-    scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
-
-    loader_kw = dict(stats=stats, aug=data.aug, batch_size=per_rank, device=run.device,
-                     device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
-                     shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world)
-    train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"], **loader_kw)
-    val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **loader_kw)
-    steps_per_epoch = len(train_loader)
-
-    history: list[dict] = []
-    start_epoch, meter = 0, None
-    if saved is not None:
-        net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if optim.lr != saved["config"]["optim"]["lr"]:  # a new initial lr: keep the plateau cuts made so far
-            for group in optimizer.param_groups:
-                group["lr"] *= optim.lr / saved["config"]["optim"]["lr"]
-        plateau.load_state_dict(saved["plateau"])
+            raise TrainError(f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
+                             f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out")
+        self.net.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.optim.lr != saved["config"]["optim"]["lr"]:  # a new initial lr: keep the plateau cuts made so far
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.optim.lr / saved["config"]["optim"]["lr"]
+        self.plateau.load_state_dict(saved["plateau"])
         if saved["scaler"]:  # a run without fp16 saved a disabled scaler's empty state
-            scaler.load_state_dict(saved["scaler"])
-        train_loader.load_state_dict(saved["ranks"][d.rank]["loader"])
-        history, start_epoch = saved["history"], saved["epoch"]
-        meter = EpochMeter(**saved["meter"]) if saved["meter"] else None
-    if d.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
-        runlog.write_config(run_dir, config, classes=list(classes), resumed_at=resumed_at)
-        if saved is not None:  # the checkpoint's history is the truth: drop lines of epochs it does not hold
-            runlog.write_metrics(run_dir, history)
+            self.scaler.load_state_dict(saved["scaler"])
+        self.history = saved["history"]
+        self.last_saved = (saved["epoch"], saved["step"])
+        epoch, meter = saved["epoch"], EpochMeter(**saved["meter"]) if saved["meter"] else None
+        saved_world = len(saved["ranks"])
+        if saved_world == self.d.world:
+            self.train_loader.load_state_dict(saved["ranks"][self.d.rank]["loader"])
+            ckpt_io.set_rng_state(saved["ranks"][self.d.rank]["rng"])  # last: building the model drew from them
+            return epoch, meter
+        # Another number of ranks: each rank's shard of the epoch is another set of samples, so the loaders'
+        # positions do not carry over; the run goes on from the next epoch boundary with fresh loaders.
+        if self.d.rank == 0:
+            skipped = (f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
+                       f" of {self.train_loader.split.images} samples)" if meter else "")
+            print(f"train: resuming on {self.d.world} rank(s) a run checkpointed on {saved_world}, from the next "
+                  f"epoch boundary{skipped}", file=sys.stderr)
+        return (epoch + 1 if meter else epoch), None
 
-    model = net
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[devices[0]] if run.device == "gpu" and len(devices) == 1 else None)
-    if run.compile:
-        model = torch.compile(model)
+    def save(self, epoch: int, meter: EpochMeter | None, step: int) -> None:
+        """A checkpoint after `step` global steps; epoch = epochs finished (meter None) or the one in progress."""
+        if not _all_finite(self.net):
+            raise NonFiniteLoss(f"the weights hold NaN/inf after step {step}")
+        mine = {"loader": self.train_loader.state_dict(), "rng": ckpt_io.rng_state(self.cuda_devices)}
+        ranks = _gather(mine, self.d)
+        if self.d.rank == 0:
+            with self.signals.saving_checkpoint():
+                ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": self.config, "epoch": epoch, "step": step,
+                                     "meter": None if meter is None else asdict(meter),
+                                     "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                     "plateau": self.plateau.state_dict(), "scaler": self.scaler.state_dict(),
+                                     "ranks": ranks, "history": self.history}, self.ckpt_path,
+                                    previous=self.run_dir / runlog.PREVIOUS)
+        self.last_saved = (epoch, step)
 
-    def lr_at(epoch: int) -> Callable[[int], float] | None:
-        if optim.schedule != "cosine":
+    # ------------------------------------------------------------------ logging
+
+    def _on_window(self, epoch: int):
+        def log(meter: EpochMeter, w: dict) -> None:
+            if self.d.rank != 0:
+                return
+            step = epoch * self.steps_per_epoch + meter.steps
+            rec = {"step": step, "epoch": round(epoch + meter.steps / self.steps_per_epoch, 4), **w,
+                   "time": time.time()}
+            runlog.append_step(self.run_dir, rec)
+            if self.writer is not None:
+                for k in ("loss", "top1", "lr", "images_per_s", "data_wait_frac"):
+                    self.writer.add_scalar(f"train/{k}", w[k], step)
+            if self.run.progress and not self.interactive:
+                print(f"epoch {rec['epoch']:.2f}  step {step}  loss {w['loss']:.3f}  top-1 {100 * w['top1']:.1f}%  "
+                      f"lr {w['lr']:.3g}  {w['images_per_s']:.0f} img/s  data wait {100 * w['data_wait_frac']:.0f}%",
+                      flush=True)
+        return log
+
+    def _after_step(self, epoch: int):
+        def after(meter: EpochMeter, images, labels, sync) -> None:
+            step = epoch * self.steps_per_epoch + meter.steps
+            every = self.run.checkpoint_every
+            if every and step % every == 0 and meter.steps < self.steps_per_epoch:
+                sync()  # the meter's sums up to this step, for an exact resume
+                self.save(epoch, meter, step)
+            if self.on_step is not None:
+                self.on_step(epoch, step, images, labels)
+        return after
+
+    def _lr_at(self, epoch: int) -> Callable[[int], float] | None:
+        o, spe = self.optim, self.steps_per_epoch
+        if o.schedule != "cosine":
             return None
-        total, warm = optim.epochs * steps_per_epoch, optim.warmup_epochs * steps_per_epoch
+        total, warm = o.epochs * spe, o.warmup_epochs * spe
 
         def at(i: int) -> float:
-            step = epoch * steps_per_epoch + i  # 0-based global step
+            step = epoch * spe + i  # 0-based global step
             if step < warm:
-                return optim.lr * (step + 1) / warm
-            return 0.5 * optim.lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+                return o.lr * (step + 1) / warm
+            return 0.5 * o.lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
         return at
 
-    last_saved: list = [None if saved is None else (saved["epoch"], saved["step"])]
-    cuda_devices = sorted({p.device for p in net.parameters() if p.device.type == "cuda"}, key=str)
+    # ------------------------------------------------------------------ the run
 
-    def save(epoch: int, meter_now: EpochMeter | None, step: int) -> None:
-        """A checkpoint after `step` global steps; epoch = epochs finished (meter None) or the one in progress."""
-        if not _all_finite(net):
-            raise NonFiniteLoss(f"the weights hold NaN/inf after step {step}")
-        mine = {"loader": train_loader.state_dict(), "rng": ckpt_io.rng_state(cuda_devices)}
-        ranks = _gather(mine, d)
-        if d.rank == 0:
-            ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": config, "epoch": epoch, "step": step,
-                                 "meter": None if meter_now is None else asdict(meter_now),
-                                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "plateau": plateau.state_dict(), "scaler": scaler.state_dict(),
-                                 "ranks": ranks, "history": history}, ckpt_path)
-        last_saved[0] = (epoch, step)
+    def fit(self, resume: bool) -> dict:
+        from tqdm import tqdm
 
-    if saved is not None:
-        ckpt_io.set_rng_state(saved["ranks"][d.rank]["rng"])  # last: building the model above drew from them
-    show = run.progress and d.rank == 0
-    from tqdm import tqdm
+        saved = None
+        if resume:
+            saved = self._load()
+        elif self.ckpt_path.exists():
+            raise TrainError(f"{self.run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue "
+                             f"it, or choose another --out")
+        start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
+        if self.d.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in (".tmp", ".new", ".new.tmp"):  # a save cut short by a kill or a power loss
+                (self.run_dir / (runlog.CHECKPOINT + leftover)).unlink(missing_ok=True)
+            resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
+            runlog.write_config(self.run_dir, self.config, classes=list(self.classes), resumed_at=resumed_at)
+            if saved is not None:  # the checkpoint's history is the truth: drop lines it does not hold
+                runlog.write_metrics(self.run_dir, self.history)
+            runlog.truncate_steps(self.run_dir, saved["step"] if saved is not None else 0)
+        model = self.net
+        if self.d.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.net.fc8.weight.device] if self.run.device == "gpu"
+                and self.run.placement == "single" else None)
+        if self.run.compile:
+            model = torch.compile(model)
+        show = self.run.progress and self.interactive and self.d.rank == 0
+        epoch = start_epoch
+        try:
+            for epoch in range(start_epoch, self.optim.epochs):
+                desc = f"epoch {epoch + 1}/{self.optim.epochs}" + (
+                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)" if self.history else "")
+                bar = tqdm(total=self.steps_per_epoch, initial=meter.steps if meter else 0, unit="step",
+                           leave=False, desc=desc, dynamic_ncols=True) if show else None
+                stopped = False
+                try:
+                    meter = train_one_epoch(
+                        model, self.optimizer, self.train_loader, precision=self.run.precision, scaler=self.scaler,
+                        channels_last=self.run.channels_last, label_smoothing=self.optim.label_smoothing,
+                        lr_at=self._lr_at(epoch), meter=meter, after_step=self._after_step(epoch), bar=bar,
+                        log_every=self.run.log_every, on_window=self._on_window(epoch), stop=self.signals.stop)
+                except StopRequested as e:
+                    meter, stopped = e.meter, True
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if stopped and meter.steps < self.steps_per_epoch:
+                    step = epoch * self.steps_per_epoch + meter.steps
+                    self.save(epoch, meter, step)
+                    raise TrainStopped(self._stopped_line(epoch, step))
+                self._end_epoch(epoch, meter)
+                meter = None
+                if stopped or _any_rank(self.signals.stop(), self.d, self.run.device):
+                    raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch))
+        except NonFiniteLoss as e:
+            if self.last_saved:
+                where = (f"kept the last good checkpoint {self.ckpt_path} (epoch {self.last_saved[0]}, step "
+                         f"{self.last_saved[1]}); continue with --resume and a lower --lr")
+            else:
+                where = "no checkpoint was written yet; start again with a lower --lr"
+            hint = ", or fp32" if self.run.precision != "fp32" else ""
+            raise TrainError(f"epoch {epoch + 1}: {e}: training stopped; {where}{hint}") from None
+        except torch.cuda.OutOfMemoryError:
+            raise TrainError(f"out of GPU memory with {self.per_rank} images per GPU (--batch-size "
+                             f"{self.optim.batch_size}); try --batch-size {max(1, self.optim.batch_size // 2)}") from None
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return {"run_dir": self.run_dir, "history": self.history, "model": self.net, "checkpoint": self.ckpt_path}
 
-    try:
-        for epoch in range(start_epoch, optim.epochs):
-            desc = f"epoch {epoch + 1}/{optim.epochs}" + (f" (val top-1 {100 * history[-1]['val_top1']:.1f}%)"
-                                                          if history else "")
-            bar = tqdm(total=steps_per_epoch, initial=meter.steps if meter else 0, unit="step", leave=False,
-                       desc=desc, dynamic_ncols=True) if show else None
+    def _end_epoch(self, epoch: int, meter: EpochMeter) -> None:
+        t_eval = time.perf_counter()
+        val = evaluate(self.net, self.val_loader, precision=self.run.precision, channels_last=self.run.channels_last)
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.optim.schedule == "plateau":
+            self.plateau.step(1.0 - val["top1"])  # paper §5: watches the validation error rate
+        self.history.append({"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch, **meter.summary(),
+                             "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
+                             "epoch_s": meter.step_s, "eval_s": time.perf_counter() - t_eval,
+                             "host_syncs": meter.host_syncs, "time": time.time()})
+        self.save(epoch + 1, None, (epoch + 1) * self.steps_per_epoch)
+        if self.d.rank == 0:
+            m = self.history[-1]
+            runlog.write_metrics(self.run_dir, self.history)
+            runlog.plot(self.run_dir, self.history, runlog.read_steps(self.run_dir))
+            if self.writer is not None:
+                for k in ("val_loss", "val_top1", "val_top5", "train_loss", "train_top1"):
+                    self.writer.add_scalar(f"epoch/{k}", m[k], m["step"])
+            _print_epoch(m, self.optim.epochs)
 
-            def after_step(m: EpochMeter, images, labels, epoch=epoch) -> None:
-                step = epoch * steps_per_epoch + m.steps
-                if run.checkpoint_every and step % run.checkpoint_every == 0 and m.steps < steps_per_epoch:
-                    save(epoch, m, step)
-                if on_step is not None:
-                    on_step(epoch, step, images, labels)
+    def _stopped_line(self, epoch: int, step: int) -> str:
+        where = (f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}" if step % self.steps_per_epoch
+                 else f"after epoch {step // self.steps_per_epoch}")
+        return f"stopped by {self.signals.received} at step {step} ({where}); checkpoint {self.ckpt_path}"
 
-            try:
-                meter = train_one_epoch(model, optimizer, train_loader, precision=run.precision, scaler=scaler,
-                                        channels_last=run.channels_last, label_smoothing=optim.label_smoothing,
-                                        lr_at=lr_at(epoch), meter=meter, after_step=after_step, bar=bar)
-            finally:
-                if bar is not None:
-                    bar.close()
-            t_eval = time.perf_counter()
-            val = evaluate(net, val_loader, precision=run.precision, channels_last=run.channels_last)
-            lr = optimizer.param_groups[0]["lr"]
-            if optim.schedule == "plateau":
-                plateau.step(1.0 - val["top1"])  # paper §5: watches the validation error rate
-            history.append({"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, **meter.summary(),
-                            "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
-                            "epoch_s": meter.step_s, "eval_s": time.perf_counter() - t_eval,
-                            "time": time.time()})
-            save(epoch + 1, None, (epoch + 1) * steps_per_epoch)
-            meter = None
-            if d.rank == 0:
-                runlog.write_metrics(run_dir, history)
-                runlog.plot(run_dir, history)
-                if run.progress:
-                    _print_epoch(history[-1], optim.epochs)
-    except NonFiniteLoss as e:
-        where = (f"kept the last good checkpoint {ckpt_path} (epoch {last_saved[0][0]}, step {last_saved[0][1]})"
-                 if last_saved[0] else "no checkpoint was written yet")
-        hint = "continue with --resume and a lower --lr" + (", or fp32" if run.precision != "fp32" else "")
-        raise TrainError(f"epoch {epoch + 1}: {e}: training stopped; {where}; {hint}") from None
-    except torch.cuda.OutOfMemoryError:
-        raise TrainError(f"out of GPU memory with {per_rank} images per GPU (--batch-size {optim.batch_size}); "
-                         f"try --batch-size {max(1, optim.batch_size // 2)}") from None
-    return {"run_dir": run_dir, "history": history, "model": net, "checkpoint": ckpt_path}
+
+def _any_rank(flag: bool, d: Dist, device: str) -> bool:
+    """True on every rank when `flag` is true on any (one small all-reduce, at an epoch's end)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device="cuda" if device == "gpu" else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item())
 
 
 def _print_epoch(m: dict, epochs: int) -> None:
@@ -594,5 +828,5 @@ def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, 
     return (DataConfig(**d), ModelConfig(**cfg["model"]), OptimConfig(**cfg["optim"]), RunConfig(**cfg["run"]))
 
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "recipe", "train",
+__all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "TrainStopped", "recipe", "train",
            "train_one_epoch", "evaluate", "evaluate_checkpoint", "configs_from_dict", "RECIPES"]
