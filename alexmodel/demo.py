@@ -3,7 +3,7 @@
     synth (10 classes) -> prepare (shards) -> stats -> train -> evaluate (centre crop and ten-crop)
 
 Each stage writes the files the next one reads, under OUT: raw/ (ILSVRC-2012 layout), data/ (shards, manifest,
-stats.json), run/ (config.json, metrics.jsonl, plot.png, checkpoint.pt). Running it again reuses finished stages.
+stats.json), run/ (config.json, metrics.jsonl, steps.jsonl, plot.png, checkpoint.pt). Running it again reuses finished stages.
 The model is the paper's at 1/8 width with the "modern" recipe (alexmodel/train.py): at this width the paper's
 N(0, 0.01) init sits at chance for many epochs.
 
@@ -31,6 +31,7 @@ class DemoConfig:
     batch_size: int = 64  # 16 steps per epoch
     lr: float = 0.02  # peak; higher than the linear rule's 0.005 at batch 64: few steps, an easy task
     warmup_epochs: float = 2.0  # the recipe's 5 would be half the run
+    log_every: int = 4  # steps.jsonl: four lines an epoch
     seed: int = 0
 
 
@@ -74,7 +75,7 @@ def run_demo(out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *,
     optim = replace(optim, warmup_epochs=cfg.warmup_epochs)
     log(f"demo 4/5 train: AlexNet width {cfg.width}, {cfg.recipe} recipe, {cfg.epochs} epochs on {device} -> {run_dir}")
     result = train(DataConfig(str(data), aug=aug), model, optim,
-                   RunConfig(out=str(run_dir), device=device, seed=cfg.seed),
+                   RunConfig(out=str(run_dir), device=device, seed=cfg.seed, log_every=cfg.log_every),
                    resume=(run_dir / runlog.CHECKPOINT).is_file())
     times["train_s"] = time.perf_counter() - t
 

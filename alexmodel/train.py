@@ -282,9 +282,11 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
                                reduction="sum") / max(labels.numel(), 1)
         asked = bool(stop is not None and stop())
-        sums = torch.stack([loss.detach() * labels.numel(), (logits.argmax(1) == labels).sum().float(),
-                            logits.new_tensor(labels.numel(), dtype=torch.float32),
-                            logits.new_tensor(float(asked), dtype=torch.float32)])
+        # float64: a window's sums add up exactly enough that the window's length changes no reported figure
+        # beyond round-off (tests/test_preemption.py), and counts stay exact past float32's 2^24.
+        sums = torch.stack([loss.detach().double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
+                            logits.new_tensor(labels.numel(), dtype=torch.float64),
+                            logits.new_tensor(float(asked), dtype=torch.float64)])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -298,10 +300,13 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         meter.data_s += t_data
         if bar is not None:
             bar.update()
-        if (log_every and window["steps"] >= log_every) or (asked and not _distributed()):
+        if log_every and window["steps"] >= log_every:
             sync()
         if after_step is not None:
             after_step(meter, images, labels, sync)
+        if not _distributed() and stop is not None and stop():  # one process: no one to agree with
+            sync()
+            window["stop"] = True
         if window["stop"]:
             raise StopRequested(meter)
     if sync():
@@ -762,6 +767,8 @@ class _Run:
             _print_epoch(m, self.optim.epochs)
 
     def _stopped_line(self, epoch: int, step: int) -> str:
+        if self.d.world > 1:
+            dist.barrier()  # every rank is past the checkpoint before any exits (torchrun ends the rest then)
         where = (f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}" if step % self.steps_per_epoch
                  else f"after epoch {step // self.steps_per_epoch}")
         return f"stopped by {self.signals.received} at step {step} ({where}); checkpoint {self.ckpt_path}"

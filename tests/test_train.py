@@ -300,6 +300,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     r = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)
     assert r["val_images"] == 6 and 0 <= r["val_top1"] <= 1 and 0 <= r["ten_crop_top1"] <= 1
     assert len((tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    steps = [json.loads(x) for x in (tmp_path / "demo" / "run" / "steps.jsonl").read_text().splitlines()]
+    epoch = json.loads((tmp_path / "demo" / "run" / "metrics.jsonl").read_text())
+    assert steps and steps[-1]["step"] == epoch["step"] and steps[-1]["epoch"] == 1.0
+    assert all(x["steps"] <= cfg.log_every for x in steps)
     ckpt = tmp_path / "demo" / "run" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
     again = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)  # every stage already done
