@@ -16,6 +16,7 @@ def _fail(e: Exception) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="alexnet-dali", prog_name="alexnet")
 def main() -> None:
     """Fast ImageNet training of the 2012 AlexNet on NVIDIA DALI input pipelines.
 
@@ -45,7 +46,10 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
         cfg = SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout)
     except ValueError as e:
         _fail(e)
-    d = make_synth(out, cfg, workers=workers)
+    try:
+        d = make_synth(out, cfg, workers=workers)
+    except ValueError as e:
+        _fail(e)
     click.echo(f"synth: {d['train_images']} train + {d['val_images']} val images of {len(d['classes'])} classes "
                f"({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}")
 
@@ -119,14 +123,59 @@ def bench() -> None:
     """Benchmarks: side-by-side ratios measured in one run (figures go to docs/BENCHMARKS.md)."""
 
 
+def _unit(key: str) -> str:
+    """The unit a benchmark figure is in, from its name."""
+    k = key.lower()
+    if k.endswith(("_frac", "_pct")) or k == "ratio_pct":
+        return "%"
+    if k in ("decode_only", "pipeline", "baseline", "default_img_s") or k.endswith(("per_s", "img_s",
+                                                                                  "per_core")):
+        return "img/s"
+    if k.endswith("_kb"):
+        return "KB"
+    if k.endswith("us_per_img"):
+        return "us/img"
+    if k in ("seconds", "epoch_s") or k.endswith("_s"):
+        return "s"
+    return ""
+
+
+def _fmt(key: str, v) -> str:
+    unit = _unit(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if unit == "%":
+        return f"{100 * v:.1f} %" if key.endswith("_frac") else f"{v:.1f} %"
+    if isinstance(v, float):
+        text = f"{v:,.1f}" if abs(v) >= 100 else f"{v:.3g}"  # 0.125 stays 0.125, 2345.6 reads 2,345.6
+        return f"{text} {unit}".rstrip()
+    return f"{v} {unit}".rstrip()
+
+
+def _table(result, indent: int = 0) -> list[str]:
+    """A benchmark's result as aligned `name: value unit` lines; nested records indented under their name."""
+    pad = " " * indent
+    lines = []
+    items = result.items() if isinstance(result, dict) else enumerate(result)
+    width = max((len(str(k)) for k, _ in (result.items() if isinstance(result, dict) else [])), default=0)
+    for k, v in items:
+        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            lines.append(f"{pad}{k}:")
+            lines += _table(v, indent + 2)
+        elif isinstance(v, list):
+            lines.append(f"{pad}{str(k):<{width}}  " + ", ".join(_fmt(str(k), x) for x in v))
+        else:
+            lines.append(f"{pad}{str(k):<{width}}  {_fmt(str(k), v)}")
+    return lines
+
+
 def _report(result: dict, as_json: bool) -> None:
     import json
 
     if as_json:
         click.echo(json.dumps(result))
     else:
-        for k, v in result.items():
-            click.echo(f"{k:>24}: {v:.1f}" if isinstance(v, float) else f"{k:>24}: {v}")
+        click.echo("\n".join(_table(result)))
 
 
 @bench.command("prepare")
@@ -180,7 +229,8 @@ def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_j
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option("--threads", type=POS_INT, default=None,
               help="DALI threads, and summing threads on cpu [default: all cores].")
-def stats(data, out, max_images, seed, device, batch_size, threads):
+@click.option("--force", is_flag=True, help="Replace an existing stats file that holds other statistics.")
+def stats(data, out, max_images, seed, device, batch_size, threads, force):
     """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json.
 
     DATA is a `prepare` output or a raw class-folder tree (DATA/train/<wnid>/* or DATA/<wnid>/*). The pipelines
@@ -188,16 +238,24 @@ def stats(data, out, max_images, seed, device, batch_size, threads):
     from pathlib import Path
 
     from alexdata.dataset import DataError
-    from alexdata.stats import compute_stats, default_device, summary, write_stats
+    from alexdata.stats import compute_stats, default_device, same_stats, summary, write_stats
 
     try:
         device = device or default_device()
         rec = compute_stats(data, max_images=max_images, seed=seed, device=device, batch_size=batch_size,
                             threads=threads, progress=True)
-        path = write_stats(rec, out or Path(data) / "stats.json")
+        path = Path(out or Path(data) / "stats.json")
+        kept = None
+        if path.is_file() and not force and not same_stats(path, rec):
+            # Runs trained on the old file keep using it (their checkpoints hold it); do not swap it under them.
+            kept, path = path, path.with_name(path.stem + ".new.json")
+        path = write_stats(rec, path)
     except DataError as e:
         _fail(e)
     click.echo(summary(rec, path))
+    if kept:
+        click.echo(f"stats: {kept} holds other statistics and was kept; wrote {path} instead (--force replaces "
+                   f"{kept})", err=True)
 
 
 @bench.command("stats")
@@ -234,9 +292,17 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
                    "Kaiming init.")
 @click.option("--epochs", type=POS_INT, default=None, help="[default: 90, paper §5]")
 @click.option("--batch-size", type=POS_INT, default=None,
-              help="Images per step over all ranks [default: paper 128; modern 512].")
+              help="The GLOBAL batch: images per step over all ranks together (each of N ranks takes 1/N) "
+                   "[default: paper 128; modern 512].")
 @click.option("--lr", type=float, default=None,
-              help="Initial/peak learning rate [default: paper 0.01; modern 0.01 per 128 images of the batch].")
+              help="Initial/peak learning rate [default: paper 0.01 at any batch size; modern 0.01 per 128 images of "
+                   "the batch]. On --resume: a new initial lr, the plateau cuts made so far kept.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.9, §5]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 5e-4, §5]")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="[default: paper 0; modern 0.1]")
+@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None,
+              help="Linear lr warmup (modern recipe; at most half the run) [default: 5].")
 @click.option("--width", type=float, default=1.0, show_default=True,
               help="Channel multiplier; 1.0 is the paper's net, 0.125 makes a CPU-sized one.")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="[default: DATA/stats.json]")
@@ -248,7 +314,8 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--placement", type=click.Choice(["single", "two-tower"]), default="single", show_default=True,
               help="two-tower: the paper's split of the net over two GPUs (§3.2).")
-@click.option("--threads", type=POS_INT, default=None, help="DALI threads per rank [default: all cores].")
+@click.option("--threads", type=POS_INT, default=None,
+              help="DALI threads per rank [default: this process's cores divided among the node's ranks].")
 @click.option("--torch-threads", type=POS_INT, default=None,
               help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
@@ -263,9 +330,13 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard "
                                                   "(pip install tensorboard).")
 @click.pass_context
-def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, device, precision, channels_last,
-          compile_, placement, threads, torch_threads, checkpoint_every, seed, progress, log_every, tensorboard):
-    """Train AlexNet on DATA (a `prepare` output with stats.json); data parallel under torchrun.
+def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weight_decay, label_smoothing,
+          warmup_epochs, width, stats, device, precision, channels_last, compile_, placement, threads, torch_threads,
+          checkpoint_every, seed, progress, log_every, tensorboard):
+    """Train AlexNet on DATA; data parallel under torchrun.
+
+    DATA is a `prepare` output with stats.json, or a raw class-folder tree (DATA/train/<wnid>/*, DATA/val/<wnid>/*;
+    slower: every image is resized on the fly) with DATA/stats.json or --stats.
 
     Per epoch it logs train loss and top-1, val top-1/top-5 (centre crop), lr, images/s and the fraction of step
     time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png; every --log-every steps a line to
@@ -290,11 +361,14 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
         if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
             # Options not given on this command line are the run's own (config.json).
             data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
-            data_cfg = replace(data_cfg, data=data, **{k: v for k, v in (("stats", stats), ("threads", threads))
-                                                        if k in given})
+            # The statistics: the checkpoint's (None), unless --stats is given on this command.
+            data_cfg = replace(data_cfg, data=data, stats=stats if "stats" in given else None,
+                               **({"threads": threads} if "threads" in given else {}))
             model = replace(model, **({"width": width} if "width" in given else {}))
-            optim = replace(optim, **{k: v for k, v in (("recipe", recipe), ("epochs", epochs),
-                                                        ("batch_size", batch_size), ("lr", lr)) if k in given})
+            optim = replace(optim, **{k: v for k, v in (
+                ("recipe", recipe), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                ("momentum", momentum), ("weight_decay", weight_decay), ("label_smoothing", label_smoothing),
+                ("warmup_epochs", warmup_epochs)) if k in given})
             run = replace(run, out=out, **{k: v for k, v in (
                 ("device", device), ("precision", precision), ("channels_last", channels_last),
                 ("compile", compile_), ("placement", placement), ("torch_threads", torch_threads),
@@ -302,6 +376,17 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
                 ("log_every", log_every), ("tensorboard", tensorboard)) if k in given})
         else:
             model, aug, optim = make_recipe(recipe, width=width, batch_size=batch_size, epochs=epochs, lr=lr)
+            optim = replace(optim, **{k: v for k, v in (
+                ("momentum", momentum), ("weight_decay", weight_decay), ("label_smoothing", label_smoothing),
+                ("warmup_epochs", warmup_epochs)) if v is not None})
+            if recipe == "paper" and lr is None and optim.batch_size != 128:
+                click.echo(f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr "
+                           f"is for 128); the linear rule would give --lr {optim.lr * optim.batch_size / 128:g}",
+                           err=True)
+            if optim.warmup_epochs > optim.epochs / 2:  # a warmup as long as the run never reaches the peak lr
+                click.echo(f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {optim.epochs / 2:g}, half of "
+                           f"the {optim.epochs} epochs", err=True)
+                optim = replace(optim, warmup_epochs=optim.epochs / 2)
             data_cfg = DataConfig(data, stats=stats, threads=threads, aug=aug)
             run = RunConfig(out=out, device=device or "auto", precision=precision, channels_last=channels_last,
                             compile=compile_, placement=placement, checkpoint_every=checkpoint_every, seed=seed,
@@ -327,8 +412,8 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, width, stats, 
 
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
-              help="A checkpoint.pt of `alexnet train`.")
+@click.option("--checkpoint", required=True, type=click.Path(),
+              help="A checkpoint.pt of `alexnet train`, or its run directory.")
 @click.option("--ten-crop", is_flag=True,
               help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -357,6 +442,38 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
     else:
         click.echo(f"evaluate: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  on {r['images']} val "
                    f"images ({'ten-crop' if ten_crop else 'centre crop'}; {checkpoint}, epoch {r['epoch']})")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint.pt, or its run directory.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the ten views, as evaluate does.")
+@click.option("--top", type=POS_INT, default=5, show_default=True, help="Classes listed per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
+              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option("--batch-size", type=POS_INT, default=64, show_default=True)
+@click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
+def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, threads):
+    """The most likely classes of IMAGES (JPEG/PNG files) under a trained checkpoint.
+
+    The evaluation preprocessing: shorter side 256, the centre 227 crop (or --ten-crop), minus the run's mean."""
+    import json
+
+    from alexdata.dataset import DataError
+    from alexmodel.predict import predict as run
+    from alexmodel.train import TrainError
+
+    try:
+        results = run(checkpoint, list(images), ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
+                      threads=threads, top=top)
+    except (TrainError, DataError, ValueError) as e:
+        _fail(e)
+    for r in results:
+        if as_json:
+            click.echo(json.dumps({"image": r["image"], "top": [{"class": c, "probability": p} for c, p in r["top"]]}))
+        else:
+            click.echo(f"{r['image']}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
 
 
 @main.command()
@@ -405,6 +522,8 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
 
     try:
         device = resolve_device(device or "auto")
+        if device == "cpu" and "fp16" in precisions:
+            raise TrainError("--precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on the CPU")
         _report(run(data, device, steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads, stats,
                     sweep=not no_sweep), as_json)
     except (DataError, TrainError, ValueError) as e:

@@ -43,6 +43,19 @@ def load_manifest(data: str | os.PathLike) -> dict:
         raise DataError(f"{p}: not valid JSON ({e})") from None
 
 
+def unfinished_prepare(data: Path) -> str:
+    """One line for a prepare output without manifest.json: an interrupted run, or --part jobs not all done."""
+    have: dict[str, list[int]] = {}
+    for p in data.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+        split, n = p.stem.rsplit("-", 1)
+        have.setdefault(split, []).append(int(n))
+    gaps = [f"{s}-{i:06d}" for s, ns in sorted(have.items()) for i in range(max(ns)) if i not in set(ns)]
+    missing = (f"; missing at least {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''}" if gaps else "")
+    n = sum(map(len, have.values()))
+    return (f"{data}: prepare has not finished ({n} shards written, no manifest.json yet{missing}); run the same "
+            f"`alexnet prepare SRC {data}` again (every --part of it) to finish")
+
+
 def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | None]]:
     """(path, size, sha256) of a manifest shard entry's tar and index; size and hash None in an old manifest."""
     tar = data / shard["file"]
@@ -89,6 +102,8 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
             raise DataError(f"{data}: the '{split}' split has no images")
         return Split("shards", classes, sum(s["images"] for s in shards), tars,
                      tuple(t[:-4] + ".idx" for t in tars), tuple(s["images"] for s in shards), shorter_side=side)
+    if (data / ".prepare").is_dir() or any(data.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
+        raise DataError(unfinished_prepare(data))
     if (data / split).is_dir():
         root = data / split
     elif split == "train":
@@ -109,5 +124,8 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
                 files.append(str(p))
                 labels.append(index[d.name])
     if not files:
+        if any(p.is_file() and p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
+            raise DataError(f"{root}: images but no class folders (a flat ImageNet val/ has its labels in a separate "
+                            f"file): run `alexnet prepare` on the raw data, which reads them")
         raise DataError(f"{root}: class folders hold no .JPEG/.jpg/.png files")
     return Split("files", classes, len(files), files=tuple(files), labels=tuple(labels))

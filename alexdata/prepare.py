@@ -670,6 +670,11 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
     val_labels: a label file that overrides discovery (see the module docstring)."""
     part_i, part_n = parse_part(part)
     out = Path(out)
+    if out.is_dir() and not (out / ".prepare").is_dir():
+        others = sorted(p.name for p in out.iterdir())
+        if others:  # shards mixed into a raw tree (or anything else) could not be told apart from it
+            raise PrepareError(f"{out} holds other files ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''})"
+                               f"; prepare writes into an empty folder or into its own earlier output")
     classes, train, val, notes = scan(src, val_labels=val_labels, index_dir=out / ".prepare" / "gzindex",
                                       workers=workers)
     if not train:

@@ -380,6 +380,15 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
     return rec
 
 
+def same_stats(path: str | os.PathLike, rec: dict) -> bool:
+    """Whether the stats file at `path` holds the statistics of `rec` (a file that cannot be read: no)."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec"))
+
+
 def write_stats(rec: dict, path: str | os.PathLike) -> Path:
     """Writes the record as JSON (indent 1) atomically; returns the path."""
     path = Path(path)

@@ -151,6 +151,8 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
                progress: bool = True) -> dict:
     """Writes the mini-ImageNet under `out`; returns the description also saved as `out/synth.json`."""
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: synth writes into a new or empty folder (old and new files would mix)")
     out.mkdir(parents=True, exist_ok=True)
     wnids = [wnid(k) for k in range(cfg.classes)]
 

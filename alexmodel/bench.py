@@ -108,7 +108,7 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     if device == "gpu":
         res["gpu"] = torch.cuda.get_device_name(0)
     n_gpu = torch.cuda.device_count() if device == "gpu" else 0
-    placements = ["single"] + (["two-tower"] if device == "cpu" or n_gpu >= 2 else [])
+    placements = ["single"] + (["two-tower"] if n_gpu >= 2 else [])  # as train: the paper's split needs two GPUs
     best = "bf16" if "bf16" in precisions else precisions[0]
     variants = [("single", p, cl) for p in precisions for cl in (False, True)] if sweep else []
     variants += [("two-tower", best, True)] if sweep and "two-tower" in placements else []
@@ -117,8 +117,7 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     def make(placement, channels_last):
         torch.manual_seed(0)
         if placement == "two-tower":
-            devs = (("cpu", "cpu") if device == "cpu" else ("cuda:0", "cuda:1"))
-            model = AlexNet(classes, width=width, devices=devs)
+            model = AlexNet(classes, width=width, devices=("cuda:0", "cuda:1"))
         else:
             model = AlexNet(classes, width=width).to(dev)
         return model.to(memory_format=torch.channels_last) if channels_last else model

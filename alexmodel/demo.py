@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ def run_demo(out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *,
     done = raw / "synth.json"
     if not (done.is_file() and json.loads(done.read_text()).get("config") == asdict(synth_cfg)):
         log(f"demo 1/5 synth: {cfg.classes} classes x {cfg.train_per_class} train + {cfg.val_per_class} val -> {raw}")
+        shutil.rmtree(raw, ignore_errors=True)  # an earlier demo's other or unfinished images
         make_synth(raw, synth_cfg)
     times["synth_s"] = time.perf_counter() - t
 

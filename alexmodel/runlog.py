@@ -45,10 +45,18 @@ def write_config(run_dir: Path, config: dict, **extra) -> dict:
         dali_version = dali.__version__
     except ImportError:
         dali_version = "not installed"
-    record = {"config": config, "revision": git_revision(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record = {"config": config, "revision": git_revision(), "started": now,
               "command": sys.argv, "python": platform.python_version(), "torch": torch.__version__,
               "dali": dali_version, "host": platform.node(),
               "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra}
+    try:  # a resume: the run's first command and start stay, this command joins the list of resumes
+        old = json.loads((run_dir / CONFIG).read_text())
+    except (OSError, ValueError):
+        old = None
+    if extra.get("resumed_at") and isinstance(old, dict):
+        record["command"], record["started"] = old.get("command", sys.argv), old.get("started", now)
+        record["resumes"] = old.get("resumes", []) + [{"command": sys.argv, "at": now, **extra["resumed_at"]}]
     atomic_write(run_dir / CONFIG, json.dumps(record, indent=1, default=str) + "\n")
     return record
 

@@ -25,6 +25,7 @@ gradients (NCCL on GPUs, gloo on CPUs), and rank 0 writes the run directory (ale
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -241,7 +242,8 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         loss_sum, correct, count, stops = window["sums"].tolist()
         first = meter.steps - window["steps"] + 1
         if not math.isfinite(loss_sum):
-            raise NonFiniteLoss(f"loss is {loss_sum / max(count, 1)} in steps {first}-{meter.steps} of the epoch")
+            steps = f"step {first}" if first == meter.steps else f"steps {first}-{meter.steps}"
+            raise NonFiniteLoss(f"loss is {loss_sum / max(count, 1)} in {steps} of the epoch")
         dt = time.perf_counter() - window["t0"]
         meter.loss_sum += loss_sum
         meter.correct += int(correct)
@@ -315,6 +317,21 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
 
 
 @torch.no_grad()
+def evaluate_views(model, images: torch.Tensor, *, precision: str = "fp32", channels_last: bool = False):
+    """(B, classes) log of the softmax averaged over an image's views: images (B, 3, 227, 227), one view each, or
+    (B, 10, 3, 227, 227), the ten crops (paper §4.1). `evaluate` and `alexnet predict` both score with this."""
+    views = images.shape[1] if images.dim() == 5 else 1
+    if views > 1:
+        images = images.flatten(0, 1)  # (B * 10, 3, 227, 227), views of an image adjacent
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with _autocast(images.device.type, precision):
+        logits = model(images)
+    logp = logits.float().log_softmax(-1)
+    return logp.view(-1, views, logp.shape[-1]).logsumexp(1) - math.log(views)  # log of the mean softmax
+
+
+@torch.no_grad()
 def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = False) -> dict:
     """Top-1/top-5 accuracy (fractions) and cross-entropy over `loader`, summed over all ranks.
 
@@ -324,15 +341,7 @@ def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = Fa
     model.eval()
     totals = None
     for images, labels in loader:
-        views = images.shape[1] if images.dim() == 5 else 1
-        if views > 1:
-            images = images.flatten(0, 1)  # (B * 10, 3, 227, 227), views of an image adjacent
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with _autocast(images.device.type, precision):
-            logits = model(images)
-        logp = logits.float().log_softmax(-1)
-        logp = logp.view(-1, views, logp.shape[-1]).logsumexp(1) - math.log(views)  # log of the mean softmax
+        logp = evaluate_views(model, images, precision=precision, channels_last=channels_last)
         labels = labels.to(logp.device)
         top = logp.topk(min(5, logp.shape[-1]), dim=1).indices  # (B, 5)
         hits = top == labels[:, None]
@@ -399,10 +408,12 @@ def _all_finite(model) -> bool:
 
 # What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
 # may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths, the
-# speed-only settings (precision, threads, channels_last, compile) and the number of ranks (a cluster gives what
-# it has: the global batch stays, the per-rank batch changes).
-COMPAT_KEYS = (["model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
-                "run.placement", "stats_255"]
+# speed-only settings (precision, threads, channels_last, compile), the number of ranks (a cluster gives what
+# it has: the global batch stays, the per-rank batch changes) and the statistics (a resume uses the checkpoint's
+# unless --stats is given, so re-running `alexnet stats` cannot break it). The class list must match: a
+# checkpoint never continues on, or scores, data whose labels mean other classes.
+COMPAT_KEYS = (["classes", "model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
+                "run.placement"]
                + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # Slurm's preemption, its early warning (--signal), Ctrl-C
 STOPPED_EXIT = 75  # the exit status after a stop on a signal (EX_TEMPFAIL: try again later, i.e. resume)
@@ -496,18 +507,48 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
         torch.set_num_threads(run.torch_threads)
     d = _init_distributed(device, run.placement)
     try:
+        saved = _load_latest(Path(run.out), d.rank) if resume else None
         with _Signals() as signals:
-            return _Run(data, model, optim, run, d, signals, on_step).fit(bool(resume))
+            return _Run(data, model, optim, run, d, signals, on_step, saved).fit()
     finally:
         if d.owned:
             dist.destroy_process_group()
+
+
+def _load_latest(run_dir: Path, rank: int = 0) -> dict:
+    """The latest readable checkpoint in run_dir: checkpoint.pt, else the spare one, saying so in one line."""
+    ckpt, prev = run_dir / runlog.CHECKPOINT, run_dir / runlog.PREVIOUS
+    if not ckpt.is_file() and not prev.is_file():
+        raise TrainError(f"--resume: {ckpt} not found (no run to continue in {run_dir})")
+    try:
+        return ckpt_io.load(ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        if not prev.is_file():
+            raise TrainError(str(e)) from None
+        try:
+            saved = ckpt_io.load(prev)
+        except (FileNotFoundError, ValueError) as e2:
+            raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
+        if rank == 0:
+            print(f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
+                  f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
+        return saved
+
+
+def _data_inputs(data: str) -> str | None:
+    """The prepare inputs' fingerprint (.prepare/params.json), recorded with the run: which raw data it came from."""
+    p = Path(data) / ".prepare" / "params.json"
+    try:
+        return json.loads(p.read_text()).get("inputs")
+    except (OSError, ValueError):
+        return None
 
 
 class _Run:
     """One training run: built from the configs, then `fit` goes epoch by epoch; every rank holds one."""
 
     def __init__(self, data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: RunConfig, d: Dist,
-                 signals: _Signals, on_step: Callable | None):
+                 signals: _Signals, on_step: Callable | None, saved: dict | None):
         from alexdata.loader import Loader, resolve_stats
 
         if optim.batch_size % d.world:
@@ -518,11 +559,19 @@ class _Run:
         splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
         self.classes = splits["train"].classes
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
-        stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
+        self.saved = saved
+        if saved is not None and data.stats is None:  # a resume keeps the statistics it trained with
+            stats = PipelineStats(**saved["config"]["stats_255"])
+        else:
+            stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
+            if saved is not None and asdict(stats) != saved["config"]["stats_255"] and d.rank == 0:
+                print(f"train: using --stats {data.stats}, not the statistics the run trained with",
+                      file=sys.stderr)
         self.config = {"data": asdict(data),
                        "model": {k: getattr(self.model_cfg, k) for k in ("num_classes", "width", "init")},
                        "optim": asdict(optim), "run": asdict(run), "world_size": d.world,
-                       "stats_255": asdict(stats)}
+                       "stats_255": asdict(stats), "classes": list(self.classes),
+                       "data_inputs": _data_inputs(data.data)}
         self.run_dir = Path(run.out)
         self.ckpt_path = self.run_dir / runlog.CHECKPOINT
 
@@ -564,25 +613,6 @@ class _Run:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ checkpoints
-
-    def _load(self) -> dict:
-        """The latest readable checkpoint: checkpoint.pt, else the spare one, saying so in one line."""
-        prev = self.run_dir / runlog.PREVIOUS
-        if not self.ckpt_path.is_file() and not prev.is_file():
-            raise TrainError(f"--resume: {self.ckpt_path} not found (no run to continue in {self.run_dir})")
-        try:
-            return ckpt_io.load(self.ckpt_path)
-        except (FileNotFoundError, ValueError) as e:
-            if not prev.is_file():
-                raise TrainError(str(e)) from None
-            try:
-                saved = ckpt_io.load(prev)
-            except (FileNotFoundError, ValueError) as e2:
-                raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
-            if self.d.rank == 0:
-                print(f"train: {self.ckpt_path.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming "
-                      f"from the spare {prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
-            return saved
 
     def _restore(self, saved: dict) -> tuple[int, EpochMeter | None]:
         """Loads a checkpoint; returns (epoch to start at, the meter of an epoch in progress)."""
@@ -676,16 +706,25 @@ class _Run:
 
     # ------------------------------------------------------------------ the run
 
-    def fit(self, resume: bool) -> dict:
+    def fit(self) -> dict:
         from tqdm import tqdm
 
-        saved = None
-        if resume:
-            saved = self._load()
-        elif self.ckpt_path.exists():
+        saved = self.saved
+        if saved is None and self.ckpt_path.exists():
             raise TrainError(f"{self.run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue "
                              f"it, or choose another --out")
         start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
+        if saved is not None:
+            done = saved["epoch"]
+            if self.optim.epochs < done or (self.optim.epochs == done and saved["meter"]):
+                raise TrainError(f"--epochs {self.optim.epochs}: the run has done {done} epoch(s) "
+                                 f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs")
+            if self.optim.epochs == done and start_epoch >= self.optim.epochs:
+                if self.d.rank == 0:
+                    print(f"train: nothing to do: {self.run_dir} finished its {done} epochs (give --epochs N to "
+                          f"train longer)", file=sys.stderr)
+                return {"run_dir": self.run_dir, "history": self.history, "model": self.net,
+                        "checkpoint": self.ckpt_path}
         if self.d.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for leftover in (".tmp", ".new", ".new.tmp"):  # a save cut short by a kill or a power loss
@@ -805,27 +844,49 @@ def evaluate_checkpoint(data: str | os.PathLike, checkpoint: str | os.PathLike, 
     device = resolve_device(device)
     if precision not in PRECISIONS or (precision == "fp16" and device != "gpu"):
         raise TrainError(f"--precision {precision}: expected fp32 or bf16 (fp16 on a GPU)")
-    try:
-        saved = ckpt_io.load(checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        raise TrainError(str(e)) from None
+    saved = load_checkpoint(checkpoint)
     cfg = saved["config"]
     val = open_split(data, "val")
-    classes = val.classes
-    if len(classes) != cfg["model"]["num_classes"]:
-        raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has "
-                         f"{len(classes)}")
+    check_classes(cfg, val.classes, checkpoint, data)
     pstats = resolve_stats(stats, data) if stats else PipelineStats(**cfg["stats_255"])
-    aug = AugmentConfig(**cfg["data"]["aug"])
-    net = AlexNet(cfg["model"]["num_classes"], width=cfg["model"]["width"], init=cfg["model"]["init"])
-    net.load_state_dict(saved["model"])
-    net = net.to("cuda" if device == "gpu" else "cpu")
-    loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", opened=val, stats=pstats, aug=aug,
-                    batch_size=batch_size, device=device, device_id=torch.cuda.current_device() if device == "gpu"
-                    else 0, threads=threads)
+    net = model_from_checkpoint(saved, "cuda" if device == "gpu" else "cpu")
+    loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", opened=val, stats=pstats,
+                    aug=AugmentConfig(**cfg["data"]["aug"]), batch_size=batch_size, device=device,
+                    device_id=torch.cuda.current_device() if device == "gpu" else 0, threads=threads)
     out = evaluate(net, loader, precision=precision)
     return {**out, "ten_crop": ten_crop, "checkpoint": str(checkpoint), "epoch": saved["epoch"],
             "step": saved["step"]}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint file, or a run directory's checkpoint.pt; TrainError with one line when it cannot be read."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / runlog.CHECKPOINT
+    try:
+        return ckpt_io.load(p)
+    except (FileNotFoundError, ValueError) as e:
+        raise TrainError(str(e)) from None
+
+
+def model_from_checkpoint(saved: dict, device: str | torch.device = "cpu") -> AlexNet:
+    """The trained network of a loaded checkpoint, in eval mode on `device` (both towers on it)."""
+    cfg = saved["config"]["model"]
+    net = AlexNet(cfg["num_classes"], width=cfg["width"], init=cfg["init"])
+    net.load_state_dict(saved["model"])
+    return net.to(device).eval()
+
+
+def check_classes(cfg: dict, classes, checkpoint, data) -> None:
+    """Refuses data whose class list is not the one the checkpoint was trained on (the labels would lie)."""
+    mine = list(classes)
+    theirs = cfg.get("classes") or []
+    if len(mine) != cfg["model"]["num_classes"]:
+        raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has {len(mine)}")
+    if theirs and theirs != mine:
+        diff = [(a, b) for a, b in zip(theirs, mine) if a != b]
+        raise TrainError(f"{checkpoint} was trained on other classes than {data} holds ({len(diff)} of {len(mine)} "
+                         f"differ, e.g. {diff[0][0]} vs {diff[0][1]})")
 
 
 def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
@@ -836,4 +897,5 @@ def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, 
 
 
 __all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "TrainStopped", "recipe", "train",
-           "train_one_epoch", "evaluate", "evaluate_checkpoint", "configs_from_dict", "RECIPES"]
+           "train_one_epoch", "evaluate", "evaluate_views", "evaluate_checkpoint", "configs_from_dict",
+           "load_checkpoint", "model_from_checkpoint", "RECIPES"]

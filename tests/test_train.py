@@ -19,7 +19,7 @@ from conftest import ROOT, env_with_path, run_cli
 
 WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
 TINY = ["--recipe", "modern", "--width", WIDTH, "--batch-size", 8, "--device", "cpu", "--torch-threads", 1,
-        "--threads", 1, "--no-progress"]
+        "--threads", 1, "--no-progress", "--warmup-epochs", 0.5]
 ENV = env_with_path(ROOT, ROOT / "tests")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -1,0 +1,162 @@
+"""What a new user trips over: stats re-run then resume, checkpoints that know their classes, safe loading and
+`alexmodel.load`, `alexnet predict` against evaluate, unfinished or mistaken folders, training options."""
+import io
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from alexmodel import load
+from alexmodel.train import evaluate_checkpoint
+from conftest import run_cli
+from test_train import TINY, data, one_epoch  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def run(one_epoch, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(one_epoch, d)
+    return d
+
+
+def test_rerunning_stats_keeps_the_file_and_a_resume_uses_the_checkpoints(data, run, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(data, d)
+    before = (d / "stats.json").read_text()
+    r = run_cli("stats", d, "--max-images", 7, "--threads", 1)  # another sample: other statistics
+    assert (d / "stats.json").read_text() == before and (d / "stats.new.json").is_file()
+    assert "holds other statistics and was kept" in r.stderr and "--force" in r.stderr
+    run_cli("stats", d, "--max-images", 7, "--threads", 1, "--force")
+    assert (d / "stats.json").read_text() != before
+    # The resume goes on with the statistics the run trained with, kept in its checkpoint.
+    trained = torch.load(run / "checkpoint.pt", weights_only=True)["config"]["stats_255"]
+    run_cli("train", d, "--out", run, "--resume", "--epochs", 2)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["stats_255"] == trained
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["command"][1:3] == ["train", str(data)] and len(cfg["resumes"]) == 1  # the first command kept
+    assert cfg["resumes"][0]["command"][-3:] == ["--resume", "--epochs", "2"]
+
+
+def test_renamed_classes_are_refused_by_resume_and_evaluate(data, run, tmp_path):
+    d = tmp_path / "data"
+    shutil.copytree(data, d)
+    man = json.loads((d / "manifest.json").read_text())
+    man["classes"] = [c.replace("n0", "n9") for c in man["classes"]]  # the same images, other wnids
+    (d / "manifest.json").write_text(json.dumps(man))
+    r = run_cli("train", d, "--out", run, "--resume", "--epochs", 2, check=False)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "classes differs from the checkpoint's" in err[0], r.stderr
+    r = run_cli("evaluate", d, "--checkpoint", run, check=False)  # a run directory works as --checkpoint
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "trained on other classes" in err[0], r.stderr
+
+
+def test_checkpoints_load_safely_and_through_the_api(run, data):
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)  # no pickled code
+    model, classes, stats = load(run)
+    assert classes == json.loads((data / "manifest.json").read_text())["classes"] == saved["config"]["classes"]
+    assert not model.training and model.fc8.out_features == len(classes)
+    assert list(stats.mean_255) == pytest.approx(saved["config"]["stats_255"]["mean_255"])
+    x = torch.randn(2, 3, 227, 227)
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    old = dict(saved, format=1)
+    old["ranks"] = [{"rng": {"numpy": np.random.get_state()}}]  # what format 1 held
+    torch.save(old, run / "old.pt")
+    r = run_cli("evaluate", data, "--checkpoint", run / "old.pt", check=False)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and "format-1 checkpoint" in err[0], r.stderr
+
+
+def _val_images(data, dst):
+    """The val split's JPEGs as files, and their labels."""
+    man = json.loads((data / "manifest.json").read_text())
+    dst.mkdir()
+    files, labels = [], []
+    for sh in man["val"]["shards"]:
+        with tarfile.open(data / sh["file"]) as tf:
+            members = tf.getmembers()
+            for jpg, cls in zip(members[::2], members[1::2]):
+                p = dst / jpg.name.replace(".jpg", ".JPEG")
+                p.write_bytes(tf.extractfile(jpg).read())
+                files.append(p)
+                labels.append(int(tf.extractfile(cls).read()))
+    return files, labels
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_predict_agrees_with_evaluate(run, data, tmp_path, ten_crop):
+    from alexmodel.predict import predict
+
+    files, labels = _val_images(data, tmp_path / "imgs")
+    got = predict(run, files, ten_crop=ten_crop, device="cpu", threads=1, top=3)
+    classes = json.loads((data / "manifest.json").read_text())["classes"]
+    ev = evaluate_checkpoint(data, run / "checkpoint.pt", ten_crop=ten_crop, device="cpu", threads=1)
+    assert [g["image"] for g in got] == [str(f) for f in files]
+    top1 = np.mean([g["top"][0][0] == classes[y] for g, y in zip(got, labels)])
+    p_true = [dict(g["top"])[classes[y]] for g, y in zip(got, labels)]  # 3 classes: all of them listed
+    assert top1 == ev["top1"] and -np.mean(np.log(p_true)) == pytest.approx(ev["loss"], rel=1e-5)
+    assert all(sum(p for _, p in g["top"]) == pytest.approx(1, abs=1e-5) for g in got)
+
+
+def test_predict_cli(run, data, tmp_path):
+    files, _ = _val_images(data, tmp_path / "imgs")
+    from PIL import Image
+
+    png = tmp_path / "imgs" / "as.png"
+    Image.open(files[0]).save(png)
+    r = run_cli("predict", "--checkpoint", run, files[0], png, "--json", "--device", "cpu", "--threads", 1)
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["image"] for x in rows] == [str(files[0]), str(png)] and all(len(x["top"]) == 3 for x in rows)
+    assert rows[0]["top"][0]["class"] == rows[1]["top"][0]["class"]  # the same picture, losslessly as PNG
+    text = run_cli("predict", "--checkpoint", run, files[0], "--device", "cpu", "--threads", 1).stdout
+    assert text.startswith(f"{files[0]}: n") and text.count("%") == 3
+    bad = run_cli("predict", "--checkpoint", run, tmp_path / "missing.jpg", check=False)
+    assert bad.returncode == 1 and "no such file" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_unfinished_and_mistaken_folders_are_named(prepared, synth_tree, tmp_path):
+    d = tmp_path / "half"
+    shutil.copytree(prepared, d)
+    (d / "manifest.json").unlink()
+    (d / "train-000001.tar").unlink()
+    for cmd in (["stats", d], ["train", d, "--out", tmp_path / "r", *TINY], ["bench", "loader", d]):
+        r = run_cli(*cmd, check=False)
+        err = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(err) == 1 and "prepare has not finished" in err[0], (cmd, r.stderr)
+        assert "missing at least train-000001" in err[0] and "run the same `alexnet prepare" in err[0]
+    r = run_cli("prepare", prepared, tmp_path / "o", check=False)  # SRC and OUT swapped
+    assert r.returncode == 1 and "did you swap SRC and OUT?" in r.stderr
+    r = run_cli("prepare", synth_tree, synth_tree / "train", check=False)  # into a folder of other files
+    assert r.returncode == 1 and "holds other files" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("synth", synth_tree, "--classes", 2, check=False)
+    assert r.returncode == 1 and "is not empty" in r.stderr
+
+
+def test_training_options_resume_edges_and_notices(data, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("train", data, "--out", out, "--recipe", "modern", "--width", 0.0625, "--batch-size", 8,
+                "--device", "cpu", "--torch-threads", 1, "--threads", 1, "--no-progress", "--epochs", 1,
+                "--momentum", 0.8, "--weight-decay", 1e-4, "--label-smoothing", 0.05)
+    assert "--warmup-epochs 5 capped to 0.5, half of the 1 epochs" in r.stderr
+    optim = json.loads((out / "config.json").read_text())["config"]["optim"]
+    assert (optim["momentum"], optim["weight_decay"], optim["label_smoothing"], optim["warmup_epochs"]) == \
+        (0.8, 1e-4, 0.05, 0.5)
+    done = run_cli("train", data, "--out", out, "--resume")
+    assert "nothing to do" in done.stderr
+    fewer = run_cli("train", data, "--out", out, "--resume", "--epochs", 1, "--label-smoothing", 0.1, check=False)
+    assert fewer.returncode == 1 and "label_smoothing" in fewer.stderr  # a changed optimiser setting: refused
+    paper = run_cli("train", data, "--out", tmp_path / "p", "--width", 0.0625, "--batch-size", 16, "--device",
+                    "cpu", "--torch-threads", 1, "--threads", 1, "--no-progress", "--epochs", 1)
+    assert "the paper recipe keeps lr 0.01 at --batch-size 16" in paper.stderr and "--lr 0.00125" in paper.stderr
+    assert run_cli("--version").stdout.startswith("alexnet, version ")
+
+
+def test_fewer_epochs_than_done_are_refused(run, data):
+    r = run_cli("train", data, "--out", run, "--resume", "--epochs", 2)
+    assert "nothing to do" not in r.stderr
+    r = run_cli("train", data, "--out", run, "--resume", "--epochs", 1, check=False)
+    assert r.returncode == 1 and "--epochs 1: the run has done 2 epoch(s)" in r.stderr
