@@ -280,11 +280,21 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
         _fail(e)
 
 
+class _ResumeValue(click.ParamType):
+    """`--resume` alone, or `--resume auto`: a value that is neither is most likely DATA written after it."""
+    name = "[auto]"
+
+    def convert(self, value, param, ctx):
+        if value in ("yes", "auto"):
+            return value
+        self.fail(f"takes no value or 'auto', got {value!r}: put DATA before --resume", param, ctx)
+
+
 @main.command()
 @click.argument("data", type=click.Path())
 @click.option("--out", type=click.Path(file_okay=False), default="runs/alexnet", show_default=True,
               help="Run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt.")
-@click.option("--resume", type=click.Choice(["yes", "auto"]), is_flag=False, flag_value="yes", default=None,
+@click.option("--resume", type=_ResumeValue(), is_flag=False, flag_value="yes", default=None,
               help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's. "
                    "`--resume auto`: continue when --out holds a checkpoint, else start (for requeued jobs).")
 @click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,

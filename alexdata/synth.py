@@ -57,6 +57,11 @@ class SynthConfig:
             raise ValueError(f"classes must be in 1..1000, got {self.classes}")
         if self.train_per_class < 1 or self.val_per_class < 0:
             raise ValueError("train_per_class must be >= 1 and val_per_class >= 0")
+        per_class = -(-len(ODDITIES) // self.classes)  # planted files in the fullest class
+        if self.oddities and self.train_per_class <= per_class:
+            raise ValueError(f"--train-per-class {self.train_per_class} leaves no good image beside the "
+                             f"{len(ODDITIES)} planted bad files in {self.classes} classes: give more than "
+                             f"{per_class}, or --no-oddities")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.test_images < 0:
@@ -156,19 +161,20 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
     out.mkdir(parents=True, exist_ok=True)
     wnids = [wnid(k) for k in range(cfg.classes)]
 
-    # (split_id, class, n, oddity, relative path); split 0 = train, 1 = val
-    jobs: list[tuple[int, int, int, str, str]] = []
-    for k, w in enumerate(wnids):
-        for n in range(cfg.train_per_class):
-            jobs.append((0, k, n, "", f"train/{w}/{w}_{n + 1}.JPEG"))
-    odd_paths = {}
+    # (split_id, class, n, oddity, relative path); split 0 = train, 1 = val. The planted oddities are counted in
+    # --train-per-class: each takes the place of one of its class's last regular images.
+    oddity_at = {}
     if cfg.oddities:
         for i, odd in enumerate(ODDITIES):
-            k = i % cfg.classes
-            n = cfg.train_per_class + i
-            path = f"train/{wnids[k]}/{wnids[k]}_{n + 1}.JPEG"
-            jobs.append((0, k, n, odd, path))
-            odd_paths[odd] = path
+            oddity_at[(i % cfg.classes, cfg.train_per_class - 1 - i // cfg.classes)] = odd
+    jobs: list[tuple[int, int, int, str, str]] = []
+    odd_paths = {}
+    for k, w in enumerate(wnids):
+        for n in range(cfg.train_per_class):
+            odd = oddity_at.get((k, n), "")
+            jobs.append((0, k, n, odd, f"train/{w}/{w}_{n + 1}.JPEG"))
+            if odd:
+                odd_paths[odd] = f"train/{w}/{w}_{n + 1}.JPEG"
     val_order = np.random.default_rng([cfg.seed, 1]).permutation(cfg.classes * cfg.val_per_class)
     val_labels = {}
     for i, j in enumerate(val_order):
@@ -203,8 +209,8 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
         _write_archives(out, wnids, jobs, blobs)
         _write_devkit(out, wnids, val_labels, cfg.seed)
 
-    desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class
-            + len(odd_paths), "val_images": len(val_labels), "oddities": odd_paths,
+    desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class,
+            "val_images": len(val_labels), "oddities": odd_paths,
             "test_images": n_test, "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0}
     (out / "synth.json").write_text(json.dumps(desc, indent=1) + "\n")
     return desc

@@ -305,7 +305,11 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         if log_every and window["steps"] >= log_every:
             sync()
         if after_step is not None:
+            t_after, syncs = time.perf_counter(), meter.host_syncs
             after_step(meter, images, labels, sync)
+            # A checkpoint's write is not step time: the window restarts after it (or shifts past the hook).
+            window["t0"] = time.perf_counter() if meter.host_syncs != syncs else \
+                window["t0"] + time.perf_counter() - t_after
         if not _distributed() and stop is not None and stop():  # one process: no one to agree with
             sync()
             window["stop"] = True
@@ -453,8 +457,9 @@ class _Signals:
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
-            print(f"train: {name}: stopping after this step and writing a checkpoint (again to exit at once)",
-                  file=sys.stderr, flush=True)
+            # os.write, not print: a handler may interrupt a print to stderr (tqdm's), and print is not reentrant.
+            os.write(2, f"train: {name}: stopping after this step and writing a checkpoint (again to exit at "
+                        f"once)\n".encode())
         elif self.saving:
             self.pending = name
         else:
@@ -464,8 +469,10 @@ class _Signals:
     def _exit(name: str) -> None:
         import signal
 
-        print(f"train: second {name}: exiting at once; the last checkpoint is kept", file=sys.stderr, flush=True)
-        os._exit(128 + getattr(signal, name))
+        try:
+            os.write(2, f"train: second {name}: exiting at once; the last checkpoint is kept\n".encode())
+        finally:
+            os._exit(128 + getattr(signal, name))
 
     def stop(self) -> bool:
         return self.received is not None
@@ -518,6 +525,9 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
 def _load_latest(run_dir: Path, rank: int = 0) -> dict:
     """The latest readable checkpoint in run_dir: checkpoint.pt, else the spare one, saying so in one line."""
     ckpt, prev = run_dir / runlog.CHECKPOINT, run_dir / runlog.PREVIOUS
+    new = run_dir / (runlog.CHECKPOINT + ".new")
+    if not ckpt.is_file() and new.is_file():
+        ckpt = new  # a crash between save_atomic's two renames: the newest complete checkpoint is here
     if not ckpt.is_file() and not prev.is_file():
         raise TrainError(f"--resume: {ckpt} not found (no run to continue in {run_dir})")
     try:
@@ -532,6 +542,7 @@ def _load_latest(run_dir: Path, rank: int = 0) -> dict:
         if rank == 0:
             print(f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
                   f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
+        saved["_loaded_from"] = runlog.PREVIOUS
         return saved
 
 
@@ -602,15 +613,15 @@ class _Run:
         self.cuda_devices = sorted({p.device for p in self.net.parameters() if p.device.type == "cuda"}, key=str)
         self.history: list[dict] = []
         self.last_saved: tuple[int, int] | None = None
+        self.finish_partial = False  # a resume on another rank count ends the epoch in progress where it stands
         self.interactive = sys.stderr.isatty()  # a terminal draws a live bar; Slurm, nohup get plain lines
         self.writer = None
         if run.tensorboard and d.rank == 0:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (opened once the run starts)
             except ImportError:
                 raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
                                  "(or the project's [tensorboard] extra)") from None
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -640,10 +651,12 @@ class _Run:
         # positions do not carry over; the run goes on from the next epoch boundary with fresh loaders.
         if self.d.rank == 0:
             skipped = (f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
-                       f" of {self.train_loader.split.images} samples)" if meter else "")
+                       f" of {self.train_loader.split.images} samples) and the epoch evaluated as it stands"
+                       if meter else "")
             print(f"train: resuming on {self.d.world} rank(s) a run checkpointed on {saved_world}, from the next "
                   f"epoch boundary{skipped}", file=sys.stderr)
-        return (epoch + 1 if meter else epoch), None
+        self.finish_partial = meter is not None
+        return epoch, meter
 
     def save(self, epoch: int, meter: EpochMeter | None, step: int) -> None:
         """A checkpoint after `step` global steps; epoch = epochs finished (meter None) or the one in progress."""
@@ -710,7 +723,7 @@ class _Run:
         from tqdm import tqdm
 
         saved = self.saved
-        if saved is None and self.ckpt_path.exists():
+        if saved is None and (self.ckpt_path.exists() or (self.run_dir / runlog.PREVIOUS).exists()):
             raise TrainError(f"{self.run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue "
                              f"it, or choose another --out")
         start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
@@ -729,6 +742,13 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             for leftover in (".tmp", ".new", ".new.tmp"):  # a save cut short by a kill or a power loss
                 (self.run_dir / (runlog.CHECKPOINT + leftover)).unlink(missing_ok=True)
+            if saved is not None and saved.get("_loaded_from") == runlog.PREVIOUS and self.ckpt_path.exists():
+                # Keep the unreadable file for a look, out of the way: the next save must not make it the spare.
+                os.replace(self.ckpt_path, self.run_dir / "checkpoint.unreadable.pt")
+            if self.run.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
             runlog.write_config(self.run_dir, self.config, classes=list(self.classes), resumed_at=resumed_at)
             if saved is not None:  # the checkpoint's history is the truth: drop lines it does not hold
@@ -744,6 +764,9 @@ class _Run:
         show = self.run.progress and self.interactive and self.d.rank == 0
         epoch = start_epoch
         try:
+            if self.finish_partial:
+                self._end_epoch(epoch, meter)
+                start_epoch, meter = epoch + 1, None
             for epoch in range(start_epoch, self.optim.epochs):
                 desc = f"epoch {epoch + 1}/{self.optim.epochs}" + (
                     f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)" if self.history else "")
@@ -763,11 +786,13 @@ class _Run:
                         bar.close()
                 if stopped and meter.steps < self.steps_per_epoch:
                     step = epoch * self.steps_per_epoch + meter.steps
-                    self.save(epoch, meter, step)
+                    if self.last_saved != (epoch, step):  # a --checkpoint-every save of this very step
+                        self.save(epoch, meter, step)
                     raise TrainStopped(self._stopped_line(epoch, step))
                 self._end_epoch(epoch, meter)
                 meter = None
-                if stopped or _any_rank(self.signals.stop(), self.d, self.run.device):
+                last = epoch + 1 == self.optim.epochs  # the run is done: a late signal changes nothing
+                if not last and (stopped or _any_rank(self.signals.stop(), self.d, self.run.device)):
                     raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch))
         except NonFiniteLoss as e:
             if self.last_saved:
@@ -810,7 +835,8 @@ class _Run:
             dist.barrier()  # every rank is past the checkpoint before any exits (torchrun ends the rest then)
         where = (f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}" if step % self.steps_per_epoch
                  else f"after epoch {step // self.steps_per_epoch}")
-        return f"stopped by {self.signals.received} at step {step} ({where}); checkpoint {self.ckpt_path}"
+        by = self.signals.received or "a signal to another rank"
+        return f"stopped by {by} at step {step} ({where}); checkpoint {self.ckpt_path}"
 
 
 def _any_rank(flag: bool, d: Dist, device: str) -> bool:

@@ -10,7 +10,7 @@ from alexdata.prepare import PrepareConfig, prepare
 from alexdata.synth import SynthConfig, make_synth
 
 ROOT = Path(__file__).resolve().parents[1]
-SYNTH = SynthConfig(classes=3, train_per_class=14, val_per_class=4, seed=7)
+SYNTH = SynthConfig(classes=3, train_per_class=16, val_per_class=4, seed=7)  # 48 train inputs, 2 unreadable
 PREP = PrepareConfig(shard_size=8, seed=3)
 
 

@@ -98,7 +98,7 @@ def test_val_labels_override_discovery_and_bad_files_are_one_line(synth_tree, tm
 
 def test_not_enough_space_is_refused_before_writing(synth_tree, tmp_path, monkeypatch):
     monkeypatch.setattr(prep, "free_bytes", lambda path: 10_000)
-    with pytest.raises(PrepareError, match=r"needs about .* MB for 59 images .* has 0.0 MB free") as e:
+    with pytest.raises(PrepareError, match=r"needs about .* MB for 60 images .* has 0.0 MB free") as e:
         prepare(synth_tree, tmp_path / "out", PREP, workers=2, **QUIET)
     assert "\n" not in str(e.value)
     assert not list((tmp_path / "out").glob("*.tar"))

@@ -1,6 +1,8 @@
 import csv
 import io
 import json
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -8,14 +10,14 @@ import pytest
 from PIL import Image
 
 from alexdata.synth import SynthConfig, _image_size, make_synth, render, wnid
-from conftest import SYNTH
+from conftest import ROOT, SYNTH, env_with_path
 
 
 def test_layout_and_labels(synth_tree):
     wnids = [wnid(k) for k in range(SYNTH.classes)]
     assert sorted(p.name for p in (synth_tree / "train").iterdir()) == wnids
     n_train = sum(1 for _ in (synth_tree / "train").rglob("*.JPEG"))
-    assert n_train == SYNTH.classes * SYNTH.train_per_class + 5  # + the five planted oddities
+    assert n_train == SYNTH.classes * SYNTH.train_per_class  # the five planted oddities counted in
     val = sorted(p.name for p in (synth_tree / "val").iterdir())
     assert val == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, SYNTH.classes * SYNTH.val_per_class + 1)]
     with open(synth_tree / "LOC_val_solution.csv", newline="") as f:
@@ -58,7 +60,7 @@ def test_classes_differ_in_colour():
 
 
 def test_archives_layout(tmp_path):
-    make_synth(tmp_path, SynthConfig(classes=2, train_per_class=3, val_per_class=2, layout="archives"),
+    make_synth(tmp_path, SynthConfig(classes=2, train_per_class=4, val_per_class=2, layout="archives"),
                workers=1, progress=False)
     with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar") as outer:
         names = outer.getnames()
@@ -78,3 +80,14 @@ def test_archives_layout(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="classes"):
         SynthConfig(classes=0)
+
+
+def test_train_per_class_counts_the_planted_files_in(tmp_path):
+    make_synth(tmp_path / "s", SynthConfig(classes=2, train_per_class=4, val_per_class=0), workers=2, progress=False)
+    per_class = {p.name: len(list(p.iterdir())) for p in (tmp_path / "s" / "train").iterdir()}
+    assert per_class == {wnid(0): 4, wnid(1): 4}
+    with pytest.raises(ValueError, match="--no-oddities"):
+        SynthConfig(classes=1, train_per_class=5)  # five planted files would leave no good image
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "synth", str(tmp_path / "s")], capture_output=True,
+                       text=True, env=env_with_path(ROOT))
+    assert r.returncode == 1 and "is not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -26,7 +26,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, prepared):
-    """The session's prepared mini-ImageNet (3 classes, 45 train / 12 val images) with its stats.json."""
+    """The session's prepared mini-ImageNet (3 classes, 46 train / 12 val images) with its stats.json."""
     d = tmp_path_factory.mktemp("train") / "data"
     shutil.copytree(prepared, d)
     write_stats(compute_stats(d, threads=1), d / "stats.json")
@@ -71,7 +71,7 @@ def test_one_epoch_leaves_config_metrics_and_plot(one_epoch, data):
     lines = (one_epoch / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
     m = json.loads(lines[0])
-    assert m["epoch"] == 1 and m["step"] == math.ceil(45 / 8)
+    assert m["epoch"] == 1 and m["step"] == math.ceil(46 / 8)
     for k in ("train_top1", "val_top1", "val_top5", "data_wait_frac"):
         assert 0.0 <= m[k] <= 1.0, (k, m[k])
     assert m["val_top5"] == 1.0  # 3 classes: the top 5 hold them all
@@ -109,7 +109,7 @@ torch.save(r["model"].state_dict(), os.path.join(out, "final.pt"))
 def test_resume_after_sigkill_is_exact(data, tmp_path):
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
-    steps = math.ceil(45 / 8)  # per epoch
+    steps = math.ceil(46 / 8)  # per epoch
     every, kill_at = steps + 2, steps + 3  # a checkpoint at the 2nd step of epoch 2; killed one step later
     cmd = lambda out, log, kill, resume: [sys.executable, str(script), str(data), str(tmp_path / out),
                                          str(tmp_path / log), str(kill), str(every), resume]

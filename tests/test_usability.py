@@ -160,3 +160,10 @@ def test_fewer_epochs_than_done_are_refused(run, data):
     assert "nothing to do" not in r.stderr
     r = run_cli("train", data, "--out", run, "--resume", "--epochs", 1, check=False)
     assert r.returncode == 1 and "--epochs 1: the run has done 2 epoch(s)" in r.stderr
+
+
+def test_nan_before_any_checkpoint_says_start_again(data, tmp_path):
+    r = run_cli("train", data, "--out", tmp_path / "nan", "--epochs", 1, "--lr", 1e6, *TINY, check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1, r.stderr
+    assert "no checkpoint was written yet; start again with a lower --lr" in lines[0] and "--resume" not in lines[0]
