@@ -425,7 +425,7 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     state = {"steps": 0, "images": 0}
     t0 = time.perf_counter()
     bar = tqdm(total=round(seconds), desc="paper init", leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s, {postfix}")
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}")
 
     def on_window(meter, w):  # the trainer's own logging window: its loss is the mean over `every` steps
         state["steps"] += w["steps"]
