@@ -364,8 +364,7 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     resume = {"yes": True, "auto": "auto", None: False}[resume]
-    if resume == "auto" and not any(os.path.isfile(os.path.join(out, n)) for n in (runlog.CHECKPOINT,
-                                                                                   runlog.PREVIOUS)):
+    if resume == "auto" and not runlog.holds_run(out):
         resume = False  # nothing to continue: a fresh run with this command's options
     try:
         if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):

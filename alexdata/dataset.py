@@ -63,18 +63,19 @@ def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | N
             (tar.with_suffix(".idx"), shard.get("idx_bytes"), shard.get("idx_sha256"))]
 
 
-def quick_problems(data: Path, shards: list[dict]) -> list[str]:
-    """One line per shard file that is missing or has another size than manifest.json records (stat calls only)."""
+def quick_problems(data: Path, shards: list[dict]) -> list[tuple[Path, str]]:
+    """(file, one line) per shard file that is missing or has another size than manifest.json records (stat calls
+    only)."""
     bad = []
     for shard in shards:
         for path, size, _ in shard_files(data, shard):
             try:
                 got = path.stat().st_size
             except FileNotFoundError:
-                bad.append(f"{path}: missing (listed in manifest.json)")
+                bad.append((path, f"{path}: missing (listed in manifest.json)"))
                 continue
             if size is not None and got != size:
-                bad.append(f"{path}: {got} bytes, manifest.json says {size} (a partial copy?)")
+                bad.append((path, f"{path}: {got} bytes, manifest.json says {size} (a partial copy?)"))
     return bad
 
 
@@ -96,7 +97,7 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
         tars = tuple(str(data / s["file"]) for s in shards)
         bad = quick_problems(data, shards)
         if bad:  # a partial copy fails here, before any step, rather than when DALI opens the shard
-            raise DataError(f"{bad[0]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; "
+            raise DataError(f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; "
                             f"run `alexnet verify {data}`")
         if not tars:
             raise DataError(f"{data}: the '{split}' split has no images")

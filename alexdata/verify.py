@@ -33,14 +33,14 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     man = load_manifest(data)
     shards = [s for split in ("train", "val") for s in man.get(split, {}).get("shards", [])]
     files = [f for s in shards for f in shard_files(data, s)]
-    problems = quick_problems(data, shards)
-    bad = {p.split(":", 1)[0] for p in problems}
+    found = quick_problems(data, shards)
+    problems, bad = [line for _, line in found], {path for path, _ in found}
     has_hash = any(h for _, _, h in files)
     note = None
     if not has_hash:
         note = ("manifest.json has no sizes or hashes (written by an older prepare): only presence was checked; "
                 "prepare into a fresh directory to record them")
-    todo = [(p, size, h) for p, size, h in files if h and str(p) not in bad] if not quick else []
+    todo = [(p, size, h) for p, size, h in files if h and p not in bad] if not quick else []
     total = sum(size for _, size, _ in todo)
     if todo:
         with ProcessPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool, \

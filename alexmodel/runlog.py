@@ -26,6 +26,13 @@ CONFIG, METRICS, PLOT, CHECKPOINT = "config.json", "metrics.jsonl", "plot.png", 
 STEPS, PREVIOUS = "steps.jsonl", "checkpoint.prev.pt"
 
 
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether run_dir holds a checkpoint to continue: the latest, the spare, or one cut between the spare's two
+    renames (checkpoint.pt.new)."""
+    d = Path(run_dir)
+    return any((d / n).is_file() for n in (CHECKPOINT, PREVIOUS, CHECKPOINT + ".new"))
+
+
 def git_revision() -> str:
     """`git rev-parse HEAD` of the code's checkout, or "unknown" (an installed copy, no git)."""
     try:

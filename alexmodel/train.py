@@ -509,7 +509,7 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
     if run.placement == "two-tower" and device != "gpu":
         raise TrainError("--placement two-tower needs two GPUs; use --placement single on the CPU")
     if resume == "auto":
-        resume = any((Path(run.out) / n).is_file() for n in (runlog.CHECKPOINT, runlog.PREVIOUS))
+        resume = runlog.holds_run(run.out)
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = _init_distributed(device, run.placement)
@@ -723,7 +723,7 @@ class _Run:
         from tqdm import tqdm
 
         saved = self.saved
-        if saved is None and (self.ckpt_path.exists() or (self.run_dir / runlog.PREVIOUS).exists()):
+        if saved is None and runlog.holds_run(self.run_dir):
             raise TrainError(f"{self.run_dir} already holds a run ({runlog.CHECKPOINT}); pass --resume to continue "
                              f"it, or choose another --out")
         start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
