@@ -205,15 +205,19 @@ def bench_prepare(src, images, rounds, as_json):
               help="Timed seconds per contender and round.")
 @click.option("--rounds", type=POS_INT, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads = DataLoader workers (default: all cores).")
+@click.option("--prefetch", type=int, default=2, show_default=True, help="Batches DALI prepares ahead.")
+@click.option("--hw-decoder-load", type=float, default=0.65, show_default=True,
+              help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] (gpu only).")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_json):
+def bench_loader(data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, stats, rounds, as_json):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
     from alexdata.dataset import DataError
 
     try:
-        _report(run(data, device, batch_size, seconds, threads, stats, rounds), as_json)
+        _report(run(data, device, batch_size, seconds, threads, stats, rounds, prefetch=prefetch,
+                    hw_decoder_load=hw_decoder_load), as_json)
     except (DataError, ValueError) as e:
         _fail(e)
 
@@ -231,10 +235,11 @@ def bench_loader(data, device, batch_size, seconds, threads, stats, rounds, as_j
               help="DALI threads, and summing threads on cpu [default: all cores].")
 @click.option("--force", is_flag=True, help="Replace an existing stats file that holds other statistics.")
 def stats(data, out, max_images, seed, device, batch_size, threads, force):
-    """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json.
+    """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json, and
+    the mean image of their central 256x256 patches -> DATA/stats.mean_image.npy.
 
     DATA is a `prepare` output or a raw class-folder tree (DATA/train/<wnid>/* or DATA/<wnid>/*). The pipelines
-    read the file for mean subtraction and PCA colour noise (paper §4.1)."""
+    read the files for mean subtraction (per channel, or per pixel: paper §2) and PCA colour noise (§4.1)."""
     from pathlib import Path
 
     from alexdata.dataset import DataError
@@ -326,6 +331,12 @@ class _ResumeValue(click.ParamType):
               help="two-tower: the paper's split of the net over two GPUs (§3.2).")
 @click.option("--threads", type=POS_INT, default=None,
               help="DALI threads per rank [default: this process's cores divided among the node's ranks].")
+@click.option("--prefetch", type=int, default=None, help="Batches DALI prepares ahead [default: 2].")
+@click.option("--hw-decoder-load", type=float, default=None,
+              help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] [default: 0.65, DALI's].")
+@click.option("--tf32/--no-tf32", default=False, show_default=True,
+              help="fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way.")
+@click.option("--fused-sgd", is_flag=True, help="SGD's update of all parameters in one kernel (fused=True).")
 @click.option("--torch-threads", type=POS_INT, default=None,
               help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].")
 @click.option("--checkpoint-every", type=int, default=0, show_default=True,
@@ -341,8 +352,8 @@ class _ResumeValue(click.ParamType):
                                                   "(pip install tensorboard).")
 @click.pass_context
 def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weight_decay, label_smoothing,
-          warmup_epochs, width, stats, device, precision, channels_last, compile_, placement, threads, torch_threads,
-          checkpoint_every, seed, progress, log_every, tensorboard):
+          warmup_epochs, width, stats, device, precision, channels_last, compile_, placement, threads, prefetch,
+          hw_decoder_load, tf32, fused_sgd, torch_threads, checkpoint_every, seed, progress, log_every, tensorboard):
     """Train AlexNet on DATA; data parallel under torchrun.
 
     DATA is a `prepare` output with stats.json, or a raw class-folder tree (DATA/train/<wnid>/*, DATA/val/<wnid>/*;
@@ -364,6 +375,8 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
     given = {name for name in ctx.params
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     resume = {"yes": True, "auto": "auto", None: False}[resume]
+    speed = {k: v for k, v in (("threads", threads), ("prefetch", prefetch), ("hw_decoder_load", hw_decoder_load))
+             if k in given}  # the data settings a resume may change
     if resume == "auto" and not runlog.holds_run(out):
         resume = False  # nothing to continue: a fresh run with this command's options
     try:
@@ -371,8 +384,7 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
             # Options not given on this command line are the run's own (config.json).
             data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
             # The statistics: the checkpoint's (None), unless --stats is given on this command.
-            data_cfg = replace(data_cfg, data=data, stats=stats if "stats" in given else None,
-                               **({"threads": threads} if "threads" in given else {}))
+            data_cfg = replace(data_cfg, data=data, stats=stats if "stats" in given else None, **speed)
             model = replace(model, **({"width": width} if "width" in given else {}))
             optim = replace(optim, **{k: v for k, v in (
                 ("recipe", recipe), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
@@ -382,7 +394,8 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
                 ("device", device), ("precision", precision), ("channels_last", channels_last),
                 ("compile", compile_), ("placement", placement), ("torch_threads", torch_threads),
                 ("checkpoint_every", checkpoint_every), ("seed", seed), ("progress", progress),
-                ("log_every", log_every), ("tensorboard", tensorboard)) if k in given})
+                ("log_every", log_every), ("tensorboard", tensorboard), ("tf32", tf32),
+                ("fused_sgd", fused_sgd)) if k in given})
         else:
             model, aug, optim = make_recipe(recipe, width=width, batch_size=batch_size, epochs=epochs, lr=lr)
             optim = replace(optim, **{k: v for k, v in (
@@ -396,11 +409,11 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
                 click.echo(f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {optim.epochs / 2:g}, half of "
                            f"the {optim.epochs} epochs", err=True)
                 optim = replace(optim, warmup_epochs=optim.epochs / 2)
-            data_cfg = DataConfig(data, stats=stats, threads=threads, aug=aug)
+            data_cfg = DataConfig(data, stats=stats, aug=aug, **speed)
             run = RunConfig(out=out, device=device or "auto", precision=precision, channels_last=channels_last,
                             compile=compile_, placement=placement, checkpoint_every=checkpoint_every, seed=seed,
                             torch_threads=torch_threads, progress=progress, log_every=log_every,
-                            tensorboard=tensorboard)
+                            tensorboard=tensorboard, tf32=tf32, fused_sgd=fused_sgd)
         result = run_train(data_cfg, model, optim, run, resume=resume)
     except TrainStopped as e:
         if int(os.environ.get("RANK", "0")) == 0:

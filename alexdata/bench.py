@@ -165,60 +165,120 @@ def loader_rate(data: str, seconds: float, *, device: str, stats, opened=None, w
         gc.collect()  # frees the DALI pipeline (its threads and device buffers) before the next one is built
 
 
+def decode_only_pipeline(split, device: str, batch_size: int, threads: int, prefetch: int = 2, **decoder):
+    """DALI's read and decode alone, the ceiling of every pipeline here; `decoder`: pipelines/common.py `decode`'s
+    keywords (hw_decoder_load, hybrid_huffman_threshold, preallocate_hw)."""
+    from nvidia.dali import pipeline_def
+
+    from pipelines import common
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0,
+                  prefetch_queue_depth=prefetch)
+    def decode_only():
+        jpg, label = common.read(split, shuffle=True, shard_id=0, num_shards=1)
+        return common.decode(jpg, device, **decoder), label
+
+    return decode_only()
+
+
+def pipe_batches(pipe, sync):
+    """Batch sizes of an endless run of a DALI pipeline, each batch finished (`sync`) on arrival."""
+    pipe.build()
+    while True:
+        out = pipe.run()
+        sync()
+        yield len(out[1])
+
+
+def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int, opened=None) -> dict:
+    """Is the GPU's hardware JPEG decoder (NVJPG) really used? Decode-only images/s and process CPU time per image
+    at hw_decoder_load 0 (nvJPEG's CUDA path, Huffman decoding on the CPU) and 1 (every image the hardware takes).
+    Where the GPU shows no NVJPG engine (some VMs) DALI falls back to the CUDA path without a word, and the two
+    agree; with it, the Huffman decoding leaves the CPU (NVIDIA's blog on the A100 JPEG decoder, linked from the
+    fn.decoders.image docs), so the CPU time per image drops, and usually the time per image with it."""
+    import gc
+
+    from alexdata.dataset import open_split
+
+    split = opened if opened is not None else open_split(data, "train")
+    res = {}
+    for name, load in (("load0", 0.0), ("load1", 1.0)):
+        batches = pipe_batches(decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load),
+                               device_sync("gpu"))
+        for _ in range(3):  # warm-up: buffers, the decoder's own start
+            next(batches)
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds:
+            n += next(batches)
+        res[name] = n / (time.perf_counter() - t0)
+        res[name + "_cpu_us_per_img"] = (time.process_time() - c0) / n * 1e6
+        batches.close()
+        gc.collect()  # the pipeline's device buffers go before the next one is built
+    speed, cpu = res["load1"] / res["load0"], res["load1_cpu_us_per_img"] / res["load0_cpu_us_per_img"]
+    res["used"] = speed > 1.1 or cpu < 0.7  # beyond the ~5 % a shared machine moves between two runs
+    res["why"] = (f"at hw_decoder_load 1: {speed:.2f}x the images/s and {cpu:.2f}x the CPU time per image of load 0"
+                  + (": the hardware decoder took the work" if res["used"] else
+                     ": no sign of the hardware decoder (DALI falls back to CUDA silently: no NVJPG here?)"))
+    return res
+
+
+CONTENDERS = ("decode_only", "pipeline", "baseline")
+
+
 def bench_loader(data: str, device: str | None = None, batch_size: int = 128, seconds: float = 10.0,
-                 threads: int | None = None, stats=None, rounds: int = 3) -> dict:
+                 threads: int | None = None, stats=None, rounds: int = 3, *, prefetch: int = 2,
+                 hw_decoder_load: float = 0.65, contenders: tuple[str, ...] = CONTENDERS) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
-    Each is timed `seconds` per round over interleaved `rounds`; the medians are reported."""
+    Each is timed `seconds` per round over interleaved `rounds`; the medians are reported. prefetch and
+    hw_decoder_load go to both DALI contenders; `contenders`: some of CONTENDERS."""
     import torch
-    from nvidia.dali import pipeline_def
 
     from alexdata.dataset import open_split
     from alexdata.loader import Loader, resolve_stats
     from alexdata.stats import default_device
-    from pipelines import common
     from pipelines.config import AugmentConfig
 
+    unknown = [c for c in contenders if c not in CONTENDERS]
+    if unknown or not contenders:
+        raise ValueError(f"contenders {list(contenders)}: expected some of {', '.join(CONTENDERS)}")
     threads = threads or len(os.sched_getaffinity(0))
     device = device or default_device()
     split = open_split(data, "train")
     st = resolve_stats(stats, data)
     sync = device_sync(device)
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0)
-    def decode_only():
-        jpg, label = common.read(split, shuffle=True, shard_id=0, num_shards=1)
-        return common.decode(jpg, device), label
-
-    def endless_pipe(pipe):
-        pipe.build()
-        while True:
-            out = pipe.run()
-            sync()
-            yield len(out[1])
+    def baseline():
+        ds = PilAugmentDataset(split, st, AugmentConfig())
+        dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
+                                         persistent_workers=True, pin_memory=device == "gpu")
+        return endless(dl, sync, to_gpu=device == "gpu")
 
     res = {"data": str(data), "kind": split.kind, "images": split.images, "device": device,
-           "batch_size": batch_size, "threads": threads, "seconds": seconds, "rounds": rounds}
-    ds = PilAugmentDataset(split, st, AugmentConfig())
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
-                                     persistent_workers=True, pin_memory=device == "gpu")
-    contenders = {"decode_only": endless_pipe(decode_only()),
-                  "pipeline": endless(Loader(data, stats=st, batch_size=batch_size, device=device, threads=threads,
-                                             opened=split), sync),
-                  "baseline": endless(dl, sync, to_gpu=device == "gpu")}
+           "batch_size": batch_size, "threads": threads, "prefetch": prefetch, "hw_decoder_load": hw_decoder_load,
+           "seconds": seconds, "rounds": rounds}
+    make = {"pipeline": lambda: endless(Loader(data, stats=st, batch_size=batch_size, device=device, threads=threads,
+                                               prefetch=prefetch, hw_decoder_load=hw_decoder_load, opened=split),
+                                        sync),
+            "decode_only": lambda: pipe_batches(decode_only_pipeline(split, device, batch_size, threads, prefetch,
+                                                                     hw_decoder_load=hw_decoder_load), sync),
+            "baseline": baseline}
+    made = {k: make[k]() for k in make if k in contenders}  # the Loader first: it checks prefetch and the load
     # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
     # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that
     # backlog, so every timed window starts from the steady state rather than from a head start.
     warmup = {"decode_only": 3, "pipeline": 3, "baseline": 3 + 2 * threads}
     rates = {k: [] for k in contenders}
     for _ in range(rounds):  # interleaved rounds: drift on a shared machine hits every contender alike
-        for k, batches in contenders.items():
-            rates[k].append(_timed(batches, seconds, warmup[k]))
+        for k in contenders:
+            rates[k].append(_timed(made[k], seconds, warmup[k]))
     for k, v in rates.items():
         res[k] = float(np.median(v))
         res[k + "_rounds"] = [round(x, 1) for x in v]
-    res["pipeline_vs_baseline"] = res["pipeline"] / res["baseline"]
-    res["pipeline_vs_decode_only"] = res["pipeline"] / res["decode_only"]
+    if "baseline" in res and "pipeline" in res:
+        res["pipeline_vs_baseline"] = res["pipeline"] / res["baseline"]
+    if "decode_only" in res and "pipeline" in res:
+        res["pipeline_vs_decode_only"] = res["pipeline"] / res["decode_only"]
     res["machine"] = machine()
     res["torch"] = torch.__version__
     return res

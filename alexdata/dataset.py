@@ -27,6 +27,7 @@ class Split:
     files: tuple[str, ...] = ()
     labels: tuple[int, ...] = ()
     shorter_side: int | None = None  # the stored images' shorter side, when known (prepare output)
+    max_hw: tuple[int, int] | None = None  # (height, width) px: the tallest and the widest image, when recorded
 
     @property
     def prepared(self) -> bool:
@@ -101,8 +102,10 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
                             f"run `alexnet verify {data}`")
         if not tars:
             raise DataError(f"{data}: the '{split}' split has no images")
+        largest = man[split].get("max_height"), man[split].get("max_width")  # absent in older manifests
         return Split("shards", classes, sum(s["images"] for s in shards), tars,
-                     tuple(t[:-4] + ".idx" for t in tars), tuple(s["images"] for s in shards), shorter_side=side)
+                     tuple(t[:-4] + ".idx" for t in tars), tuple(s["images"] for s in shards), shorter_side=side,
+                     max_hw=tuple(map(int, largest)) if None not in largest else None)
     if (data / ".prepare").is_dir() or any(data.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
         raise DataError(unfinished_prepare(data))
     if (data / split).is_dir():

@@ -7,7 +7,8 @@
     state = loader.state_dict()             # mid-epoch too; Loader(...).load_state_dict(state) resumes exactly
 
 - images: (B, 3, 227, 227) float32 (float16/bfloat16 options), or (B, 10, 3, 227, 227) in mode "tencrop";
-  labels: (B,) int64; both on the pipeline's device (CPU, or the GPU `device_id`).
+  labels: (B,) int64; both on the pipeline's device (CPU, or the GPU `device_id`). layout="NHWC": the same
+  values in channels_last memory (DALI writes HWC; the NCHW view of it costs no copy), for a channels_last model.
 - `len(loader)` is the number of batches in one epoch on this rank. Across `num_shards` ranks an epoch reads each
   image exactly once: shards are disjoint, and DALI pads every shard to the same length (so all ranks run the
   same number of steps) while the iterator strips the padding. The last batch of an epoch is therefore
@@ -33,6 +34,7 @@ from pipelines.common import READER, labels_from_digits
 from pipelines.config import AugmentConfig, PipelineStats
 
 MODES = ("train", "center", "tencrop")
+LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}  # the batch's memory layout -> crop_mirror_normalize's output_layout
 
 
 def resolve_stats(stats, data) -> PipelineStats:
@@ -60,14 +62,49 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+class StaleLoaderState(ValueError):
+    """A saved loader position that this version's pipeline cannot take up; the loader starts afresh."""
+
+
+class _InFlight:
+    """Keeps DALI's output buffers alive while the GPU may still read them. The dynamic executor hands batches
+    over without a copy (DLPack), and DALI may reuse a buffer once its tensor is dropped, which the consumer can
+    do while the kernels it queued on the batch have not run yet. Each batch is held until an event recorded on
+    the consumer's stream, when it asked for the next batch, has passed; `query()` never waits. The Loader owns
+    it, so batches still in flight at an epoch's end (or a `break`) stay held into the next epoch."""
+
+    def __init__(self, device: torch.device):
+        self._device = device
+        self._held: list = []  # [(event, DALI outputs)], oldest first
+        self._last = None
+
+    def hold(self, out) -> None:
+        self._last = out
+
+    def handed_back(self) -> None:
+        if self._last is not None:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self._device))  # after the consumer's work on the last batch
+            self._held.append((event, self._last))
+            self._last = None
+        while self._held and self._held[0][0].query():
+            self._held.pop(0)
+
+
 class Loader:
     def __init__(self, data: str | os.PathLike, *, split: str = "train", mode: str = "train", stats=None,
                  aug: AugmentConfig = AugmentConfig(), batch_size: int = 128, device: str = "cpu",
                  device_id: int = 0, threads: int | None = None, seed: int = 0, shuffle_seed: int = 0,
                  shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                 opened: Split | None = None):
+                 hybrid_huffman_threshold: int = 1_000_000, preallocate: bool = False, layout: str = "NCHW",
+                 drop_last: bool = False, opened: Split | None = None):
         """`opened`: what `open_split(data, split)` returned, when the caller has it already (on a raw ImageNet
-        tree that call lists 1.28 M files)."""
+        tree that call lists 1.28 M files). prefetch: batches DALI prepares ahead. hw_decoder_load,
+        hybrid_huffman_threshold, preallocate (hints from the largest image manifest.json records): the GPU
+        decoder's tuning, see pipelines/common.py `decoder_kw`; the CPU decoder ignores them. drop_last: hand out
+        only full batches, the same number on every rank (split images // (num_shards * batch_size)); the rest of
+        each epoch is read and dropped, other images each epoch as the order changes (torch.compile'd steps then
+        see one shape)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -80,18 +117,37 @@ class Loader:
             raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}/{num_shards}")
         if aug.dtype == "float16" and device == "cpu":
             raise ValueError("float16 output is for the GPU; use float32 on the CPU")
+        if not (isinstance(prefetch, int) and prefetch >= 1):
+            raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {prefetch!r}")
+        if not 0 <= hw_decoder_load <= 1:
+            raise ValueError(f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got {hw_decoder_load}")
+        if hybrid_huffman_threshold < 0:
+            raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {hybrid_huffman_threshold}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
         self.split = opened if opened is not None else open_split(data, split)
+        if preallocate and self.split.max_hw is None:
+            raise ValueError(f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
+                             f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off")
         self._where = f"{data} ({split} split)"
         if self.split.images < num_shards:
             raise ValueError(f"{self.split.images} images cannot be split over {num_shards} shards")
+        self.drop_last, self._full = drop_last, self.split.images // (num_shards * batch_size)
+        if drop_last and self._full == 0:
+            raise ValueError(f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
+                             f"{num_shards} shards")
+        self._served = 0  # batches handed out in the epoch in progress
         self.stats = resolve_stats(stats, data)
-        self.mode, self.aug, self.device = mode, aug, device
+        self.mode, self.aug, self.device, self.layout = mode, aug, device, layout
         self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
         self.shuffle_seed = shuffle_seed
         self._kw = dict(batch_size=batch_size, num_threads=threads or default_threads(),
                         device=device, device_id=device_id, seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id,
                         num_shards=num_shards,
-                        prefetch=prefetch, hw_decoder_load=hw_decoder_load)
+                        prefetch=prefetch, hw_decoder_load=hw_decoder_load,
+                        hybrid_huffman_threshold=hybrid_huffman_threshold,
+                        preallocate_hw=self.split.max_hw if preallocate else None, output_layout=LAYOUTS[layout])
+        self._in_flight = _InFlight(torch.device("cuda", device_id)) if device == "gpu" else None
         self._build(None)
 
     def _build(self, checkpoint: str | None) -> None:
@@ -112,27 +168,40 @@ class Loader:
             raise self._data_error(e) from None
 
     def __len__(self) -> int:
-        return len(self._it)
+        return self._full if self.drop_last else len(self._it)
 
     def __iter__(self):
         it = iter(self._it)
+        keep = self._in_flight
         while True:
+            if keep is not None:
+                keep.handed_back()  # the consumer has queued all its work on the last batch by now
             try:
                 out = next(it)
             except StopIteration:
+                self._served = 0
                 return
             except RuntimeError as e:
                 raise self._data_error(e) from None
+            if self.drop_last and self._served == self._full:
+                continue  # the epoch's last, partial batches: read (so the next epoch starts right), not handed out
             images = out[0]["images"]
+            if self.layout == "NHWC":  # (..., H, W, C) -> an NCHW view, channels_last in memory: no copy
+                images = images.movedim(-1, -3)
             try:
                 labels = labels_from_digits(out[0]["labels"])  # on the CPU, as DALI gives them
                 if labels.numel() and int(labels.max()) >= len(self.split.classes):
                     raise ValueError(f"label {int(labels.max())} is past the {len(self.split.classes)} classes")
             except ValueError as e:
                 raise DataError(f"{self._where}: {e} (re-run `alexnet prepare` into a fresh directory)") from None
-            labels = labels.to(images.device)  # 8 bytes an image: a synchronous copy costs nothing
+            if keep is not None:
+                keep.hold(out)
+                # From pinned memory, non-blocking: a copy from pageable memory waits for the stream to drain,
+                # which would also bill the previous step's backward to data_wait_frac.
+                labels = labels.pin_memory().to(images.device, non_blocking=True)
             if self.aug.dtype == "bfloat16":
                 images = images.to(torch.bfloat16)
+            self._served += 1
             yield images, labels
 
     def _data_error(self, e: RuntimeError) -> DataError:
@@ -150,11 +219,20 @@ class Loader:
         """The pipeline's position (reader, random generators) after the batches handed out so far."""
         return {"dali": self._it.checkpoints()[0], "mode": self.mode, "seed": self.seed,
                 "shuffle_seed": self.shuffle_seed,
-                "shard": [self.shard_id, self.num_shards], "batch_size": self.batch_size, "aug": asdict(self.aug)}
+                "shard": [self.shard_id, self.num_shards], "batch_size": self.batch_size, "aug": asdict(self.aug),
+                "served": self._served}  # drop_last is not compared: it changes what is handed out, not the reader
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
+        if isinstance(state.get("aug"), dict):  # AugmentConfig fields added since it was saved: their defaults
+            state = {**state, "aug": asdict(AugmentConfig(**state["aug"]))}
         for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug"):
             if state.get(k) != mine[k]:
                 raise ValueError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")
-        self._build(state["dali"])
+        try:
+            self._build(state["dali"])
+        except DataError:  # DALI names the graph's operators: a state saved by another version of it won't load
+            self._build(None)  # a real data error raises again here
+            raise StaleLoaderState("the loader's saved position comes from another version of the pipeline "
+                                   "(saved before an upgrade?)") from None
+        self._served = state.get("served", 0)

@@ -23,7 +23,8 @@ Output (OUT):
   train-000000.idx ...  the index `fn.readers.webdataset` reads (wds2idx format v1.2)
   val-000000.tar/.idx   validation samples in key order
   manifest.json         classes, per-split counts and shards (each with its and its index's size and sha256,
-                        hashed as they were written), parameters, skipped inputs
+                        hashed as they were written), each split's largest height and width (the GPU decoder's
+                        preallocation hints), parameters, skipped inputs
   .prepare/             per-shard records; they make the run resumable and the manifest reproducible
 
 Each shard is a pure function of (input listing, parameters, shard index), written under a temporary name and
@@ -588,7 +589,7 @@ def _init_worker(counter) -> None:
 def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
     """Processes and writes one shard (record, index, then the tar last: the tar's presence means done)."""
     buf = io.BytesIO()
-    skipped, upscaled, n = [], [], 0
+    skipped, upscaled, n, max_hw = [], [], 0, [0, 0]
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
         for it in spec.items:
             data = None
@@ -599,6 +600,8 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
                 skipped.append({"file": it.name, "reason": _reason(e, data)})
             else:
                 add_to_tar(tf, f"{it.key}.jpg", jpg)
+                w, h = Image.open(io.BytesIO(jpg)).size  # the header only
+                max_hw = [max(max_hw[0], h), max(max_hw[1], w)]
                 add_to_tar(tf, f"{it.key}.cls", str(it.label).encode())
                 n += 1
                 if up:
@@ -611,7 +614,7 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
     idx = wds_index(data).encode()
     if n:  # hashed from the bytes in memory, as they are written: `alexnet verify` needs no second read here
         record.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), idx_bytes=len(idx),
-                      idx_sha256=hashlib.sha256(idx).hexdigest())
+                      idx_sha256=hashlib.sha256(idx).hexdigest(), max_hw=max_hw)
     _write(out / ".prepare" / f"{spec.name}.json", json.dumps(record, indent=1).encode())
     if n:
         _write(out / f"{spec.name}.idx", idx)
@@ -784,6 +787,7 @@ def _manifest(out: Path, specs: list[ShardSpec], classes: list[str], cfg: Prepar
            "train": {"images": 0, "shards": []}, "val": {"images": 0, "shards": []},
            "skipped": [n for n in notes if not n.get("left_out")], "upscaled": [],
            "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")]}
+    largest = {"train": [0, 0], "val": [0, 0]}  # None once a shard record predates them (a resumed old run)
     for s in specs:
         rec = json.loads((out / ".prepare" / f"{s.name}.json").read_text())
         man["skipped"] += rec["skipped"]
@@ -792,4 +796,9 @@ def _manifest(out: Path, specs: list[ShardSpec], classes: list[str], cfg: Prepar
             man[s.split]["images"] += rec["images"]
             man[s.split]["shards"].append({k: rec[k] for k in ("file", "images", "bytes", "sha256", "idx_bytes",
                                                                 "idx_sha256") if k in rec})
+            hw, m = rec.get("max_hw"), largest[s.split]
+            largest[s.split] = [max(m[0], hw[0]), max(m[1], hw[1])] if hw and m else None
+    for split, hw in largest.items():
+        if hw and man[split]["images"]:  # pixels; alexdata/dataset.py reads them as Split.max_hw
+            man[split].update(max_height=hw[0], max_width=hw[1])
     return man

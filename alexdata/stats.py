@@ -1,14 +1,20 @@
-"""`alexnet stats`: the training images' RGB mean, std, covariance and its eigenvectors, written to stats.json.
+"""`alexnet stats`: the training images' RGB mean, std, covariance and its eigenvectors, written to stats.json,
+and their mean image, written beside it (stats.mean_image.npy).
 
-AlexNet subtracts the mean activity over the training set from each pixel (Krizhevsky et al. 2012, §2) and adds
-PCA colour noise along the eigenvectors of the 3x3 covariance of "the set of RGB pixel values throughout the
-ImageNet training set" (§4.1). The pipelines read both from this file; no number derived from data lives in code.
+AlexNet subtracts "the mean activity over the training set from each pixel" (Krizhevsky et al. 2012, §2): a
+256x256x3 mean image of the central 256x256 patches, as cuda-convnet and Caffe's reference AlexNet computed it;
+the pipelines also offer one mean per channel (AugmentConfig.mean). It adds PCA colour noise along the
+eigenvectors of the 3x3 covariance of "the set of RGB pixel values throughout the ImageNet training set" (§4.1).
+The pipelines read all of it from these files; no number derived from data lives in code.
 
 One streaming pass with DALI: read -> `fn.decoders.image` to RGB -> per-image sums, over every training image or
 a seeded uniform sample of `max_images`. The sums are exact integers: S1 = sum of x_i (3) and S2 = sum of
 x_i * x_j (3x3) over all pixels, kept as int64 (ImageNet's 1.28 M images at shorter side 256 reach ~1e16, a
 thousandth of the int64 range). Mean and covariance come from the integers at the end,
 cov = (N * S2 - S1 S1^T) / N^2, so nothing cancels catastrophically however many pixels there are.
+The mean image is exact too: each image's central 256x256 patch (top-left floor((H - 256) / 2),
+floor((W - 256) / 2), after resizing a raw image's shorter side to 256 as the pipelines do; the per-channel
+sums take the pixels as stored) is added pixel by pixel into integers, divided by the image count at the end.
 
 Where the sums are computed:
   cpu  the decoded HWC uint8 images go to Python threads: each image is copied into blocks of 256 pixels as
@@ -16,15 +22,21 @@ Where the sums are computed:
        S2 and S1. 256 * 255**2 < 2**24, so every partial sum in a block is an integer float32 holds exactly, in
        whatever order the BLAS adds; blocks are then added in float64 (exact below 2**53). The same arithmetic as
        DALI CPU operators (the gpu graph below) measured ~5x slower, and padding a batch to one size (to sum it
-       with one matmul) wastes most of the work when portrait and landscape images share a batch.
+       with one matmul) wastes most of the work when portrait and landscape images share a batch. The
+       central patch is a numpy view of the decoded (or, on a raw tree, DALI-resized) image, added into a
+       uint32 accumulator per thread and batch (`patch_sum`).
   gpu  the mixed (nvJPEG) decoder, then the products (uint16: 255**2 < 2**16) and uint64 sums as DALI GPU
-       operators inside the pipeline: only 9 integers per image leave the GPU.
+       operators inside the pipeline: only 9 integers per image leave the GPU. The central patches
+       (`central_patch`, DALI operators) are summed over the batch by torch on the GPU: one int64 image per
+       batch leaves it.
 
 Measured (`alexnet bench stats` on 2000 prepared synth images, 2-core AMD EPYC VM shared with other jobs,
 DALI 2.4.0): decode alone ~3000 img/s, the stats pass ~2000 img/s, ratio 0.63-0.67; per image 0.62 ms of CPU
 for decoding and 0.34 ms for the sums (transposing copy ~0.14, batched matmul ~0.15). Tried and slower:
 float64 matmul per image 0.65 ms, torch.compile'd sums 0.8-1.1 ms, DALI CPU operators +2.3 ms, a batch padded
-to one size 73 img/s. On a GPU the sums run beside nvJPEG; not measured here.
+to one size 73 img/s. On a GPU the sums run beside nvJPEG; not measured here. The mean image adds ~0.06-0.09 ms
+of CPU per image (decode 3323, stats pass 1904 img/s, ratio 0.57, 1004 us of CPU per image; 2026-11-29, same
+machine and data); DALI's slice and its output copy instead of the numpy view cost ~0.2 ms.
 
 stats.json (indent 1; every value on the 0-255 pixel scale, `scale`: 255):
   mean [3], std [3]           per channel R, G, B; std is the population std over all pixels
@@ -36,9 +48,15 @@ stats.json (indent 1; every value on the 0-255 pixel scale, `scale`: 255):
   pixel_sum [3], pixel_product_sum [3][3]   S1 and S2, exact integers (partial passes can be merged)
   source                      data, kind, split, max_images, seed, device, dali version, batch_size, threads,
                               seconds (of the pass)
+  mean_image_file             the mean image's file name, in stats.json's folder (`mean_image_path`): a .npy of
+                              float64 (256, 256, 3), RGB, each pixel's exact sum over the images / images
+  mean_image_sha256           of that file's bytes: `load_stats` refuses a file that is not the one written
+A stats.json without the two (written before the mean image existed) loads with mean_image None.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 import os
@@ -53,11 +71,13 @@ import numpy as np
 
 from alexdata.files import atomic_write
 from alexdata.dataset import DataError, Split, open_split
+from pipelines.config import SHORTER_SIDE
 
 SCALE = 255  # pixel values of stats.json are on the 0-255 scale
 BLOCK = 256  # pixels per float32 block: 256 * 255**2 = 16_646_400 < 2**24, so block sums are exact
 READER = "Reader"
 VEC3, MAT3 = ("mean", "std", "eigval"), ("cov", "eigvec")
+MEAN_IMAGE_SUFFIX = ".mean_image.npy"  # stats.json -> stats.mean_image.npy, beside it
 
 
 class StatsError(DataError):
@@ -70,13 +90,15 @@ class StatsError(DataError):
 @dataclass(frozen=True)
 class Selection:
     """The images of one pass: the first `images` samples of `tars` read in this order (kind "shards"), or
-    `files` (kind "files")."""
+    `files` (kind "files"). resize: their shorter side is not SHORTER_SIDE yet (a raw tree), so the mean image's
+    central patches are taken after resizing it, as the pipelines do."""
     kind: str
     images: int
     tars: tuple[str, ...] = ()
     indexes: tuple[str, ...] = ()
     shard_images: tuple[int, ...] = ()
     files: tuple[str, ...] = ()
+    resize: bool = True
 
 
 def _check_max_images(max_images: int | None) -> None:
@@ -92,14 +114,17 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Select
     `prepare` wrote the training samples in a uniformly shuffled order (a seeded permutation of all of them,
     then cut into shards), so the samples at any set of positions chosen without looking at them are a uniform
     sample of the training set; reading whole shards keeps the reads sequential."""
+    from pipelines.common import needs_resize
+
     _check_max_images(max_images)
     n = split.images if max_images is None else min(max_images, split.images)
     rng = np.random.default_rng(seed)
+    resize = needs_resize(split, SHORTER_SIDE)
     if split.kind == "files":
         files = split.files
         if n < len(files):
             files = tuple(files[i] for i in np.sort(rng.choice(len(files), n, replace=False)))
-        return Selection("files", n, files=files)
+        return Selection("files", n, files=files, resize=resize)
     order = range(len(split.tars)) if n == split.images else rng.permutation(len(split.tars))
     picked, covered = [], 0
     for i in order:
@@ -109,7 +134,7 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Select
             picked.append(int(i))
             covered += split.shard_images[i]
     return Selection("shards", n, tuple(split.tars[i] for i in picked), tuple(split.indexes[i] for i in picked),
-                     tuple(split.shard_images[i] for i in picked))
+                     tuple(split.shard_images[i] for i in picked), resize=resize)
 
 
 # ---------------------------------------------------------------- exact sums
@@ -117,17 +142,24 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Select
 
 @dataclass
 class Moments:
-    """Exact integer sums over pixels: s1[i] = sum x_i, s2[i][j] = sum x_i * x_j (values 0-255)."""
+    """Exact integer sums over pixels: s1[i] = sum x_i, s2[i][j] = sum x_i * x_j (values 0-255); patch: the
+    per-pixel sum of the images' central patches (int64 (256, 256, 3)), None when not summed."""
     images: int = 0
     pixels: int = 0
     s1: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
     s2: np.ndarray = field(default_factory=lambda: np.zeros((3, 3), np.int64))
+    patch: np.ndarray | None = None
 
-    def add(self, images: int, pixels: int, s1: np.ndarray, s2: np.ndarray) -> None:
+    def add(self, images: int, pixels: int, s1: np.ndarray, s2: np.ndarray, patch: np.ndarray | None = None) -> None:
         self.images += images
         self.pixels += pixels
         self.s1 += s1
         self.s2 += s2
+        if patch is not None:
+            if self.patch is None:
+                self.patch = patch.astype(np.int64)
+            else:
+                self.patch += patch
 
 
 class _BlockSums:
@@ -167,6 +199,51 @@ def sum_images(images: list[np.ndarray], sums: _BlockSums | None = None) -> tupl
     return pixels, g[3, :3].copy(), g[:3, :3].copy()
 
 
+def patch_sum(patches) -> np.ndarray:
+    """int64 per-pixel sum of equal-shaped uint8 patches, exact: added in uint32 (exact up to 2**32 / 255, 16.8 M
+    patches), ~0.04 ms per 256x256 patch, where an int64 accumulator takes twice that and torch's sum(0) 20x."""
+    acc = np.zeros(np.shape(patches[0]), np.uint32)
+    for p in patches:
+        np.add(acc, p, out=acc)
+    return acc.astype(np.int64)
+
+
+def _batch_patch_sum(patches, k: int, device_id: int) -> np.ndarray:
+    """`patch_sum` of the first k patches of a DALI batch; on the GPU summed there (only the sum comes back)."""
+    from nvidia.dali.backend import TensorListGPU
+
+    if not isinstance(patches, TensorListGPU):
+        return patch_sum([np.asarray(patches[i]) for i in range(k)])
+    import torch
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    dev, dense = torch.device("cuda", device_id), patches.as_tensor()  # (B, 256, 256, 3): equal shapes
+    t = torch.empty(dense.shape(), dtype=torch.uint8, device=dev)
+    feed_ndarray(dense, t, cuda_stream=torch.cuda.current_stream(dev))  # as DALIGenericIterator copies
+    return t[:k].sum(0, dtype=torch.int64).cpu().numpy()
+
+
+def central_view(img: np.ndarray, side: int = SHORTER_SIDE) -> np.ndarray:
+    """The central side x side patch of an HWC image whose shorter side is `side`, as a view: top-left
+    (floor((H - side) / 2), floor((W - side) / 2)), the pipelines' central square (`common.crop_offset`)."""
+    y, x = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+    return img[y:y + side, x:x + side]
+
+
+def central_patch(img, resize: bool, side: int = SHORTER_SIDE):
+    """DALI operators: `central_view` of an HWC image node (CPU or GPU), after resizing its shorter side to
+    `side` when `resize`, as the pipelines resize (paper §2)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+
+    from pipelines import common
+
+    if resize:
+        img = common.resize_shorter(img, side)
+    start = (img.shape(dtype=types.INT32, device="cpu")[0:2] - side) // 2  # (y, x); integers: exact
+    return fn.slice(img, start=start, shape=[side, side], axes=[0, 1])
+
+
 def moments_graph(img):
     """DALI operators: per-sample S1 (3,) and S2 as (rr, rg, rb, gg, gb, bb), uint64, of an HWC uint8 image node
     (GPU or CPU). Used on the GPU; the tests run it on the CPU against numpy."""
@@ -198,9 +275,12 @@ def _s2_matrix(s2: np.ndarray) -> np.ndarray:
 
 
 def build_pipeline(sel: Selection, *, device: str = "cpu", batch_size: int = 64, threads: int = 2,
-                   outputs: str = "images", device_id: int = 0):
+                   outputs: str = "images", device_id: int = 0, mean_image: bool = False):
     """The DALI pipeline of a pass: reader -> decoder (RGB) -> `outputs`: "images" (HWC uint8) or "moments"
-    (`moments_graph`: S1, S2 and the image shape per sample). Built, not yet run."""
+    (`moments_graph`: S1, S2 and the image shape per sample). With `mean_image`, "moments" also gives each
+    image's `central_patch`, last, and "images" the image resized to shorter side 256 where `sel.resize` (the
+    CPU pass takes the `central_view` of the last output: a numpy view costs ~0.07 ms of CPU per image where
+    DALI's slice and its output copy cost ~0.2). Built, not yet run."""
     from nvidia.dali import fn, pipeline_def
 
     from pipelines import common
@@ -215,9 +295,9 @@ def build_pipeline(sel: Selection, *, device: str = "cpu", batch_size: int = 64,
             jpg, _ = fn.readers.file(files=list(sel.files), name=READER)
         img = common.decode(jpg, device)  # the pipelines' decoder: mixed (nvJPEG + hardware) or cpu, RGB
         if outputs == "images":
-            return img
+            return (img, *((common.resize_shorter(img, SHORTER_SIDE),) if mean_image and sel.resize else ()))
         s1, s2 = moments_graph(img)
-        return s1, s2, img.shape(device="cpu")
+        return s1, s2, img.shape(device="cpu"), *((central_patch(img, sel.resize),) if mean_image else ())
 
     p = pipe()
     try:
@@ -277,10 +357,10 @@ class StatsPass:
 
             if GetCUDADeviceCount() == 0:
                 raise StatsError("--device gpu: DALI sees no CUDA GPU; use --device cpu")
-        self.sel, self.batch_size, self.decode_only = sel, batch_size, decode_only
+        self.sel, self.batch_size, self.decode_only, self.device_id = sel, batch_size, decode_only, device_id
         self.in_pipe = device == "gpu" or bool(moments_in_pipeline)  # GPU images never leave the GPU
         self.pipe = build_pipeline(sel, device=device, batch_size=batch_size, threads=self.threads,
-                                   device_id=device_id,
+                                   device_id=device_id, mean_image=not decode_only,
                                    outputs="moments" if self.in_pipe and not decode_only else "images")
 
     def run(self, progress: bool = False) -> Moments:
@@ -289,10 +369,10 @@ class StatsPass:
 
         m, local = Moments(), threading.local()
 
-        def work(images):  # in a pool thread, with that thread's buffer
+        def work(images, patches):  # in a pool thread, with that thread's buffer
             if not hasattr(local, "sums"):
                 local.sums = _BlockSums()
-            return len(images), *sum_images(images, local.sums)
+            return len(images), *sum_images(images, local.sums), patch_sum(patches)
 
         saved = torch.get_num_threads(), torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # never a reduced-precision (TF32/bf16) float32 matmul
@@ -306,14 +386,16 @@ class StatsPass:
                     if self.decode_only:
                         m.images += k
                     elif self.in_pipe:
-                        s1, s2, shape = (o.as_cpu() if hasattr(o, "as_cpu") else o for o in outs)
+                        s1, s2, shape = (o.as_cpu() if hasattr(o, "as_cpu") else o for o in outs[:3])
                         hw = shape.as_array()[:k, :2].astype(np.int64)
                         m.add(k, int((hw[:, 0] * hw[:, 1]).sum()), s1.as_array()[:k].astype(np.int64).sum(0),
-                              _s2_matrix(s2.as_array()[:k]))
+                              _s2_matrix(s2.as_array()[:k]), _batch_patch_sum(outs[3], k, self.device_id))
                     else:
                         # Views of DALI's output buffers, valid until the next run(): summed before it.
                         imgs = [np.asarray(outs[0][i]) for i in range(k)]
-                        for r in pool.map(work, [imgs[i::self.threads] for i in range(min(self.threads, k))]):
+                        patches = [central_view(np.asarray(outs[-1][i])) for i in range(k)]  # resized or not
+                        parts = [(imgs[i::self.threads], patches[i::self.threads]) for i in range(min(self.threads, k))]
+                        for r in pool.map(work, *zip(*parts)):
                             m.add(*r)
                     bar.update(k)
         finally:
@@ -337,7 +419,8 @@ def eigen(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def derive(m: Moments) -> dict:
-    """mean, std, cov, eigval, eigvec (lists, 0-255 scale) from exact sums, with Python integers throughout."""
+    """mean, std, cov, eigval, eigvec (lists, 0-255 scale) from exact sums, with Python integers throughout; and
+    mean_image, float64 (256, 256, 3), each pixel's integer sum / images (correctly rounded), when summed."""
     if m.pixels == 0:
         raise StatsError("no pixels were summed")
     n = m.pixels
@@ -348,7 +431,8 @@ def derive(m: Moments) -> dict:
     w, v = eigen(np.array(cov))
     return {"mean": mean, "std": [math.sqrt(cov[i][i]) for i in range(3)], "cov": cov,
             "eigval": w.tolist(), "eigvec": v.tolist(), "images": m.images, "pixels": n, "scale": SCALE,
-            "pixel_sum": s1, "pixel_product_sum": s2}
+            "pixel_sum": s1, "pixel_product_sum": s2,
+            **({"mean_image": m.patch / m.images} if m.patch is not None else {})}
 
 
 def default_device() -> str:
@@ -380,23 +464,45 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
     return rec
 
 
+def mean_image_path(path: str | os.PathLike) -> Path:
+    """Where the mean image of the stats file `path` lives: beside it, stats.json -> stats.mean_image.npy."""
+    path = Path(path)
+    return path.with_name(path.stem + MEAN_IMAGE_SUFFIX)
+
+
+def _npy(mean_image: np.ndarray) -> tuple[bytes, str]:
+    """The .npy bytes of a mean image (float64) and their sha256, which stats.json records."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(mean_image, np.float64), allow_pickle=False)
+    return buf.getvalue(), hashlib.sha256(buf.getvalue()).hexdigest()
+
+
 def same_stats(path: str | os.PathLike, rec: dict) -> bool:
-    """Whether the stats file at `path` holds the statistics of `rec` (a file that cannot be read: no)."""
+    """Whether the stats file at `path` holds the statistics of `rec` (a file that cannot be read: no). A file
+    without a mean image (written before it existed) counts as the same: replacing it only adds one."""
     try:
         old = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return False
-    return all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec"))
+    sha = _npy(rec["mean_image"])[1] if rec.get("mean_image") is not None else None
+    return (all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec"))
+            and old.get("mean_image_sha256") in (None, sha))
 
 
 def write_stats(rec: dict, path: str | os.PathLike) -> Path:
-    """Writes the record as JSON (indent 1) atomically; returns the path."""
+    """Writes the record as JSON (indent 1), its mean image (if any) to `mean_image_path(path)`, each atomically,
+    the image first; stats.json names it and records its sha256. Returns the path."""
     path = Path(path)
+    out = {k: v for k, v in rec.items() if k != "mean_image"}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(rec, indent=1) + "\n")
+        if rec.get("mean_image") is not None:
+            data, sha = _npy(rec["mean_image"])
+            npy = atomic_write(mean_image_path(path), data)
+            out.update(mean_image_file=npy.name, mean_image_sha256=sha)
+        atomic_write(path, json.dumps(out, indent=1) + "\n")
     except OSError as e:
-        raise StatsError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise StatsError(f"{e.filename or path}: cannot write ({e.strerror or e})") from None
     return path
 
 
@@ -417,9 +523,38 @@ def _array(rec: dict, key: str, shape: tuple[int, ...], where: Path) -> np.ndarr
     return a
 
 
+def _load_mean_image(path: Path, rec: dict) -> np.ndarray | None:
+    """The mean image stats.json names (float64 (256, 256, 3)), checked against its recorded sha256; None when it
+    names none (a file from before the mean image existed)."""
+    name, sha = rec.get("mean_image_file"), rec.get("mean_image_sha256")
+    if name is None:
+        return None
+    if not isinstance(name, str) or Path(name).name != name or not isinstance(sha, str):
+        raise StatsError(f"{path}: 'mean_image_file' must be a file name beside it, with 'mean_image_sha256'")
+    npy = path.with_name(name)
+    try:
+        data = npy.read_bytes()
+    except OSError as e:
+        raise StatsError(f"{npy}: the mean image {path.name} names cannot be read ({e.strerror or e}); run "
+                         f"`alexnet stats` again") from None
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise StatsError(f"{npy}: not the mean image {path.name} was written with (sha256 differs); run "
+                         f"`alexnet stats` again")
+    try:
+        m = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as e:
+        raise StatsError(f"{npy}: not a .npy array ({e})") from None
+    side = SHORTER_SIDE
+    if m.shape != (side, side, 3) or not np.isfinite(m).all() or m.min() < 0 or m.max() > SCALE:
+        raise StatsError(f"{npy}: a mean image must be ({side}, {side}, 3) values in 0..{SCALE}, got shape "
+                         f"{list(m.shape)}")
+    return m.astype(np.float64)
+
+
 def load_stats(path: str | os.PathLike) -> dict:
     """A validated stats.json: the record with mean, std, eigval as float64 arrays (3,) and cov, eigvec as (3, 3)
-    (eigvec[:, j] is eigenvector j), on the 0-255 scale. Raises StatsError with one line naming the problem."""
+    (eigvec[:, j] is eigenvector j), on the 0-255 scale, and mean_image, float64 (256, 256, 3) from the file it
+    names, or None. Raises StatsError with one line naming the problem."""
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -450,6 +585,7 @@ def load_stats(path: str | os.PathLike) -> dict:
         raise StatsError(f"{path}: eigvec's columns are not orthonormal unit vectors")
     if (out["std"] < 0).any() or not ((out["mean"] >= 0) & (out["mean"] <= SCALE)).all():
         raise StatsError(f"{path}: mean must lie in 0..{SCALE} and std be >= 0")
+    out["mean_image"] = _load_mean_image(path, rec)
     return out
 
 
@@ -459,4 +595,4 @@ def summary(rec: dict, path: str | os.PathLike) -> str:
     return (f"stats: {rec['images']} images ({rec['pixels'] / 1e6:.1f} Mpx) in {src['seconds']:.1f} s "
             f"({rec['images'] / max(src['seconds'], 1e-9):.0f} img/s, {src['device']}); "
             f"mean [{f(f'{x:.2f}' for x in rec['mean'])}]; eigval [{f(f'{x:.1f}' for x in rec['eigval'])}] "
-            f"-> {path}")
+            f"-> {path}" + (f" + {mean_image_path(path).name}" if rec.get("mean_image") is not None else ""))

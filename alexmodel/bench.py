@@ -48,8 +48,11 @@ class Take:
         return itertools.islice(batches, self.steps)
 
 
-def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> dict:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)  # tiny lr: stays finite
+def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: int, sync,
+              fused_sgd: bool = False) -> dict:
+    """The trainer's step timed after `warmup` batches; fused_sgd: SGD's one-kernel update (RunConfig.fused_sgd)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4,  # tiny lr: stays finite
+                          fused=fused_sgd or None)
     batches_it = iter(batches)
     head = list(itertools.islice(batches_it, warmup))
     train_one_epoch(model, opt, head, precision=precision, channels_last=channels_last)  # cudnn autotune, caches

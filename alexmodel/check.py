@@ -8,18 +8,23 @@ what is left, so time one stage leaves unused goes to the next):
 
     data        synth -> prepare -> stats on generated ImageNet-sized JPEGs, with all cores; each step's rate
     tests       on a GPU `pytest -m gpu`; on the CPU a quick subset; passed/failed counts, failing tests' names
-    loader      decode_only / pipeline / baseline images/s as `bench loader` measures them, then a sweep of
-                hw_decoder_load, threads, batch size and prefetch; `best` is the fastest setting found
+    loader      decode_only / pipeline images/s as `bench loader` measures them; on a GPU whether the hardware
+                JPEG decoder is really used (`hw_decoder`: decode only at hw_decoder_load 0 and 1); a sweep of
+                hw_decoder_load, hybrid_huffman_threshold, the preallocation hints (GPU only; `sweep_skipped`
+                says why a knob was left out), threads, batch size, prefetch and the NHWC layout, whose `best` is
+                the fastest setting found; last the PyTorch DataLoader baseline (a failure: `baseline_error`)
     stats       the stats pass's images/s against decode only, on the device
-    train       synthetic images/s (fp32, bf16, bf16 + channels_last, compiled if the budget allows), the
+    train       synthetic images/s (fp32, bf16, bf16 + channels_last, compiled if the budget allows), TF32
+                matmuls and fused SGD each beside the plain setting (`tf32`, `fused_sgd`: which `wins`), the
                 trainer's host-sync ratio, both towers on one device, and end to end through the Loader with
-                the best loader settings and precision (images/s, data-wait share)
+                the best precision and the best loader settings against the default ones (images/s, data wait)
     paper_init  the paper's recipe (N(0, 0.01) init, unit biases, lr 0.01, batch 128) on the stage-1 data for
                 about a minute: when does the loss leave chance, ln(classes)?
 
 After every stage OUT/check.json is rewritten atomically, so a killed run keeps what it measured:
-    {"machine": {...}, "stages": {NAME: {"status": "ok"|"failed"|"skipped"|"timeout", "seconds": S,
-                                         "error": "one line, when not ok", ...figures}}}
+    {"machine": {...}, "result_name": "h200-2026-11-27.json" (docs/GPU.md),
+     "stages": {NAME: {"status": "ok"|"failed"|"skipped"|"timeout", "seconds": S,
+                       "error": "one line, when not ok", ...figures}}}
 Figures are plain numbers: images/s as floats, shares as fractions in [0, 1]. OUT/check.md holds the table
 printed at the end. The time boxes are kept between measurements: a single step (synthesising the data, one
 pytest run) is never cut short, except pytest, which is stopped at its box.
@@ -49,7 +54,7 @@ from alexdata.files import atomic_write
 
 STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
 # Shares of the budget: a stage's box is its weight over the weights of the stages still to run, times the time
-# left. Set from the CPU rehearsal and the GPU plan in docs/GPU.md (data ~60 s and tests ~60 s on an H100 box).
+# left. Set from the CPU rehearsal and the GPU plan in docs/GPU.md (data ~60 s and tests ~60 s on a GPU box).
 WEIGHTS = {"data": 0.2, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.2, "paper_init": 0.15}
 ROOT = Path(__file__).resolve().parents[1]  # the source checkout: tests/ lives here
 QUICK_TESTS = ("tests/test_model.py", "-m", "not slow and not gpu")  # the CPU's subset: ~5 s, no data fixtures
@@ -73,13 +78,17 @@ class CheckSize:
     threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
     batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
     prefetch: tuple[int, ...] = (2, 3, 4)  # DALI prefetch queue depths to sweep (the Loader's default first)
-    hw_decoder_load: tuple[float, ...] = (0.65, 0.0, 1.0)  # mixed decoder only; the Loader's default first
+    # The GPU ("mixed") decoder only, the Loader's default first: the hardware decoder's share, and the pixels
+    # above which nvJPEG's hybrid Huffman decoder takes an image (0: all of them).
+    hw_decoder_load: tuple[float, ...] = (0.65, 0.0, 0.8, 0.9, 0.95, 1.0)
+    hybrid_huffman_threshold: tuple[int, ...] = (1_000_000, 0)
 
 
 SIZES = {
     # ~20k distinct ImageNet-sized JPEGs (~2.2 GB raw, ~0.6 GB of shards): the loader is not timing a tiny cache.
+    # ~13 sweep points of ~5 s each (3 timed, the rest building and warming up): the loader stage's box on a GPU.
     "full": CheckSize(classes=100, train_per_class=200, val_per_class=10, shard_size=1024, width=1.0,
-                      batch_size=256, loader_seconds=4.0, train_steps=200, paper_init_s=60.0),
+                      batch_size=256, loader_seconds=3.0, train_steps=200, paper_init_s=60.0),
     # A few hundred images: every stage in about 2 minutes on 2 CPU cores.
     "tiny": CheckSize(classes=4, train_per_class=60, val_per_class=5, shard_size=64, width=0.125, batch_size=32,
                       loader_seconds=1.5, train_steps=4, paper_init_s=15.0, prefetch=(2, 3)),
@@ -140,6 +149,20 @@ def machine_info(device: str) -> dict:
                     cudnn=torch.backends.cudnn.version(), gpu_memory_gib=round(p.total_memory / 2**30, 1),
                     driver=_nvidia_smi("driver_version"))
     return info
+
+
+def gpu_slug(name: str) -> str:
+    """The model in a device name: "NVIDIA H200" -> "h200", "NVIDIA H100 80GB HBM3" -> "h100",
+    "NVIDIA A100-SXM4-80GB" -> "a100", "NVIDIA GeForce RTX 4090" -> "rtx-4090"."""
+    words = [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in ("nvidia", "tesla", "geforce")]
+    end = next((i for i, w in enumerate(words) if any(c.isdigit() for c in w)), len(words) - 1)
+    return "-".join(words[:end + 1]) or "gpu"
+
+
+def result_name(machine: dict, size: str) -> str:
+    """Where check.json goes in docs/results/: the GPU found (or cpu<cores>), the date, and the size unless full."""
+    what = gpu_slug(machine["gpu"]) if machine.get("gpu") else f"cpu{machine['cores']}"
+    return f"{what}-{machine['date'][:10]}{'' if size == 'full' else '-' + size}.json"
 
 
 # ---------------------------------------------------------------------------------------------- the stages
@@ -263,51 +286,99 @@ def stage_tests(ctx: Context, fig: dict) -> None:
         raise RuntimeError("pytest ran no tests")
 
 
-def _sweep_points(ctx: Context, default: dict) -> list[tuple[str, list]]:
+GPU_KNOBS = ("hw_decoder_load", "hybrid_huffman_threshold", "preallocate")  # the mixed decoder's arguments
+
+
+def sweep_default(ctx: Context) -> dict:
+    """The sweep's first point: the Loader's own defaults, with all cores and the size's batch."""
+    import inspect
+
+    from alexdata.loader import Loader
+
+    params = inspect.signature(Loader).parameters
+    knobs = ("prefetch", "layout") + GPU_KNOBS
+    return {"batch_size": ctx.size.batch_size, "threads": ctx.cores, **{k: params[k].default for k in knobs}}
+
+
+def _sweep_points(ctx: Context, default: dict, split) -> tuple[list[tuple[str, list]], dict[str, str]]:
+    """(knob, values) in the order they are tried, the most telling first (a box may end the sweep), and the
+    knobs left out here with why."""
     s = ctx.size
     threads = s.threads or tuple(sorted({max(1, ctx.cores // 2), ctx.cores}, reverse=True))
     batches = s.batches or (s.batch_size, 2 * s.batch_size)
-    knobs = [("threads", list(threads)), ("batch_size", list(batches)), ("prefetch", list(s.prefetch))]
-    if ctx.device == "gpu":  # the share of JPEGs sent to the hardware decoder: the mixed decoder only
-        knobs.insert(0, ("hw_decoder_load", list(s.hw_decoder_load)))
-    return [(k, [default[k]] + [v for v in vals if v != default[k]]) for k, vals in knobs]
+    knobs = [("hw_decoder_load", list(s.hw_decoder_load)),
+             ("hybrid_huffman_threshold", list(s.hybrid_huffman_threshold)), ("preallocate", [True]),
+             ("threads", list(threads)), ("batch_size", list(batches)), ("prefetch", list(s.prefetch)),
+             ("layout", ["NHWC"])]  # channels_last batches (HWC from DALI): what --channels-last trains on
+    if ctx.device != "gpu":
+        skipped = dict.fromkeys(GPU_KNOBS, "GPU only: an argument of the mixed decoder; the CPU one ignores it")
+    elif split.max_hw is None:
+        skipped = {"preallocate": "manifest.json records no largest image (prepare wrote it before it did); "
+                                  "re-run `alexnet prepare` for the hints"}
+    else:
+        skipped = {}
+    return [(k, [default[k]] + [v for v in vals if v != default[k]]) for k, vals in knobs if k not in skipped], skipped
 
 
 def stage_loader(ctx: Context, fig: dict) -> None:
-    """bench loader's three contenders at the defaults, then one knob at a time from the best setting so far."""
+    """bench loader's DALI contenders at the defaults, whether the hardware decoder is used, one knob at a time
+    from the best setting so far, and the PyTorch DataLoader baseline last (its failure is only recorded)."""
     from tqdm import tqdm
 
-    from alexdata.bench import bench_loader, loader_rate
+    from alexdata.bench import bench_loader, hw_decoder_check, loader_rate
     from alexdata.dataset import open_split
     from alexdata.loader import resolve_stats
 
     data = _need_data(ctx)
     s = ctx.size
-    r = bench_loader(data, ctx.device, batch_size=s.batch_size, seconds=s.loader_seconds, threads=ctx.cores,
-                     rounds=1)
+    kw = dict(batch_size=s.batch_size, seconds=s.loader_seconds, threads=ctx.cores, rounds=1)
+    r = bench_loader(data, ctx.device, contenders=("decode_only", "pipeline"), **kw)
     gc.collect()
-    fig.update({k: r[k] for k in ("decode_only", "pipeline", "baseline", "pipeline_vs_baseline",
-                                  "pipeline_vs_decode_only", "batch_size", "threads")})
+    fig.update({k: r[k] for k in ("decode_only", "pipeline", "pipeline_vs_decode_only", "batch_size", "threads")})
     ctx.check_time()
     split, stats = open_split(data, "train"), resolve_stats(None, data)
-    default = {"batch_size": s.batch_size, "threads": ctx.cores, "prefetch": 2, "hw_decoder_load": 0.65}
+    if ctx.device == "gpu":
+        try:
+            fig["hw_decoder"] = hw_decoder_check(data, s.loader_seconds, batch_size=s.batch_size,
+                                                 threads=ctx.cores, opened=split)
+        except Exception as e:  # the sweep below is worth more than this verdict: record it and go on
+            fig["hw_decoder"] = {"used": None, "why": f"not measured: {_one_line(e)}"}
+        gc.collect()
+        ctx.check_time()
+    else:
+        fig["hw_decoder"] = {"used": None, "why": "no GPU: the hardware JPEG decoder is a GPU's"}
+    default = sweep_default(ctx)
     best, best_rate, sweep = dict(default), -1.0, []
-    knobs = _sweep_points(ctx, default)
+    knobs, fig["sweep_skipped"] = _sweep_points(ctx, default, split)
     with tqdm(total=sum(len(v) for _, v in knobs) - len(knobs) + 1, desc="loader sweep", leave=False) as bar:
         for i, (knob, values) in enumerate(knobs):
             for v in values[1:] if i else values:  # the default point is timed once, first
                 ctx.check_time()
                 point = {**best, knob: v}
-                rate = loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split, **point)
+                bar.update()
+                try:
+                    rate = loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split,
+                                       **point)
+                except Exception as e:  # a setting DALI refuses must not cost the sweep's other points
+                    if not sweep:
+                        raise  # the defaults themselves
+                    sweep.append({**point, "error": _one_line(e)})
+                    continue
                 sweep.append({**point, "img_s": rate})
                 fig["sweep"] = sweep
                 if rate > best_rate:
                     best, best_rate = point, rate
                     fig["best"] = {**best, "img_s": best_rate}
                     ctx.best_loader = dict(best)
-                bar.update()
     fig["default_img_s"] = sweep[0]["img_s"]
     fig["best_vs_default"] = best_rate / sweep[0]["img_s"]
+    ctx.check_time()
+    try:
+        fig["baseline"] = bench_loader(data, ctx.device, contenders=("baseline",), **kw)["baseline"]
+        fig["pipeline_vs_baseline"] = fig["pipeline"] / fig["baseline"]
+    except Exception as e:  # e.g. a /dev/shm too small for its workers' batches: recorded, the sweep stands
+        fig["baseline_error"] = _one_line(e)
+    gc.collect()
 
 
 def stage_stats(ctx: Context, fig: dict) -> None:
@@ -319,7 +390,8 @@ def stage_stats(ctx: Context, fig: dict) -> None:
 
 
 def stage_train(ctx: Context, fig: dict) -> None:
-    """Synthetic variants first (no data needed), then the host-sync ratio, two towers, and end to end."""
+    """Synthetic variants first (no data needed), then TF32 and fused SGD, the host-sync ratio, two towers, and
+    end to end with the loader's best and default settings."""
     from alexdata.bench import device_sync
     from alexmodel.bench import Synthetic, Take, run_steps, run_unsynced
     from alexmodel.model import AlexNet
@@ -339,9 +411,9 @@ def stage_train(ctx: Context, fig: dict) -> None:
         net = net if devices else net.to(dev)
         return net.to(memory_format=torch.channels_last) if channels_last else net
 
-    def synthetic(model, precision, channels_last, steps=s.train_steps):
+    def synthetic(model, precision, channels_last, steps=s.train_steps, fused_sgd=False):
         return run_steps(model, Synthetic(s.batch_size, classes, dev, steps + warmup), precision=precision,
-                         channels_last=channels_last, warmup=warmup, sync=sync)["images_per_s"]
+                         channels_last=channels_last, warmup=warmup, sync=sync, fused_sgd=fused_sgd)["images_per_s"]
 
     syn = fig["synthetic_img_s"] = {}
     variants = {"fp32": ("fp32", False), "bf16": ("bf16", False), "bf16_channels_last": ("bf16", True)}
@@ -352,6 +424,24 @@ def stage_train(ctx: Context, fig: dict) -> None:
     precision, cl = variants[best_name]
     ctx.best_train = {"precision": precision, "channels_last": cl}
     fig["best"] = best_name
+    # The trainer's speed-only options, each beside the plain setting measured above: "wins" says which default
+    # the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd).
+    if ctx.device == "gpu":
+        ctx.check_time()
+        plain, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True
+        try:
+            tf32 = synthetic(make(False), "fp32", False)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = plain  # as the fp32 variant ran (torch's default: off)
+        fig["tf32"] = {"plain_img_s": syn["fp32"], "tf32_img_s": tf32, "tf32_vs_plain": tf32 / syn["fp32"],
+                       "wins": "tf32" if tf32 > syn["fp32"] else "plain"}
+    else:
+        fig["tf32"] = {"wins": None, "why": "no GPU: TF32 is a tensor-core mode of fp32 matmuls"}
+    ctx.check_time()
+    fused = synthetic(make(cl), precision, cl, fused_sgd=True)
+    fig["fused_sgd"] = {"variant": best_name, "plain_img_s": syn[best_name], "fused_img_s": fused,
+                        "fused_vs_plain": fused / syn[best_name],
+                        "wins": "fused" if fused > syn[best_name] else "plain"}
     ctx.check_time()
     unsynced = run_unsynced(make(cl), Synthetic(s.batch_size, classes, dev, s.train_steps + warmup),
                             precision=precision, channels_last=cl, warmup=warmup, sync=sync)
@@ -364,17 +454,31 @@ def stage_train(ctx: Context, fig: dict) -> None:
         from alexdata.dataset import open_split
         from alexdata.loader import Loader, resolve_stats
 
-        ctx.check_time()
-        kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"}}
-        loader = Loader(str(ctx.data), stats=resolve_stats(None, ctx.data), batch_size=s.batch_size,
-                        device=ctx.device, opened=open_split(ctx.data, "train"), **kw)
-        steps = 2 * s.train_steps
-        r = run_steps(make(cl), Take(loader, steps + warmup, full_only=True), precision=precision,
-                      channels_last=cl, warmup=warmup, sync=sync)
-        del loader
-        gc.collect()
+        # The loader's best setting against its default, end to end: alone, the loader hides its contention with
+        # the model for the GPU. The layout follows the model (channels_last batches for a channels_last model).
+        default = {k: v for k, v in sweep_default(ctx).items() if k != "batch_size"}
+        default["layout"] = "NHWC" if cl else "NCHW"
+        best = {**default, **{k: v for k, v in ctx.best_loader.items() if k not in ("batch_size", "layout")}}
+        split, stats = open_split(ctx.data, "train"), resolve_stats(None, ctx.data)
+        e2e, runs = {}, {"best": best, "default": default}
+        if best == default:
+            del runs["default"]
+            fig.setdefault("notes", []).append("end to end once: the loader's best setting is its default")
+        for name, kw in runs.items():
+            ctx.check_time()
+            loader = Loader(str(ctx.data), stats=stats, batch_size=s.batch_size, device=ctx.device, opened=split,
+                            **kw)
+            e2e[name] = run_steps(make(cl), Take(loader, 2 * s.train_steps + warmup, full_only=True),
+                                  precision=precision, channels_last=cl, warmup=warmup, sync=sync)
+            del loader
+            gc.collect()
+        r = e2e["best"]
         fig.update(end_to_end_img_s=r["images_per_s"], data_wait_frac=r["data_wait_frac"],
-                   end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name], end_to_end_loader=kw)
+                   end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name], end_to_end_loader=best)
+        if "default" in e2e:
+            fig.update(end_to_end_default_img_s=e2e["default"]["images_per_s"],
+                       end_to_end_default_data_wait_frac=e2e["default"]["data_wait_frac"],
+                       end_to_end_best_vs_default=r["images_per_s"] / e2e["default"]["images_per_s"])
     else:
         fig["notes"] = ["end to end skipped: the data stage did not finish"]
     # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
@@ -413,7 +517,8 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     net = AlexNet(classes, width=s.width, init="paper").to(dev)
     net = net.to(memory_format=torch.channels_last) if cl else net
     opt = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"}}
+    kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"},
+          "layout": "NHWC" if cl else "NCHW"}
     loader = Loader(data, stats=resolve_stats(None, data), aug=aug, batch_size=optim.batch_size, device=ctx.device,
                     opened=split, **kw)
     chance = math.log(classes)
@@ -466,11 +571,15 @@ HEADLINES = {
     "tests": [("passed", "passed", "{}"), ("failed", "failed", "{}"), ("error", "errors", "{}"),
               ("skipped", "skipped", "{}")],
     "loader": [("decode_only", "decode only", "{:.0f} img/s"), ("pipeline", "pipeline", "{:.0f} img/s"),
-               ("baseline", "baseline", "{:.0f} img/s"), ("best.img_s", "best", "{:.0f} img/s")],
+               ("baseline", "baseline", "{:.0f} img/s"), ("best.img_s", "best", "{:.0f} img/s"),
+               ("hw_decoder.used", "hardware decoder used", "{}")],
     "stats": [("stats_img_s", "stats", "{:.0f} img/s"), ("stats_vs_decode_only", "of decode only", "{:.0%}")],
     "train": [("synthetic_img_s.fp32", "fp32", "{:.0f} img/s"), ("synthetic_img_s.bf16_channels_last",
               "bf16 cl", "{:.0f} img/s"), ("end_to_end_img_s", "end to end", "{:.0f} img/s"),
-              ("data_wait_frac", "data wait", "{:.1%}"), ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}")],
+              ("data_wait_frac", "data wait", "{:.1%}"),
+              ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
+              ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}"), ("tf32.tf32_vs_plain", "tf32 vs plain",
+              "{:.2f}"), ("fused_sgd.fused_vs_plain", "fused SGD vs plain", "{:.2f}")],
     "paper_init": [("steps", "steps", "{}"), ("first_loss", "loss from", "{:.3f}"), ("last_loss", "to", "{:.3f}"),
                    ("chance_loss", "chance", "{:.3f}"), ("left_chance_step", "left chance at step", "{}")],
 }
@@ -541,8 +650,9 @@ def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | Check
     cores = len(os.sched_getaffinity(0))
     tests = tuple(tests) if tests is not None else (GPU_TESTS if device == "gpu" else QUICK_TESTS)
     ctx = Context(device=device, size=size, work=work, cores=cores, tests=tests)
-    report = {"machine": machine_info(device), "size": size_name, "sizes": asdict(size), "device": device,
-              "budget_s": budget_s, "stages": {}}
+    machine = machine_info(device)
+    report = {"machine": machine, "result_name": result_name(machine, size_name), "size": size_name,
+              "sizes": asdict(size), "device": device, "budget_s": budget_s, "stages": {}}
     t_end = time.perf_counter() + budget_s
     try:
         for i, name in enumerate(STAGES):

@@ -1,10 +1,11 @@
 """Checkpoints that resume a run exactly, written so that a kill at any instant leaves a readable file.
 
 A checkpoint holds everything the next step depends on: model, optimizer, lr scheduler and GradScaler states,
-the global step, the epoch's running sums when taken mid-epoch, and per data-parallel rank the loader's position
-inside the epoch (`Loader.state_dict()`) and the random generators (torch, CUDA, numpy, python). It is written
-to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on POSIX), so the file on disk is always the last
-complete checkpoint.
+the global step, the epoch's running sums when taken mid-epoch, the statistics the inputs were normalised with
+(per channel in the config, the mean image as a tensor beside it: train.stats_from_checkpoint), and per
+data-parallel rank the loader's position inside the epoch (`Loader.state_dict()`) and the random generators
+(torch, CUDA, numpy, python). It is written to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on
+POSIX), so the file on disk is always the last complete checkpoint.
 
 Everything in it is a tensor or a plain Python value (the numpy RNG state is stored as a tensor), so it loads
 with `torch.load(path, weights_only=True)`, which runs no pickled code: a checkpoint from elsewhere is safe to

@@ -176,26 +176,35 @@ def each_tower(fn: Callable[[torch.Tensor], torch.Tensor], x: Towers) -> Towers:
     return fn(x) if isinstance(x, torch.Tensor) else tuple(fn(xt) for xt in x)
 
 
-def within_towers(fn: Callable[[torch.Tensor], torch.Tensor], x: Towers) -> Towers:
-    """Apply an op that mixes channels (LRN) to each tower's channels on their own.
-
-    On one device the towers are the two halves of the channel dimension. torch.cat of
-    channels_last halves is channels_last, so the layout survives.
-    """
+def within_towers(norm: "LRN", x: Towers) -> Towers:
+    """Normalise each tower's channels on their own (LRN mixes channels). On one device the towers are the two
+    halves of the channel dimension: one call with groups=2 keeps every window inside its half, with no
+    chunk/cat copies, and keeps a channels_last input channels_last."""
     if isinstance(x, torch.Tensor):
-        return torch.cat([fn(half) for half in x.chunk(2, dim=1)], dim=1)
-    return tuple(fn(xt) for xt in x)
+        return norm(x, groups=2)
+    return tuple(norm(xt) for xt in x)
 
 
 class LRN(nn.LocalResponseNorm):
-    """nn.LocalResponseNorm that squares float16 activations in float32: it squares in the input's dtype, and
-    under fp16 autocast an activation above 256 (likely on 0-255 inputs) would square to inf and zero its
-    output without any NaN to notice. bfloat16 has float32's range and stays as it is."""
+    """The paper's LRN over `groups` independent channel groups, returned in the input's dtype.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float16:
-            return super().forward(x.float()).to(x.dtype)
-        return super().forward(x)
+    Squares and their window sums are computed in float32 (float64 for a float64 input): in float16 an
+    activation above 256 (likely on 0-255 inputs) squares to inf and would zero the output without a NaN to
+    notice, and bfloat16 sums would keep ~3 digits. The result is cast back, so under bf16/fp16 autocast the
+    next layers get the autocast dtype (torch's own F.local_response_norm returns float32 there: `pow` is on
+    autocast's float32 list) without the padded 5-D copy F.local_response_norm makes."""
+
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        b, c, h, w = x.shape
+        sq = x.to(torch.promote_types(x.dtype, torch.float32)).square()
+        # (B, groups, C/groups, H, W): the window runs along dim 2 and stops at each group's edges; zero padding
+        # counted in the mean (count_include_pad), so mean * size is the paper's sum over the clipped window.
+        sq, pad = sq.view(b, groups, c // groups, h, w), self.size // 2
+        if c // groups < self.size:  # avg_pool3d wants the unpadded depth >= the window (narrow test models)
+            sq, pad = F.pad(sq, (0, 0, 0, 0, pad, pad)), 0
+        mean = F.avg_pool3d(sq, (self.size, 1, 1), stride=1, padding=(pad, 0, 0))
+        scale = mean.view(b, c, h, w).mul_(self.alpha).add_(self.k).pow_(-self.beta)
+        return x * scale.to(x.dtype)
 
 
 def lrn() -> LRN:

@@ -18,8 +18,9 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
             device: str = "auto", batch_size: int = 64, threads: int | None = None, top: int = 5) -> list[dict]:
     """[{"image": path, "top": [(wnid, probability), ...]}] in the order of `images`, the `top` most likely."""
     from alexdata.loader import Loader
-    from alexmodel.train import evaluate_views, load_checkpoint, model_from_checkpoint, resolve_device
-    from pipelines.config import AugmentConfig, PipelineStats
+    from alexmodel.train import (evaluate_views, load_checkpoint, model_from_checkpoint, resolve_device,
+                                 stats_from_checkpoint)
+    from pipelines.config import AugmentConfig
 
     device = resolve_device(device)
     paths = [str(Path(p)) for p in images]
@@ -33,7 +34,7 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     saved = load_checkpoint(checkpoint)
     classes = saved["config"]["classes"]
     model = model_from_checkpoint(saved, "cuda" if device == "gpu" else "cpu")
-    stats, aug = PipelineStats(**saved["config"]["stats_255"]), AugmentConfig(**saved["config"]["data"]["aug"])
+    stats, aug = stats_from_checkpoint(saved), AugmentConfig(**saved["config"]["data"]["aug"])
     split = Split("files", tuple(classes), len(paths), files=tuple(paths), labels=(0,) * len(paths))
     loader = Loader("(images)", split="val", mode="tencrop" if ten_crop else "center", opened=split, stats=stats,
                     aug=aug, batch_size=min(batch_size, len(paths)), device=device,

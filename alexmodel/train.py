@@ -12,7 +12,8 @@ Small free functions, as in torchvision's references/classification:
 Recipes (`recipe()`):
     paper   §5: batch 128, SGD momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 whenever the validation
             error stops improving, 90 epochs, N(0, 0.01) init with the paper's unit biases; §2/§4.1: random 227
-            crops and ten-crop corners inside the central 256x256 patch, PCA lighting.
+            crops and ten-crop corners inside the central 256x256 patch, minus the mean image (per pixel), PCA
+            lighting.
     modern  batch 512 with the lr scaled linearly (0.01 per 128 images, Goyal et al. 2017 §2.1), 5 warmup
             epochs (ibid. §2.2), cosine decay to 0 (Loshchilov & Hutter 2017), label smoothing 0.1 (Szegedy et
             al. 2016 §7), Kaiming init (He et al. 2015) on inputs divided by the per-channel std, no PCA lighting
@@ -65,10 +66,16 @@ class DataConfig:
     stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
     threads: int | None = None  # DALI CPU threads per rank; None: all cores
     aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
+    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
+    hw_decoder_load: float = 0.65  # share of JPEGs for the GPU's hardware decoder, DALI's default; speed only
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads}: expected an int >= 1 (or None for all cores)")
+        if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
+            raise ValueError(f"prefetch={self.prefetch!r}: expected an int >= 1 (batches prepared ahead)")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ValueError(f"hw_decoder_load={self.hw_decoder_load}: expected a share in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,9 @@ def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = 
     matched to mean-subtracted 0-255 pixels instead). "paper" keeps lr 0.01 at any batch size.
     ModelConfig.num_classes is a placeholder: train() takes the class count from the data."""
     if name == "paper":
-        # §2: crops (and the ten-crop corners) come from the central 256x256 patch
-        model, aug, optim = ModelConfig(width=width, init="paper"), AugmentConfig(central_square=True), OptimConfig()
+        # §2: crops (and the ten-crop corners) come from the central 256x256 patch, minus the mean image's window
+        model, optim = ModelConfig(width=width, init="paper"), OptimConfig()
+        aug = AugmentConfig(central_square=True, mean="pixel")
     elif name == "modern":
         # No PCA lighting noise: torchvision's and timm's ImageNet recipes use none.
         model, aug = ModelConfig(width=width, init="modern"), AugmentConfig(divide_std=True, pca_std=0.0)
@@ -146,6 +154,9 @@ class RunConfig:
     progress: bool = True  # rank 0: a live bar on a terminal, plain lines per logging window otherwise
     log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
     tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
+    # Speed only, off as before until `alexnet check` on a GPU says they win (its train stage: tf32, fused_sgd).
+    tf32: bool = False  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
+    fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
 
     def __post_init__(self):
         for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS),
@@ -286,9 +297,11 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         asked = bool(stop is not None and stop())
         # float64: a window's sums add up exactly enough that the window's length changes no reported figure
         # beyond round-off (tests/test_preemption.py), and counts stay exact past float32's 2^24.
+        # The two host numbers go in with fill kernels: new_tensor() would be a host-to-device copy, which
+        # waits for the device every step (caught by the GPU test under torch.cuda.set_sync_debug_mode).
+        full = lambda v: torch.full((), v, dtype=torch.float64, device=logits.device)
         sums = torch.stack([loss.detach().double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
-                            logits.new_tensor(labels.numel(), dtype=torch.float64),
-                            logits.new_tensor(float(asked), dtype=torch.float64)])
+                            full(labels.numel()), full(float(asked))])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -350,7 +363,7 @@ def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = Fa
         top = logp.topk(min(5, logp.shape[-1]), dim=1).indices  # (B, 5)
         hits = top == labels[:, None]
         batch = torch.stack([-logp.gather(1, labels[:, None]).sum(), hits[:, 0].sum().float(),
-                             hits.any(1).sum().float(), logp.new_tensor(labels.numel())]).double()
+                             hits.any(1).sum().float(), torch.ones_like(labels).sum().float()]).double()
         totals = batch if totals is None else totals + batch
     if totals is None:
         raise DataError("evaluate: the loader yielded no batches")
@@ -412,10 +425,10 @@ def _all_finite(model) -> bool:
 
 # What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
 # may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths, the
-# speed-only settings (precision, threads, channels_last, compile), the number of ranks (a cluster gives what
-# it has: the global batch stays, the per-rank batch changes) and the statistics (a resume uses the checkpoint's
-# unless --stats is given, so re-running `alexnet stats` cannot break it). The class list must match: a
-# checkpoint never continues on, or scores, data whose labels mean other classes.
+# speed-only settings (precision, threads, prefetch, hw_decoder_load, channels_last, compile, tf32, fused_sgd), the
+# number of ranks (a cluster gives what it has: the global batch stays, the per-rank batch changes) and the
+# statistics (a resume uses the checkpoint's unless --stats is given, so re-running `alexnet stats` cannot break
+# it). The class list must match: a checkpoint never continues on, or scores, data whose labels mean other classes.
 COMPAT_KEYS = (["classes", "model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
                 "run.placement"]
                + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
@@ -572,16 +585,19 @@ class _Run:
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
         self.saved = saved
         if saved is not None and data.stats is None:  # a resume keeps the statistics it trained with
-            stats = PipelineStats(**saved["config"]["stats_255"])
+            stats = stats_from_checkpoint(saved)
         else:
             stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
-            if saved is not None and asdict(stats) != saved["config"]["stats_255"] and d.rank == 0:
+            old = None if saved is None else stats_from_checkpoint(saved)
+            if old is not None and d.rank == 0 and (stats != old or not _same_image(stats, old)):
                 print(f"train: using --stats {data.stats}, not the statistics the run trained with",
                       file=sys.stderr)
+        # The mean image goes into the checkpoint beside the config (a tensor), not into config.json (768 KB)
+        self.mean_image = None if stats.mean_image_255 is None else torch.from_numpy(stats.mean_image_255)
         self.config = {"data": asdict(data),
                        "model": {k: getattr(self.model_cfg, k) for k in ("num_classes", "width", "init")},
                        "optim": asdict(optim), "run": asdict(run), "world_size": d.world,
-                       "stats_255": asdict(stats), "classes": list(self.classes),
+                       "stats_255": stats.per_channel(), "classes": list(self.classes),
                        "data_inputs": _data_inputs(data.data)}
         self.run_dir = Path(run.out)
         self.ckpt_path = self.run_dir / runlog.CHECKPOINT
@@ -599,15 +615,21 @@ class _Run:
         torch.manual_seed(run.seed + 1 + d.rank)
         if run.device == "gpu":
             torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
+            torch.backends.cuda.matmul.allow_tf32 = run.tf32  # process-wide, as cudnn.benchmark
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=optim.lr, momentum=optim.momentum,
-                                         weight_decay=optim.weight_decay)
+                                         weight_decay=optim.weight_decay, fused=run.fused_sgd or None)
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
         self.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
         kw = dict(stats=stats, aug=data.aug, batch_size=self.per_rank, device=run.device,
                   device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
-                  shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world)
-        self.train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"], **kw)
+                  shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world, prefetch=data.prefetch,
+                  hw_decoder_load=data.hw_decoder_load,
+                  layout="NHWC" if run.channels_last else "NCHW")  # channels_last batches: the step copies none
+        # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
+        # empty one, would recompile it)
+        self.train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"],
+                                   drop_last=run.compile, **kw)
         self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
         self.steps_per_epoch = len(self.train_loader)
         self.cuda_devices = sorted({p.device for p in self.net.parameters() if p.device.type == "cuda"}, key=str)
@@ -627,12 +649,17 @@ class _Run:
 
     def _restore(self, saved: dict) -> tuple[int, EpochMeter | None]:
         """Loads a checkpoint; returns (epoch to start at, the meter of an epoch in progress)."""
-        why = ckpt_io.incompatibility(saved["config"], self.config, COMPAT_KEYS)
+        # AugmentConfig fields added since the checkpoint was written take their defaults (mean: "channel")
+        then = {**saved["config"], "data": {**saved["config"]["data"],
+                                            "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"]))}}
+        why = ckpt_io.incompatibility(then, self.config, COMPAT_KEYS)
         if why:
             raise TrainError(f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
                              f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out")
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups carry the run's old fused flag: speed only
+            group["fused"] = self.optimizer.defaults["fused"]
         if self.optim.lr != saved["config"]["optim"]["lr"]:  # a new initial lr: keep the plateau cuts made so far
             for group in self.optimizer.param_groups:
                 group["lr"] *= self.optim.lr / saved["config"]["optim"]["lr"]
@@ -642,19 +669,26 @@ class _Run:
         self.history = saved["history"]
         self.last_saved = (saved["epoch"], saved["step"])
         epoch, meter = saved["epoch"], EpochMeter(**saved["meter"]) if saved["meter"] else None
+        from alexdata.loader import StaleLoaderState
+
         saved_world = len(saved["ranks"])
+        why = f"a run checkpointed on {saved_world}"
         if saved_world == self.d.world:
-            self.train_loader.load_state_dict(saved["ranks"][self.d.rank]["loader"])
-            ckpt_io.set_rng_state(saved["ranks"][self.d.rank]["rng"])  # last: building the model drew from them
-            return epoch, meter
-        # Another number of ranks: each rank's shard of the epoch is another set of samples, so the loaders'
-        # positions do not carry over; the run goes on from the next epoch boundary with fresh loaders.
+            try:
+                self.train_loader.load_state_dict(saved["ranks"][self.d.rank]["loader"])
+                ckpt_io.set_rng_state(saved["ranks"][self.d.rank]["rng"])  # last: building the model drew from them
+                return epoch, meter
+            except StaleLoaderState as e:  # the same on every rank: the same code reads the same checkpoint
+                why = f"a run whose loader position does not load here ({e})"
+        # Another number of ranks (or a loader position from another version): each rank's shard of the epoch is
+        # another set of samples, so the positions do not carry over; the run goes on from the next epoch
+        # boundary with fresh loaders.
         if self.d.rank == 0:
             skipped = (f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
                        f" of {self.train_loader.split.images} samples) and the epoch evaluated as it stands"
                        if meter else "")
-            print(f"train: resuming on {self.d.world} rank(s) a run checkpointed on {saved_world}, from the next "
-                  f"epoch boundary{skipped}", file=sys.stderr)
+            print(f"train: resuming on {self.d.world} rank(s) {why}, from the next epoch boundary{skipped}",
+                  file=sys.stderr)
         self.finish_partial = meter is not None
         return epoch, meter
 
@@ -666,7 +700,8 @@ class _Run:
         ranks = _gather(mine, self.d)
         if self.d.rank == 0:
             with self.signals.saving_checkpoint():
-                ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": self.config, "epoch": epoch, "step": step,
+                ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": self.config,
+                                     "mean_image_255": self.mean_image, "epoch": epoch, "step": step,
                                      "meter": None if meter is None else asdict(meter),
                                      "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                                      "plateau": self.plateau.state_dict(), "scaler": self.scaler.state_dict(),
@@ -874,7 +909,7 @@ def evaluate_checkpoint(data: str | os.PathLike, checkpoint: str | os.PathLike, 
     cfg = saved["config"]
     val = open_split(data, "val")
     check_classes(cfg, val.classes, checkpoint, data)
-    pstats = resolve_stats(stats, data) if stats else PipelineStats(**cfg["stats_255"])
+    pstats = resolve_stats(stats, data) if stats else stats_from_checkpoint(saved)
     net = model_from_checkpoint(saved, "cuda" if device == "gpu" else "cpu")
     loader = Loader(data, split="val", mode="tencrop" if ten_crop else "center", opened=val, stats=pstats,
                     aug=AugmentConfig(**cfg["data"]["aug"]), batch_size=batch_size, device=device,
@@ -893,6 +928,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         return ckpt_io.load(p)
     except (FileNotFoundError, ValueError) as e:
         raise TrainError(str(e)) from None
+
+
+def stats_from_checkpoint(saved: dict) -> PipelineStats:
+    """The statistics a loaded checkpoint's run trained with: the per-channel ones in its config, and its mean
+    image (a tensor beside the config; absent from checkpoints written before it existed)."""
+    m = saved.get("mean_image_255")
+    return PipelineStats(**saved["config"]["stats_255"], mean_image_255=None if m is None else m.numpy())
+
+
+def _same_image(a: PipelineStats, b: PipelineStats) -> bool:
+    x, y = a.mean_image_255, b.mean_image_255
+    return (x is None) == (y is None) and (x is None or np.array_equal(x, y))
 
 
 def model_from_checkpoint(saved: dict, device: str | torch.device = "cpu") -> AlexNet:
@@ -924,4 +971,4 @@ def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, 
 
 __all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "TrainStopped", "recipe", "train",
            "train_one_epoch", "evaluate", "evaluate_views", "evaluate_checkpoint", "configs_from_dict",
-           "load_checkpoint", "model_from_checkpoint", "RECIPES"]
+           "load_checkpoint", "model_from_checkpoint", "stats_from_checkpoint", "RECIPES"]

@@ -1,7 +1,7 @@
 """Pieces every pipeline shares: the readers, ASCII label parsing, decoding and crop-window arithmetic.
 
 All of it runs inside a DALI graph (the functions take and return DataNodes), so it builds for the CPU
-(`device_id=None`) and the GPU (decoder on device "mixed": nvJPEG, with the A100/H100 hardware decoder)."""
+(`device_id=None`) and the GPU (decoder on device "mixed": nvJPEG, with the A100/H100/H200 hardware decoder)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 
 from alexdata.dataset import Split
-from pipelines.config import MAX_LABEL_DIGITS
+from pipelines.config import MAX_LABEL_DIGITS, SHUFFLE_BUFFER
 
 READER = "reader"  # the reader's name, which the iterator asks for epoch size and padding
 
@@ -19,15 +19,24 @@ def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle
     """(encoded image, label) of one sample: the label as `ascii_digits` (shards) or int64 [1] (raw tree), both
     on the CPU; `labels_from_digits` makes int64 labels of either.
 
-    Shuffling: epoch 0 reads the stored order (prepare already shuffled the training samples with its seed; a
-    raw tree's file list is shuffled here with `shuffle_seed`), then every later epoch is a fresh permutation of
-    the whole split (`shuffle_after_epoch`, DALI docs "Sharding and Shuffling"). The permutation depends only on
-    `shuffle_seed`, so it is the same on every rank and the ranks' shards stay disjoint.
+    Shuffling, so that every epoch groups the samples into batches afresh:
+      shards    the shard order is redrawn every epoch (`shuffle_after_epoch`: DALI keeps each shard's samples
+                in their stored order), and on top of it the reader draws each sample at random from a buffer
+                of the next SHUFFLE_BUFFER samples of the epoch (`random_shuffle` + `initial_fill`; DALI's
+                loader never mixes two epochs in that buffer, so an epoch still reads each sample once). prepare
+                stored the samples in a seeded global permutation, so the window is a random draw of the split.
+      raw tree  `fn.readers.file` redraws a permutation of the whole file list every epoch (epoch 0 too: the
+                list is permuted here, as it is sorted by class on disk).
+    The shard order and file permutations depend only on `shuffle_seed`, the same on every rank, so the ranks'
+    shards stay disjoint; the buffer's draws follow the pipeline seed (each rank's own, which is fine: they only
+    reorder that rank's own samples). DALI checkpoints the buffer, so a mid-epoch resume is exact.
     Sharding: shards are padded to equal length (the last sample repeated) so every data-parallel rank runs the
     same number of batches; the iterator drops the padding, so one epoch over all shards sees each image once."""
     common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name=READER,
                   shuffle_after_epoch=shuffle, **({"shuffle_after_epoch_seed": shuffle_seed} if shuffle else {}))
     if split.prepared:
+        if shuffle:
+            common.update(random_shuffle=True, initial_fill=min(SHUFFLE_BUFFER, split.images))
         jpg, cls = fn.readers.webdataset(paths=list(split.tars), index_paths=list(split.indexes),
                                          ext=["jpg", "cls"], missing_component_behavior="error", **common)
         return jpg, ascii_digits(cls)
@@ -68,18 +77,27 @@ def labels_from_digits(digits):
     return value
 
 
-def decoder_kw(device: str, hw_decoder_load: float = 0.65) -> dict:
-    """The arguments every decoder here takes: RGB out, on "mixed" with the hardware's share on the GPU."""
+def decoder_kw(device: str, hw_decoder_load: float = 0.65, *, hybrid_huffman_threshold: int = 1_000_000,
+               preallocate_hw: tuple[int, int] | None = None) -> dict:
+    """The arguments every decoder here takes: RGB out; on "mixed" (the GPU) also the hardware decoder's share,
+    the size in pixels above which nvJPEG's hybrid Huffman decoder takes an image (DALI's default 1,000,000;
+    0: every image), and with `preallocate_hw` = (height, width) of the largest image, the hardware decoder's
+    buffers allocated up front (`preallocate_{height,width}_hint`, DALI docs fn.decoders.image)."""
     if device == "gpu":
-        return dict(output_type=types.RGB, device="mixed", hw_decoder_load=hw_decoder_load)
+        kw = dict(output_type=types.RGB, device="mixed", hw_decoder_load=hw_decoder_load,
+                  hybrid_huffman_threshold=hybrid_huffman_threshold)
+        if preallocate_hw:
+            kw.update(preallocate_height_hint=preallocate_hw[0], preallocate_width_hint=preallocate_hw[1])
+        return kw
     return dict(output_type=types.RGB, device="cpu")
 
 
-def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None):
-    """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100,
-    the hardware JPEG decoder (`hw_decoder_load` = the hardware's share). crop = (size, (pos_y, pos_x)) decodes
-    only that window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize)."""
-    kw = decoder_kw(device, hw_decoder_load)
+def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None, **tuning):
+    """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100/H200,
+    the hardware JPEG decoder (`hw_decoder_load` = the hardware's share; `tuning`: decoder_kw's keywords).
+    crop = (size, (pos_y, pos_x)) decodes only that window (`decoders.image_crop`, same anchor rounding as
+    crop_mirror_normalize)."""
+    kw = decoder_kw(device, hw_decoder_load, **tuning)
     if crop is None:
         return fn.decoders.image(jpg, **kw)
     size, pos = crop
@@ -115,26 +133,34 @@ def resized_hw(hw, shorter_side: int):
     return dmath.floor(hw * shorter_side / fn.reductions.min(hw) + 0.5)
 
 
-def crop_anchor_frac(hw, crop: int, square: int | None, k=None):
-    """crop_pos (y, x) for `crop_mirror_normalize` given extents `hw` (floats, shape [2]). Anchors are uniform
-    over every valid position, or with `square` over the positions inside the central square x square patch
-    (paper §2); `k` (shape [2]) fixes the offsets inside the allowed range instead of drawing them."""
+def crop_offset(hw, crop: int, square: int | None, k=None):
+    """(lo, offset): a crop x crop window at lo + offset (y, x; integers as floats) in extents `hw` (floats,
+    shape [2]). Offsets are uniform over every valid position (lo = 0), or with `square` over the positions
+    inside the central square x square patch (paper §2; lo its top-left, so offset is also the window's place in
+    the mean image); `k` (shape [2]) fixes the offsets inside the allowed range instead of drawing them."""
     lo, span = 0.0, hw - crop
     if square:
         lo, span = dmath.floor((hw - square) / 2.0), float(square - crop)  # the central square's top-left
-    offset = uniform_anchor(span, axes=2) if k is None else k
+    return lo, (uniform_anchor(span, axes=2) if k is None else k)
+
+
+def crop_anchor_frac(hw, crop: int, square: int | None, k=None):
+    """crop_pos (y, x) for `crop_mirror_normalize` (which rounds pos * (extent - crop) to the anchor) of the
+    window `crop_offset` places; pass its offset as `k` to crop at the same place."""
+    lo, offset = crop_offset(hw, crop, square, k)
     return (lo + offset) / dmath.max(hw - crop, 1.0)
 
 
-def pca_lighting_mean(stats, pca_std: float):
-    """Per-sample vector to subtract: mean - eigvec @ (alpha * eigval_01) * 255, alpha ~ N(0, pca_std).
+def pca_lighting_mean(stats, pca_std: float, channel_mean: bool = True):
+    """Per-sample vector to subtract: mean - eigvec @ (alpha * eigval_01) * 255, alpha ~ N(0, pca_std); mean is
+    the per-channel mean, or 0 with channel_mean=False (AugmentConfig.mean="pixel": `subtract_mean_window`).
 
     Paper §4.1 adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel. That formula is not scale-free: l are
     variances, so it only means what the paper meant on the 0-1 pixel scale (as in fb.resnet.torch and its
     descendants, l ~ 0.22 on ImageNet: a shift of ~5 levels of 255). On our 0-255 statistics this is
     eigvec @ (alpha * eigval_255 / 255); using eigval_255 directly would shift colours by ~300 levels.
     Subtracting the vector in crop_mirror_normalize adds the lighting offset and removes the mean in one pass."""
-    mean = types.Constant(np.array(stats.mean_255, np.float32))
+    mean = types.Constant(np.array(stats.mean_255 if channel_mean else (0.0, 0.0, 0.0), np.float32))
     if pca_std == 0:
         return mean
     alpha = fn.random.normal(shape=[1, 3], stddev=pca_std, dtype=types.FLOAT)  # one draw per image
@@ -143,6 +169,31 @@ def pca_lighting_mean(stats, pca_std: float):
     m = np.array(stats.eigvec, np.float32).reshape(-1).tolist()  # row-major: offset = eigvec @ scaled
     offset = fn.coord_transform(scaled, M=m)  # (1, 3), on the 0-255 scale
     return mean - fn.reshape(offset, shape=[3])
+
+
+def mean_image(stats, aug, device: str):
+    """The mean image (AugmentConfig.mean="pixel", paper §2) as a DALI constant HWC float32, on the GPU when the
+    pipeline's images are. ValueError with one line when the stats have none, or one of another size."""
+    m, side = stats.mean_image_255, aug.shorter_side
+    if m is None:
+        raise ValueError("mean='pixel' needs the training set's mean image, and these statistics have none (a "
+                         "stats.json from before it existed?): run `alexnet stats DATA` again")
+    if m.shape != (side, side, 3):
+        raise ValueError(f"the mean image is {m.shape[0]}x{m.shape[1]}, the central square of shorter_side "
+                         f"{side} needs {side}x{side}")
+    return types.Constant(m, layout="HWC", device=device)
+
+
+def subtract_mean_window(out, mean_img, aug, offset, mirror, std, layout: str):
+    """`out` (float32 crops from crop_mirror_normalize with this `mirror`, `std` and `layout`) minus the window
+    of `mean_img` at `offset` (y, x; from `crop_offset`), cropped and mirrored by the same operator, then cast
+    to aug.dtype's output type. The anchor pos * (side - crop) rounds back to exactly `offset`."""
+    pos = offset / float(max(aug.shorter_side - aug.crop, 1))
+    window = fn.crop_mirror_normalize(mean_img, crop=(aug.crop, aug.crop), crop_pos_y=pos[0], crop_pos_x=pos[1],
+                                      mirror=mirror, std=std, dtype=types.FLOAT, output_layout=layout)
+    out = out - window
+    dtype = output_dtype(aug.dtype)
+    return out if dtype == types.FLOAT else fn.cast(out, dtype=dtype)
 
 
 def output_dtype(dtype: str):

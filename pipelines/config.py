@@ -1,13 +1,17 @@
 """What the pipelines need to know: the augmentation (defaults from the paper) and the dataset statistics."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 CROP = 227  # paper §3.5 says 224; the layer arithmetic (55 = (227 - 11) / 4 + 1) needs 227
 SHORTER_SIDE = 256  # paper §2: rescale so the shorter side is 256, then crop
 MAX_LABEL_DIGITS = 6  # a `.cls` label holds the class index in ASCII: up to 999,999 classes
+# Samples the shard reader draws each training sample from at random (DALI's `initial_fill`): four of ImageNet's
+# 1024-image shards (pipelines/common.py `read`). The buffered samples are views of the memory-mapped shards:
+# 4096 of them added ~10 MB of RSS and no measurable time per epoch (docs/BENCHMARKS.md)
+SHUFFLE_BUFFER = 4096
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,10 @@ class AugmentConfig:
     # Paper §2 cropped the central 256x256 patch before anything else, so its random crops and its ten-crop
     # corners lie inside that square. False (the default) uses the whole aspect-kept image.
     central_square: bool = False
+    # "channel": one mean per channel (stats.json's `mean`). "pixel": paper §2, "the mean activity over the
+    # training set" of each pixel: the mean image of the central 256x256 patches (stats.json's mean image), the
+    # window under each crop subtracted; it needs central_square, so every window lies inside that image.
+    mean: str = "channel"
     dtype: str = "float32"  # "float16"/"bfloat16" for GPU training
 
     def __post_init__(self):
@@ -29,21 +37,42 @@ class AugmentConfig:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.pca_std < 0:
             raise ValueError(f"pca_std must be >= 0, got {self.pca_std}")
+        if self.mean not in ("channel", "pixel"):
+            raise ValueError(f"mean must be 'channel' or 'pixel', got {self.mean!r}")
+        if self.mean == "pixel" and not self.central_square:
+            raise ValueError("mean='pixel' needs central_square=True: the mean image covers the central square only")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
 class PipelineStats:
-    """Training-set statistics on the 0-255 scale (from `alexnet stats`): the mean subtracted from every pixel,
-    the std optionally divided by, and the RGB covariance's eigen-decomposition for PCA lighting."""
+    """Training-set statistics on the 0-255 scale (from `alexnet stats`): the mean subtracted from every pixel
+    (per channel, or the mean image), the std optionally divided by, and the RGB covariance's eigen-decomposition
+    for PCA lighting."""
     mean_255: tuple[float, float, float]
     std_255: tuple[float, float, float]
     eigval_255: tuple[float, float, float]  # variances, descending
     eigvec: tuple[tuple[float, ...], ...]  # 3x3, columns are eigenvectors
+    # (256, 256, 3) float32 RGB, the mean of the central 256x256 patches (paper §2; AugmentConfig.mean="pixel");
+    # None when the stats have none. Left out of == (an array has no single truth value): compare it yourself.
+    mean_image_255: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.mean_image_255 is not None:
+            m = np.asarray(self.mean_image_255, np.float32)
+            if m.ndim != 3 or m.shape[0] != m.shape[1] or m.shape[2] != 3:
+                raise ValueError(f"mean_image_255 must have shape (S, S, 3), got {list(m.shape)}")
+            object.__setattr__(self, "mean_image_255", m)
 
     @classmethod
     def from_dict(cls, s: dict) -> "PipelineStats":
+        """From a record in stats.json's format (`alexdata.stats.load_stats`: "mean_image" an array or None)."""
         f = lambda v: tuple(float(x) for x in np.asarray(v, np.float64).reshape(-1))
         ev = np.asarray(s["eigvec"], np.float64).reshape(3, 3)
-        return cls(f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev))
+        return cls(f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev),
+                   s.get("mean_image"))
+
+    def per_channel(self) -> dict:
+        """The fields but the mean image: small, JSON-ready (a run's config.json records them)."""
+        return {k: getattr(self, k) for k in ("mean_255", "std_255", "eigval_255", "eigvec")}

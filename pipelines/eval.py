@@ -4,6 +4,7 @@ centre   one central 227 crop per image -> (N, 3, 227, 227)
 tencrop  paper §4.1: the four corner crops and the centre crop, each with its mirror -> (N, 10, 3, 227, 227),
          in the order TL, TR, BL, BR, C, then the same five mirrored; the trainer averages their softmax.
          With AugmentConfig(central_square=True) the corners are those of the central 256x256 patch (paper §2).
+With AugmentConfig(mean="pixel") each view loses the same window of the mean image (mirrored with it).
 """
 from __future__ import annotations
 
@@ -23,34 +24,42 @@ TEN_CROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)
 def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
                         ten_crop: bool = False, batch_size: int, num_threads: int, device: str = "cpu",
                         shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                        device_id: int = 0, seed: int = 0, shuffle_seed: int = 0, checkpoint: str | None = None):
+                        hybrid_huffman_threshold: int = 1_000_000, preallocate_hw: tuple[int, int] | None = None,
+                        output_layout: str = "CHW", device_id: int = 0, seed: int = 0, shuffle_seed: int = 0,
+                        checkpoint: str | None = None):
     """A DALI pipeline yielding (images, labels as read: `common.labels_from_digits` makes them int64); images
-    (3, crop, crop) or (10, 3, crop, crop)."""
+    (3, crop, crop) or (10, 3, crop, crop), channels last with output_layout="HWC". hybrid_huffman_threshold,
+    preallocate_hw: the GPU decoder's tuning (`common.decoder_kw`)."""
 
     @pipeline_def(enable_checkpointing=True)
     def evaluate():
         jpg, label = common.read(split, shuffle=False, shard_id=shard_id, num_shards=num_shards)
-        img = common.decode(jpg, device, hw_decoder_load)
+        img = common.decode(jpg, device, hw_decoder_load, hybrid_huffman_threshold=hybrid_huffman_threshold,
+                            preallocate_hw=preallocate_hw)
         if common.needs_resize(split, aug.shorter_side):
             img = common.resize_shorter(img, aug.shorter_side)
+        pixel = aug.mean == "pixel"
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
-        cmn = dict(crop=(aug.crop, aug.crop), mean=list(stats.mean_255), std=std, output_layout="CHW",
-                   dtype=common.output_dtype(aug.dtype))
-        if not ten_crop:
-            out = fn.crop_mirror_normalize(img, crop_pos_x=0.5, crop_pos_y=0.5, **cmn)
+        cmn = dict(crop=(aug.crop, aug.crop), mean=[0.0] * 3 if pixel else list(stats.mean_255), std=std,
+                   output_layout=output_layout, dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype))
+        positions, mirrors = (TEN_CROP_POSITIONS, (0, 1)) if ten_crop else (TEN_CROP_POSITIONS[4:], (0,))
+        offsets = [None] * len(positions)
+        if aug.central_square:  # paper §4.1: the corners (and the centre) of the central 256x256 patch (§2)
+            resized = common.needs_resize(split, aug.shorter_side)
+            hw = common.image_hw(jpg, aug.shorter_side if resized else None)
+            span = aug.shorter_side - aug.crop
+            offsets = [types.Constant(np.float32([int(y * span + 0.5), int(x * span + 0.5)])) for x, y in positions]
+            poss = [common.crop_anchor_frac(hw, aug.crop, aug.shorter_side, k=k) for k in offsets]
+            places = [(p[1], p[0]) for p in poss]  # (crop_pos_x, crop_pos_y)
         else:
-            if aug.central_square:  # paper §4.1: the corners of the central 256x256 patch (§2)
-                resized = common.needs_resize(split, aug.shorter_side)
-                hw = common.image_hw(jpg, aug.shorter_side if resized else None)
-                span = aug.shorter_side - aug.crop
-                offsets = [np.float32([int(y * span + 0.5), int(x * span + 0.5)]) for x, y in TEN_CROP_POSITIONS]
-                poss = [common.crop_anchor_frac(hw, aug.crop, aug.shorter_side, k=types.Constant(k)) for k in offsets]
-                places = [(p[1], p[0]) for p in poss]  # (crop_pos_x, crop_pos_y)
-            else:
-                places = TEN_CROP_POSITIONS
-            views = [fn.crop_mirror_normalize(img, crop_pos_x=x, crop_pos_y=y, mirror=m, **cmn)
-                     for m in (0, 1) for x, y in places]
-            out = fn.stack(*views)  # (10, 3, crop, crop)
+            places = positions
+        mean_img = common.mean_image(stats, aug, "gpu" if device == "gpu" else "cpu") if pixel else None
+        views = []
+        for m in mirrors:
+            for (x, y), k in zip(places, offsets):
+                v = fn.crop_mirror_normalize(img, crop_pos_x=x, crop_pos_y=y, mirror=m, **cmn)
+                views.append(common.subtract_mean_window(v, mean_img, aug, k, m, std, output_layout) if pixel else v)
+        out = fn.stack(*views) if ten_crop else views[0]  # (10, 3, crop, crop) or (3, crop, crop)
         return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
 
     return evaluate(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,

@@ -1,7 +1,9 @@
 """Benchmarks are not timed tests: these only check that each runs on tiny data and reports what it promises."""
 import numpy as np
+import pytest
+import torch
 
-from alexdata.bench import bench_loader, bench_prepare
+from alexdata.bench import bench_loader, bench_prepare, hw_decoder_check
 from alexmodel.bench import bench_train
 
 STATS = {"mean": [120, 110, 100], "std": [60, 60, 60], "eigval": [3000, 200, 50], "eigvec": np.eye(3).tolist()}
@@ -30,3 +32,18 @@ def test_bench_train(prepared):
     assert np.isclose(hs["trainer_vs_no_sync"], hs["trainer_images_per_s"] / hs["no_sync_images_per_s"])
     e2e = r["end_to_end"]
     assert e2e["images_per_s"] > 0 and 0 <= e2e["data_wait_frac"] <= 1
+
+
+def test_bench_loader_times_only_the_contenders_asked_for(prepared):
+    r = bench_loader(str(prepared), batch_size=8, seconds=0.2, threads=1, stats=STATS, rounds=1, prefetch=3,
+                     hw_decoder_load=0.9, contenders=("decode_only", "pipeline"))
+    assert r["decode_only"] > 0 and r["pipeline"] > 0 and "baseline" not in r and "pipeline_vs_baseline" not in r
+    assert np.isclose(r["pipeline_vs_decode_only"], r["pipeline"] / r["decode_only"])
+    assert (r["prefetch"], r["hw_decoder_load"]) == (3, 0.9)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hw_decoder_check_gives_a_verdict(prepared):
+    r = hw_decoder_check(str(prepared), 0.5, batch_size=8, threads=2)
+    assert r["load0"] > 0 and r["load1"] > 0 and isinstance(r["used"], bool) and "hw_decoder_load 1" in r["why"]

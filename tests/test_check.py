@@ -26,6 +26,7 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
     assert {n: s["status"] for n, s in rep["stages"].items()} == {n: "ok" for n in STAGES}
     m = rep["machine"]
     assert m["device"] == "cpu" and m["cores"] >= 1 and m["torch"] and m["dali"] and m["python"] and m["date"]
+    assert rep["result_name"] == f"cpu{m['cores']}-{m['date'][:10]}-tiny.json"
     st = rep["stages"]
     for name, s in st.items():
         assert 0 < s["seconds"] <= s["time_box_s"] + 60, name  # a box is kept between measurements
@@ -40,8 +41,12 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
     assert t["passed"] > 0 and t["failed"] == t["error"] == 0 and t["failing"] == [] and t["exit_code"] == 0
 
     lo = st["loader"]
-    assert min(lo["decode_only"], lo["pipeline"], lo["baseline"]) > 0
+    assert min(lo["decode_only"], lo["pipeline"], lo["baseline"]) > 0 and "baseline_error" not in lo
     assert math.isclose(lo["pipeline_vs_baseline"], lo["pipeline"] / lo["baseline"])
+    assert lo["hw_decoder"]["used"] is None and "no GPU" in lo["hw_decoder"]["why"]
+    assert set(lo["sweep_skipped"]) == set(check.GPU_KNOBS)
+    assert all("GPU only" in why for why in lo["sweep_skipped"].values())
+    assert {p["layout"] for p in lo["sweep"]} == {"NCHW", "NHWC"}
     rates = [p["img_s"] for p in lo["sweep"]]
     assert lo["best"]["img_s"] == max(rates) and lo["default_img_s"] == rates[0]
     assert {p["threads"] for p in lo["sweep"]} >= {1, 2} or m["cores"] == 1
@@ -54,6 +59,15 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
 
     tr = st["train"]
     assert set(tr["synthetic_img_s"]) == {"fp32", "bf16", "bf16_channels_last"}
+    assert tr["tf32"]["wins"] is None and "no GPU" in tr["tf32"]["why"]  # a tensor-core mode
+    fs = tr["fused_sgd"]
+    assert fs["variant"] == tr["best"] and math.isclose(fs["fused_vs_plain"], fs["fused_img_s"] / fs["plain_img_s"])
+    assert fs["wins"] == ("fused" if fs["fused_vs_plain"] > 1 else "plain")
+    assert tr["end_to_end_loader"]["layout"] == ("NHWC" if tr["best"].endswith("channels_last") else "NCHW")
+    if "end_to_end_default_img_s" in tr:  # the loader's best setting against its default, end to end
+        assert math.isclose(tr["end_to_end_best_vs_default"], tr["end_to_end_img_s"] / tr["end_to_end_default_img_s"])
+    else:
+        assert "the loader's best setting is its default" in " ".join(tr["notes"])
     assert tr["best"] == max(tr["synthetic_img_s"], key=tr["synthetic_img_s"].get)
     hs = tr["host_sync"]
     assert math.isclose(hs["trainer_vs_no_sync"], hs["trainer_img_s"] / hs["no_sync_img_s"])
@@ -163,7 +177,8 @@ def test_sizes_are_what_the_issue_asks():
     full = check.SIZES["full"]
     assert 18_000 <= full.classes * full.train_per_class <= 25_000 and full.width == 1.0  # ~20k distinct images
     assert 100 <= TINY.classes * (TINY.train_per_class + TINY.val_per_class) <= 500  # a few hundred
-    assert set(check.SIZES["full"].hw_decoder_load) >= {0.0, 0.65, 1.0}
+    assert set(full.hw_decoder_load) >= {0.0, 0.65, 0.8, 0.9, 0.95, 1.0} and set(full.hybrid_huffman_threshold) == \
+        {0, 1_000_000}  # issue 17: against DALI's defaults, 0.65 and 1,000,000 pixels
     assert isinstance(full, CheckSize) and set(check.WEIGHTS) == set(STAGES)
 
 
@@ -216,3 +231,33 @@ def test_sigterm_keeps_the_figures_of_the_stage_in_progress(tmp_path):
     assert p.returncode == 130 and "interrupted" in err
     st = json.loads((tmp_path / "check.json").read_text())["stages"]
     assert st["tests"]["status"] == "failed" and st["tests"]["error"] == "interrupted"
+
+
+def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prepared):
+    """The sweep's plan for a GPU (computed here without one): every knob from the Loader's default first, and
+    the preallocation hints left out, with the reason, where manifest.json does not record the largest image."""
+    from dataclasses import replace as dc_replace
+
+    from alexdata.dataset import open_split
+
+    split = open_split(prepared)
+    ctx = Context(device="gpu", size=TINY, work=None, cores=4, tests=())
+    default = check.sweep_default(ctx)
+    assert (default["hw_decoder_load"], default["hybrid_huffman_threshold"], default["preallocate"],
+            default["layout"], default["prefetch"]) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
+    knobs, skipped = check._sweep_points(ctx, default, split)
+    plan = dict(knobs)
+    assert skipped == {} and list(plan)[:3] == list(check.GPU_KNOBS)
+    assert plan["hw_decoder_load"][0] == 0.65 and set(plan["hw_decoder_load"]) == set(TINY.hw_decoder_load)
+    assert plan["hybrid_huffman_threshold"] == [1_000_000, 0] and plan["preallocate"] == [False, True]
+    knobs, skipped = check._sweep_points(ctx, default, dc_replace(split, max_hw=None))
+    assert "preallocate" not in dict(knobs) and "re-run `alexnet prepare`" in skipped["preallocate"]
+
+
+@pytest.mark.parametrize("name, slug", [("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"),
+                                        ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA GeForce RTX 4090", "rtx-4090")])
+def test_results_are_named_after_the_gpu_found(name, slug):
+    assert check.gpu_slug(name) == slug
+    m = {"gpu": name, "cores": 16, "date": "2026-11-27T10:00:00Z"}
+    assert check.result_name(m, "full") == f"{slug}-2026-11-27.json"
+    assert check.result_name({**m, "gpu": None}, "tiny") == "cpu16-2026-11-27-tiny.json"

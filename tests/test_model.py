@@ -329,3 +329,22 @@ def test_towers_on_gpus_match_cpu(monkeypatch):
     back.load_state_dict(towers.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(back(x), want)
+
+
+@pytest.mark.parametrize("towers", [1, 2])
+def test_lrn_under_bf16_autocast_stays_bf16_and_keeps_the_formula(towers):
+    """Under autocast the LRN hands the next layer bf16, as every other layer does, and still computes the
+    paper's formula (squares summed in float32) up to bf16 rounding of its input and output."""
+    a = 30 * np.random.default_rng(2).standard_normal((2, 12, 3, 4))
+    x = torch.from_numpy(a).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = within_towers(lrn(), x) if towers == 2 else lrn()(x)
+    assert got.dtype == torch.bfloat16
+    want = lrn_reference(x.double().numpy(), towers=towers)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_lrn_on_towers_narrower_than_its_window():
+    """A 1/16-width model has 3 maps per tower in layer 1, fewer than the window of 5."""
+    a = 30 * np.random.default_rng(3).standard_normal((2, 6, 3, 4))
+    np.testing.assert_allclose(within_towers(lrn(), torch.from_numpy(a)).numpy(), lrn_reference(a), rtol=1e-12)

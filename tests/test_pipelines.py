@@ -2,6 +2,7 @@
 import io
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,6 +218,110 @@ def test_center_crop_equals_explicit_crop(prepared):
         h, w, _ = img.shape
         y, x = (h - 227 + 1) // 2, (w - 227 + 1) // 2
         assert np.array_equal(v, (img[y:y + 227, x:x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
+
+
+PIXEL = AugmentConfig(central_square=True, mean="pixel")  # paper §2: the mean image, per pixel
+
+
+def pixel_stats(seed=0):
+    """random_stats with a random mean image: every difference image - mean image is then unique to its place."""
+    m = np.random.default_rng(seed).uniform(0, 255, (256, 256, 3)).astype(np.float32)
+    return {**random_stats(seed), "mean_image": m}
+
+
+def central_minus_mean(img, mean_image):
+    """The central 256x256 patch of an HWC image (top-left floor((H - 256) / 2), ...) minus the mean image."""
+    ly, lx = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
+    return img[ly:ly + 256, lx:lx + 256].astype(np.float32) - mean_image
+
+
+def find_window(x, diffs, tol=1e-3):
+    """(image, oy, ox, mirrored, colour) such that x (3, 227, 227) = mirror(diffs[image][oy:, ox:] 227 window)
+    + colour, one RGB offset for the whole crop: the candidates agreeing at three pixels, then checked whole."""
+    out = x.transpose(1, 2, 0)
+    for i, d in enumerate(diffs):
+        for mirrored in (False, True):
+            c0 = 226 if mirrored else 0  # the window column that lands at output column 0
+            step = -1 if mirrored else 1
+            r00 = out[0, 0] - d[:30, c0:c0 + 30]  # (30, 30, 3): one candidate colour per offset
+            r01 = out[0, 1] - d[:30, c0 + step:c0 + step + 30]
+            r10 = out[1, 0] - d[1:31, c0:c0 + 30]
+            ok = (np.abs(r00 - r01).max(-1) < tol) & (np.abs(r00 - r10).max(-1) < tol)
+            for oy, ox in zip(*np.nonzero(ok)):
+                w = d[oy:oy + 227, ox:ox + 227]
+                w = w[:, ::-1] if mirrored else w
+                colour = (out - w).mean((0, 1), dtype=np.float64)  # a float32 sum would drift by 1e-3
+                if np.abs(out - w - colour).max() < tol:
+                    return i, int(oy), int(ox), mirrored, colour
+    raise AssertionError("no window of any image matches this crop")
+
+
+def test_pixel_mean_train_crops_are_image_minus_mean_image_windows(prepared):
+    """output = mirror(crop(image) - crop(mean image)): the same 227 window of both, flipped together, exactly."""
+    st = pixel_stats()
+    diffs = [central_minus_mean(img, st["mean_image"]) for img in decoded(prepared)]
+    loader = Loader(prepared, stats=st, aug=replace(PIXEL, pca_std=0.0), batch_size=16, threads=2, seed=1)
+    seen = []
+    for x, _ in loader:
+        for v in x.numpy():
+            i, oy, ox, mirrored, colour = find_window(v, diffs)
+            w = diffs[i][oy:oy + 227, ox:ox + 227]
+            assert np.array_equal(v, (w[:, ::-1] if mirrored else w).transpose(2, 0, 1))
+            seen.append((oy, ox, mirrored))
+    assert len(seen) == 46 and {m for *_, m in seen} == {False, True} and len(set(seen)) > 30
+
+
+def test_pixel_mean_adds_the_lighting_offset(prepared):
+    """With PCA lighting each crop is the same window difference plus one colour per image, of the paper's size."""
+    st = pixel_stats(2)
+    diffs = [central_minus_mean(img, st["mean_image"]) for img in decoded(prepared)]
+    loader = Loader(prepared, stats=st, aug=PIXEL, batch_size=16, threads=2, seed=2)
+    colours = np.array([find_window(v, diffs)[4] for x, _ in loader for v in x.numpy()])
+    z = colours @ np.array(st["eigvec"]) / (0.1 * np.array(st["eigval"]) / 255)  # ~ N(0, 1) per component
+    assert len(z) == 46 and (np.abs(colours).max(1) > 0).all() and np.abs(z).max() < 5
+
+
+def test_pixel_mean_raw_tree_uses_the_same_windows(tmp_path):
+    """The ROI-decode path (raw images): images already at shorter side 256 are cropped, not resampled."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((256, 256), (256, 301), (259, 256))]
+    d = tmp_path / "train" / "c0"
+    d.mkdir(parents=True)
+    for i, a in enumerate(images):
+        Image.fromarray(a).save(d / f"c0_{i}.png")
+    st = pixel_stats(4)
+    diffs = [central_minus_mean(a, st["mean_image"]) for a in images]
+    loader = Loader(tmp_path, stats=st, aug=replace(PIXEL, pca_std=0.0), batch_size=3, threads=2, seed=5)
+    seen = set()
+    for _ in range(4):
+        for x, _ in loader:
+            for v in x.numpy():
+                i, oy, ox, mirrored, colour = find_window(v, diffs)
+                assert not colour.any()
+                seen.add((i, mirrored))
+    assert len({i for i, _ in seen}) == 3 and len({m for _, m in seen}) == 2
+
+
+def test_pixel_mean_ten_crop_and_centre_use_the_same_windows(prepared):
+    st = pixel_stats(5)
+    kw = dict(split="val", stats=st, aug=PIXEL, batch_size=5, threads=2)
+    ten = torch.cat([x for x, _ in Loader(prepared, mode="tencrop", **kw)]).numpy()
+    centre = torch.cat([x for x, _ in Loader(prepared, mode="center", **kw)]).numpy()
+    for img, v, c in zip(decoded(prepared, "val"), ten, centre):
+        d = central_minus_mean(img, st["mean_image"])
+        views = [d[y:y + 227, x:x + 227] for y, x in ((0, 0), (0, 29), (29, 0), (29, 29), (15, 15))]
+        views += [w[:, ::-1] for w in views]
+        assert np.array_equal(v, np.stack(views).transpose(0, 3, 1, 2))
+        assert np.array_equal(c, v[4])
+
+
+def test_pixel_mean_needs_a_mean_image(prepared):
+    with pytest.raises(ValueError, match=r"mean='pixel' needs the training set's mean image.*alexnet stats") as e:
+        Loader(prepared, stats=ZERO, aug=PIXEL)
+    assert "\n" not in str(e.value)
+    small = {**ZERO, "mean_image": np.zeros((128, 128, 3), np.float32)}
+    with pytest.raises(ValueError, match="the mean image is 128x128"):
+        Loader(prepared, split="val", mode="tencrop", stats=small, aug=PIXEL)
 
 
 @pytest.mark.parametrize("batch_size", [4, 5])  # 46 images: with 5 over 3 shards (16 + 15 + 15) a last batch is empty
@@ -473,6 +578,10 @@ def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
     (dict(device="tpu"), "device must be"),
     (dict(mode="five-crop"), "mode must be"),
     (dict(shard_id=2, num_shards=2), "shard_id"),
+    (dict(prefetch=0), r"prefetch must be an int >= 1 .*got 0"),
+    (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\].*got 1.5"),
+    (dict(hybrid_huffman_threshold=-1), "hybrid_huffman_threshold must be >= 0"),
+    (dict(layout="CHW"), "layout must be NCHW or NHWC"),
 ])
 def test_bad_arguments_fail_at_construction(prepared, bad, match):
     with pytest.raises(ValueError, match=match):
@@ -482,6 +591,10 @@ def test_bad_arguments_fail_at_construction(prepared, bad, match):
 def test_bad_augment_config():
     with pytest.raises(ValueError, match="crop 300"):
         AugmentConfig(crop=300)
+    with pytest.raises(ValueError, match="mean must be 'channel' or 'pixel', got 'median'"):
+        AugmentConfig(mean="median")
+    with pytest.raises(ValueError, match="mean='pixel' needs central_square=True"):
+        AugmentConfig(mean="pixel")
 
 
 def test_missing_and_malformed_stats(prepared, tmp_path):
@@ -496,6 +609,11 @@ def test_missing_and_malformed_stats(prepared, tmp_path):
 def test_pipeline_stats_from_dict_shapes():
     ps = PipelineStats.from_dict(random_stats())
     assert len(ps.mean_255) == 3 and len(ps.eigvec) == 3 and all(len(r) == 3 for r in ps.eigvec)
+    assert ps.mean_image_255 is None and set(ps.per_channel()) == {"mean_255", "std_255", "eigval_255", "eigvec"}
+    m = PipelineStats.from_dict(pixel_stats()).mean_image_255
+    assert m.dtype == np.float32 and m.shape == (256, 256, 3)
+    with pytest.raises(ValueError, match="shape"):
+        PipelineStats.from_dict({**random_stats(), "mean_image": np.zeros((256, 255, 3))})
 
 
 @pytest.mark.gpu
@@ -509,3 +627,103 @@ def test_gpu_and_cpu_pipelines_agree(prepared):
     cpu, gpu = torch.cat([x for x, _ in cpu_batches]), torch.cat([x for x, _ in gpu_batches]).cpu()
     assert cpu.shape == gpu.shape
     assert (cpu - gpu).abs().mean() < 1.5  # nvJPEG vs libjpeg-turbo IDCT differ by a level or two
+
+
+@pytest.fixture(scope="module")
+def palette64(tmp_path_factory):
+    """64 constant-colour images (R = 4 i says which) in 8 shards of 8: shards as long as the batches below."""
+    tmp = tmp_path_factory.mktemp("palette64")
+    cols = [np.full((256, 270, 3), (4 * i, 255 - 4 * i, 90), np.uint8) for i in range(64)]
+    return build(tmp, {"c0": cols[:32], "c1": cols[32:]}, shard_size=8)
+
+
+@pytest.mark.parametrize("kind", ["shards", "raw tree"])
+def test_batches_are_regrouped_every_epoch(palette64, kind):
+    """Epochs 1-3 put two images in one batch no more often than a random permutation does (7/63 of pairs),
+    counted against every earlier epoch; shard-order shuffling alone keeps each 8-image shard as one batch."""
+    data = palette64 if kind == "shards" else palette64.parent / "raw"
+    loader = Loader(data, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=8, threads=1,
+                    shuffle_seed=5)
+    epochs = []
+    for _ in range(4):
+        batches = [frozenset(round(float(v) / 4) for v in x[:, 0].double().mean((1, 2))) for x, _ in loader]
+        assert sorted(i for b in batches for i in b) == list(range(64))  # each image once
+        epochs.append(batches)
+    together = lambda batches: {frozenset((a, b)) for s in batches for a in s for b in s if a < b}
+    for e in range(1, 4):
+        pairs = together(epochs[e])  # 8 batches x 28 pairs
+        for earlier in epochs[:e]:
+            repeat = len(pairs & together(earlier)) / len(pairs)
+            # chance: 7/63 = 0.11, sd ~0.03 over 224 (dependent) pairs; the old reader repeated 100 %
+            assert repeat < 0.25, (e, repeat)
+        assert not set(epochs[e]) & set(b for earlier in epochs[:e] for b in earlier)  # no batch comes back whole
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+def test_drop_last_hands_out_only_full_batches_and_resumes(prepared, num_shards):
+    """46 images, batch 5: every rank gets 46 // (5 * shards) full batches, each image at most once an epoch,
+    and a mid-epoch resume continues with the same batches."""
+    kw = dict(stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=5, threads=1, seed=4, drop_last=True,
+              num_shards=num_shards)
+    ids = []
+    for shard in range(num_shards):
+        loader = Loader(prepared, shard_id=shard, **kw)
+        sizes = [len(y) for x, y in loader]
+        assert sizes == [5] * (46 // (5 * num_shards)) == [5] * len(loader)
+        centre = Loader(prepared, mode="center", shard_id=shard, **kw)  # a centre crop says which image it is
+        ids += [float(v) for x, _ in centre for v in x.double().sum((1, 2, 3))]
+    assert len(ids) == 5 * (46 // 5 if num_shards == 1 else 9) == len(set(ids))
+    full = Loader(prepared, **kw)
+    ref = [x for _ in range(2) for x, _ in full]
+    first = Loader(prepared, **kw)
+    it = iter(first)
+    got = [next(it)[0] for _ in range(len(first))]  # the epoch's last full batch: the partial one is still unread
+    second = Loader(prepared, **kw)
+    second.load_state_dict(first.state_dict())
+    assert [x for x, _ in second] == []  # nothing left to hand out in epoch 0
+    got += [x for x, _ in second]
+    assert len(got) == len(ref) and all(torch.equal(p, q) for p, q in zip(got, ref))
+
+
+@pytest.mark.parametrize("mode, split, dtype", [("train", "train", "float32"), ("train", "train", "bfloat16"),
+                                                ("center", "val", "float32"), ("tencrop", "val", "float32")])
+def test_nhwc_layout_gives_the_same_values_channels_last(prepared, mode, split, dtype):
+    """layout="NHWC": DALI writes HWC and the loader hands out its NCHW view, which is channels_last in memory, so
+    the trainer's .contiguous(memory_format=channels_last) copies nothing; the values are the NCHW loader's."""
+    kw = dict(split=split, mode=mode, stats=random_stats(), aug=AugmentConfig(dtype=dtype), batch_size=8,
+              threads=1, seed=5)
+    nchw = [x for x, _ in Loader(prepared, **kw)]
+    nhwc = [x for x, _ in Loader(prepared, layout="NHWC", **kw)]
+    assert len(nchw) == len(nhwc) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(nchw, nhwc))
+    for x in nhwc:
+        views = x.flatten(0, 1) if mode == "tencrop" else x  # (B * 10, 3, 227, 227): how the net takes them
+        assert views.shape[1:] == (3, 227, 227) and views.dtype == getattr(torch, dtype)
+        assert views.is_contiguous(memory_format=torch.channels_last) and not views.is_contiguous()
+        assert views.contiguous(memory_format=torch.channels_last).data_ptr() == views.data_ptr()  # no copy
+
+
+def test_preallocate_needs_the_recorded_largest_image(prepared, tmp_path):
+    import shutil
+
+    assert Loader(prepared, stats=ZERO, batch_size=8, threads=1, preallocate=True)._kw["preallocate_hw"] == \
+        open_split(prepared).max_hw
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    man = json.loads((old / "manifest.json").read_text())
+    del man["train"]["max_height"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ValueError, match="records no largest image size"):
+        Loader(old, stats=ZERO, preallocate=True)
+
+
+def test_a_position_the_pipeline_cannot_take_up_is_one_clear_error(prepared):
+    """DALI names a graph's operators, so a position saved by another version of the pipeline does not load:
+    the loader says so (the trainer then resumes from the next epoch boundary) and still works afresh."""
+    from alexdata.loader import StaleLoaderState
+
+    kw = dict(stats=ZERO, batch_size=8, threads=1)
+    state = Loader(prepared, mode="center", **kw).state_dict()  # another graph: no random ops, no lighting
+    loader = Loader(prepared, **kw)
+    with pytest.raises(StaleLoaderState, match="another version of the pipeline"):
+        loader.load_state_dict({**state, "mode": "train"})
+    assert sum(len(y) for _, y in loader) == 46

@@ -329,3 +329,23 @@ def test_raw_tree_splits_follow_the_training_classes(tmp_path):
     with pytest.raises(DataError, match="no val/ folder"):
         open_split(tmp_path / "train", "val")  # a bare class tree has no val split: never reuse train
     assert open_split(tmp_path / "train", "train").images == 3
+
+
+def test_manifest_records_each_splits_largest_image(prepared, tmp_path):
+    """The GPU decoder's preallocation hints (pipelines/common.py decoder_kw): the tallest and the widest stored
+    image of each split, against every JPEG in the shards read back with PIL."""
+    from alexdata.dataset import open_split
+
+    for split in ("train", "val"):
+        man, samples = read_split(prepared, split)
+        sizes = [im.size for _, im in samples.values()]  # (W, H)
+        hw = (max(h for _, h in sizes), max(w for w, _ in sizes))
+        assert (man[split]["max_height"], man[split]["max_width"]) == hw
+        assert open_split(prepared, split).max_hw == hw
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    man = json.loads((old / "manifest.json").read_text())
+    for split in ("train", "val"):
+        del man[split]["max_height"], man[split]["max_width"]
+    (old / "manifest.json").write_text(json.dumps(man))
+    assert open_split(old, "train").max_hw is None  # a manifest from before: no hints, the data still loads

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from alexdata.dataset import DataError, open_split
-from alexdata.stats import (StatsError, StatsPass, compute_stats, eigen, load_stats, select, write_stats)
+from alexdata.stats import (StatsError, StatsPass, compute_stats, eigen, load_stats, same_stats, select,
+                            write_stats)
 from conftest import run_cli
 
 RTOL = 1e-6
@@ -59,6 +60,16 @@ def reference(images: list[np.ndarray]) -> dict:
             "eigval": w[::-1], "eigvec": v[:, ::-1]}
 
 
+def central_mean(images: list[np.ndarray], side: int = 256) -> np.ndarray:
+    """The per-pixel mean of the central side x side patches (top-left floor((H - side) / 2), floor((W - side) / 2)),
+    from exact integer sums."""
+    total = np.zeros((side, side, 3), np.int64)
+    for a in images:
+        y, x = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
+        total += a[y:y + side, x:x + side]
+    return total / len(images)
+
+
 def check_against(rec: dict, ref: dict, images: int) -> None:
     assert rec["images"] == images and rec["pixels"] == ref["pixels"]
     assert rec["pixel_sum"] == ref["s1"].tolist() and rec["pixel_product_sum"] == ref["s2"].tolist()
@@ -71,7 +82,8 @@ def check_against(rec: dict, ref: dict, images: int) -> None:
 @pytest.fixture(scope="module")
 def full_ref(prepared):
     split = open_split(prepared)
-    return reference(dali_decode(selected_blobs(select(split))))
+    images = dali_decode(selected_blobs(select(split)))
+    return {**reference(images), "mean_image": central_mean(images)}
 
 
 def test_full_pass_matches_numpy(prepared, full_ref):
@@ -79,6 +91,7 @@ def test_full_pass_matches_numpy(prepared, full_ref):
     rec = compute_stats(prepared, batch_size=5, threads=2)  # 42 images: the last batch wraps around the epoch
     check_against(rec, full_ref, split.images)
     assert rec["scale"] == 255 and rec["source"]["kind"] == "shards" and rec["source"]["max_images"] is None
+    assert np.array_equal(rec["mean_image"], full_ref["mean_image"])  # prepared: already shorter side 256
 
 
 def test_sampled_pass_is_the_reported_sample(prepared):
@@ -99,6 +112,7 @@ def test_moments_graph_matches_numpy_on_cpu(prepared, full_ref):
     """The DALI-operator sums the GPU path uses, run on the CPU."""
     m = StatsPass(select(open_split(prepared)), batch_size=8, threads=2, moments_in_pipeline=True).run()
     assert m.pixels == full_ref["pixels"] and (m.s1 == full_ref["s1"]).all() and (m.s2 == full_ref["s2"]).all()
+    assert np.array_equal(m.patch / m.images, full_ref["mean_image"])
 
 
 def write_tree(root, images: dict[str, list[np.ndarray]]):
@@ -128,6 +142,48 @@ def test_known_pixels_exact(tmp_path):
     sub = compute_stats(tree, max_images=2, seed=5, threads=1)
     picked = [np.asarray(Image.open(f).convert("RGB")) for f in select(open_split(tree), 2, seed=5).files]
     check_against(sub, reference(picked), 2)
+
+
+def test_mean_image_of_a_raw_tree(tmp_path):
+    """Raw images are resized to shorter side 256 before their central patch is taken: images already at 256
+    (odd extents: the patch starts at the floor of the half) are not changed by it, constant ones stay constant."""
+    rng = np.random.default_rng(1)
+    noisy = [rng.integers(0, 256, s, dtype=np.uint8) for s in ((256, 256, 3), (256, 301, 3), (259, 256, 3))]
+    flat = [np.full(s, c, np.uint8) for s, c in (((100, 80, 3), (10, 200, 30)), ((600, 517, 3), (255, 0, 7)))]
+    tree = write_tree(tmp_path / "t", {"a": noisy[:2] + flat[:1], "b": noisy[2:] + flat[1:]})
+    files = select(open_split(tree)).files  # the order DALI reads them in does not matter to a sum
+    decoded = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    ref = central_mean([a if min(a.shape[:2]) == 256 else np.full((256, 256, 3), a[0, 0], np.uint8)
+                        for a in decoded])
+    rec = compute_stats(tree, batch_size=2, threads=2)
+    assert np.array_equal(rec["mean_image"], ref)
+    check_against(rec, reference(decoded), 5)  # the per-channel sums: over the pixels as stored, not resized
+
+
+def test_mean_image_file_round_trip_and_errors(tmp_path, prepared):
+    rec = compute_stats(prepared, max_images=6, threads=2)
+    p = write_stats(rec, tmp_path / "stats.json")
+    npy = tmp_path / "stats.mean_image.npy"
+    written = json.loads(p.read_text())
+    assert written["mean_image_file"] == npy.name and "mean_image" not in written
+    assert p.stat().st_size < 10_000 and not list(tmp_path.glob("*.tmp"))
+    assert np.array_equal(load_stats(p)["mean_image"], rec["mean_image"])
+    assert np.array_equal(np.load(npy), rec["mean_image"])  # a plain .npy, float64 (256, 256, 3)
+
+    old = tmp_path / "old.json"  # written before the mean image existed: loads, without one
+    old.write_text(json.dumps({k: v for k, v in written.items() if not k.startswith("mean_image_")}))
+    assert load_stats(old)["mean_image"] is None
+    assert same_stats(old, rec) and same_stats(p, rec)  # re-running `alexnet stats` only adds the image
+    other = {**rec, "mean_image": rec["mean_image"][::-1]}
+    assert not same_stats(p, other)
+
+    npy.write_bytes(npy.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(StatsError, match="sha256 differs") as e:
+        load_stats(p)
+    assert "\n" not in str(e.value) and str(npy) in str(e.value)
+    npy.unlink()
+    with pytest.raises(StatsError, match="cannot be read"):
+        load_stats(p)
 
 
 def test_constant_image(tmp_path):
@@ -160,7 +216,7 @@ def test_load_stats_round_trip_and_errors(tmp_path, prepared):
     assert got["images"] == 6 and got["source"] == rec["source"]
 
     def broken(**change):
-        bad = {**rec, **change}
+        bad = {**{k: v for k, v in rec.items() if k != "mean_image"}, **change}
         for k, v in change.items():
             if v is None:
                 del bad[k]
@@ -233,7 +289,9 @@ def test_gpu_pass_matches_numpy(prepared):
         (batch,) = pipe.run()
         images += [np.array(x) for x in batch.as_cpu()]
     ref = reference(images[:sel.images])  # the reader wraps around to fill the last batch
-    check_against(compute_stats(prepared, device="gpu", batch_size=5), ref, split.images)
+    rec = compute_stats(prepared, device="gpu", batch_size=5)
+    check_against(rec, ref, split.images)
+    assert np.array_equal(rec["mean_image"], central_mean(images[:sel.images]))  # summed on the GPU
 
 
 def test_sum_images_exact():

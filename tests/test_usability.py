@@ -167,3 +167,55 @@ def test_nan_before_any_checkpoint_says_start_again(data, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert "no checkpoint was written yet; start again with a lower --lr" in lines[0] and "--resume" not in lines[0]
+
+
+def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
+    """--prefetch, --hw-decoder-load and --channels-last (as the NHWC layout) arrive in the Loader's arguments,
+    from `alexnet train` and `alexnet bench loader` alike; a spy stops each command there."""
+    from click.testing import CliRunner
+
+    import cli
+    from alexdata.loader import Loader
+
+    seen = []
+
+    def spy(self, data, **kw):
+        seen.append(kw)
+        raise ValueError("spied")
+
+    monkeypatch.setattr(Loader, "__init__", spy)
+    threads = torch.get_num_threads()  # TINY's --torch-threads 1 would stay with this process
+    try:
+        r = CliRunner().invoke(cli.main, ["train", str(data), "--out", str(tmp_path / "r"), *map(str, TINY),
+                                          "--prefetch", "3", "--hw-decoder-load", "0.9", "--channels-last"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"], seen[0]["layout"]) == \
+        (3, 0.9, "NHWC")
+    seen.clear()
+    r = CliRunner().invoke(cli.main, ["bench", "loader", str(data), "--device", "cpu", "--threads", "1",
+                                      "--prefetch", "4", "--hw-decoder-load", "0.8"])
+    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"]) == (4, 0.8)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hw-decoder-load", 1.5], "hw_decoder_load=1.5: expected a share in [0, 1]"),
+    (["--prefetch", 0], "prefetch=0: expected an int >= 1"),
+])
+def test_bad_speed_options_are_one_line(data, tmp_path, args, message):
+    r = run_cli("train", data, "--out", tmp_path / "r", *TINY, *args, check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and message in lines[0], r.stderr
+    r = run_cli("bench", "loader", data, "--device", "cpu", *args, check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and args[0][2:].replace("-", "_") in lines[0], r.stderr
+
+
+def test_a_resume_may_change_the_speed_options(run, data):
+    run_cli("train", data, "--out", run, "--resume", "--epochs", 2, "--prefetch", 3, "--hw-decoder-load", 0.9,
+            "--channels-last", "--tf32", "--fused-sgd")
+    saved = torch.load(run / "checkpoint.pt", weights_only=True)
+    cfg = saved["config"]
+    assert (cfg["data"]["prefetch"], cfg["data"]["hw_decoder_load"]) == (3, 0.9)
+    assert cfg["run"]["channels_last"] and cfg["run"]["tf32"] and cfg["run"]["fused_sgd"]
+    assert all(g["fused"] for g in saved["optimizer"]["param_groups"])  # not the plain SGD the run started with
