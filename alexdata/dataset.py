@@ -9,11 +9,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from alexdata.errors import DataError
+
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
-
-
-class DataError(Exception):
-    """The data directory is missing or is not a prepare output / class tree; one line naming the path."""
 
 
 @dataclass(frozen=True)

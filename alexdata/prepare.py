@@ -54,6 +54,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from alexdata.errors import PrepareError
 from alexdata.files import atomic_write
 from pipelines.config import MAX_LABEL_DIGITS, SHORTER_SIDE  # paper §2
 
@@ -63,10 +64,6 @@ DEVKIT = "ILSVRC2012_devkit_t12"  # the development kit: DEVKIT.tar.gz as distri
 DEVKIT_TRUTH, DEVKIT_META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")  # inside Kaggle's download; the labels sit three folders up
 HF_TRAIN, HF_VAL, HF_TEST = "train_images_*.tar.gz", "val_images.tar.gz", "test_images.tar.gz"  # SRC/data/
-
-
-class PrepareError(Exception):
-    """Bad input or output directory: one line naming the file, raised before any shard is written."""
 
 
 @dataclass(frozen=True)

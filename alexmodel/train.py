@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from alexdata.errors import TrainError
 from alexdata.dataset import DataError, open_split
 from alexdata.stats import default_device
 from alexmodel import checkpoint as ckpt_io
@@ -54,10 +55,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PLACEMENTS = ("single", "two-tower")
 DEVICES = ("auto", "cpu", "gpu")
 PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
-
-
-class TrainError(Exception):
-    """A run cannot start or go on: one line saying why and what to do."""
 
 
 @dataclass(frozen=True)

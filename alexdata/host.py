@@ -1,0 +1,95 @@
+"""Ask the machine once: how many cores, which device, what machine. Every module asks here."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+
+DEVICES = ("cpu", "gpu")  # the project's device names: "gpu" is CUDA device `index`
+
+
+def cores() -> int:
+    """The cores this process may use (its CPU affinity, which a batch system may have cut)."""
+    return len(os.sched_getaffinity(0))
+
+
+def cores_per_rank() -> int:
+    """cores() shared among the ranks on this node (torchrun sets LOCAL_WORLD_SIZE): every rank with all cores
+    would oversubscribe them LOCAL_WORLD_SIZE times."""
+    return max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def default_device() -> str:
+    """"gpu" when torch sees a CUDA GPU, else "cpu"."""
+    return "gpu" if has_gpu() else "cpu"
+
+
+def torch_device(device: str, index: int = 0):
+    """The torch.device of a project device name: "gpu" -> cuda:index, "cpu" -> cpu."""
+    import torch
+
+    return torch.device("cuda", index) if device == "gpu" else torch.device("cpu")
+
+
+def dali_device_id(device: str, index: int = 0) -> int | None:
+    """DALI's device_id: the GPU's index, or None, which builds a CPU-only pipeline."""
+    return index if device == "gpu" else None
+
+
+def synchronizer(device: str):
+    """A function that waits for the device's queued work (nothing to wait for on the CPU): for timing."""
+    import torch
+
+    return torch.cuda.synchronize if device == "gpu" else (lambda: None)
+
+
+def machine(device: str | None = None) -> dict:
+    """What a benchmark or a run record says about the machine: CPU, cores, library versions, and with
+    device "gpu" the GPU, its memory, CUDA, cuDNN and the driver."""
+    import numpy as np
+    import PIL
+
+    info = {"cpu": platform.processor() or platform.machine(), "cores": cores(),
+            "python": platform.python_version(), "pillow": PIL.__version__, "numpy": np.__version__,
+            "host": platform.node()}
+    try:
+        import nvidia.dali as dali
+
+        info["dali"] = dali.__version__
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        return info
+    if device is not None:
+        info["device"] = device
+    if device == "gpu":
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                    driver=nvidia_smi("driver_version"))
+    return info
+
+
+def nvidia_smi(field: str) -> str | None:
+    """One field of `nvidia-smi --query-gpu` for GPU 0, or None where nvidia-smi is missing or fails."""
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
