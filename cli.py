@@ -1,21 +1,32 @@
-"""`alexnet`: the command line. Each command is a thin wrapper over a library function; heavy imports
-(DALI, torch) happen inside the command that needs them so `alexnet --help` stays instant."""
+"""`alexnet`: the command line. Each command parses its options, makes one library call and prints; heavy
+imports (DALI, torch) happen inside the command that needs them so `alexnet --help` stays instant.
+
+A user's mistake (a UserError: bad options, data, files or state; or the system refusing a file, an OSError) is
+caught once, in `_Commands.invoke`, and printed as one line `Error: ...` with exit status 1. Anything else is a
+bug and keeps its traceback."""
 from __future__ import annotations
 
 import sys
 
 import click
 
+from alexdata.errors import UserError
 
 POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
-def _fail(e: Exception) -> None:
-    raise click.ClickException(str(e))
+class _Commands(click.Group):
+    """The command group that turns a user's error into its one line (subgroups pass theirs up to it)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (UserError, OSError) as e:
+            raise click.ClickException(str(e)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="alexnet-dali", prog_name="alexnet")
 def main() -> None:
     """Fast ImageNet training of the 2012 AlexNet on NVIDIA DALI input pipelines.
@@ -42,14 +53,7 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
     """Generate a mini-ImageNet in the original layout under OUT."""
     from alexdata.synth import SynthConfig, make_synth
 
-    try:
-        cfg = SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout)
-    except ValueError as e:
-        _fail(e)
-    try:
-        d = make_synth(out, cfg, workers=workers)
-    except ValueError as e:
-        _fail(e)
+    d = make_synth(out, SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout), workers=workers)
     click.echo(f"synth: {d['train_images']} train + {d['val_images']} val images of {len(d['classes'])} classes "
                f"({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}")
 
@@ -76,13 +80,11 @@ def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part, va
     in place). Val labels: --val-labels, else LOC_val_solution.csv (Kaggle), the devkit
     ILSVRC2012_devkit_t12.tar.gz (or extracted), or val class folders. Unlabelled test images are left out.
     Resumable: run the same command again after an interruption and only missing shards are written."""
-    from alexdata.prepare import PrepareConfig, PrepareError, prepare as run
+    from alexdata.prepare import PrepareConfig, prepare as run
 
     try:
         run(src, out, PrepareConfig(shorter_side, quality, shard_size, seed), workers=workers, part=part,
             log=click.echo, val_labels=val_labels)
-    except (PrepareError, OSError) as e:
-        _fail(e)
     except KeyboardInterrupt:
         click.echo("\nprepare: interrupted; run the same command again to resume (finished shards are kept)",
                    err=True)
@@ -99,14 +101,10 @@ def verify(data, quick, workers):
     Prints one line per missing, truncated or damaged file and exits 1 when there is any."""
     import time
 
-    from alexdata.dataset import DataError
     from alexdata.verify import verify as run
 
     t0 = time.perf_counter()
-    try:
-        r = run(data, quick=quick, workers=workers, progress=True)
-    except DataError as e:
-        _fail(e)
+    r = run(data, quick=quick, workers=workers, progress=True)
     for line in r["problems"]:
         click.echo(line)
     if r["note"]:
@@ -188,12 +186,8 @@ def _report(result: dict, as_json: bool) -> None:
 def bench_prepare(src, images, rounds, as_json):
     """Per-core images/s of prepare's resize (DCT-domain draft) vs a plain PIL loop on SRC's images."""
     from alexdata.bench import bench_prepare as run
-    from alexdata.prepare import PrepareError
 
-    try:
-        _report(run(src, images, rounds), as_json)
-    except PrepareError as e:
-        _fail(e)
+    _report(run(src, images, rounds), as_json)
 
 
 @bench.command("loader")
@@ -213,13 +207,9 @@ def bench_prepare(src, images, rounds, as_json):
 def bench_loader(data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, stats, rounds, as_json):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
-    from alexdata.dataset import DataError
 
-    try:
-        _report(run(data, device, batch_size, seconds, threads, stats, rounds, prefetch=prefetch,
-                    hw_decoder_load=hw_decoder_load), as_json)
-    except (DataError, ValueError) as e:
-        _fail(e)
+    _report(run(data, device, batch_size, seconds, threads, stats, rounds, prefetch=prefetch,
+                hw_decoder_load=hw_decoder_load), as_json)
 
 
 @main.command()
@@ -242,21 +232,17 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
     read the files for mean subtraction (per channel, or per pixel: paper §2) and PCA colour noise (§4.1)."""
     from pathlib import Path
 
-    from alexdata.dataset import DataError
-    from alexdata.stats import compute_stats, default_device, same_stats, summary, write_stats
+    from alexdata import host
+    from alexdata.stats import compute_stats, same_stats, summary, write_stats
 
-    try:
-        device = device or default_device()
-        rec = compute_stats(data, max_images=max_images, seed=seed, device=device, batch_size=batch_size,
-                            threads=threads, progress=True)
-        path = Path(out or Path(data) / "stats.json")
-        kept = None
-        if path.is_file() and not force and not same_stats(path, rec):
-            # Runs trained on the old file keep using it (their checkpoints hold it); do not swap it under them.
-            kept, path = path, path.with_name(path.stem + ".new.json")
-        path = write_stats(rec, path)
-    except DataError as e:
-        _fail(e)
+    rec = compute_stats(data, max_images=max_images, seed=seed, device=device or host.default_device(),
+                        batch_size=batch_size, threads=threads, progress=True)
+    path = Path(out or Path(data) / "stats.json")
+    kept = None
+    if path.is_file() and not force and not same_stats(path, rec):
+        # Runs trained on the old file keep using it (their checkpoints hold it); do not swap it under them.
+        kept, path = path, path.with_name(path.stem + ".new.json")
+    path = write_stats(rec, path)
     click.echo(summary(rec, path))
     if kept:
         click.echo(f"stats: {kept} holds other statistics and was kept; wrote {path} instead (--force replaces "
@@ -277,12 +263,8 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
 def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
     """Images/s of DALI decode alone vs the stats pass (same reader, decoder, images and threads), and the ratio."""
     from alexdata.bench import bench_stats as run
-    from alexdata.dataset import DataError
 
-    try:
-        _report(run(data, device, batch_size, threads, max_images, rounds), as_json)
-    except DataError as e:
-        _fail(e)
+    _report(run(data, device, batch_size, threads, max_images, rounds), as_json)
 
 
 class _ResumeValue(click.ParamType):
@@ -351,9 +333,7 @@ class _ResumeValue(click.ParamType):
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard "
                                                   "(pip install tensorboard).")
 @click.pass_context
-def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weight_decay, label_smoothing,
-          warmup_epochs, width, stats, device, precision, channels_last, compile_, placement, threads, prefetch,
-          hw_decoder_load, tf32, fused_sgd, torch_threads, checkpoint_every, seed, progress, log_every, tensorboard):
+def train(ctx, data, out, resume, **options):
     """Train AlexNet on DATA; data parallel under torchrun.
 
     DATA is a `prepare` output with stats.json, or a raw class-folder tree (DATA/train/<wnid>/*, DATA/val/<wnid>/*;
@@ -363,68 +343,23 @@ def train(ctx, data, out, resume, recipe, epochs, batch_size, lr, momentum, weig
     time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png; every --log-every steps a line to
     OUT/steps.jsonl. SIGTERM, SIGUSR1 or Ctrl-C stops after the current step with an exact checkpoint (exit
     status 75); a second one exits at once."""
-    import os
-    from dataclasses import replace
-
-    from alexdata.dataset import DataError
     from alexmodel import runlog
-    from alexmodel.train import STOPPED_EXIT, DataConfig, RunConfig, TrainError, TrainStopped, configs_from_dict
-    from alexmodel.train import recipe as make_recipe
-    from alexmodel.train import train as run_train
+    from alexmodel.train import STOPPED_EXIT, TrainStopped, train_from_options
 
-    given = {name for name in ctx.params
+    # The options given on this command line, by config field name (--compile arrives as compile_); a resume
+    # keeps the run's own value of every other one.
+    given = {name.rstrip("_"): value for name, value in options.items()
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
-    resume = {"yes": True, "auto": "auto", None: False}[resume]
-    speed = {k: v for k, v in (("threads", threads), ("prefetch", prefetch), ("hw_decoder_load", hw_decoder_load))
-             if k in given}  # the data settings a resume may change
-    if resume == "auto" and not runlog.holds_run(out):
-        resume = False  # nothing to continue: a fresh run with this command's options
     try:
-        if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
-            # Options not given on this command line are the run's own (config.json).
-            data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
-            # The statistics: the checkpoint's (None), unless --stats is given on this command.
-            data_cfg = replace(data_cfg, data=data, stats=stats if "stats" in given else None, **speed)
-            model = replace(model, **({"width": width} if "width" in given else {}))
-            optim = replace(optim, **{k: v for k, v in (
-                ("recipe", recipe), ("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                ("momentum", momentum), ("weight_decay", weight_decay), ("label_smoothing", label_smoothing),
-                ("warmup_epochs", warmup_epochs)) if k in given})
-            run = replace(run, out=out, **{k: v for k, v in (
-                ("device", device), ("precision", precision), ("channels_last", channels_last),
-                ("compile", compile_), ("placement", placement), ("torch_threads", torch_threads),
-                ("checkpoint_every", checkpoint_every), ("seed", seed), ("progress", progress),
-                ("log_every", log_every), ("tensorboard", tensorboard), ("tf32", tf32),
-                ("fused_sgd", fused_sgd)) if k in given})
-        else:
-            model, aug, optim = make_recipe(recipe, width=width, batch_size=batch_size, epochs=epochs, lr=lr)
-            optim = replace(optim, **{k: v for k, v in (
-                ("momentum", momentum), ("weight_decay", weight_decay), ("label_smoothing", label_smoothing),
-                ("warmup_epochs", warmup_epochs)) if v is not None})
-            if recipe == "paper" and lr is None and optim.batch_size != 128:
-                click.echo(f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr "
-                           f"is for 128); the linear rule would give --lr {optim.lr * optim.batch_size / 128:g}",
-                           err=True)
-            if optim.warmup_epochs > optim.epochs / 2:  # a warmup as long as the run never reaches the peak lr
-                click.echo(f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {optim.epochs / 2:g}, half of "
-                           f"the {optim.epochs} epochs", err=True)
-                optim = replace(optim, warmup_epochs=optim.epochs / 2)
-            data_cfg = DataConfig(data, stats=stats, aug=aug, **speed)
-            run = RunConfig(out=out, device=device or "auto", precision=precision, channels_last=channels_last,
-                            compile=compile_, placement=placement, checkpoint_every=checkpoint_every, seed=seed,
-                            torch_threads=torch_threads, progress=progress, log_every=log_every,
-                            tensorboard=tensorboard, tf32=tf32, fused_sgd=fused_sgd)
-        result = run_train(data_cfg, model, optim, run, resume=resume)
+        result = train_from_options(data, out, resume={"yes": True, "auto": "auto", None: False}[resume], **given)
     except TrainStopped as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if e.rank == 0:
             click.echo(f"train: {e}; continue with: alexnet train {data} --out {out} --resume", err=True)
         sys.exit(STOPPED_EXIT)
-    except (TrainError, DataError, ValueError, FileNotFoundError) as e:
-        _fail(e)
     except KeyboardInterrupt:  # before training started (the trainer handles signals once it runs)
         click.echo(f"\ntrain: interrupted; continue with: alexnet train {data} --out {out} --resume", err=True)
         sys.exit(130)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if result["rank"] == 0:
         h = result["history"]
         last = (f"epoch {h[-1]['epoch']}: val top-1 {100 * h[-1]['val_top1']:.1f}%, top-5 "
                 f"{100 * h[-1]['val_top5']:.1f}%; " if h else "")
@@ -451,14 +386,10 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
     """Top-1/top-5 of a checkpoint on DATA's val split (centre crop, or --ten-crop)."""
     import json
 
-    from alexdata.dataset import DataError
-    from alexmodel.train import TrainError, evaluate_checkpoint
+    from alexmodel.evaluate import evaluate_checkpoint
 
-    try:
-        r = evaluate_checkpoint(data, checkpoint, ten_crop=ten_crop, device=device or "auto",
-                                batch_size=batch_size, threads=threads, stats=stats, precision=precision)
-    except (TrainError, DataError, ValueError) as e:
-        _fail(e)
+    r = evaluate_checkpoint(data, checkpoint, ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
+                            threads=threads, stats=stats, precision=precision)
     if as_json:
         click.echo(json.dumps(r))
     else:
@@ -482,15 +413,10 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
     The evaluation preprocessing: shorter side 256, the centre 227 crop (or --ten-crop), minus the run's mean."""
     import json
 
-    from alexdata.dataset import DataError
     from alexmodel.predict import predict as run
-    from alexmodel.train import TrainError
 
-    try:
-        results = run(checkpoint, list(images), ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
-                      threads=threads, top=top)
-    except (TrainError, DataError, ValueError) as e:
-        _fail(e)
+    results = run(checkpoint, list(images), ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
+                  threads=threads, top=top)
     for r in results:
         if as_json:
             click.echo(json.dumps({"image": r["image"], "top": [{"class": c, "probability": p} for c, p in r["top"]]}))
@@ -505,15 +431,9 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
               help="[default: gpu if torch sees CUDA, else cpu]")
 def demo(out, device):
     """synth -> prepare -> stats -> train -> evaluate on a generated 10-class mini-ImageNet (minutes on a CPU)."""
-    from alexdata.dataset import DataError
-    from alexdata.prepare import PrepareError
-    from alexmodel.demo import run_demo
-    from alexmodel.train import TrainError
+    from alexmodel.tools.demo import run_demo
 
-    try:
-        r = run_demo(out, device=device or "auto", log=click.echo)
-    except (TrainError, DataError, PrepareError, ValueError) as e:
-        _fail(e)
+    r = run_demo(out, device=device or "auto", log=click.echo)
     click.echo(f"demo: val top-1 {100 * r['val_top1']:.1f}% (ten-crop {100 * r['ten_crop_top1']:.1f}%), top-5 "
                f"{100 * r['val_top5']:.1f}% on {r['val_images']} images; {r['total_s'] / 60:.1f} min on {r['device']} "
                f"(synth {r['synth_s']:.0f} s, prepare {r['prepare_s']:.0f} s, stats {r['stats_s']:.0f} s, "
@@ -538,18 +458,10 @@ def demo(out, device):
 def bench_train(data, device, steps, batch_size, width, precisions, threads, stats, no_sweep, as_json):
     """Training images/s: synthetic tensors on the device (compute bound) vs the real loader (end to end), and
     the placement / precision / channels_last sweep. Without DATA only the synthetic figures."""
-    from alexdata.dataset import DataError
-    from alexmodel.bench import bench_train as run
-    from alexmodel.train import TrainError, resolve_device
+    from alexmodel.tools.bench import bench_train as run
 
-    try:
-        device = resolve_device(device or "auto")
-        if device == "cpu" and "fp16" in precisions:
-            raise TrainError("--precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on the CPU")
-        _report(run(data, device, steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads, stats,
-                    sweep=not no_sweep), as_json)
-    except (DataError, TrainError, ValueError) as e:
-        _fail(e)
+    _report(run(data, device or "auto", steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads,
+                stats, sweep=not no_sweep), as_json)
 
 
 @main.command()
@@ -573,8 +485,7 @@ def check(device, size, budget_s, out, work, stages):
     stage failed. docs/GPU.md is the runbook for a GPU box."""
     import signal
 
-    from alexmodel.check import run_check
-    from alexmodel.train import TrainError
+    from alexmodel.tools.check import run_check
 
     def interrupted(signum, frame):  # `timeout` and batch systems send SIGTERM: keep the stage's partial figures
         raise KeyboardInterrupt
@@ -583,8 +494,6 @@ def check(device, size, budget_s, out, work, stages):
     try:
         report = run_check(out, device=device, size=size, budget_s=budget_s, work=work,
                            stages=tuple(s.strip() for s in stages.split(",") if s.strip()), log=click.echo)
-    except (TrainError, ValueError) as e:
-        _fail(e)
     except KeyboardInterrupt:
         click.echo(f"\ncheck: interrupted; what was measured is in {out}/check.json", err=True)
         sys.exit(130)

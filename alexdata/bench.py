@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import io
 import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def machine() -> dict:
-    import PIL
-
-    info = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "pillow": PIL.__version__, "numpy": np.__version__}
-    try:
-        import nvidia.dali as dali
-
-        info["dali"] = dali.__version__
-    except ImportError:
-        pass
-    return info
+from alexdata import host
+from alexdata.errors import ConfigError
+from alexdata.host import machine, synchronizer as device_sync  # noqa: F401  (callers import them from here)
 
 
 def plain_pil(data: bytes, shorter_side: int = 256, quality: int = 90) -> bytes:
@@ -48,7 +36,8 @@ def _rate(fn, blobs: list[bytes]) -> float:
 def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -> dict:
     """Single-core images/s of prepare's per-image work vs a plain PIL open/resize/save loop, same files in
     memory (disk excluded), alternating rounds; reports the median of each."""
-    from alexdata.prepare import SHORTER_SIDE, resize_to_jpeg, scan
+    from alexdata.prepare import SHORTER_SIDE, resize_to_jpeg
+    from alexdata.sources import scan
 
     _, train, _, _ = scan(src)
     pick = np.random.default_rng(seed).permutation(len(train))
@@ -68,7 +57,7 @@ def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -
         base.append(_rate(plain_pil, blobs))
     o, p = float(np.median(ours)), float(np.median(base))
     return {"images": len(blobs), "mean_input_kb": sum(map(len, blobs)) / len(blobs) / 1e3,
-            "prepare_per_core": o, "plain_pil_per_core": p, "speedup": o / p, "machine": machine()}
+            "prepare_per_core": o, "plain_pil_per_core": p, "speedup": o / p, "machine": host.machine()}
 
 
 # ---------------------------------------------------------------- the loader
@@ -79,19 +68,14 @@ class PilAugmentDataset:
     numpy (decode, resize unless prepared, random 227 crop, flip, PCA lighting + mean), read from the same data."""
 
     def __init__(self, split, stats, aug, seed: int = 0):
+        from alexdata.shards import read_samples
         from pipelines.common import needs_resize
 
         self.split, self.stats, self.aug, self.seed = split, stats, aug, seed
         self.resize = needs_resize(split, aug.shorter_side)
         self.entries = []  # (tar path, offset, size, label) or (file, -1, -1, label)
         if split.prepared:
-            for tar, idx in zip(split.tars, split.indexes):
-                with open(tar, "rb") as fh:
-                    for line in Path(idx).read_text().splitlines()[1:]:
-                        f = line.split()
-                        parts = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
-                        (jo, js), (co, cs) = parts["jpg"], parts["cls"]
-                        self.entries.append((tar, jo, js, int(os.pread(fh.fileno(), cs, co))))
+            self.entries = [(tar, *sample) for tar in split.tars for sample in read_samples(tar)]
         else:
             self.entries = [(f, -1, -1, lab) for f, lab in zip(split.files, split.labels)]
         self.mean = np.array(stats.mean_255, np.float32)
@@ -133,13 +117,6 @@ def _timed(batches, seconds: float, warmup: int = 3) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def device_sync(device: str):
-    """What makes a timing honest on `device`: wait for the GPU's queued work (nothing to wait for on the CPU)."""
-    import torch
-
-    return torch.cuda.synchronize if device == "gpu" else (lambda: None)
-
-
 def endless(loader, sync, to_gpu: bool = False):
     """Batch sizes of an endless pass over `loader` (epochs chained), each batch finished (`sync`) on arrival."""
     while True:
@@ -159,26 +136,21 @@ def loader_rate(data: str, seconds: float, *, device: str, stats, opened=None, w
 
     loader = Loader(data, stats=stats, device=device, opened=opened, **loader_kw)
     try:
-        return _timed(endless(loader, device_sync(device)), seconds, warmup)
+        return _timed(endless(loader, host.synchronizer(device)), seconds, warmup)
     finally:
         del loader
         gc.collect()  # frees the DALI pipeline (its threads and device buffers) before the next one is built
 
 
 def decode_only_pipeline(split, device: str, batch_size: int, threads: int, prefetch: int = 2, **decoder):
-    """DALI's read and decode alone, the ceiling of every pipeline here; `decoder`: pipelines/common.py `decode`'s
-    keywords (hw_decoder_load, hybrid_huffman_threshold, preallocate_hw)."""
-    from nvidia.dali import pipeline_def
+    """DALI's read and decode alone, the ceiling of every pipeline here (pipelines/stats.py); `decoder`: the
+    decoder's tuning (RunSpec's hw_decoder_load, hybrid_huffman_threshold, preallocate_hw)."""
+    from alexdata.loader import run_spec
+    from pipelines.stats import build_decode_pipeline
 
-    from pipelines import common
-
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=0 if device == "gpu" else None, seed=0,
-                  prefetch_queue_depth=prefetch)
-    def decode_only():
-        jpg, label = common.read(split, shuffle=True, shard_id=0, num_shards=1)
-        return common.decode(jpg, device, **decoder), label
-
-    return decode_only()
+    spec = run_spec(batch_size=batch_size, threads=threads, device=device, device_id=host.dali_device_id(device),
+                    prefetch=prefetch, **decoder)
+    return build_decode_pipeline(split, spec)
 
 
 def pipe_batches(pipe, sync):
@@ -204,7 +176,7 @@ def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int
     res = {}
     for name, load in (("load0", 0.0), ("load1", 1.0)):
         batches = pipe_batches(decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load),
-                               device_sync("gpu"))
+                               host.synchronizer("gpu"))
         for _ in range(3):  # warm-up: buffers, the decoder's own start
             next(batches)
         n, t0, c0 = 0, time.perf_counter(), time.process_time()
@@ -236,17 +208,16 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
 
     from alexdata.dataset import open_split
     from alexdata.loader import Loader, resolve_stats
-    from alexdata.stats import default_device
     from pipelines.config import AugmentConfig
 
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or not contenders:
-        raise ValueError(f"contenders {list(contenders)}: expected some of {', '.join(CONTENDERS)}")
-    threads = threads or len(os.sched_getaffinity(0))
-    device = device or default_device()
+        raise ConfigError(f"contenders {list(contenders)}: expected some of {', '.join(CONTENDERS)}")
+    threads = threads or host.cores()
+    device = device or host.default_device()
     split = open_split(data, "train")
     st = resolve_stats(stats, data)
-    sync = device_sync(device)
+    sync = host.synchronizer(device)
 
     def baseline():
         ds = PilAugmentDataset(split, st, AugmentConfig())
@@ -279,7 +250,7 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
         res["pipeline_vs_baseline"] = res["pipeline"] / res["baseline"]
     if "decode_only" in res and "pipeline" in res:
         res["pipeline_vs_decode_only"] = res["pipeline"] / res["decode_only"]
-    res["machine"] = machine()
+    res["machine"] = host.machine()
     res["torch"] = torch.__version__
     return res
 
@@ -290,12 +261,12 @@ def bench_stats(data: str, device: str | None = None, batch_size: int = 64, thre
     decoded images discarded), alternating rounds, medians; and process CPU time per image, steadier than wall
     time on a shared machine. Pipeline construction is left out of both timings."""
     from alexdata.dataset import open_split
-    from alexdata.stats import StatsError, StatsPass, default_device, select
+    from alexdata.stats import StatsError, StatsPass, select
 
     if rounds < 1:
         raise StatsError(f"--rounds must be >= 1, got {rounds}")
-    device = device or default_device()
-    threads = len(os.sched_getaffinity(0)) if threads is None else threads
+    device = device or host.default_device()
+    threads = host.cores() if threads is None else threads
     sel = select(open_split(data, "train"), max_images)
     runs: dict[str, list[tuple[float, float]]] = {"decode": [], "stats": []}
     for _ in range(rounds):
@@ -310,4 +281,4 @@ def bench_stats(data: str, device: str | None = None, batch_size: int = 64, thre
     return {"data": str(data), "images": n, "device": device, "batch_size": batch_size, "threads": threads,
             "rounds": rounds, "decode_img_s": n / dec_s, "stats_img_s": n / st_s, "ratio": dec_s / st_s,
             "ratio_pct": 100 * dec_s / st_s, "decode_cpu_us_per_img": dec_cpu / n * 1e6,
-            "stats_cpu_us_per_img": st_cpu / n * 1e6, "machine": machine()}
+            "stats_cpu_us_per_img": st_cpu / n * 1e6, "machine": host.machine()}

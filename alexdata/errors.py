@@ -15,6 +15,10 @@ class DataError(UserError):
     """The data directory is missing or is not a prepare output / class tree; one line naming the path."""
 
 
+class StatsError(DataError):
+    """A stats pass that cannot run or a stats.json that is missing or malformed; one line naming the file."""
+
+
 class PrepareError(UserError):
     """Bad input or output directory: one line naming the file, raised before any shard is written."""
 

@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 
+def temporary(path: str | os.PathLike) -> Path:
+    """The name `path` is written under until it is complete: `path.tmp`, beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".tmp")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike):
-    """A binary file to write `path` through: written as `path.tmp`, flushed to disk, then renamed over `path`
-    (atomic on POSIX) when the block ends without an error."""
+    """A binary file to write `path` through: written as `temporary(path)`, flushed to disk, then renamed over
+    `path` (atomic on POSIX) when the block ends without an error."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -6,7 +6,7 @@ import os
 import platform
 import subprocess
 
-DEVICES = ("cpu", "gpu")  # the project's device names: "gpu" is CUDA device `index`
+from pipelines.config import DEVICES  # noqa: F401  (the project's device names: "gpu" is CUDA device `index`)
 
 
 def cores() -> int:

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from alexdata.dataset import DataError, Split, open_split
-from pipelines.common import READER, labels_from_digits
-from pipelines.config import AugmentConfig, PipelineStats
+from alexdata import host
+from alexdata.dataset import open_split
+from alexdata.errors import ConfigError, DataError
+from alexdata.host import cores_per_rank as default_threads  # the name it had here
+from pipelines.common import READER, labels_from_digits, mean_image_problem
+from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 
 MODES = ("train", "center", "tencrop")
 LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}  # the batch's memory layout -> crop_mirror_normalize's output_layout
@@ -43,7 +46,7 @@ def resolve_stats(stats, data) -> PipelineStats:
         return stats
     if isinstance(stats, dict):
         return PipelineStats.from_dict(stats)
-    from alexdata.stats import load_stats
+    from alexdata.statsfile import load_stats
 
     path = Path(stats) if stats is not None else Path(data) / "stats.json"
     if not path.is_file():
@@ -56,10 +59,12 @@ def resolve_stats(stats, data) -> PipelineStats:
         raise DataError(f"{path}: not a valid stats file ({e})") from None
 
 
-def default_threads() -> int:
-    """The cores this process may use, shared among the ranks on this node (torchrun sets LOCAL_WORLD_SIZE):
-    every rank's pipeline with all cores would oversubscribe them LOCAL_WORLD_SIZE times."""
-    return max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def run_spec(**kw) -> RunSpec:
+    """RunSpec(**kw), a value out of range raised as ConfigError (pipelines/ knows no project errors)."""
+    try:
+        return RunSpec(**kw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 class StaleLoaderState(ValueError):
@@ -105,50 +110,48 @@ class Loader:
         only full batches, the same number on every rank (split images // (num_shards * batch_size)); the rest of
         each epoch is read and dropped, other images each epoch as the order changes (torch.compile'd steps then
         see one shape)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if device not in ("cpu", "gpu"):
-            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-        if device == "gpu" and not torch.cuda.is_available():
-            raise ValueError("device 'gpu' asked for, but torch sees no CUDA GPU")
-        if not 0 <= shard_id < num_shards:
-            raise ValueError(f"need 0 <= shard_id < num_shards, got {shard_id}/{num_shards}")
-        if aug.dtype == "float16" and device == "cpu":
-            raise ValueError("float16 output is for the GPU; use float32 on the CPU")
-        if not (isinstance(prefetch, int) and prefetch >= 1):
-            raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {prefetch!r}")
-        if not 0 <= hw_decoder_load <= 1:
-            raise ValueError(f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got {hw_decoder_load}")
-        if hybrid_huffman_threshold < 0:
-            raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {hybrid_huffman_threshold}")
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if layout not in LAYOUTS:
-            raise ValueError(f"layout must be NCHW or NHWC, got {layout!r}")
+            raise ConfigError(f"layout must be NCHW or NHWC, got {layout!r}")
+        self.spec = run_spec(batch_size=batch_size, threads=threads or default_threads(), device=device,
+                             device_id=host.dali_device_id(device, device_id),
+                             seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id, num_shards=num_shards,
+                             prefetch=prefetch, hw_decoder_load=hw_decoder_load,
+                             hybrid_huffman_threshold=hybrid_huffman_threshold)
+        if device == "gpu" and not host.has_gpu():
+            raise ConfigError("device 'gpu' asked for, but torch sees no CUDA GPU")
+        if aug.dtype == "float16" and device == "cpu":
+            raise ConfigError("float16 output is for the GPU; use float32 on the CPU")
         self.split = opened if opened is not None else open_split(data, split)
-        if preallocate and self.split.max_hw is None:
-            raise ValueError(f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
-                             f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off")
+        if preallocate:
+            if self.split.max_hw is None:
+                raise ConfigError(f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
+                                  f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off")
+            self.spec = replace(self.spec, preallocate_hw=self.split.max_hw)
         self._where = f"{data} ({split} split)"
         if self.split.images < num_shards:
-            raise ValueError(f"{self.split.images} images cannot be split over {num_shards} shards")
+            raise ConfigError(f"{self.split.images} images cannot be split over {num_shards} shards")
         self.drop_last, self._full = drop_last, self.split.images // (num_shards * batch_size)
         if drop_last and self._full == 0:
-            raise ValueError(f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
-                             f"{num_shards} shards")
+            raise ConfigError(f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
+                              f"{num_shards} shards")
         self._served = 0  # batches handed out in the epoch in progress
         self.stats = resolve_stats(stats, data)
-        self.mode, self.aug, self.device, self.layout = mode, aug, device, layout
-        self.batch_size, self.seed, self.shard_id, self.num_shards = batch_size, seed, shard_id, num_shards
-        self.shuffle_seed = shuffle_seed
-        self._kw = dict(batch_size=batch_size, num_threads=threads or default_threads(),
-                        device=device, device_id=device_id, seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id,
-                        num_shards=num_shards,
-                        prefetch=prefetch, hw_decoder_load=hw_decoder_load,
-                        hybrid_huffman_threshold=hybrid_huffman_threshold,
-                        preallocate_hw=self.split.max_hw if preallocate else None, output_layout=LAYOUTS[layout])
-        self._in_flight = _InFlight(torch.device("cuda", device_id)) if device == "gpu" else None
+        problem = mean_image_problem(self.stats, aug)
+        if problem:
+            raise ConfigError(problem)
+        self.mode, self.aug, self.layout = mode, aug, layout
+        self._in_flight = _InFlight(host.torch_device(device, device_id)) if device == "gpu" else None
         self._build(None)
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch_size
+
+    @property
+    def device(self) -> str:
+        return self.spec.device
 
     def _build(self, checkpoint: str | None) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -156,11 +159,12 @@ class Loader:
         from pipelines.eval import build_eval_pipeline
         from pipelines.train import build_train_pipeline
 
+        out = dict(output_layout=LAYOUTS[self.layout], checkpoint=checkpoint)
         if self.mode == "train":
-            pipe = build_train_pipeline(self.split, self.stats, self.aug, checkpoint=checkpoint, **self._kw)
+            pipe = build_train_pipeline(self.split, self.stats, self.aug, self.spec, **out)
         else:
-            pipe = build_eval_pipeline(self.split, self.stats, self.aug, ten_crop=self.mode == "tencrop",
-                                       checkpoint=checkpoint, **self._kw)
+            pipe = build_eval_pipeline(self.split, self.stats, self.aug, self.spec, ten_crop=self.mode == "tencrop",
+                                       **out)
         try:
             self._it = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
@@ -217,9 +221,10 @@ class Loader:
 
     def state_dict(self) -> dict:
         """The pipeline's position (reader, random generators) after the batches handed out so far."""
-        return {"dali": self._it.checkpoints()[0], "mode": self.mode, "seed": self.seed,
-                "shuffle_seed": self.shuffle_seed,
-                "shard": [self.shard_id, self.num_shards], "batch_size": self.batch_size, "aug": asdict(self.aug),
+        spec = self.spec
+        return {"dali": self._it.checkpoints()[0], "mode": self.mode, "seed": spec.seed,
+                "shuffle_seed": spec.shuffle_seed, "shard": [spec.shard_id, spec.num_shards],
+                "batch_size": spec.batch_size, "aug": asdict(self.aug),
                 "served": self._served}  # drop_last is not compared: it changes what is handed out, not the reader
 
     def load_state_dict(self, state: dict) -> None:
@@ -228,7 +233,7 @@ class Loader:
             state = {**state, "aug": asdict(AugmentConfig(**state["aug"]))}
         for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug"):
             if state.get(k) != mine[k]:
-                raise ValueError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")
+                raise ConfigError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")
         try:
             self._build(state["dali"])
         except DataError:  # DALI names the graph's operators: a state saved by another version of it won't load

@@ -21,84 +21,49 @@ Where the sums are computed:
        planar float32 with a row of ones, and one batched matmul (C, 4, 256) @ (C, 256, 4) gives every block's
        S2 and S1. 256 * 255**2 < 2**24, so every partial sum in a block is an integer float32 holds exactly, in
        whatever order the BLAS adds; blocks are then added in float64 (exact below 2**53). The same arithmetic as
-       DALI CPU operators (the gpu graph below) measured ~5x slower, and padding a batch to one size (to sum it
-       with one matmul) wastes most of the work when portrait and landscape images share a batch. The
-       central patch is a numpy view of the decoded (or, on a raw tree, DALI-resized) image, added into a
-       uint32 accumulator per thread and batch (`patch_sum`).
+       DALI CPU operators (the gpu graph) is slower, and padding a batch to one size (to sum it with one matmul)
+       wastes most of the work when portrait and landscape images share a batch. The central patch is a numpy
+       view of the decoded (or, on a raw tree, DALI-resized) image, added into a uint32 accumulator per thread
+       and batch (`patch_sum`).
   gpu  the mixed (nvJPEG) decoder, then the products (uint16: 255**2 < 2**16) and uint64 sums as DALI GPU
        operators inside the pipeline: only 9 integers per image leave the GPU. The central patches
        (`central_patch`, DALI operators) are summed over the batch by torch on the GPU: one int64 image per
        batch leaves it.
+The pipeline of the pass is pipelines/stats.py's; its speed against decoding alone, and the ways of summing
+tried, are in docs/BENCHMARKS.md ("stats").
 
-Measured (`alexnet bench stats` on 2000 prepared synth images, 2-core AMD EPYC VM shared with other jobs,
-DALI 2.4.0): decode alone ~3000 img/s, the stats pass ~2000 img/s, ratio 0.63-0.67; per image 0.62 ms of CPU
-for decoding and 0.34 ms for the sums (transposing copy ~0.14, batched matmul ~0.15). Tried and slower:
-float64 matmul per image 0.65 ms, torch.compile'd sums 0.8-1.1 ms, DALI CPU operators +2.3 ms, a batch padded
-to one size 73 img/s. On a GPU the sums run beside nvJPEG; not measured here. The mean image adds ~0.06-0.09 ms
-of CPU per image (decode 3323, stats pass 1904 img/s, ratio 0.57, 1004 us of CPU per image; 2026-11-29, same
-machine and data); DALI's slice and its output copy instead of the numpy view cost ~0.2 ms.
-
-stats.json (indent 1; every value on the 0-255 pixel scale, `scale`: 255):
-  mean [3], std [3]           per channel R, G, B; std is the population std over all pixels
-  cov [3][3]                  population covariance of (R, G, B) over all pixels
-  eigval [3]                  eigenvalues of cov, descending (round-off negatives clipped to 0)
-  eigvec [3][3]               eigenvectors as COLUMNS: eigvec[i][j] = component i of eigenvector j; each column
-                              has unit length and its largest-magnitude component positive (reproducible signs)
-  images, pixels              what was summed
-  pixel_sum [3], pixel_product_sum [3][3]   S1 and S2, exact integers (partial passes can be merged)
-  source                      data, kind, split, max_images, seed, device, dali version, batch_size, threads,
-                              seconds (of the pass)
-  mean_image_file             the mean image's file name, in stats.json's folder (`mean_image_path`): a .npy of
-                              float64 (256, 256, 3), RGB, each pixel's exact sum over the images / images
-  mean_image_sha256           of that file's bytes: `load_stats` refuses a file that is not the one written
-A stats.json without the two (written before the mean image existed) loads with mean_image None.
+The record is written to stats.json by alexdata/statsfile.py, which describes its fields.
 """
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import math
 import os
 import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from alexdata.files import atomic_write
-from alexdata.dataset import DataError, Split, open_split
-from pipelines.config import SHORTER_SIDE
+from alexdata import host
+from alexdata.dataset import open_split
+from alexdata.errors import StatsError
+from alexdata.statsfile import SCALE, mean_image_path
+from pipelines.common import READER
+from pipelines.config import SHORTER_SIDE, RunSpec, Split
+from pipelines.stats import build_stats_pipeline
 
-SCALE = 255  # pixel values of stats.json are on the 0-255 scale
+# Moved to alexdata/host.py, alexdata/statsfile.py and pipelines/stats.py; importable from here as before.
+from alexdata.host import default_device  # noqa: F401
+from alexdata.statsfile import MEAN_IMAGE_SUFFIX, load_stats, same_stats, write_stats  # noqa: F401
+from pipelines.stats import central_patch, moments_graph  # noqa: F401
+
 BLOCK = 256  # pixels per float32 block: 256 * 255**2 = 16_646_400 < 2**24, so block sums are exact
-READER = "Reader"
-VEC3, MAT3 = ("mean", "std", "eigval"), ("cov", "eigvec")
-MEAN_IMAGE_SUFFIX = ".mean_image.npy"  # stats.json -> stats.mean_image.npy, beside it
-
-
-class StatsError(DataError):
-    """A stats pass that cannot run or a stats.json that is missing or malformed; one line naming the file."""
 
 
 # ---------------------------------------------------------------- which images
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The images of one pass: the first `images` samples of `tars` read in this order (kind "shards"), or
-    `files` (kind "files"). resize: their shorter side is not SHORTER_SIDE yet (a raw tree), so the mean image's
-    central patches are taken after resizing it, as the pipelines do."""
-    kind: str
-    images: int
-    tars: tuple[str, ...] = ()
-    indexes: tuple[str, ...] = ()
-    shard_images: tuple[int, ...] = ()
-    files: tuple[str, ...] = ()
-    resize: bool = True
 
 
 def _check_max_images(max_images: int | None) -> None:
@@ -106,25 +71,24 @@ def _check_max_images(max_images: int | None) -> None:
         raise StatsError(f"--max-images must be >= 1, got {max_images}")
 
 
-def select(split: Split, max_images: int | None = None, seed: int = 0) -> Selection:
-    """All of `split`, or a seeded uniform sample of `max_images` of its images.
+def select(split: Split, max_images: int | None = None, seed: int = 0) -> Split:
+    """All of `split`, or a seeded uniform sample of `max_images` of its images: the first `images` samples of
+    the returned split's shards, read in their order, or its files.
 
     Raw files: `max_images` indices drawn uniformly without replacement (read in sorted order, for locality).
     Shards: whole shards in a seeded random order until `max_images` are covered, the last one only partly.
     `prepare` wrote the training samples in a uniformly shuffled order (a seeded permutation of all of them,
     then cut into shards), so the samples at any set of positions chosen without looking at them are a uniform
     sample of the training set; reading whole shards keeps the reads sequential."""
-    from pipelines.common import needs_resize
-
     _check_max_images(max_images)
     n = split.images if max_images is None else min(max_images, split.images)
     rng = np.random.default_rng(seed)
-    resize = needs_resize(split, SHORTER_SIDE)
     if split.kind == "files":
-        files = split.files
-        if n < len(files):
-            files = tuple(files[i] for i in np.sort(rng.choice(len(files), n, replace=False)))
-        return Selection("files", n, files=files, resize=resize)
+        if n == len(split.files):
+            return split
+        keep = np.sort(rng.choice(len(split.files), n, replace=False))
+        return replace(split, images=n, files=tuple(split.files[i] for i in keep),
+                       labels=tuple(split.labels[i] for i in keep))
     order = range(len(split.tars)) if n == split.images else rng.permutation(len(split.tars))
     picked, covered = [], 0
     for i in order:
@@ -133,8 +97,9 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Select
         if split.shard_images[i]:
             picked.append(int(i))
             covered += split.shard_images[i]
-    return Selection("shards", n, tuple(split.tars[i] for i in picked), tuple(split.indexes[i] for i in picked),
-                     tuple(split.shard_images[i] for i in picked), resize=resize)
+    return replace(split, images=n, tars=tuple(split.tars[i] for i in picked),
+                   indexes=tuple(split.indexes[i] for i in picked),
+                   shard_images=tuple(split.shard_images[i] for i in picked))
 
 
 # ---------------------------------------------------------------- exact sums
@@ -201,7 +166,7 @@ def sum_images(images: list[np.ndarray], sums: _BlockSums | None = None) -> tupl
 
 def patch_sum(patches) -> np.ndarray:
     """int64 per-pixel sum of equal-shaped uint8 patches, exact: added in uint32 (exact up to 2**32 / 255, 16.8 M
-    patches), ~0.04 ms per 256x256 patch, where an int64 accumulator takes twice that and torch's sum(0) 20x."""
+    patches), faster than an int64 accumulator or torch's sum(0) (docs/BENCHMARKS.md, "stats")."""
     acc = np.zeros(np.shape(patches[0]), np.uint32)
     for p in patches:
         np.add(acc, p, out=acc)
@@ -217,7 +182,7 @@ def _batch_patch_sum(patches, k: int, device_id: int) -> np.ndarray:
     import torch
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
-    dev, dense = torch.device("cuda", device_id), patches.as_tensor()  # (B, 256, 256, 3): equal shapes
+    dev, dense = host.torch_device("gpu", device_id), patches.as_tensor()  # (B, 256, 256, 3): equal shapes
     t = torch.empty(dense.shape(), dtype=torch.uint8, device=dev)
     feed_ndarray(dense, t, cuda_stream=torch.cuda.current_stream(dev))  # as DALIGenericIterator copies
     return t[:k].sum(0, dtype=torch.int64).cpu().numpy()
@@ -228,35 +193,6 @@ def central_view(img: np.ndarray, side: int = SHORTER_SIDE) -> np.ndarray:
     (floor((H - side) / 2), floor((W - side) / 2)), the pipelines' central square (`common.crop_offset`)."""
     y, x = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
     return img[y:y + side, x:x + side]
-
-
-def central_patch(img, resize: bool, side: int = SHORTER_SIDE):
-    """DALI operators: `central_view` of an HWC image node (CPU or GPU), after resizing its shorter side to
-    `side` when `resize`, as the pipelines resize (paper §2)."""
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-
-    from pipelines import common
-
-    if resize:
-        img = common.resize_shorter(img, side)
-    start = (img.shape(dtype=types.INT32, device="cpu")[0:2] - side) // 2  # (y, x); integers: exact
-    return fn.slice(img, start=start, shape=[side, side], axes=[0, 1])
-
-
-def moments_graph(img):
-    """DALI operators: per-sample S1 (3,) and S2 as (rr, rg, rb, gg, gb, bb), uint64, of an HWC uint8 image node
-    (GPU or CPU). Used on the GPU; the tests run it on the CPU against numpy."""
-    import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
-
-    u64 = types.UINT64
-    x = fn.cast(img, dtype=types.UINT16)  # a product of two 8-bit values fits 16 bits: 255**2 = 65025
-    s1 = fn.reductions.sum(img, axes=[0, 1], dtype=u64)
-    s2 = fn.cat(fn.reductions.sum(x * x[:, :, 0:1], axes=[0, 1], dtype=u64),  # rr rg rb
-                fn.reductions.sum(x[:, :, 1:] * x[:, :, 1:2], axes=[0, 1], dtype=u64),  # gg gb
-                fn.reductions.sum(x[:, :, 2:] * x[:, :, 2:], axes=[0, 1], dtype=u64), axis=0)  # bb
-    return s1, s2
 
 
 _UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -274,32 +210,12 @@ def _s2_matrix(s2: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the pass
 
 
-def build_pipeline(sel: Selection, *, device: str = "cpu", batch_size: int = 64, threads: int = 2,
+def build_pipeline(sel: Split, *, device: str = "cpu", batch_size: int = 64, threads: int = 2,
                    outputs: str = "images", device_id: int = 0, mean_image: bool = False):
-    """The DALI pipeline of a pass: reader -> decoder (RGB) -> `outputs`: "images" (HWC uint8) or "moments"
-    (`moments_graph`: S1, S2 and the image shape per sample). With `mean_image`, "moments" also gives each
-    image's `central_patch`, last, and "images" the image resized to shorter side 256 where `sel.resize` (the
-    CPU pass takes the `central_view` of the last output: a numpy view costs ~0.07 ms of CPU per image where
-    DALI's slice and its output copy cost ~0.2). Built, not yet run."""
-    from nvidia.dali import fn, pipeline_def
-
-    from pipelines import common
-
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id if device == "gpu" else None,
-                  prefetch_queue_depth=2)
-    def pipe():
-        if sel.kind == "shards":
-            jpg = fn.readers.webdataset(paths=list(sel.tars), index_paths=list(sel.indexes), ext=["jpg"],
-                                        missing_component_behavior="error", name=READER)
-        else:
-            jpg, _ = fn.readers.file(files=list(sel.files), name=READER)
-        img = common.decode(jpg, device)  # the pipelines' decoder: mixed (nvJPEG + hardware) or cpu, RGB
-        if outputs == "images":
-            return (img, *((common.resize_shorter(img, SHORTER_SIDE),) if mean_image and sel.resize else ()))
-        s1, s2 = moments_graph(img)
-        return s1, s2, img.shape(device="cpu"), *((central_patch(img, sel.resize),) if mean_image else ())
-
-    p = pipe()
+    """pipelines/stats.py's pipeline of a pass over `sel` (`outputs`, `mean_image`: see `build_stats_pipeline`),
+    built, and its reader checked to find the samples `sel` lists. Not yet run."""
+    spec = RunSpec(batch_size, threads, device, host.dali_device_id(device, device_id))
+    p = build_stats_pipeline(sel, spec, outputs=outputs, mean_image=mean_image)
     try:
         p.build()
     except RuntimeError as e:
@@ -345,18 +261,15 @@ class StatsPass:
     decode_only: read and decode, discard the images (the benchmark's reference). moments_in_pipeline: sum with
     DALI operators (`moments_graph`; always on the GPU) instead of the CPU block matmul."""
 
-    def __init__(self, sel: Selection, *, device: str = "cpu", batch_size: int = 64, threads: int | None = None,
+    def __init__(self, sel: Split, *, device: str = "cpu", batch_size: int = 64, threads: int | None = None,
                  decode_only: bool = False, moments_in_pipeline: bool = False, device_id: int = 0):
-        self.threads = len(os.sched_getaffinity(0)) if threads is None else threads
+        self.threads = host.cores() if threads is None else threads
         if batch_size < 1 or self.threads < 1:
             raise StatsError(f"--batch-size and --threads must be >= 1, got {batch_size} and {self.threads}")
-        if device not in ("cpu", "gpu"):
+        if device not in host.DEVICES:
             raise StatsError(f"--device must be cpu or gpu, got {device!r}")
-        if device == "gpu":
-            from nvidia.dali.backend import GetCUDADeviceCount
-
-            if GetCUDADeviceCount() == 0:
-                raise StatsError("--device gpu: DALI sees no CUDA GPU; use --device cpu")
+        if device == "gpu" and not host.has_gpu():
+            raise StatsError("--device gpu: torch sees no CUDA GPU; use --device cpu")
         self.sel, self.batch_size, self.decode_only, self.device_id = sel, batch_size, decode_only, device_id
         self.in_pipe = device == "gpu" or bool(moments_in_pipeline)  # GPU images never leave the GPU
         self.pipe = build_pipeline(sel, device=device, batch_size=batch_size, threads=self.threads,
@@ -435,17 +348,11 @@ def derive(m: Moments) -> dict:
             **({"mean_image": m.patch / m.images} if m.patch is not None else {})}
 
 
-def default_device() -> str:
-    import torch
-
-    return "gpu" if torch.cuda.is_available() else "cpu"
-
-
 def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, seed: int = 0, device: str = "cpu",
                   batch_size: int = 64, threads: int | None = None, progress: bool = False,
                   device_id: int = 0) -> dict:
-    """The stats.json record (see the module docstring) of DATA's training split: a `prepare` output or a raw
-    class-folder tree. Raises DataError / StatsError with one line on bad input."""
+    """The stats.json record (its fields: alexdata/statsfile.py) of DATA's training split: a `prepare` output or a
+    raw class-folder tree. Raises DataError / StatsError with one line on bad input."""
     import nvidia.dali as dali
 
     _check_max_images(max_images)  # before scanning DATA, which may hold a million files
@@ -462,131 +369,6 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
                      "max_images": max_images, "seed": seed, "device": device, "dali": dali.__version__,
                      "batch_size": batch_size, "threads": pas.threads, "seconds": round(seconds, 3)}
     return rec
-
-
-def mean_image_path(path: str | os.PathLike) -> Path:
-    """Where the mean image of the stats file `path` lives: beside it, stats.json -> stats.mean_image.npy."""
-    path = Path(path)
-    return path.with_name(path.stem + MEAN_IMAGE_SUFFIX)
-
-
-def _npy(mean_image: np.ndarray) -> tuple[bytes, str]:
-    """The .npy bytes of a mean image (float64) and their sha256, which stats.json records."""
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(mean_image, np.float64), allow_pickle=False)
-    return buf.getvalue(), hashlib.sha256(buf.getvalue()).hexdigest()
-
-
-def same_stats(path: str | os.PathLike, rec: dict) -> bool:
-    """Whether the stats file at `path` holds the statistics of `rec` (a file that cannot be read: no). A file
-    without a mean image (written before it existed) counts as the same: replacing it only adds one."""
-    try:
-        old = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    sha = _npy(rec["mean_image"])[1] if rec.get("mean_image") is not None else None
-    return (all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec"))
-            and old.get("mean_image_sha256") in (None, sha))
-
-
-def write_stats(rec: dict, path: str | os.PathLike) -> Path:
-    """Writes the record as JSON (indent 1), its mean image (if any) to `mean_image_path(path)`, each atomically,
-    the image first; stats.json names it and records its sha256. Returns the path."""
-    path = Path(path)
-    out = {k: v for k, v in rec.items() if k != "mean_image"}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if rec.get("mean_image") is not None:
-            data, sha = _npy(rec["mean_image"])
-            npy = atomic_write(mean_image_path(path), data)
-            out.update(mean_image_file=npy.name, mean_image_sha256=sha)
-        atomic_write(path, json.dumps(out, indent=1) + "\n")
-    except OSError as e:
-        raise StatsError(f"{e.filename or path}: cannot write ({e.strerror or e})") from None
-    return path
-
-
-def _numbers(x) -> bool:
-    return isinstance(x, list) and all(_numbers(v) if isinstance(v, list) else
-                                       isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
-
-
-def _array(rec: dict, key: str, shape: tuple[int, ...], where: Path) -> np.ndarray:
-    try:
-        a = np.array(rec[key], np.float64) if _numbers(rec[key]) else None
-    except ValueError:  # ragged
-        a = None
-    if a is None or a.shape != shape:
-        raise StatsError(f"{where}: '{key}' must be a list of numbers of shape {list(shape)}, got {rec[key]!r}")
-    if not np.isfinite(a).all():
-        raise StatsError(f"{where}: '{key}' holds a non-finite number")
-    return a
-
-
-def _load_mean_image(path: Path, rec: dict) -> np.ndarray | None:
-    """The mean image stats.json names (float64 (256, 256, 3)), checked against its recorded sha256; None when it
-    names none (a file from before the mean image existed)."""
-    name, sha = rec.get("mean_image_file"), rec.get("mean_image_sha256")
-    if name is None:
-        return None
-    if not isinstance(name, str) or Path(name).name != name or not isinstance(sha, str):
-        raise StatsError(f"{path}: 'mean_image_file' must be a file name beside it, with 'mean_image_sha256'")
-    npy = path.with_name(name)
-    try:
-        data = npy.read_bytes()
-    except OSError as e:
-        raise StatsError(f"{npy}: the mean image {path.name} names cannot be read ({e.strerror or e}); run "
-                         f"`alexnet stats` again") from None
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise StatsError(f"{npy}: not the mean image {path.name} was written with (sha256 differs); run "
-                         f"`alexnet stats` again")
-    try:
-        m = np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        raise StatsError(f"{npy}: not a .npy array ({e})") from None
-    side = SHORTER_SIDE
-    if m.shape != (side, side, 3) or not np.isfinite(m).all() or m.min() < 0 or m.max() > SCALE:
-        raise StatsError(f"{npy}: a mean image must be ({side}, {side}, 3) values in 0..{SCALE}, got shape "
-                         f"{list(m.shape)}")
-    return m.astype(np.float64)
-
-
-def load_stats(path: str | os.PathLike) -> dict:
-    """A validated stats.json: the record with mean, std, eigval as float64 arrays (3,) and cov, eigvec as (3, 3)
-    (eigvec[:, j] is eigenvector j), on the 0-255 scale, and mean_image, float64 (256, 256, 3) from the file it
-    names, or None. Raises StatsError with one line naming the problem."""
-    path = Path(path)
-    try:
-        rec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StatsError(f"{path}: not found (run `alexnet stats DATA` to write it)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StatsError(f"{path}: not a readable JSON file ({e})") from None
-    if not isinstance(rec, dict):
-        raise StatsError(f"{path}: expected a JSON object, got {type(rec).__name__}")
-    missing = [k for k in (*VEC3, *MAT3, "images", "pixels", "scale") if k not in rec]
-    if missing:
-        raise StatsError(f"{path}: missing {', '.join(missing)} (not an `alexnet stats` output?)")
-    if rec["scale"] != SCALE:
-        raise StatsError(f"{path}: scale is {rec['scale']!r}; only {SCALE} (values on the 0-255 pixel scale) is "
-                         f"supported")
-    for k in ("images", "pixels"):
-        if not isinstance(rec[k], int) or isinstance(rec[k], bool) or rec[k] < 1:
-            raise StatsError(f"{path}: '{k}' must be a positive integer, got {rec[k]!r}")
-    out = dict(rec)
-    for k in VEC3:
-        out[k] = _array(rec, k, (3,), path)
-    for k in MAT3:
-        out[k] = _array(rec, k, (3, 3), path)
-    w, v = out["eigval"], out["eigvec"]
-    if (w < 0).any() or (np.diff(w) > 0).any():
-        raise StatsError(f"{path}: eigval must be non-negative and descending, got {w.tolist()}")
-    if not np.allclose(v.T @ v, np.eye(3), atol=1e-6):
-        raise StatsError(f"{path}: eigvec's columns are not orthonormal unit vectors")
-    if (out["std"] < 0).any() or not ((out["mean"] >= 0) & (out["mean"] <= SCALE)).all():
-        raise StatsError(f"{path}: mean must lie in 0..{SCALE} and std be >= 0")
-    out["mean_image"] = _load_mean_image(path, rec)
-    return out
 
 
 def summary(rec: dict, path: str | os.PathLike) -> str:

@@ -35,7 +35,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from alexdata.prepare import add_to_tar
+from alexdata.errors import ConfigError
+from alexdata.host import cores
+from alexdata.shards import add_to_tar
 
 
 LAYOUTS = ("tree", "archives", "kaggle", "hf")
@@ -54,18 +56,18 @@ class SynthConfig:
 
     def __post_init__(self):
         if self.classes < 1 or self.classes > 1000:
-            raise ValueError(f"classes must be in 1..1000, got {self.classes}")
+            raise ConfigError(f"classes must be in 1..1000, got {self.classes}")
         if self.train_per_class < 1 or self.val_per_class < 0:
-            raise ValueError("train_per_class must be >= 1 and val_per_class >= 0")
+            raise ConfigError("train_per_class must be >= 1 and val_per_class >= 0")
         per_class = -(-len(ODDITIES) // self.classes)  # planted files in the fullest class
         if self.oddities and self.train_per_class <= per_class:
-            raise ValueError(f"--train-per-class {self.train_per_class} leaves no good image beside the "
-                             f"{len(ODDITIES)} planted bad files in {self.classes} classes: give more than "
-                             f"{per_class}, or --no-oddities")
+            raise ConfigError(f"--train-per-class {self.train_per_class} leaves no good image beside the "
+                              f"{len(ODDITIES)} planted bad files in {self.classes} classes: give more than "
+                              f"{per_class}, or --no-oddities")
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.test_images < 0:
-            raise ValueError("test_images must be >= 0")
+            raise ConfigError("test_images must be >= 0")
 
 
 def wnid(k: int) -> str:
@@ -157,7 +159,7 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
     """Writes the mini-ImageNet under `out`; returns the description also saved as `out/synth.json`."""
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: synth writes into a new or empty folder (old and new files would mix)")
+        raise ConfigError(f"{out} is not empty: synth writes into a new or empty folder (old and new files would mix)")
     out.mkdir(parents=True, exist_ok=True)
     wnids = [wnid(k) for k in range(cfg.classes)]
 
@@ -188,7 +190,7 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
         jobs.append((2, i % cfg.classes, i, "", f"test/ILSVRC2012_test_{i + 1:08d}.JPEG"))
 
     payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
-    with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
+    with ProcessPoolExecutor(workers or cores()) as pool:
         blobs = list(tqdm(pool.map(_make_one, payloads, chunksize=8), total=len(jobs), desc="synth",
                           unit="img", disable=not progress))
 

@@ -3,7 +3,7 @@ local disk, a cluster file system or a bucket.
 
 manifest.json records every shard's and index's size and sha256, hashed as prepare wrote them. `--quick` checks
 presence and sizes (stat calls: seconds for ImageNet's ~1,300 shards); the default also hashes every file with
-all cores. The Loader makes the quick check whenever it opens a prepare output (alexdata/dataset.py)."""
+all cores. The Loader makes the quick check whenever it opens a prepare output (alexdata/shards.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +11,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from alexdata.dataset import load_manifest, quick_problems, shard_files
+from alexdata.host import cores
+from alexdata.shards import load_manifest, manifest_shards, quick_problems, shard_files
 
 CHUNK = 1 << 22  # bytes read per call while hashing
 
@@ -30,8 +31,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     from tqdm import tqdm
 
     data = Path(data)
-    man = load_manifest(data)
-    shards = [s for split in ("train", "val") for s in man.get(split, {}).get("shards", [])]
+    shards = manifest_shards(load_manifest(data))
     files = [f for s in shards for f in shard_files(data, s)]
     found = quick_problems(data, shards)
     problems, bad = [line for _, line in found], {path for path, _ in found}
@@ -43,7 +43,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     todo = [(p, size, h) for p, size, h in files if h and p not in bad] if not quick else []
     total = sum(size for _, size, _ in todo)
     if todo:
-        with ProcessPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool, \
+        with ProcessPoolExecutor(workers or cores()) as pool, \
                 tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar:
             for (path, size, want), got in zip(todo, pool.map(_sha256, [str(p) for p, _, _ in todo])):
                 if got != want:

@@ -1,34 +1,62 @@
-"""Checkpoints that resume a run exactly, written so that a kill at any instant leaves a readable file.
+"""The checkpoint file and the run directory's checkpoint names: what is written, how, and how it is read back.
 
 A checkpoint holds everything the next step depends on: model, optimizer, lr scheduler and GradScaler states,
 the global step, the epoch's running sums when taken mid-epoch, the statistics the inputs were normalised with
-(per channel in the config, the mean image as a tensor beside it: train.stats_from_checkpoint), and per
+(per channel in the config, the mean image as a tensor beside it: `stats_from_checkpoint`), and per
 data-parallel rank the loader's position inside the epoch (`Loader.state_dict()`) and the random generators
-(torch, CUDA, numpy, python). It is written to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on
-POSIX), so the file on disk is always the last complete checkpoint.
+(torch, CUDA, numpy, python).
 
 Everything in it is a tensor or a plain Python value (the numpy RNG state is stored as a tensor), so it loads
 with `torch.load(path, weights_only=True)`, which runs no pickled code: a checkpoint from elsewhere is safe to
 open. Format 1 (before that) held numpy objects and is refused with one line.
+
+In a run directory (`save`, `load_latest`):
+    checkpoint.pt             the latest checkpoint
+    checkpoint.prev.pt        the one before it (the spare), moved aside only once the new one is complete
+    checkpoint.pt.new         a save cut between its two renames: the newest complete checkpoint
+    *.tmp                     a save cut short (a kill, a power loss); removed when a run starts
+    checkpoint.unreadable.pt  a latest checkpoint that did not load, set aside for a look once the run went on
+                              from the spare (so the next save does not make it the spare)
+Every file is written to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on POSIX), so a name on disk
+always holds a complete checkpoint.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from alexdata.errors import TrainError
 from alexdata.files import atomic_open
+from alexmodel.model import AlexNet
+from pipelines.config import PipelineStats
 
 FORMAT = 2  # bump when the layout below changes; 2: loadable with weights_only=True, classes in the config
+CHECKPOINT, PREVIOUS, UNREADABLE = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.unreadable.pt"
+NEW = CHECKPOINT + ".new"  # save_atomic's complete new file, before it is renamed over CHECKPOINT
+LEFTOVERS = (CHECKPOINT + ".tmp", NEW, NEW + ".tmp")  # the names of a save cut short
+
+
+def holds_run(run_dir: str | os.PathLike) -> bool:
+    """Whether run_dir holds a checkpoint to continue: the latest, the spare, or one cut between the spare's two
+    renames (checkpoint.pt.new)."""
+    d = Path(run_dir)
+    return any((d / n).is_file() for n in (CHECKPOINT, PREVIOUS, NEW))
+
+
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def save_atomic(obj, path: str | os.PathLike, previous: str | os.PathLike | None = None) -> None:
     """torch.save to `path.tmp`, flushed to disk, then renamed over `path` (alexdata.files.atomic_open).
 
     previous: where the checkpoint being replaced goes (the spare), moved only once the new one is complete on
-    disk. A crash between the two renames leaves the spare and no `path`: resuming falls back to the spare."""
+    disk. A crash between the two renames leaves the spare and `path.new`: load_latest takes the latter."""
     if previous is None or not os.path.exists(path):
         with atomic_open(path) as f:
             torch.save(obj, f)
@@ -40,26 +68,125 @@ def save_atomic(obj, path: str | os.PathLike, previous: str | os.PathLike | None
     os.replace(tmp, path)
 
 
-def load(path: str | os.PathLike) -> dict:
-    """A checkpoint written by the trainer, on the CPU, loaded with weights_only=True (no pickled code runs)."""
-    import pickle
+def save(run_dir: Path, *, config: dict, mean_image_255: torch.Tensor | None, epoch: int, step: int,
+         meter: dict | None, model: dict, optimizer: dict, plateau: dict, scaler: dict, ranks: list[dict],
+         history: list[dict]) -> None:
+    """run_dir/checkpoint.pt after `step` global steps, the one it replaces kept as the spare.
 
+    epoch: epochs finished (meter None) or the one in progress (meter: its EpochMeter's fields); ranks: per rank
+    {"loader": Loader.state_dict(), "rng": rng_state()}; the rest are state_dicts, and the run's history."""
+    save_atomic({"format": FORMAT, "config": config, "mean_image_255": mean_image_255, "epoch": epoch,
+                 "step": step, "meter": meter, "model": model, "optimizer": optimizer, "plateau": plateau,
+                 "scaler": scaler, "ranks": ranks, "history": history},
+                run_dir / CHECKPOINT, previous=run_dir / PREVIOUS)
+
+
+def start(run_dir: Path, saved: dict | None) -> None:
+    """Makes run_dir ready for a run's saves: removes what a save cut short left, and sets the unreadable
+    latest checkpoint aside when `saved` came from the spare (rank 0, once the run goes on)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in LEFTOVERS:
+        (run_dir / leftover).unlink(missing_ok=True)
+    if saved is not None and saved.get("_loaded_from") == PREVIOUS and (run_dir / CHECKPOINT).exists():
+        os.replace(run_dir / CHECKPOINT, run_dir / UNREADABLE)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def load(path: str | os.PathLike) -> dict:
+    """A checkpoint written by the trainer, on the CPU, loaded with weights_only=True (no pickled code runs);
+    TrainError with one line when it cannot be read."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint") from None
+        raise TrainError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError as e:
         first = (str(e).strip().splitlines() or [""])[0]
         if "numpy" in str(e):
-            raise ValueError(f"{path}: a format-1 checkpoint (numpy objects inside), which only an unsafe load "
+            raise TrainError(f"{path}: a format-1 checkpoint (numpy objects inside), which only an unsafe load "
                              f"(weights_only=False) reads; retrain, or load it yourself if you trust its source")
-        raise ValueError(f"{path}: not a checkpoint that loads safely ({first[:160]})") from None
+        raise TrainError(f"{path}: not a checkpoint that loads safely ({first[:160]})") from None
     except Exception as e:  # truncated or foreign file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+        raise TrainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else None
-        raise ValueError(f"{path}: not a trainer checkpoint of format {FORMAT}" + (f" (format {got})" if got else ""))
+        raise TrainError(f"{path}: not a trainer checkpoint of format {FORMAT}" + (f" (format {got})" if got else ""))
     return ckpt
+
+
+def load_run(path: str | os.PathLike) -> dict:
+    """A checkpoint file, or a run directory's checkpoint.pt (`alexnet evaluate`, `predict`, `alexmodel.load`)."""
+    p = Path(path)
+    return load(p / CHECKPOINT if p.is_dir() else p)
+
+
+def load_latest(run_dir: Path, rank: int = 0) -> dict:
+    """The latest readable checkpoint in run_dir (a resume): checkpoint.pt, or checkpoint.pt.new where a save
+    stopped between its renames, else the spare, saying so in one line (rank 0)."""
+    ckpt, prev, new = run_dir / CHECKPOINT, run_dir / PREVIOUS, run_dir / NEW
+    if not ckpt.is_file() and new.is_file():
+        ckpt = new  # a crash between save_atomic's two renames: the newest complete checkpoint is here
+    if not ckpt.is_file() and not prev.is_file():
+        raise TrainError(f"--resume: {ckpt} not found (no run to continue in {run_dir})")
+    try:
+        return load(ckpt)
+    except TrainError as e:
+        if not prev.is_file():
+            raise
+        try:
+            saved = load(prev)
+        except TrainError as e2:
+            raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
+        if rank == 0:
+            print(f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
+                  f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
+        saved["_loaded_from"] = PREVIOUS
+        return saved
+
+
+def model_from_checkpoint(saved: dict, device: str | torch.device = "cpu") -> AlexNet:
+    """The trained network of a loaded checkpoint, in eval mode on `device` (both towers on it)."""
+    cfg = saved["config"]["model"]
+    net = AlexNet(cfg["num_classes"], width=cfg["width"], init=cfg["init"])
+    net.load_state_dict(saved["model"])
+    return net.to(device).eval()
+
+
+def stats_from_checkpoint(saved: dict) -> PipelineStats:
+    """The statistics a loaded checkpoint's run trained with: the per-channel ones in its config, and its mean
+    image (a tensor beside the config; absent from checkpoints written before it existed)."""
+    m = saved.get("mean_image_255")
+    return PipelineStats(**saved["config"]["stats_255"], mean_image_255=None if m is None else m.numpy())
+
+
+def check_classes(cfg: dict, classes, checkpoint, data) -> None:
+    """Refuses data whose class list is not the one the checkpoint was trained on (the labels would lie)."""
+    mine = list(classes)
+    theirs = cfg.get("classes") or []
+    if len(mine) != cfg["model"]["num_classes"]:
+        raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has {len(mine)}")
+    if theirs and theirs != mine:
+        diff = [(a, b) for a, b in zip(theirs, mine) if a != b]
+        raise TrainError(f"{checkpoint} was trained on other classes than {data} holds ({len(diff)} of {len(mine)} "
+                         f"differ, e.g. {diff[0][0]} vs {diff[0][1]})")
+
+
+def incompatibility(saved: dict, now: dict, keys: list[str]) -> str | None:
+    """The first dotted key (e.g. "model.width") whose value differs between two nested config dicts,
+    described in one short phrase (values only when they are short); None when they all agree."""
+    for key in keys:
+        a, b = saved, now
+        for part in key.split("."):
+            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
+        if a != b:
+            if len(repr(a)) + len(repr(b)) <= 60:
+                return f"{key} is {a!r} in the checkpoint but {b!r} now"
+            return f"{key} differs from the checkpoint's"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- generators
 
 
 def rng_state(cuda_devices=()) -> dict:
@@ -80,17 +207,3 @@ def set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
-
-
-def incompatibility(saved: dict, now: dict, keys: list[str]) -> str | None:
-    """The first dotted key (e.g. "model.width") whose value differs between two nested config dicts,
-    described in one short phrase (values only when they are short); None when they all agree."""
-    for key in keys:
-        a, b = saved, now
-        for part in key.split("."):
-            a, b = a.get(part) if isinstance(a, dict) else None, b.get(part) if isinstance(b, dict) else None
-        if a != b:
-            if len(repr(a)) + len(repr(b)) <= 60:
-                return f"{key} is {a!r} in the checkpoint but {b!r} now"
-            return f"{key} differs from the checkpoint's"
-    return None

@@ -2,7 +2,7 @@
 
 Each JPEG or PNG goes through the same DALI graph as `alexnet evaluate` (pipelines/eval.py): decode, shorter side
 to 256, the central 227 crop (or the ten crops of paper §4.1 with `ten_crop`), minus the mean the run trained
-with. So predict and evaluate give the same probabilities for the same image (tests/test_predict.py).
+with. So predict and evaluate give the same probabilities for the same image (tests/test_usability.py).
 """
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ from pathlib import Path
 
 import torch
 
+from alexdata import host
 from alexdata.dataset import IMAGE_EXTS, DataError, Split
+from alexmodel.checkpoint import load_run, model_from_checkpoint, stats_from_checkpoint
+from alexmodel.config import resolve_device
+from alexmodel.loop import evaluate_views
+from pipelines.config import AugmentConfig
 
 
 def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, ten_crop: bool = False,
             device: str = "auto", batch_size: int = 64, threads: int | None = None, top: int = 5) -> list[dict]:
     """[{"image": path, "top": [(wnid, probability), ...]}] in the order of `images`, the `top` most likely."""
     from alexdata.loader import Loader
-    from alexmodel.train import (evaluate_views, load_checkpoint, model_from_checkpoint, resolve_device,
-                                 stats_from_checkpoint)
-    from pipelines.config import AugmentConfig
 
     device = resolve_device(device)
     paths = [str(Path(p)) for p in images]
@@ -31,14 +33,14 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
             raise DataError(f"{p}: not a .JPEG/.jpg/.png file")
     if not paths:
         raise DataError("no images given")
-    saved = load_checkpoint(checkpoint)
+    saved = load_run(checkpoint)
     classes = saved["config"]["classes"]
-    model = model_from_checkpoint(saved, "cuda" if device == "gpu" else "cpu")
+    index = torch.cuda.current_device() if device == "gpu" else 0
+    model = model_from_checkpoint(saved, host.torch_device(device, index))
     stats, aug = stats_from_checkpoint(saved), AugmentConfig(**saved["config"]["data"]["aug"])
     split = Split("files", tuple(classes), len(paths), files=tuple(paths), labels=(0,) * len(paths))
     loader = Loader("(images)", split="val", mode="tencrop" if ten_crop else "center", opened=split, stats=stats,
-                    aug=aug, batch_size=min(batch_size, len(paths)), device=device,
-                    device_id=torch.cuda.current_device() if device == "gpu" else 0, threads=threads)
+                    aug=aug, batch_size=min(batch_size, len(paths)), device=device, device_id=index, threads=threads)
     probs = []
     with torch.no_grad():
         for x, _ in loader:

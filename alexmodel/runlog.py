@@ -5,7 +5,8 @@
     steps.jsonl     one JSON object per logging window of --log-every steps (step, epoch as a fraction, loss,
                     top-1, lr, images/s, data wait): the loss moving within minutes, long before an epoch ends
     plot.png        loss, accuracy and learning-rate curves per epoch, and the loss per step window
-    checkpoint.pt   the latest checkpoint (alexmodel/checkpoint.py), checkpoint.prev.pt the one before it
+    checkpoint.pt   the latest checkpoint, checkpoint.prev.pt the one before it (alexmodel/checkpoint.py owns
+                    every checkpoint name)
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
 """
@@ -14,23 +15,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from alexdata import host
+from alexdata.errors import TrainError
 from alexdata.files import atomic_write
 
-CONFIG, METRICS, PLOT, CHECKPOINT = "config.json", "metrics.jsonl", "plot.png", "checkpoint.pt"
-STEPS, PREVIOUS = "steps.jsonl", "checkpoint.prev.pt"
-
-
-def holds_run(run_dir: str | os.PathLike) -> bool:
-    """Whether run_dir holds a checkpoint to continue: the latest, the spare, or one cut between the spare's two
-    renames (checkpoint.pt.new)."""
-    d = Path(run_dir)
-    return any((d / n).is_file() for n in (CHECKPOINT, PREVIOUS, CHECKPOINT + ".new"))
+CONFIG, METRICS, PLOT, STEPS = "config.json", "metrics.jsonl", "plot.png", "steps.jsonl"
 
 
 def git_revision() -> str:
@@ -43,20 +37,14 @@ def git_revision() -> str:
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
 
 
-def write_config(run_dir: Path, config: dict, **extra) -> dict:
-    """config.json: {"config": the resolved configs, "revision", versions, machine, command, ...extra}."""
-    import torch
-
-    try:
-        import nvidia.dali as dali
-        dali_version = dali.__version__
-    except ImportError:
-        dali_version = "not installed"
+def write_config(run_dir: Path, config: dict, *, device: str, **extra) -> dict:
+    """config.json: {"config": the resolved configs, "revision", versions, machine, command, ...extra}; device:
+    the run's ("gpu" records the GPU)."""
+    m = host.machine(device)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record = {"config": config, "revision": git_revision(), "started": now,
-              "command": sys.argv, "python": platform.python_version(), "torch": torch.__version__,
-              "dali": dali_version, "host": platform.node(),
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, **extra}
+    record = {"config": config, "revision": git_revision(), "started": now, "command": sys.argv,
+              "python": m["python"], "torch": m.get("torch"), "dali": m.get("dali", "not installed"),
+              "host": m["host"], "gpu": m.get("gpu"), **extra}
     try:  # a resume: the run's first command and start stay, this command joins the list of resumes
         old = json.loads((run_dir / CONFIG).read_text())
     except (OSError, ValueError):
@@ -73,9 +61,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     try:
         return json.loads(p.read_text())["config"]
     except FileNotFoundError:
-        raise FileNotFoundError(f"{p}: not found (is {run_dir} a run directory?)") from None
+        raise TrainError(f"{p}: not found (is {run_dir} a run directory?)") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{p}: not a run's config.json ({e})") from None
+        raise TrainError(f"{p}: not a run's config.json ({e})") from None
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:

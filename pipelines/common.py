@@ -1,4 +1,5 @@
-"""Pieces every pipeline shares: the readers, ASCII label parsing, decoding and crop-window arithmetic.
+"""Pieces every pipeline shares: the readers, ASCII label parsing, decoding, crop-window arithmetic and the
+pipeline's run arguments.
 
 All of it runs inside a DALI graph (the functions take and return DataNodes), so it builds for the CPU
 (`device_id=None`) and the GPU (decoder on device "mixed": nvJPEG, with the A100/H100/H200 hardware decoder)."""
@@ -9,13 +10,18 @@ import nvidia.dali.fn as fn
 import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 
-from alexdata.dataset import Split
-from pipelines.config import MAX_LABEL_DIGITS, SHUFFLE_BUFFER
+from pipelines.config import MAX_LABEL_DIGITS, SHUFFLE_BUFFER, RunSpec, Split
 
-READER = "reader"  # the reader's name, which the iterator asks for epoch size and padding
+READER = "reader"  # every reader's name, which the iterator and the stats pass ask for epoch size and padding
 
 
-def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle_seed: int = 0):
+def pipeline_kw(spec: RunSpec, checkpoint: str | None = None) -> dict:
+    """The arguments a `pipeline_def` function takes from `spec`; `checkpoint`: a saved position to resume from."""
+    return dict(batch_size=spec.batch_size, num_threads=spec.threads, device_id=spec.device_id, seed=spec.seed,
+                prefetch_queue_depth=spec.prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
+
+
+def read(split: Split, spec: RunSpec, *, shuffle: bool):
     """(encoded image, label) of one sample: the label as `ascii_digits` (shards) or int64 [1] (raw tree), both
     on the CPU; `labels_from_digits` makes int64 labels of either.
 
@@ -27,13 +33,13 @@ def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle
                 stored the samples in a seeded global permutation, so the window is a random draw of the split.
       raw tree  `fn.readers.file` redraws a permutation of the whole file list every epoch (epoch 0 too: the
                 list is permuted here, as it is sorted by class on disk).
-    The shard order and file permutations depend only on `shuffle_seed`, the same on every rank, so the ranks'
-    shards stay disjoint; the buffer's draws follow the pipeline seed (each rank's own, which is fine: they only
-    reorder that rank's own samples). DALI checkpoints the buffer, so a mid-epoch resume is exact.
+    The shard order and file permutations depend only on `spec.shuffle_seed`, the same on every rank, so the
+    ranks' shards stay disjoint; the buffer's draws follow the pipeline seed (each rank's own, which is fine: they
+    only reorder that rank's own samples). DALI checkpoints the buffer, so a mid-epoch resume is exact.
     Sharding: shards are padded to equal length (the last sample repeated) so every data-parallel rank runs the
     same number of batches; the iterator drops the padding, so one epoch over all shards sees each image once."""
-    common = dict(shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, name=READER,
-                  shuffle_after_epoch=shuffle, **({"shuffle_after_epoch_seed": shuffle_seed} if shuffle else {}))
+    common = dict(shard_id=spec.shard_id, num_shards=spec.num_shards, pad_last_batch=True, name=READER,
+                  shuffle_after_epoch=shuffle, **({"shuffle_after_epoch_seed": spec.shuffle_seed} if shuffle else {}))
     if split.prepared:
         if shuffle:
             common.update(random_shuffle=True, initial_fill=min(SHUFFLE_BUFFER, split.images))
@@ -42,7 +48,7 @@ def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle
         return jpg, ascii_digits(cls)
     files, labels = list(split.files), list(split.labels)
     if shuffle:  # files are sorted by class on disk: epoch 0 must not be
-        order = np.random.default_rng(shuffle_seed).permutation(len(files))
+        order = np.random.default_rng(spec.shuffle_seed).permutation(len(files))
         files, labels = [files[i] for i in order], [labels[i] for i in order]
     jpg, label = fn.readers.file(files=files, labels=labels, **common)
     return jpg, fn.cast(label, dtype=types.INT64)
@@ -51,8 +57,8 @@ def read(split: Split, *, shuffle: bool, shard_id: int, num_shards: int, shuffle
 def ascii_digits(cls):
     """A `.cls` component (ASCII digits) padded with zero bytes to MAX_LABEL_DIGITS: one cheap operator. The
     loader turns these into int64 labels (`labels_from_digits`) on whole batches in torch; parsing inside the
-    graph took ten per-sample DALI operators, ~30 us of CPU per sample (measured on 2 cores), a core's worth at
-    tens of thousands of images/s."""
+    graph took ten per-sample DALI operators, a core's worth of CPU at tens of thousands of images/s
+    (docs/BENCHMARKS.md, "The loader")."""
     return fn.pad(cls, axes=[0], shape=[MAX_LABEL_DIGITS], fill_value=0)
 
 
@@ -77,27 +83,25 @@ def labels_from_digits(digits):
     return value
 
 
-def decoder_kw(device: str, hw_decoder_load: float = 0.65, *, hybrid_huffman_threshold: int = 1_000_000,
-               preallocate_hw: tuple[int, int] | None = None) -> dict:
+def decoder_kw(spec: RunSpec) -> dict:
     """The arguments every decoder here takes: RGB out; on "mixed" (the GPU) also the hardware decoder's share,
-    the size in pixels above which nvJPEG's hybrid Huffman decoder takes an image (DALI's default 1,000,000;
-    0: every image), and with `preallocate_hw` = (height, width) of the largest image, the hardware decoder's
-    buffers allocated up front (`preallocate_{height,width}_hint`, DALI docs fn.decoders.image)."""
-    if device == "gpu":
-        kw = dict(output_type=types.RGB, device="mixed", hw_decoder_load=hw_decoder_load,
-                  hybrid_huffman_threshold=hybrid_huffman_threshold)
-        if preallocate_hw:
-            kw.update(preallocate_height_hint=preallocate_hw[0], preallocate_width_hint=preallocate_hw[1])
+    the size in pixels above which nvJPEG's hybrid Huffman decoder takes an image (0: every image), and with
+    `preallocate_hw` = (height, width) of the largest image, the hardware decoder's buffers allocated up front
+    (`preallocate_{height,width}_hint`, DALI docs fn.decoders.image)."""
+    if spec.device == "gpu":
+        kw = dict(output_type=types.RGB, device="mixed", hw_decoder_load=spec.hw_decoder_load,
+                  hybrid_huffman_threshold=spec.hybrid_huffman_threshold)
+        if spec.preallocate_hw:
+            kw.update(preallocate_height_hint=spec.preallocate_hw[0], preallocate_width_hint=spec.preallocate_hw[1])
         return kw
     return dict(output_type=types.RGB, device="cpu")
 
 
-def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None, **tuning):
+def decode(jpg, spec: RunSpec, crop=None):
     """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100/H200,
-    the hardware JPEG decoder (`hw_decoder_load` = the hardware's share; `tuning`: decoder_kw's keywords).
-    crop = (size, (pos_y, pos_x)) decodes only that window (`decoders.image_crop`, same anchor rounding as
-    crop_mirror_normalize)."""
-    kw = decoder_kw(device, hw_decoder_load, **tuning)
+    the hardware JPEG decoder (`decoder_kw`: spec's tuning). crop = (size, (pos_y, pos_x)) decodes only that
+    window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize)."""
+    kw = decoder_kw(spec)
     if crop is None:
         return fn.decoders.image(jpg, **kw)
     size, pos = crop
@@ -106,7 +110,7 @@ def decode(jpg, device: str, hw_decoder_load: float = 0.65, crop=None, **tuning)
 
 def needs_resize(split: Split, shorter_side: int) -> bool:
     """A prepare output already stores shorter-side-`shorter_side` images: resizing them again is wasted work
-    (a trial on 2 CPU cores measured it cutting throughput about threefold)."""
+    (docs/BENCHMARKS.md, "The loader")."""
     return not (split.prepared and split.shorter_side == shorter_side)
 
 
@@ -171,17 +175,27 @@ def pca_lighting_mean(stats, pca_std: float, channel_mean: bool = True):
     return mean - fn.reshape(offset, shape=[3])
 
 
+def mean_image_problem(stats, aug) -> str | None:
+    """Why `stats` cannot serve `aug`'s mean image (AugmentConfig.mean="pixel"), in one line; None when it can."""
+    m, side = stats.mean_image_255, aug.shorter_side
+    if aug.mean != "pixel":
+        return None
+    if m is None:
+        return ("mean='pixel' needs the training set's mean image, and these statistics have none (a stats.json "
+                "from before it existed?): run `alexnet stats DATA` again")
+    if m.shape != (side, side, 3):
+        return (f"the mean image is {m.shape[0]}x{m.shape[1]}, the central square of shorter_side {side} needs "
+                f"{side}x{side}")
+    return None
+
+
 def mean_image(stats, aug, device: str):
     """The mean image (AugmentConfig.mean="pixel", paper §2) as a DALI constant HWC float32, on the GPU when the
     pipeline's images are. ValueError with one line when the stats have none, or one of another size."""
-    m, side = stats.mean_image_255, aug.shorter_side
-    if m is None:
-        raise ValueError("mean='pixel' needs the training set's mean image, and these statistics have none (a "
-                         "stats.json from before it existed?): run `alexnet stats DATA` again")
-    if m.shape != (side, side, 3):
-        raise ValueError(f"the mean image is {m.shape[0]}x{m.shape[1]}, the central square of shorter_side "
-                         f"{side} needs {side}x{side}")
-    return types.Constant(m, layout="HWC", device=device)
+    problem = mean_image_problem(stats, aug)
+    if problem:
+        raise ValueError(problem)
+    return types.Constant(stats.mean_image_255, layout="HWC", device=device)
 
 
 def subtract_mean_window(out, mean_img, aug, offset, mirror, std, layout: str):

@@ -1,4 +1,5 @@
-"""What the pipelines need to know: the augmentation (defaults from the paper) and the dataset statistics."""
+"""What the pipelines need to know: the samples to read (`Split`), the augmentation (defaults from the paper), the
+dataset statistics, and how a pipeline runs (`RunSpec`: batch, threads, device, shard, decoder tuning)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,9 +10,31 @@ CROP = 227  # paper §3.5 says 224; the layer arithmetic (55 = (227 - 11) / 4 + 
 SHORTER_SIDE = 256  # paper §2: rescale so the shorter side is 256, then crop
 MAX_LABEL_DIGITS = 6  # a `.cls` label holds the class index in ASCII: up to 999,999 classes
 # Samples the shard reader draws each training sample from at random (DALI's `initial_fill`): four of ImageNet's
-# 1024-image shards (pipelines/common.py `read`). The buffered samples are views of the memory-mapped shards:
-# 4096 of them added ~10 MB of RSS and no measurable time per epoch (docs/BENCHMARKS.md)
+# 1024-image shards (pipelines/common.py `read`). The buffered samples are views of the memory-mapped shards, so
+# the buffer costs little memory and no time (docs/BENCHMARKS.md, "The loader")
 SHUFFLE_BUFFER = 4096
+DEVICES = ("cpu", "gpu")  # "gpu": decoding on the GPU (DALI's "mixed" operators), the rest on it too
+
+
+@dataclass(frozen=True)
+class Split:
+    """The samples of one split as DALI's readers take them: `fn.readers.webdataset` paths + index_paths (kind
+    "shards", a prepare output) or `fn.readers.file` files + labels (kind "files", a raw class-folder tree), with
+    the class names and the image count. alexdata/dataset.py `open_split` finds them on disk."""
+    kind: str  # "shards" (a prepare output: shorter side already 256) or "files" (raw class folders)
+    classes: tuple[str, ...]
+    images: int  # the samples to read; a stats sample's last shard may be read in part (alexdata/stats.py select)
+    tars: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()
+    shard_images: tuple[int, ...] = ()  # images per shard, in `tars` order
+    files: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    shorter_side: int | None = None  # the stored images' shorter side, when known (prepare output)
+    max_hw: tuple[int, int] | None = None  # (height, width) px: the tallest and the widest image, when recorded
+
+    @property
+    def prepared(self) -> bool:
+        return self.kind == "shards"
 
 
 @dataclass(frozen=True)
@@ -76,3 +99,46 @@ class PipelineStats:
     def per_channel(self) -> dict:
         """The fields but the mean image: small, JSON-ready (a run's config.json records them)."""
         return {k: getattr(self, k) for k in ("mean_255", "std_255", "eigval_255", "eigvec")}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How one DALI pipeline runs, apart from what it computes: batch, threads, device, this rank's shard, the
+    seeds and the GPU decoder's tuning. ValueError with one line on a value out of range."""
+    batch_size: int  # images per batch (per rank)
+    threads: int  # DALI's CPU worker threads
+    device: str = "cpu"  # one of DEVICES
+    device_id: int | None = None  # DALI's device_id: the GPU's index with device "gpu"; None on the CPU
+    seed: int = 0  # the random operators' seed: give each rank its own
+    shuffle_seed: int = 0  # the epoch order: the same on every rank, or their shards stop being disjoint
+    shard_id: int = 0  # this rank's shard of the split
+    num_shards: int = 1
+    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth)
+    # The GPU decoder's tuning (common.decoder_kw; the CPU decoder ignores it): the hardware JPEG decoder's share
+    # of the images (A100/H100/H200), the size in pixels above which nvJPEG's hybrid Huffman decoder takes an
+    # image (DALI's default 1,000,000), and (height, width) of the largest image to allocate its buffers for.
+    hw_decoder_load: float = 0.65
+    hybrid_huffman_threshold: int = 1_000_000
+    preallocate_hw: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
+        if (self.device_id is None) != (self.device == "cpu"):
+            raise ValueError(f"device_id must be a GPU's index with device 'gpu' and None with 'cpu', got "
+                             f"{self.device_id!r} with {self.device!r}")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id}/{self.num_shards}")
+        if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
+            raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {self.prefetch!r}")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ValueError(f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got "
+                             f"{self.hw_decoder_load}")
+        if self.hybrid_huffman_threshold < 0:
+            raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {self.hybrid_huffman_threshold}")
+        if self.preallocate_hw is not None and (len(self.preallocate_hw) != 2 or min(self.preallocate_hw) < 1):
+            raise ValueError(f"preallocate_hw must be (height, width) in pixels, got {self.preallocate_hw!r}")

@@ -13,29 +13,23 @@ import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
-from alexdata.dataset import Split
 from pipelines import common
-from pipelines.config import AugmentConfig, PipelineStats
+from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 
 # (crop_pos_x, crop_pos_y): anchor = round(pos * (extent - crop)) in crop_mirror_normalize
 TEN_CROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
 
 
-def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
-                        ten_crop: bool = False, batch_size: int, num_threads: int, device: str = "cpu",
-                        shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                        hybrid_huffman_threshold: int = 1_000_000, preallocate_hw: tuple[int, int] | None = None,
-                        output_layout: str = "CHW", device_id: int = 0, seed: int = 0, shuffle_seed: int = 0,
-                        checkpoint: str | None = None):
+def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, *,
+                        ten_crop: bool = False, output_layout: str = "CHW", checkpoint: str | None = None):
     """A DALI pipeline yielding (images, labels as read: `common.labels_from_digits` makes them int64); images
-    (3, crop, crop) or (10, 3, crop, crop), channels last with output_layout="HWC". hybrid_huffman_threshold,
-    preallocate_hw: the GPU decoder's tuning (`common.decoder_kw`)."""
+    (3, crop, crop) or (10, 3, crop, crop), channels last with output_layout="HWC"; run as `spec` says, its
+    samples in stored order (`spec.shuffle_seed` unused); `checkpoint`: a saved position."""
 
     @pipeline_def(enable_checkpointing=True)
     def evaluate():
-        jpg, label = common.read(split, shuffle=False, shard_id=shard_id, num_shards=num_shards)
-        img = common.decode(jpg, device, hw_decoder_load, hybrid_huffman_threshold=hybrid_huffman_threshold,
-                            preallocate_hw=preallocate_hw)
+        jpg, label = common.read(split, spec, shuffle=False)
+        img = common.decode(jpg, spec)
         if common.needs_resize(split, aug.shorter_side):
             img = common.resize_shorter(img, aug.shorter_side)
         pixel = aug.mean == "pixel"
@@ -53,7 +47,7 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
             places = [(p[1], p[0]) for p in poss]  # (crop_pos_x, crop_pos_y)
         else:
             places = positions
-        mean_img = common.mean_image(stats, aug, "gpu" if device == "gpu" else "cpu") if pixel else None
+        mean_img = common.mean_image(stats, aug, spec.device) if pixel else None
         views = []
         for m in mirrors:
             for (x, y), k in zip(places, offsets):
@@ -62,5 +56,4 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig =
         out = fn.stack(*views) if ten_crop else views[0]  # (10, 3, crop, crop) or (3, crop, crop)
         return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
 
-    return evaluate(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
-                    seed=seed, prefetch_queue_depth=prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
+    return evaluate(**common.pipeline_kw(spec, checkpoint))

@@ -22,9 +22,8 @@ import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
 
-from alexdata.dataset import Split
 from pipelines import common
-from pipelines.config import AugmentConfig, PipelineStats
+from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 
 
 ROI_MARGIN = 2  # original pixels decoded beyond the window: the resampling filter reaches past its edge
@@ -51,30 +50,22 @@ def window_boxes(x0, x1, y0, y1, w, h):
     return box(bx0, by0), box(bx1, by1), fn.stack(y0 - by0, x0 - bx0), fn.stack(y1 - by0, x1 - bx0)
 
 
-def roi_decode_crop(jpg, window, crop: int, device: str, hw_decoder_load: float = 0.65, **tuning):
+def roi_decode_crop(jpg, window, crop: int, spec: RunSpec):
     """Decode only the box of `window` (from `roi_window`) and resample its exact window to crop x crop."""
     box_start, box_end, roi_start, roi_end = window
-    img = fn.decoders.image_slice(jpg, start=box_start, end=box_end, axis_names="WH",
-                                  **common.decoder_kw(device, hw_decoder_load, **tuning))
+    img = fn.decoders.image_slice(jpg, start=box_start, end=box_end, axis_names="WH", **common.decoder_kw(spec))
     return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
                      antialias=True)
 
 
-def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig = AugmentConfig(), *,
-                         batch_size: int, num_threads: int, device: str = "cpu", seed: int = 0, shard_id: int = 0,
-                         num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                         hybrid_huffman_threshold: int = 1_000_000, preallocate_hw: tuple[int, int] | None = None,
-                         output_layout: str = "CHW", device_id: int = 0, shuffle_seed: int = 0,
-                         checkpoint: str | None = None):
+def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, *,
+                         output_layout: str = "CHW", checkpoint: str | None = None):
     """A DALI pipeline yielding (images NCHW float, or NHWC with output_layout="HWC"; labels as read:
-    `common.labels_from_digits` makes them int64); device "cpu" (device_id=None) or "gpu".
-    hybrid_huffman_threshold, preallocate_hw: the GPU decoder's tuning (`common.decoder_kw`)."""
-    tuning = dict(hybrid_huffman_threshold=hybrid_huffman_threshold, preallocate_hw=preallocate_hw)
+    `common.labels_from_digits` makes them int64), run as `spec` says; `checkpoint`: a saved position."""
 
     @pipeline_def(enable_checkpointing=True)
     def train():
-        jpg, label = common.read(split, shuffle=True, shard_id=shard_id, num_shards=num_shards,  # 1
-                                  shuffle_seed=shuffle_seed)
+        jpg, label = common.read(split, spec, shuffle=True)  # 1
         mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
         pixel = aug.mean == "pixel"
         mean = common.pca_lighting_mean(stats, aug.pca_std, channel_mean=not pixel)  # 6+7
@@ -84,27 +75,26 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig 
                    output_layout=output_layout)
         if common.needs_resize(split, aug.shorter_side):  # raw images: ROI decode of the crop window (2-4)
             window, offset = roi_window(jpg, aug)
-            img = roi_decode_crop(jpg, window, aug.crop, device, hw_decoder_load, **tuning)
+            img = roi_decode_crop(jpg, window, aug.crop, spec)
             out = fn.crop_mirror_normalize(img, **cmn)
         else:
             square = aug.shorter_side if aug.central_square else None
             hw = common.image_hw(jpg)
             offset = common.crop_offset(hw, aug.crop, square)[1]
             pos = common.crop_anchor_frac(hw, aug.crop, square, k=offset)  # (y, x)
-            if device == "cpu":
+            if spec.device == "cpu":
                 # 2+4: the decoder emits the crop, so crop_mirror_normalize reads a small contiguous image
                 # (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
-                img = common.decode(jpg, device, crop=(aug.crop, pos))
+                img = common.decode(jpg, spec, crop=(aug.crop, pos))
                 out = fn.crop_mirror_normalize(img, **cmn)  # 5-7 in one pass over the pixels
             else:
                 # 2, then 4-7 in one GPU pass: keep the plain decode, which the hardware JPEG decoder serves
-                img = common.decode(jpg, device, hw_decoder_load, **tuning)
+                img = common.decode(jpg, spec)
                 out = fn.crop_mirror_normalize(img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1],
                                                crop_pos_y=pos[0], **cmn)
         if pixel:  # 6: minus the mean image's window at the crop's offset, mirrored with the crop
-            mean_img = common.mean_image(stats, aug, "gpu" if device == "gpu" else "cpu")
+            mean_img = common.mean_image(stats, aug, spec.device)
             out = common.subtract_mean_window(out, mean_img, aug, offset, mirror, std, output_layout)
         return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
 
-    return train(batch_size=batch_size, num_threads=num_threads, device_id=device_id if device == "gpu" else None,
-                 seed=seed, prefetch_queue_depth=prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
+    return train(**common.pipeline_kw(spec, checkpoint))

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from alexmodel import check
-from alexmodel.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
+from alexmodel.tools import check, check_stages
+from alexmodel.tools.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
 from conftest import run_cli
 
 TINY = check.SIZES["tiny"]
@@ -200,7 +200,7 @@ def test_the_gpu_selection_names_real_tests():
     import subprocess
     import sys
 
-    from alexmodel.check import GPU_TESTS, ROOT
+    from alexmodel.tools.check import GPU_TESTS, ROOT
 
     def collect(*args):
         r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT,
@@ -245,12 +245,12 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
     default = check.sweep_default(ctx)
     assert (default["hw_decoder_load"], default["hybrid_huffman_threshold"], default["preallocate"],
             default["layout"], default["prefetch"]) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
-    knobs, skipped = check._sweep_points(ctx, default, split)
+    knobs, skipped = check_stages._sweep_points(ctx, default, split)
     plan = dict(knobs)
     assert skipped == {} and list(plan)[:3] == list(check.GPU_KNOBS)
     assert plan["hw_decoder_load"][0] == 0.65 and set(plan["hw_decoder_load"]) == set(TINY.hw_decoder_load)
     assert plan["hybrid_huffman_threshold"] == [1_000_000, 0] and plan["preallocate"] == [False, True]
-    knobs, skipped = check._sweep_points(ctx, default, dc_replace(split, max_hw=None))
+    knobs, skipped = check_stages._sweep_points(ctx, default, dc_replace(split, max_hw=None))
     assert "preallocate" not in dict(knobs) and "re-run `alexnet prepare`" in skipped["preallocate"]
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 import alexdata.prepare as prep
-from alexdata.prepare import PrepareConfig, PrepareError, prepare
+from alexdata.prepare import PrepareError, prepare
 from alexdata.synth import SynthConfig, make_synth
 from conftest import PREP, SYNTH, run_cli, tree_files
 
@@ -130,3 +130,25 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(prepared, synth_tr
     monkeypatch.undo()
     prepare(synth_tree, tmp_path / "out", PREP, workers=2, **QUIET)
     assert tree_files(tmp_path / "out") == tree_files(prepared)
+
+
+def _read(item) -> bytes:
+    return item.read()
+
+
+def test_an_archive_member_reads_the_same_in_a_fresh_process(tmp_path):
+    """A .tar.gz member's Item carries its archive's seek index (alexdata/sources.py GzIndex) to a worker as the
+    index's folder: a spawned process, which inherits nothing of the scan, reads the same bytes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from alexdata.sources import scan
+
+    raw = tmp_path / "raw"
+    make_synth(raw, SynthConfig(classes=2, train_per_class=3, val_per_class=1, oddities=False, layout="hf"),
+               workers=2, progress=False)
+    _, train, val, _ = scan(raw, index_dir=tmp_path / "gzindex", workers=1)
+    items = train[:2] + val[:1]
+    assert all(it.path.endswith(".tar.gz") and it.gz is not None for it in items)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        assert list(pool.map(_read, items)) == [it.read() for it in items]

@@ -428,9 +428,11 @@ def test_roi_decode_matches_decode_resize_crop(synth_tree):
     from nvidia.dali import pipeline_def
 
     from pipelines import common
+    from pipelines.config import RunSpec
     from pipelines.train import roi_decode_crop, window_boxes
 
     files = sorted((synth_tree / "train").rglob("*_1.JPEG")) + sorted((synth_tree / "train").rglob("*_2.JPEG"))
+    cpu = RunSpec(batch_size=len(files), threads=2)  # the decoders take their device and tuning from it
     blobs = [np.frombuffer(f.read_bytes(), np.uint8) for f in files]
     sizes = [Image.open(f).size for f in files]
     rng = np.random.default_rng(0)
@@ -451,9 +453,9 @@ def test_roi_decode_matches_decode_resize_crop(synth_tree):
         win = fn.external_source(source=lambda: [np.float32([kx * w / wr, (kx + 227) * w / wr, ky * h / hr,
                                                              (ky + 227) * h / hr, w, h])
                                                  for (kx, ky, wr, hr), (w, h) in zip(rows, sizes)])
-        full = common.resize_shorter(common.decode(jpg, "cpu"), 256)
+        full = common.resize_shorter(common.decode(jpg, cpu), 256)
         ref = fn.crop(full, crop=(227, 227), crop_pos_x=pos[0], crop_pos_y=pos[1])
-        roi = roi_decode_crop(jpg, window_boxes(*(win[i] for i in range(6))), 227, "cpu")
+        roi = roi_decode_crop(jpg, window_boxes(*(win[i] for i in range(6))), 227, cpu)
         return ref, fn.cast(roi, dtype=types.UINT8), full
 
     pipe = p()
@@ -588,6 +590,19 @@ def test_bad_arguments_fail_at_construction(prepared, bad, match):
         Loader(prepared, **{"stats": ZERO, **bad})
 
 
+def test_pipelines_import_nothing_of_the_project():
+    """pipelines/ is the lowest floor: it imports with alexdata/ and alexmodel/ out of reach."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, env_with_path
+
+    code = ("import sys; sys.modules['alexdata'] = sys.modules['alexmodel'] = None; "
+            "import pipelines.train, pipelines.eval, pipelines.stats")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_with_path(ROOT), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_augment_config():
     with pytest.raises(ValueError, match="crop 300"):
         AugmentConfig(crop=300)
@@ -705,7 +720,7 @@ def test_nhwc_layout_gives_the_same_values_channels_last(prepared, mode, split, 
 def test_preallocate_needs_the_recorded_largest_image(prepared, tmp_path):
     import shutil
 
-    assert Loader(prepared, stats=ZERO, batch_size=8, threads=1, preallocate=True)._kw["preallocate_hw"] == \
+    assert Loader(prepared, stats=ZERO, batch_size=8, threads=1, preallocate=True).spec.preallocate_hw == \
         open_split(prepared).max_hw
     old = tmp_path / "old"
     shutil.copytree(prepared, old)

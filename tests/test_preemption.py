@@ -204,7 +204,8 @@ def test_a_crash_between_the_two_renames_resumes_from_the_newest(data, tmp_path)
 
 def _start(data, out, *extra):
     return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", str(data), "--out", str(out), *TINY_S,
-                             *map(str, extra)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *map(str, extra)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 TINY_S = [str(x) for x in TINY]

@@ -37,7 +37,7 @@ def dali_decode(blobs: list[bytes], device: str = "cpu") -> list[np.ndarray]:
 
 
 def selected_blobs(sel) -> list[bytes]:
-    """The encoded bytes of a Selection's images, read with tarfile / open, not with DALI's readers."""
+    """The encoded bytes of a `select`ed split's images, read with tarfile / open, not with DALI's readers."""
     if sel.kind == "files":
         return [open(f, "rb").read() for f in sel.files]
     blobs = []

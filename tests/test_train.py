@@ -216,6 +216,27 @@ def test_incompatible_resume_is_one_line(one_epoch, data, tmp_path):
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
+def test_option_rules_are_the_librarys(one_epoch, data, capsys):
+    """What `alexnet train` does with its options, a Python caller gets too: a resume's options not given are the
+    run's own, a fresh run's the recipe's; a fresh run caps the warmup and says the paper recipe's lr."""
+    from alexmodel.config import configs_from_options, start_rules
+
+    d, m, o, r = configs_from_options(str(data), str(one_epoch), resume=True, epochs=2, threads=2)
+    saved = json.loads((one_epoch / "config.json").read_text())["config"]
+    assert o == replace(OptimConfig(**saved["optim"]), epochs=2) and m.width == WIDTH and r.out == str(one_epoch)
+    assert d.stats is None and d.threads == 2 and r.torch_threads == 1  # the checkpoint's statistics; --threads
+    d, m, o, r = configs_from_options(str(data), "elsewhere", recipe="modern", epochs=1, momentum=0.8)
+    assert (o.recipe, o.epochs, o.momentum, o.warmup_epochs, m.init, r.device) == ("modern", 1, 0.8, 5.0, "modern",
+                                                                                   "auto")
+    assert start_rules(o).warmup_epochs == 0.5 and "capped to 0.5" in capsys.readouterr().err
+    # A resume asking what the run was started with: the warmup the cap made of it then, whatever the epochs now
+    assert start_rules(replace(o, epochs=4), {"epochs": 1, "warmup_epochs": 0.5}).warmup_epochs == 0.5
+    paper = configs_from_options(str(data), "elsewhere", batch_size=16)[2]
+    assert start_rules(paper) == paper and "--lr 0.00125" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown option 'epoch'"):
+        configs_from_options(str(data), "elsewhere", epoch=3)
+
+
 def test_compat_keys_cover_the_optimiser_but_not_epochs_or_lr():
     assert {"optim.batch_size", "optim.schedule", "optim.momentum", "model.width"} <= set(COMPAT_KEYS)
     assert not {"optim.epochs", "optim.lr", "run.precision", "world_size"} & set(COMPAT_KEYS)
@@ -364,7 +385,7 @@ def test_bad_data_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reuses_them(tmp_path):
-    from alexmodel.demo import DemoConfig, run_demo
+    from alexmodel.tools.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(classes=3, train_per_class=6, val_per_class=2, width=WIDTH, epochs=1, batch_size=6)
     r = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)

@@ -175,13 +175,14 @@ def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     import cli
+    from alexdata.errors import ConfigError
     from alexdata.loader import Loader
 
     seen = []
 
     def spy(self, data, **kw):
         seen.append(kw)
-        raise ValueError("spied")
+        raise ConfigError("spied")  # a user's error: the command prints its one line and stops
 
     monkeypatch.setattr(Loader, "__init__", spy)
     threads = torch.get_num_threads()  # TINY's --torch-threads 1 would stay with this process
@@ -196,6 +197,29 @@ def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
     r = CliRunner().invoke(cli.main, ["bench", "loader", str(data), "--device", "cpu", "--threads", "1",
                                       "--prefetch", "4", "--hw-decoder-load", "0.8"])
     assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"]) == (4, 0.8)
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(data, tmp_path, monkeypatch):
+    """The command line turns a UserError into `Error: <line>` and exit status 1; any other exception is a bug
+    and reaches the caller whole."""
+    from click.testing import CliRunner
+
+    import alexmodel.train
+    import cli
+    from alexdata.errors import TrainError
+
+    def fails_with(e):
+        def run(*a, **kw):
+            raise e
+        return run
+
+    args = ["train", str(data), "--out", str(tmp_path / "r")]
+    monkeypatch.setattr(alexmodel.train, "train_from_options", fails_with(TrainError("the user's mistake")))
+    r = CliRunner().invoke(cli.main, args)
+    assert r.exit_code == 1 and r.output.strip() == "Error: the user's mistake"
+    monkeypatch.setattr(alexmodel.train, "train_from_options", fails_with(ValueError("a bug")))
+    r = CliRunner().invoke(cli.main, args)
+    assert isinstance(r.exception, ValueError) and "Error:" not in r.output
 
 
 @pytest.mark.parametrize("args, message", [

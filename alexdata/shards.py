@@ -1,0 +1,221 @@
+"""The format `alexnet prepare` writes, written and read here only:
+
+  train-000000.tar ...  samples <key>.jpg + <key>.cls (class index, ASCII), in a seeded shuffled order
+  train-000000.idx ...  the index `fn.readers.webdataset` reads (wds2idx format v1.2)
+  val-000000.tar/.idx   validation samples in key order
+  manifest.json         classes, per-split counts and shards (each with its and its index's size and sha256,
+                        hashed as they were written), each split's largest height and width (the GPU decoder's
+                        preallocation hints), parameters, skipped inputs
+  .prepare/             prepare's own records (alexdata/prepare.py); a folder with shards but no manifest.json is
+                        an unfinished prepare
+
+Tar members carry fixed metadata, so the same samples give byte-identical shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from PIL import Image
+
+from alexdata.errors import DataError
+from alexdata.files import atomic_write
+from pipelines.config import Split
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PREPARE_DIR = ".prepare"  # prepare's records, beside the shards
+SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"  # `shard_name` + ".tar"
+ENTRY_KEYS = ("file", "images", "bytes", "sha256", "idx_bytes", "idx_sha256")  # a shard in manifest.json
+
+
+def shard_name(split: str, index: int) -> str:
+    """train-000000: a shard's file name without .tar or .idx."""
+    return f"{split}-{index:06d}"
+
+
+def index_path(tar: Path) -> Path:
+    """The index of the shard `tar`, beside it."""
+    return tar.with_suffix(".idx")
+
+
+# ---------------------------------------------------------------- one shard
+
+
+def add_to_tar(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed metadata: byte-identical re-runs
+    tf.addfile(info, io.BytesIO(data))
+
+
+def wds_index(tar_bytes: bytes) -> str:
+    """The index DALI's `fn.readers.webdataset` takes as `index_paths` (the format of DALI's wds2idx, v1.2)."""
+    samples: list[list[str]] = []
+    last = None
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tf:
+        for m in tf:
+            base, ext = m.name.split(".", 1)
+            part = f"{ext} {m.offset_data} {m.size} {m.name}"
+            if base == last:
+                samples[-1].append(part)
+            else:
+                samples.append([part])
+                last = base
+    return f"v1.2 {len(samples)}\n" + "".join(" ".join(s) + "\n" for s in samples)
+
+
+def read_index(idx: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
+    """Per sample of a `wds_index` file, {extension: (offset, size)} of its members in the tar."""
+    samples = []
+    for line in Path(idx).read_text().splitlines()[1:]:
+        f = line.split()
+        samples.append({f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)})
+    return samples
+
+
+def read_samples(tar: str | os.PathLike) -> list[tuple[int, int, int]]:
+    """(offset, size) of each sample's JPEG in the shard `tar`, and its label, in stored order (from its index)."""
+    out = []
+    with open(tar, "rb") as fh:
+        for parts in read_index(index_path(Path(tar))):
+            (jo, js), (co, cs) = parts["jpg"], parts["cls"]
+            out.append((jo, js, int(os.pread(fh.fileno(), cs, co))))
+    return out
+
+
+class ShardWriter:
+    """One shard built in memory: per sample `<key>.jpg`, then `<key>.cls` holding the class index in ASCII."""
+
+    def __init__(self):
+        self._buf = io.BytesIO()
+        self._tar = tarfile.open(fileobj=self._buf, mode="w", format=tarfile.USTAR_FORMAT)
+        self.images, self.max_hw = 0, [0, 0]
+
+    def add(self, key: str, jpg: bytes, label: int) -> None:
+        add_to_tar(self._tar, f"{key}.jpg", jpg)
+        w, h = Image.open(io.BytesIO(jpg)).size  # the header only
+        self.max_hw = [max(self.max_hw[0], h), max(self.max_hw[1], w)]
+        add_to_tar(self._tar, f"{key}.cls", str(label).encode())
+        self.images += 1
+
+    def finish(self) -> tuple[bytes, bytes, dict]:
+        """(tar bytes, index bytes, what manifest.json records of them: sizes and sha256, hashed from the bytes in
+        memory as they are written, so `alexnet verify` needs no second read; the largest height and width)."""
+        self._tar.close()
+        data = self._buf.getvalue()
+        idx = wds_index(data).encode()
+        return data, idx, dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), idx_bytes=len(idx),
+                               idx_sha256=hashlib.sha256(idx).hexdigest(), max_hw=self.max_hw)
+
+
+# ---------------------------------------------------------------- manifest.json
+
+
+def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dict]], notes: list[dict]) -> dict:
+    """manifest.json's record from (split, shard record) pairs in shard order; a shard record holds `ENTRY_KEYS`
+    and "max_hw" from `ShardWriter.finish`, with its "skipped" and "upscaled" inputs. `notes`: inputs left out
+    (those with "left_out": on purpose, the rest skipped)."""
+    man = {"format_version": FORMAT_VERSION, "classes": classes, "params": params,
+           "train": {"images": 0, "shards": []}, "val": {"images": 0, "shards": []},
+           "skipped": [n for n in notes if not n.get("left_out")], "upscaled": [],
+           "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")]}
+    largest = {"train": [0, 0], "val": [0, 0]}  # None once a shard record predates them (a resumed old run)
+    for split, rec in records:
+        man["skipped"] += rec["skipped"]
+        man["upscaled"] += rec["upscaled"]
+        if rec["images"]:
+            man[split]["images"] += rec["images"]
+            man[split]["shards"].append({k: rec[k] for k in ENTRY_KEYS if k in rec})
+            hw, m = rec.get("max_hw"), largest[split]
+            largest[split] = [max(m[0], hw[0]), max(m[1], hw[1])] if hw and m else None
+    for split, hw in largest.items():
+        if hw and man[split]["images"]:  # pixels; `open_shards` reads them as Split.max_hw
+            man[split].update(max_height=hw[0], max_width=hw[1])
+    return man
+
+
+def write_manifest(out: Path, manifest: dict) -> Path:
+    return atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+
+
+def load_manifest(data: str | os.PathLike) -> dict:
+    p = Path(data) / MANIFEST
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p}: not found (is {data} a `alexnet prepare` output?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: not valid JSON ({e})") from None
+
+
+def manifest_shards(manifest: dict) -> list[dict]:
+    """The shard entries of every split, train first."""
+    return [s for split in ("train", "val") for s in manifest.get(split, {}).get("shards", [])]
+
+
+def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | None]]:
+    """(path, size, sha256) of a manifest shard entry's tar and index; size and hash None in an old manifest."""
+    tar = data / shard["file"]
+    return [(tar, shard.get("bytes"), shard.get("sha256")),
+            (index_path(tar), shard.get("idx_bytes"), shard.get("idx_sha256"))]
+
+
+def quick_problems(data: Path, shards: list[dict]) -> list[tuple[Path, str]]:
+    """(file, one line) per shard file that is missing or has another size than manifest.json records (stat calls
+    only)."""
+    bad = []
+    for shard in shards:
+        for path, size, _ in shard_files(data, shard):
+            try:
+                got = path.stat().st_size
+            except FileNotFoundError:
+                bad.append((path, f"{path}: missing (listed in manifest.json)"))
+                continue
+            if size is not None and got != size:
+                bad.append((path, f"{path}: {got} bytes, manifest.json says {size} (a partial copy?)"))
+    return bad
+
+
+def is_unfinished(data: Path) -> bool:
+    """Shards or prepare's records but no manifest.json: a prepare that has not finished."""
+    return not (data / MANIFEST).is_file() and ((data / PREPARE_DIR).is_dir() or any(data.glob(SHARD_GLOB)))
+
+
+def unfinished_prepare(data: Path) -> str:
+    """One line for a prepare output without manifest.json: an interrupted run, or --part jobs not all done."""
+    have: dict[str, list[int]] = {}
+    for p in data.glob(SHARD_GLOB):
+        split, n = p.stem.rsplit("-", 1)
+        have.setdefault(split, []).append(int(n))
+    gaps = [shard_name(s, i) for s, ns in sorted(have.items()) for i in range(max(ns)) if i not in set(ns)]
+    missing = (f"; missing at least {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''}" if gaps else "")
+    n = sum(map(len, have.values()))
+    return (f"{data}: prepare has not finished ({n} shards written, no manifest.json yet{missing}); run the same "
+            f"`alexnet prepare SRC {data}` again (every --part of it) to finish")
+
+
+def open_shards(data: Path, split: str) -> Split:
+    """The `split` of the prepare output `data`, its shard files checked against manifest.json (stat calls only: a
+    partial copy fails here, before any step, rather than when DALI opens the shard). Raises DataError."""
+    man = load_manifest(data)
+    try:
+        shards = man[split]["shards"]
+        classes = tuple(man["classes"])
+        side = int(man["params"]["shorter_side"])
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{data / MANIFEST}: no '{split}' split or not a prepare manifest") from None
+    tars = tuple(data / s["file"] for s in shards)
+    bad = quick_problems(data, shards)
+    if bad:
+        raise DataError(f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; "
+                        f"run `alexnet verify {data}`")
+    if not tars:
+        raise DataError(f"{data}: the '{split}' split has no images")
+    largest = man[split].get("max_height"), man[split].get("max_width")  # absent in older manifests
+    return Split("shards", classes, sum(s["images"] for s in shards), tuple(map(str, tars)),
+                 tuple(str(index_path(t)) for t in tars), tuple(s["images"] for s in shards), shorter_side=side,
+                 max_hw=tuple(map(int, largest)) if None not in largest else None)

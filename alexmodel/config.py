@@ -1,0 +1,242 @@
+"""What a run is made of: the data, optimisation and run settings, the two recipes, and the rules that turn a
+command line's options into configs (a resume's overrides, the warmup cap, the paper-lr notice), so a Python
+caller of `train()` gets what `alexnet train` gets.
+
+Recipes (`recipe()`):
+    paper   §5: batch 128, SGD momentum 0.9, weight decay 5e-4, lr 0.01 divided by 10 whenever the validation
+            error stops improving, 90 epochs, N(0, 0.01) init with the paper's unit biases; §2/§4.1: random 227
+            crops and ten-crop corners inside the central 256x256 patch, minus the mean image (per pixel), PCA
+            lighting.
+    modern  batch 512 with the lr scaled linearly (0.01 per 128 images, Goyal et al. 2017 §2.1), 5 warmup
+            epochs (ibid. §2.2), cosine decay to 0 (Loshchilov & Hutter 2017), label smoothing 0.1 (Szegedy et
+            al. 2016 §7), Kaiming init (He et al. 2015) on inputs divided by the per-channel std, no PCA lighting
+            noise. Not the paper; it starts learning at once where the paper's init can sit at chance for epochs.
+
+Every bad value raises ConfigError (a ValueError too) with one line naming it and what is allowed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields, replace
+
+from alexdata import host
+from alexdata.errors import ConfigError, TrainError
+from alexmodel import checkpoint, runlog
+from alexmodel.model import ModelConfig
+from pipelines.config import AugmentConfig
+
+RECIPES = ("paper", "modern")
+SCHEDULES = ("plateau", "cosine")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PLACEMENTS = ("single", "two-tower")
+DEVICES = ("auto", *host.DEVICES)
+PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data: str  # a prepare output (or class-folder tree) with a train and a val split
+    stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
+    threads: int | None = None  # DALI CPU threads per rank; None: all cores
+    aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
+    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
+    hw_decoder_load: float = 0.65  # share of JPEGs for the GPU's hardware decoder, DALI's default; speed only
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads={self.threads}: expected an int >= 1 (or None for all cores)")
+        if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
+            raise ConfigError(f"prefetch={self.prefetch!r}: expected an int >= 1 (batches prepared ahead)")
+        if not 0 <= self.hw_decoder_load <= 1:
+            raise ConfigError(f"hw_decoder_load={self.hw_decoder_load}: expected a share in [0, 1]")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    recipe: str = "paper"  # where the defaults came from, see recipe()
+    batch_size: int = 128  # paper §5; images per step over all data-parallel ranks together
+    epochs: int = 90  # paper §5: "roughly 90 cycles through the training set"
+    lr: float = 0.01  # paper §5: initial (peak) learning rate
+    momentum: float = 0.9  # paper §5
+    weight_decay: float = 5e-4  # paper §5, on every weight and bias as in the paper's update rule
+    schedule: str = "plateau"  # paper §5: lr / 10 "when the validation error rate stopped improving"; or "cosine"
+    plateau_factor: float = 0.1  # paper §5: "divided by 10"
+    plateau_patience: int = 5  # epochs without a better val top-1 error; the paper gives no number (3 cuts, ~90 ep.)
+    warmup_epochs: float = 0.0  # cosine only: lr ramps linearly from 0 (Goyal et al. 2017 §2.2)
+    label_smoothing: float = 0.0  # Szegedy et al. 2016 §7; the paper uses none
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"recipe={self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ConfigError(f"batch_size={self.batch_size!r}: expected an int >= 1")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ConfigError(f"epochs={self.epochs!r}: expected an int >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr={self.lr!r}: expected a finite number > 0")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ConfigError(f"momentum={self.momentum}, weight_decay={self.weight_decay}: expected 0 <= momentum "
+                              f"< 1 and weight_decay >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
+            raise ConfigError(f"plateau_factor={self.plateau_factor}, plateau_patience={self.plateau_patience}: "
+                              f"expected 0 < factor < 1 and patience >= 0")
+        if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.schedule != "cosine"):
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs}: expected >= 0, and 0 unless schedule='cosine'")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing={self.label_smoothing}: expected a number in [0, 1)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/alexnet"  # run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt
+    device: str = "auto"  # "gpu" when torch sees CUDA, else "cpu"
+    precision: str = "fp32"  # the paper trained in fp32; "bf16" autocast; "fp16" autocast + GradScaler (GPU)
+    channels_last: bool = False  # NHWC activations: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile the model
+    placement: str = "single"  # "two-tower": tower t on GPU t, as the paper split the net (§3.2)
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: at the end of each epoch only
+    seed: int = 0  # init, dropout and the loader's augmentation draws
+    torch_threads: int | None = None  # CPU intra-op threads; fix it so CPU runs (and resumes) are bit-exact
+    progress: bool = True  # rank 0: a live bar on a terminal, plain lines per logging window otherwise
+    log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
+    tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
+    # Speed only, off as before until `alexnet check` on a GPU says they win (its train stage: tf32, fused_sgd).
+    tf32: bool = False  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
+    fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
+
+    def __post_init__(self):
+        for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS),
+                                     ("placement", self.placement, PLACEMENTS)):
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every}: expected >= 0 steps (0: epoch ends only)")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every={self.log_every}: expected >= 1 optimizer steps")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"torch_threads={self.torch_threads}: expected >= 1 (or None for torch's default)")
+
+
+# What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
+# may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths, the
+# speed-only settings (precision, threads, prefetch, hw_decoder_load, channels_last, compile, tf32, fused_sgd), the
+# number of ranks (a cluster gives what it has: the global batch stays, the per-rank batch changes) and the
+# statistics (a resume uses the checkpoint's unless --stats is given, so re-running `alexnet stats` cannot break
+# it). The class list must match: a checkpoint never continues on, or scores, data whose labels mean other classes.
+COMPAT_KEYS = (["classes", "model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
+                "run.placement"]
+               + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
+
+
+def model_config(**kw) -> ModelConfig:
+    """ModelConfig(**kw), a bad value raised as ConfigError (model.py imports only torch, so it raises ValueError)."""
+    try:
+        return ModelConfig(**kw)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = None, epochs: int | None = None,
+           lr: float | None = None) -> tuple[ModelConfig, AugmentConfig, OptimConfig]:
+    """The model, augmentation and optimisation settings of a recipe (see the module docstring), with overrides.
+
+    "modern" scales its lr linearly with the batch size unless `lr` is given, and divides the inputs by the
+    per-channel std so that Kaiming-initialised layers start at unit scale (the paper's N(0, 0.01) init is
+    matched to mean-subtracted 0-255 pixels instead). "paper" keeps lr 0.01 at any batch size.
+    ModelConfig.num_classes is a placeholder: train() takes the class count from the data."""
+    if name == "paper":
+        # §2: crops (and the ten-crop corners) come from the central 256x256 patch, minus the mean image's window
+        model, optim = model_config(width=width, init="paper"), OptimConfig()
+        aug = AugmentConfig(central_square=True, mean="pixel")
+    elif name == "modern":
+        # No PCA lighting noise: torchvision's and timm's ImageNet recipes use none.
+        model, aug = model_config(width=width, init="modern"), AugmentConfig(divide_std=True, pca_std=0.0)
+        optim = OptimConfig(recipe="modern", batch_size=512, schedule="cosine", warmup_epochs=5.0,
+                            label_smoothing=0.1)
+    else:
+        raise ConfigError(f"recipe={name!r}: expected one of {', '.join(RECIPES)}")
+    bs = optim.batch_size if batch_size is None else batch_size
+    if lr is None:
+        lr = optim.lr * bs / PAPER_LR_BATCH if name == "modern" else optim.lr
+    return model, aug, replace(optim, batch_size=bs, epochs=optim.epochs if epochs is None else epochs, lr=lr)
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> host.default_device(); "gpu" only where torch sees one (TrainError otherwise)."""
+    if device == "auto":
+        return host.default_device()
+    if device == "gpu" and not host.has_gpu():
+        raise TrainError("--device gpu asked for, but torch sees no CUDA GPU (use --device cpu)")
+    if device not in host.DEVICES:
+        raise ConfigError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
+    return device
+
+
+def refuse_on_cpu(device: str, *, precision: str = "fp32", placement: str = "single") -> None:
+    """TrainError for what a resolved device "cpu" cannot do: fp16 (its GradScaler is CUDA's) and the two-tower
+    placement (two GPUs)."""
+    if precision == "fp16" and device != "gpu":
+        raise TrainError("--precision fp16 needs a GPU (its GradScaler is CUDA's); use bf16 or fp32 on the CPU")
+    if placement == "two-tower" and device != "gpu":
+        raise TrainError("--placement two-tower needs two GPUs; use --placement single on the CPU")
+
+
+def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
+    """The configs recorded in a run's config.json (to resume with the options the run started with)."""
+    d = dict(cfg["data"])
+    d["aug"] = AugmentConfig(**d["aug"])
+    return (DataConfig(**d), model_config(**cfg["model"]), OptimConfig(**cfg["optim"]), RunConfig(**cfg["run"]))
+
+
+# The options a command line may give, by the config whose field each names (`width`: the model's).
+_OPTIONS = {"data": {f.name for f in fields(DataConfig)} - {"data", "aug"}, "model": {"width"},
+            "optim": {f.name for f in fields(OptimConfig)}, "run": {f.name for f in fields(RunConfig)} - {"out"}}
+
+
+def configs_from_options(data: str, out: str = RunConfig.out, *, resume: bool | str = False,
+                         **options) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
+    """The configs of `alexnet train DATA --out OUT [options]`. `options` are the ones given, by config field
+    name (recipe, epochs, batch_size, lr, width, threads, precision, ...); the others are the run's own on a
+    resume (its config.json), the recipe's and the configs' defaults on a fresh run. A resume keeps the
+    checkpoint's statistics unless `stats` is given. resume "auto": a resume when OUT holds a run."""
+    unknown = sorted(set(options) - set().union(*_OPTIONS.values()))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or "
+                          f"RunConfig, or width")
+    given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
+    if resume == "auto":
+        resume = checkpoint.holds_run(out)
+    if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
+        data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
+        return (replace(data_cfg, data=data, **{"stats": None, **given["data"]}),
+                model_config(**{**asdict(model), **given["model"]}), replace(optim, **given["optim"]),
+                replace(run, out=out, **given["run"]))
+    first = {k: given["optim"].pop(k) for k in ("recipe", "batch_size", "epochs", "lr") if k in given["optim"]}
+    model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **first)
+    return (DataConfig(data, aug=aug, **given["data"]), model, replace(optim, **given["optim"]),
+            RunConfig(out=out, **given["run"]))
+
+
+def start_rules(optim: OptimConfig, resumed: dict | None = None, *, say: bool = True) -> OptimConfig:
+    """The optimisation settings a run starts with, after the rules of a run's start: a warmup longer than half
+    the run is capped to half (it would never reach the peak lr), and a fresh run with the paper recipe at
+    another batch than 128 says the lr the linear rule would give. say: print the notices (rank 0).
+
+    resumed: the checkpoint's optim settings on a resume. The cap then takes the epochs the checkpoint's run was
+    set to, so a resume asking the warmup the run was started with gets what the cap made of it then."""
+    epochs = optim.epochs if resumed is None else resumed["epochs"]
+    if resumed is None and say and optim.recipe == "paper" and optim.batch_size != PAPER_LR_BATCH \
+            and optim.lr == OptimConfig.lr:
+        print(f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr is for "
+              f"{PAPER_LR_BATCH}); the linear rule would give --lr {optim.lr * optim.batch_size / PAPER_LR_BATCH:g}",
+              file=sys.stderr)
+    if optim.warmup_epochs > epochs / 2:
+        if resumed is None and say:
+            print(f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the {epochs} "
+                  f"epochs", file=sys.stderr)
+        optim = replace(optim, warmup_epochs=epochs / 2)
+    return optim
