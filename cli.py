@@ -4,6 +4,7 @@ imports (DALI, torch) happen inside the command that needs them so `alexnet --he
 A user's mistake (a UserError: bad options, data, files or state; or the system refusing a file, an OSError) is
 caught once, in `_Commands.invoke`, and printed as one line `Error: ...` with exit status 1. Anything else is a
 bug and keeps its traceback."""
+
 from __future__ import annotations
 
 import sys
@@ -39,39 +40,64 @@ def main() -> None:
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--classes", type=POS_INT, default=10, show_default=True, help="Number of classes.")
 @click.option("--train-per-class", type=POS_INT, default=100, show_default=True, help="Training images per class.")
-@click.option("--val-per-class", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Validation images per class.")
+@click.option(
+    "--val-per-class", type=click.IntRange(min=0), default=10, show_default=True, help="Validation images per class."
+)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--oddities/--no-oddities", default=True, show_default=True,
-              help="Plant ImageNet's bad files: CMYK, grayscale, PNG-as-JPEG, truncated, empty.")
-@click.option("--layout", type=click.Choice(["tree", "archives", "kaggle", "hf"]), default="tree", show_default=True,
-              help="tree: extracted train/ and val/ with the Kaggle CSV; archives: image-net.org's "
-                   "ILSVRC2012_img_{train,val}.tar with the devkit; kaggle: the Kaggle download (ILSVRC/Data/CLS-LOC); "
-                   "hf: the Hugging Face repository (data/*.tar.gz).")
+@click.option(
+    "--oddities/--no-oddities",
+    default=True,
+    show_default=True,
+    help="Plant ImageNet's bad files: CMYK, grayscale, PNG-as-JPEG, truncated, empty.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["tree", "archives", "kaggle", "hf"]),
+    default="tree",
+    show_default=True,
+    help="tree: extracted train/ and val/ with the Kaggle CSV; archives: image-net.org's "
+    "ILSVRC2012_img_{train,val}.tar with the devkit; kaggle: the Kaggle download (ILSVRC/Data/CLS-LOC); "
+    "hf: the Hugging Face repository (data/*.tar.gz).",
+)
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
 def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers):
     """Generate a mini-ImageNet in the original layout under OUT."""
     from alexdata.synth import SynthConfig, make_synth
 
     d = make_synth(out, SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout), workers=workers)
-    click.echo(f"synth: {d['train_images']} train + {d['val_images']} val images of {len(d['classes'])} classes "
-               f"({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}")
+    click.echo(
+        f"synth: {d['train_images']} train + {d['val_images']} val images of {len(d['classes'])} classes "
+        f"({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}"
+    )
 
 
 @main.command()
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
-              help="JPEG quality of the re-encoded images.")
+@click.option(
+    "--quality",
+    type=click.IntRange(1, 100),
+    default=90,
+    show_default=True,
+    help="JPEG quality of the re-encoded images.",
+)
 @click.option("--shorter-side", default=256, show_default=True, help="Resize so the shorter side is this long.")
 @click.option("--shard-size", type=POS_INT, default=1024, show_default=True, help="Images per shard.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the training samples' order across shards.")
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
-@click.option("--part", default=None, metavar="I/N",
-              help="Write only part I of N (0-based): N machines write disjoint shards into one OUT.")
-@click.option("--val-labels", type=click.Path(), default=None,
-              help="Val labels, overriding discovery: a Kaggle LOC_val_solution.csv, the devkit (.tar.gz or its "
-                   "folder), or plain '<stem> <wnid>' lines.")
+@click.option(
+    "--part",
+    default=None,
+    metavar="I/N",
+    help="Write only part I of N (0-based): N machines write disjoint shards into one OUT.",
+)
+@click.option(
+    "--val-labels",
+    type=click.Path(),
+    default=None,
+    help="Val labels, overriding discovery: a Kaggle LOC_val_solution.csv, the devkit (.tar.gz or its "
+    "folder), or plain '<stem> <wnid>' lines.",
+)
 def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part, val_labels):
     """Resize raw ImageNet at SRC into webdataset shards at OUT.
 
@@ -80,14 +106,21 @@ def prepare(src, out, quality, shorter_side, shard_size, seed, workers, part, va
     in place). Val labels: --val-labels, else LOC_val_solution.csv (Kaggle), the devkit
     ILSVRC2012_devkit_t12.tar.gz (or extracted), or val class folders. Unlabelled test images are left out.
     Resumable: run the same command again after an interruption and only missing shards are written."""
-    from alexdata.prepare import PrepareConfig, prepare as run
+    from alexdata.prepare import PrepareConfig
+    from alexdata.prepare import prepare as run
 
     try:
-        run(src, out, PrepareConfig(shorter_side, quality, shard_size, seed), workers=workers, part=part,
-            log=click.echo, val_labels=val_labels)
+        run(
+            src,
+            out,
+            PrepareConfig(shorter_side, quality, shard_size, seed),
+            workers=workers,
+            part=part,
+            log=click.echo,
+            val_labels=val_labels,
+        )
     except KeyboardInterrupt:
-        click.echo("\nprepare: interrupted; run the same command again to resume (finished shards are kept)",
-                   err=True)
+        click.echo("\nprepare: interrupted; run the same command again to resume (finished shards are kept)", err=True)
         sys.exit(130)
 
 
@@ -110,8 +143,11 @@ def verify(data, quick, workers):
     if r["note"]:
         click.echo(f"verify: {r['note']}", err=True)
     dt = time.perf_counter() - t0
-    what = (f"sizes of {r['files']} files" if quick or not r["hashed"]
-            else f"sha256 of {r['files']} files ({r['bytes'] / 1e9:.2f} GB, {r['bytes'] / 1e6 / dt:.0f} MB/s)")
+    what = (
+        f"sizes of {r['files']} files"
+        if quick or not r["hashed"]
+        else f"sha256 of {r['files']} files ({r['bytes'] / 1e9:.2f} GB, {r['bytes'] / 1e6 / dt:.0f} MB/s)"
+    )
     click.echo(f"verify: {len(r['problems'])} bad files; checked {what} in {dt:.1f} s")
     sys.exit(1 if r["problems"] else 0)
 
@@ -126,8 +162,7 @@ def _unit(key: str) -> str:
     k = key.lower()
     if k.endswith(("_frac", "_pct")) or k == "ratio_pct":
         return "%"
-    if k in ("decode_only", "pipeline", "baseline", "default_img_s") or k.endswith(("per_s", "img_s",
-                                                                                  "per_core")):
+    if k in ("decode_only", "pipeline", "baseline", "default_img_s") or k.endswith(("per_s", "img_s", "per_core")):
         return "img/s"
     if k.endswith("_kb"):
         return "KB"
@@ -178,10 +213,12 @@ def _report(result: dict, as_json: bool) -> None:
 
 @bench.command("prepare")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.option("--images", type=POS_INT, default=300, show_default=True,
-              help="Training images to time (held in memory).")
-@click.option("--rounds", type=POS_INT, default=3, show_default=True,
-              help="Alternating rounds; the median is reported.")
+@click.option(
+    "--images", type=POS_INT, default=300, show_default=True, help="Training images to time (held in memory)."
+)
+@click.option(
+    "--rounds", type=POS_INT, default=3, show_default=True, help="Alternating rounds; the median is reported."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_prepare(src, images, rounds, as_json):
     """Per-core images/s of prepare's resize (DCT-domain draft) vs a plain PIL loop on SRC's images."""
@@ -192,37 +229,62 @@ def bench_prepare(src, images, rounds, as_json):
 
 @bench.command("loader")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="Default: gpu when torch sees one, else cpu.")
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: gpu when torch sees one, else cpu."
+)
 @click.option("--batch-size", type=POS_INT, default=128, show_default=True)
-@click.option("--seconds", type=POS_FLOAT, default=10.0, show_default=True,
-              help="Timed seconds per contender and round.")
+@click.option(
+    "--seconds", type=POS_FLOAT, default=10.0, show_default=True, help="Timed seconds per contender and round."
+)
 @click.option("--rounds", type=POS_INT, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads = DataLoader workers (default: all cores).")
 @click.option("--prefetch", type=int, default=2, show_default=True, help="Batches DALI prepares ahead.")
-@click.option("--hw-decoder-load", type=float, default=0.65, show_default=True,
-              help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] (gpu only).")
+@click.option(
+    "--hw-decoder-load",
+    type=float,
+    default=0.65,
+    show_default=True,
+    help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] (gpu only).",
+)
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_loader(data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, stats, rounds, as_json):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
 
-    _report(run(data, device, batch_size, seconds, threads, stats, rounds, prefetch=prefetch,
-                hw_decoder_load=hw_decoder_load), as_json)
+    _report(
+        run(
+            data,
+            device,
+            batch_size,
+            seconds,
+            threads,
+            stats,
+            rounds,
+            prefetch=prefetch,
+            hw_decoder_load=hw_decoder_load,
+        ),
+        as_json,
+    )
 
 
 @main.command()
 @click.argument("data", type=click.Path())
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Output file [default: DATA/stats.json].")
-@click.option("--max-images", type=POS_INT, default=None,
-              help="Sum a seeded uniform sample of N training images [default: all].")
+@click.option(
+    "--max-images", type=POS_INT, default=None, help="Sum a seeded uniform sample of N training images [default: all]."
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the --max-images sample.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="Decode and sum on [default: gpu if torch sees CUDA, else cpu].")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    default=None,
+    help="Decode and sum on [default: gpu if torch sees CUDA, else cpu].",
+)
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
-@click.option("--threads", type=POS_INT, default=None,
-              help="DALI threads, and summing threads on cpu [default: all cores].")
+@click.option(
+    "--threads", type=POS_INT, default=None, help="DALI threads, and summing threads on cpu [default: all cores]."
+)
 @click.option("--force", is_flag=True, help="Replace an existing stats file that holds other statistics.")
 def stats(data, out, max_images, seed, device, batch_size, threads, force):
     """RGB mean, std and covariance eigenvectors of DATA's training images (0-255 scale) -> DATA/stats.json, and
@@ -235,8 +297,15 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
     from alexdata import host
     from alexdata.stats import compute_stats, same_stats, summary, write_stats
 
-    rec = compute_stats(data, max_images=max_images, seed=seed, device=device or host.default_device(),
-                        batch_size=batch_size, threads=threads, progress=True)
+    rec = compute_stats(
+        data,
+        max_images=max_images,
+        seed=seed,
+        device=device or host.default_device(),
+        batch_size=batch_size,
+        threads=threads,
+        progress=True,
+    )
     path = Path(out or Path(data) / "stats.json")
     kept = None
     if path.is_file() and not force and not same_stats(path, rec):
@@ -245,20 +314,25 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
     path = write_stats(rec, path)
     click.echo(summary(rec, path))
     if kept:
-        click.echo(f"stats: {kept} holds other statistics and was kept; wrote {path} instead (--force replaces "
-                   f"{kept})", err=True)
+        click.echo(
+            f"stats: {kept} holds other statistics and was kept; wrote {path} instead (--force replaces {kept})",
+            err=True,
+        )
 
 
 @bench.command("stats")
 @click.argument("data", type=click.Path())
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
-@click.option("--threads", type=POS_INT, default=None,
-              help="DALI threads, and summing threads on cpu [default: all cores].")
+@click.option(
+    "--threads", type=POS_INT, default=None, help="DALI threads, and summing threads on cpu [default: all cores]."
+)
 @click.option("--max-images", type=POS_INT, default=None, help="Time a seeded sample of N images [default: all].")
-@click.option("--rounds", type=POS_INT, default=3, show_default=True,
-              help="Alternating rounds; the median is reported.")
+@click.option(
+    "--rounds", type=POS_INT, default=3, show_default=True, help="Alternating rounds; the median is reported."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
     """Images/s of DALI decode alone vs the stats pass (same reader, decoder, images and threads), and the ratio."""
@@ -269,6 +343,7 @@ def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
 
 class _ResumeValue(click.ParamType):
     """`--resume` alone, or `--resume auto`: a value that is neither is most likely DATA written after it."""
+
     name = "[auto]"
 
     def convert(self, value, param, ctx):
@@ -279,59 +354,133 @@ class _ResumeValue(click.ParamType):
 
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--out", type=click.Path(file_okay=False), default="runs/alexnet", show_default=True,
-              help="Run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt.")
-@click.option("--resume", type=_ResumeValue(), is_flag=False, flag_value="yes", default=None,
-              help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's. "
-                   "`--resume auto`: continue when --out holds a checkpoint, else start (for requeued jobs).")
-@click.option("--recipe", type=click.Choice(["paper", "modern"]), default="paper", show_default=True,
-              help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, "
-                   "Kaiming init.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="runs/alexnet",
+    show_default=True,
+    help="Run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt.",
+)
+@click.option(
+    "--resume",
+    type=_ResumeValue(),
+    is_flag=False,
+    flag_value="yes",
+    default=None,
+    help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's. "
+    "`--resume auto`: continue when --out holds a checkpoint, else start (for requeued jobs).",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(["paper", "modern"]),
+    default="paper",
+    show_default=True,
+    help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, Kaiming init.",
+)
 @click.option("--epochs", type=POS_INT, default=None, help="[default: 90, paper §5]")
-@click.option("--batch-size", type=POS_INT, default=None,
-              help="The GLOBAL batch: images per step over all ranks together (each of N ranks takes 1/N) "
-                   "[default: paper 128; modern 512].")
-@click.option("--lr", type=float, default=None,
-              help="Initial/peak learning rate [default: paper 0.01 at any batch size; modern 0.01 per 128 images of "
-                   "the batch]. On --resume: a new initial lr, the plateau cuts made so far kept.")
+@click.option(
+    "--batch-size",
+    type=POS_INT,
+    default=None,
+    help="The GLOBAL batch: images per step over all ranks together (each of N ranks takes 1/N) "
+    "[default: paper 128; modern 512].",
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=None,
+    help="Initial/peak learning rate [default: paper 0.01 at any batch size; modern 0.01 per 128 images of "
+    "the batch]. On --resume: a new initial lr, the plateau cuts made so far kept.",
+)
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.9, §5]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 5e-4, §5]")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="[default: paper 0; modern 0.1]")
-@click.option("--warmup-epochs", type=click.FloatRange(min=0), default=None,
-              help="Linear lr warmup (modern recipe; at most half the run) [default: 5].")
-@click.option("--width", type=float, default=1.0, show_default=True,
-              help="Channel multiplier; 1.0 is the paper's net, 0.125 makes a CPU-sized one.")
+@click.option(
+    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: paper 0; modern 0.1]"
+)
+@click.option(
+    "--warmup-epochs",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Linear lr warmup (modern recipe; at most half the run) [default: 5].",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Channel multiplier; 1.0 is the paper's net, 0.125 makes a CPU-sized one.",
+)
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="[default: DATA/stats.json]")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="[default: gpu if torch sees CUDA, else cpu]")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="fp16 uses a GradScaler (GPU only).")
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16 uses a GradScaler (GPU only).",
+)
 @click.option("--channels-last", is_flag=True, help="NHWC activations (faster convolutions on tensor cores).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--placement", type=click.Choice(["single", "two-tower"]), default="single", show_default=True,
-              help="two-tower: the paper's split of the net over two GPUs (§3.2).")
-@click.option("--threads", type=POS_INT, default=None,
-              help="DALI threads per rank [default: this process's cores divided among the node's ranks].")
+@click.option(
+    "--placement",
+    type=click.Choice(["single", "two-tower"]),
+    default="single",
+    show_default=True,
+    help="two-tower: the paper's split of the net over two GPUs (§3.2).",
+)
+@click.option(
+    "--threads",
+    type=POS_INT,
+    default=None,
+    help="DALI threads per rank [default: this process's cores divided among the node's ranks].",
+)
 @click.option("--prefetch", type=int, default=None, help="Batches DALI prepares ahead [default: 2].")
-@click.option("--hw-decoder-load", type=float, default=None,
-              help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] [default: 0.65, DALI's].")
-@click.option("--tf32/--no-tf32", default=False, show_default=True,
-              help="fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way.")
+@click.option(
+    "--hw-decoder-load",
+    type=float,
+    default=None,
+    help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] [default: 0.65, DALI's].",
+)
+@click.option(
+    "--tf32/--no-tf32",
+    default=False,
+    show_default=True,
+    help="fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way.",
+)
 @click.option("--fused-sgd", is_flag=True, help="SGD's update of all parameters in one kernel (fused=True).")
-@click.option("--torch-threads", type=POS_INT, default=None,
-              help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].")
-@click.option("--checkpoint-every", type=int, default=0, show_default=True,
-              help="Also checkpoint every N optimizer steps (0: at epoch ends only).")
+@click.option(
+    "--torch-threads",
+    type=POS_INT,
+    default=None,
+    help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].",
+)
+@click.option(
+    "--checkpoint-every",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Also checkpoint every N optimizer steps (0: at epoch ends only).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="A live bar on a terminal, a plain line per logging window otherwise (Slurm, nohup). "
-                   "--no-progress keeps only the epoch lines.")
-@click.option("--log-every", type=POS_INT, default=100, show_default=True,
-              help="Optimizer steps per logging window: a line in OUT/steps.jsonl, the NaN check, the one wait for "
-                   "the GPU.")
-@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard "
-                                                  "(pip install tensorboard).")
+@click.option(
+    "--progress/--no-progress",
+    default=True,
+    show_default=True,
+    help="A live bar on a terminal, a plain line per logging window otherwise (Slurm, nohup). "
+    "--no-progress keeps only the epoch lines.",
+)
+@click.option(
+    "--log-every",
+    type=POS_INT,
+    default=100,
+    show_default=True,
+    help="Optimizer steps per logging window: a line in OUT/steps.jsonl, the NaN check, the one wait for the GPU.",
+)
+@click.option(
+    "--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard (pip install tensorboard)."
+)
 @click.pass_context
 def train(ctx, data, out, resume, **options):
     """Train AlexNet on DATA; data parallel under torchrun.
@@ -348,8 +497,11 @@ def train(ctx, data, out, resume, **options):
 
     # The options given on this command line, by config field name (--compile arrives as compile_); a resume
     # keeps the run's own value of every other one.
-    given = {name.rstrip("_"): value for name, value in options.items()
-             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    given = {
+        name.rstrip("_"): value
+        for name, value in options.items()
+        if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+    }
     try:
         result = train_from_options(data, out, resume={"yes": True, "auto": "auto", None: False}[resume], **given)
     except TrainStopped as e:
@@ -361,26 +513,40 @@ def train(ctx, data, out, resume, **options):
         sys.exit(130)
     if result["rank"] == 0:
         h = result["history"]
-        last = (f"epoch {h[-1]['epoch']}: val top-1 {100 * h[-1]['val_top1']:.1f}%, top-5 "
-                f"{100 * h[-1]['val_top5']:.1f}%; " if h else "")
-        click.echo(f"train: {last}metrics {out}/{runlog.METRICS}, plot {out}/{runlog.PLOT}, "
-                   f"checkpoint {result['checkpoint']}")
+        last = (
+            f"epoch {h[-1]['epoch']}: val top-1 {100 * h[-1]['val_top1']:.1f}%, top-5 {100 * h[-1]['val_top5']:.1f}%; "
+            if h
+            else ""
+        )
+        click.echo(
+            f"train: {last}metrics {out}/{runlog.METRICS}, plot {out}/{runlog.PLOT}, checkpoint {result['checkpoint']}"
+        )
 
 
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(),
-              help="A checkpoint.pt of `alexnet train`, or its run directory.")
-@click.option("--ten-crop", is_flag=True,
-              help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).")
+@click.option(
+    "--checkpoint", required=True, type=click.Path(), help="A checkpoint.pt of `alexnet train`, or its run directory."
+)
+@click.option(
+    "--ten-crop",
+    is_flag=True,
+    help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="[default: gpu if torch sees CUDA, else cpu]")
-@click.option("--batch-size", type=POS_INT, default=128, show_default=True,
-              help="Images per batch (ten-crop: 10 views each).")
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
+@click.option(
+    "--batch-size", type=POS_INT, default=128, show_default=True, help="Images per batch (ten-crop: 10 views each)."
+)
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
-@click.option("--stats", type=click.Path(dir_okay=False), default=None,
-              help="[default: the statistics the run trained with, kept in the checkpoint]")
+@click.option(
+    "--stats",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="[default: the statistics the run trained with, kept in the checkpoint]",
+)
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, stats, precision):
     """Top-1/top-5 of a checkpoint on DATA's val split (centre crop, or --ten-crop)."""
@@ -388,13 +554,23 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
 
     from alexmodel.evaluate import evaluate_checkpoint
 
-    r = evaluate_checkpoint(data, checkpoint, ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
-                            threads=threads, stats=stats, precision=precision)
+    r = evaluate_checkpoint(
+        data,
+        checkpoint,
+        ten_crop=ten_crop,
+        device=device or "auto",
+        batch_size=batch_size,
+        threads=threads,
+        stats=stats,
+        precision=precision,
+    )
     if as_json:
         click.echo(json.dumps(r))
     else:
-        click.echo(f"evaluate: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  on {r['images']} val "
-                   f"images ({'ten-crop' if ten_crop else 'centre crop'}; {checkpoint}, epoch {r['epoch']})")
+        click.echo(
+            f"evaluate: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  on {r['images']} val "
+            f"images ({'ten-crop' if ten_crop else 'centre crop'}; {checkpoint}, epoch {r['epoch']})"
+        )
 
 
 @main.command()
@@ -403,8 +579,9 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the ten views, as evaluate does.")
 @click.option("--top", type=POS_INT, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
 def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, threads):
@@ -415,8 +592,15 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
 
     from alexmodel.predict import predict as run
 
-    results = run(checkpoint, list(images), ten_crop=ten_crop, device=device or "auto", batch_size=batch_size,
-                  threads=threads, top=top)
+    results = run(
+        checkpoint,
+        list(images),
+        ten_crop=ten_crop,
+        device=device or "auto",
+        batch_size=batch_size,
+        threads=threads,
+        top=top,
+    )
     for r in results:
         if as_json:
             click.echo(json.dumps({"image": r["image"], "top": [{"class": c, "probability": p} for c, p in r["top"]]}))
@@ -425,19 +609,27 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), default="demo", show_default=True,
-              help="Directory for raw/, data/ and run/; finished stages are reused.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-              help="[default: gpu if torch sees CUDA, else cpu]")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="demo",
+    show_default=True,
+    help="Directory for raw/, data/ and run/; finished stages are reused.",
+)
+@click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
 def demo(out, device):
     """synth -> prepare -> stats -> train -> evaluate on a generated 10-class mini-ImageNet (minutes on a CPU)."""
     from alexmodel.tools.demo import run_demo
 
     r = run_demo(out, device=device or "auto", log=click.echo)
-    click.echo(f"demo: val top-1 {100 * r['val_top1']:.1f}% (ten-crop {100 * r['ten_crop_top1']:.1f}%), top-5 "
-               f"{100 * r['val_top5']:.1f}% on {r['val_images']} images; {r['total_s'] / 60:.1f} min on {r['device']} "
-               f"(synth {r['synth_s']:.0f} s, prepare {r['prepare_s']:.0f} s, stats {r['stats_s']:.0f} s, "
-               f"train {r['train_s']:.0f} s, evaluate {r['evaluate_s']:.0f} s)")
+    click.echo(
+        f"demo: val top-1 {100 * r['val_top1']:.1f}% (ten-crop {100 * r['ten_crop_top1']:.1f}%), top-5 "
+        f"{100 * r['val_top5']:.1f}% on {r['val_images']} images; {r['total_s'] / 60:.1f} min on {r['device']} "
+        f"(synth {r['synth_s']:.0f} s, prepare {r['prepare_s']:.0f} s, stats {r['stats_s']:.0f} s, "
+        f"train {r['train_s']:.0f} s, evaluate {r['evaluate_s']:.0f} s)"
+    )
     click.echo(f"demo: metrics {r['metrics']}")
     click.echo(f"demo: plot    {r['plot']}")
 
@@ -445,12 +637,18 @@ def demo(out, device):
 @bench.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if available]")
-@click.option("--steps", type=POS_INT, default=20, show_default=True,
-              help="Timed optimizer steps per variant (after warm-up).")
+@click.option(
+    "--steps", type=POS_INT, default=20, show_default=True, help="Timed optimizer steps per variant (after warm-up)."
+)
 @click.option("--batch-size", type=POS_INT, default=128, show_default=True)
 @click.option("--width", default=1.0, show_default=True, help="Model width (1.0 = the paper's net).")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16", "fp16"]),
-              help="Precisions to sweep [default: fp32 and bf16].")
+@click.option(
+    "--precision",
+    "precisions",
+    multiple=True,
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    help="Precisions to sweep [default: fp32 and bf16].",
+)
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads for the end-to-end run.")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--no-sweep", is_flag=True, help="Only the bf16 channels_last single-device variant.")
@@ -460,24 +658,64 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
     the placement / precision / channels_last sweep. Without DATA only the synthetic figures."""
     from alexmodel.tools.bench import bench_train as run
 
-    _report(run(data, device or "auto", steps, batch_size, width, tuple(precisions) or ("fp32", "bf16"), threads,
-                stats, sweep=not no_sweep), as_json)
+    _report(
+        run(
+            data,
+            device or "auto",
+            steps,
+            batch_size,
+            width,
+            tuple(precisions) or ("fp32", "bf16"),
+            threads,
+            stats,
+            sweep=not no_sweep,
+        ),
+        as_json,
+    )
 
 
 @main.command()
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
-              help="auto: gpu when torch sees CUDA, else cpu.")
-@click.option("--size", type=click.Choice(["tiny", "full"]), default="tiny", show_default=True,
-              help="tiny: a few hundred images, minutes on a laptop; full: ~20k ImageNet-sized images, for a GPU box.")
-@click.option("--budget-s", type=POS_FLOAT, default=420.0, show_default=True,
-              help="Seconds for all stages together; each stage is time-boxed to its share of what is left.")
-@click.option("--out", type=click.Path(file_okay=False), default="check", show_default=True,
-              help="Where check.json and check.md go (rewritten after every stage).")
-@click.option("--work", type=click.Path(file_okay=False), default=None,
-              help="Where the generated data goes, and is reused by a later check [default: a temporary folder, "
-                   "removed at the end].")
-@click.option("--stages", default=",".join(("data", "tests", "loader", "stats", "train", "paper_init")),
-              show_default=True, help="Comma-separated stages to run; the others are recorded as skipped.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    default="auto",
+    show_default=True,
+    help="auto: gpu when torch sees CUDA, else cpu.",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["tiny", "full"]),
+    default="tiny",
+    show_default=True,
+    help="tiny: a few hundred images, minutes on a laptop; full: ~20k ImageNet-sized images, for a GPU box.",
+)
+@click.option(
+    "--budget-s",
+    type=POS_FLOAT,
+    default=420.0,
+    show_default=True,
+    help="Seconds for all stages together; each stage is time-boxed to its share of what is left.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default="check",
+    show_default=True,
+    help="Where check.json and check.md go (rewritten after every stage).",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the generated data goes, and is reused by a later check [default: a temporary folder, "
+    "removed at the end].",
+)
+@click.option(
+    "--stages",
+    default=",".join(("data", "tests", "loader", "stats", "train", "paper_init")),
+    show_default=True,
+    help="Comma-separated stages to run; the others are recorded as skipped.",
+)
 def check(device, size, budget_s, out, work, stages):
     """Does everything work here, and how fast? data, tests, loader, stats, train and paper_init stages.
 
@@ -492,8 +730,15 @@ def check(device, size, budget_s, out, work, stages):
 
     signal.signal(signal.SIGTERM, interrupted)
     try:
-        report = run_check(out, device=device, size=size, budget_s=budget_s, work=work,
-                           stages=tuple(s.strip() for s in stages.split(",") if s.strip()), log=click.echo)
+        report = run_check(
+            out,
+            device=device,
+            size=size,
+            budget_s=budget_s,
+            work=work,
+            stages=tuple(s.strip() for s in stages.split(",") if s.strip()),
+            log=click.echo,
+        )
     except KeyboardInterrupt:
         click.echo(f"\ncheck: interrupted; what was measured is in {out}/check.json", err=True)
         sys.exit(130)

@@ -1,6 +1,7 @@
 """Benchmarks of the data stages (`alexnet bench prepare|stats|loader`). They report ratios measured side by side
 in one run, on the same files and machine: shared machines are noisy, ratios much less so. Figures go to
 docs/BENCHMARKS.md with their command, machine and date."""
+
 from __future__ import annotations
 
 import io
@@ -12,7 +13,7 @@ from PIL import Image
 
 from alexdata import host
 from alexdata.errors import ConfigError
-from alexdata.host import machine, synchronizer as device_sync  # noqa: F401  (callers import them from here)
+from alexdata.host import machine  # noqa: F401  (callers import them from here)
 
 
 def plain_pil(data: bytes, shorter_side: int = 256, quality: int = 90) -> bytes:
@@ -56,8 +57,14 @@ def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -
         ours.append(_rate(lambda b: resize_to_jpeg(b, SHORTER_SIDE, 90), blobs))
         base.append(_rate(plain_pil, blobs))
     o, p = float(np.median(ours)), float(np.median(base))
-    return {"images": len(blobs), "mean_input_kb": sum(map(len, blobs)) / len(blobs) / 1e3,
-            "prepare_per_core": o, "plain_pil_per_core": p, "speedup": o / p, "machine": host.machine()}
+    return {
+        "images": len(blobs),
+        "mean_input_kb": sum(map(len, blobs)) / len(blobs) / 1e3,
+        "prepare_per_core": o,
+        "plain_pil_per_core": p,
+        "speedup": o / p,
+        "machine": host.machine(),
+    }
 
 
 # ---------------------------------------------------------------- the loader
@@ -148,8 +155,14 @@ def decode_only_pipeline(split, device: str, batch_size: int, threads: int, pref
     from alexdata.loader import run_spec
     from pipelines.stats import build_decode_pipeline
 
-    spec = run_spec(batch_size=batch_size, threads=threads, device=device, device_id=host.dali_device_id(device),
-                    prefetch=prefetch, **decoder)
+    spec = run_spec(
+        batch_size=batch_size,
+        threads=threads,
+        device=device,
+        device_id=host.dali_device_id(device),
+        prefetch=prefetch,
+        **decoder,
+    )
     return build_decode_pipeline(split, spec)
 
 
@@ -175,8 +188,9 @@ def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int
     split = opened if opened is not None else open_split(data, "train")
     res = {}
     for name, load in (("load0", 0.0), ("load1", 1.0)):
-        batches = pipe_batches(decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load),
-                               host.synchronizer("gpu"))
+        batches = pipe_batches(
+            decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load), host.synchronizer("gpu")
+        )
         for _ in range(3):  # warm-up: buffers, the decoder's own start
             next(batches)
         n, t0, c0 = 0, time.perf_counter(), time.process_time()
@@ -188,18 +202,30 @@ def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int
         gc.collect()  # the pipeline's device buffers go before the next one is built
     speed, cpu = res["load1"] / res["load0"], res["load1_cpu_us_per_img"] / res["load0_cpu_us_per_img"]
     res["used"] = speed > 1.1 or cpu < 0.7  # beyond the ~5 % a shared machine moves between two runs
-    res["why"] = (f"at hw_decoder_load 1: {speed:.2f}x the images/s and {cpu:.2f}x the CPU time per image of load 0"
-                  + (": the hardware decoder took the work" if res["used"] else
-                     ": no sign of the hardware decoder (DALI falls back to CUDA silently: no NVJPG here?)"))
+    res["why"] = f"at hw_decoder_load 1: {speed:.2f}x the images/s and {cpu:.2f}x the CPU time per image of load 0" + (
+        ": the hardware decoder took the work"
+        if res["used"]
+        else ": no sign of the hardware decoder (DALI falls back to CUDA silently: no NVJPG here?)"
+    )
     return res
 
 
 CONTENDERS = ("decode_only", "pipeline", "baseline")
 
 
-def bench_loader(data: str, device: str | None = None, batch_size: int = 128, seconds: float = 10.0,
-                 threads: int | None = None, stats=None, rounds: int = 3, *, prefetch: int = 2,
-                 hw_decoder_load: float = 0.65, contenders: tuple[str, ...] = CONTENDERS) -> dict:
+def bench_loader(
+    data: str,
+    device: str | None = None,
+    batch_size: int = 128,
+    seconds: float = 10.0,
+    threads: int | None = None,
+    stats=None,
+    rounds: int = 3,
+    *,
+    prefetch: int = 2,
+    hw_decoder_load: float = 0.65,
+    contenders: tuple[str, ...] = CONTENDERS,
+) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
     Each is timed `seconds` per round over interleaved `rounds`; the medians are reported. prefetch and
@@ -221,19 +247,47 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
 
     def baseline():
         ds = PilAugmentDataset(split, st, AugmentConfig())
-        dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=threads,
-                                         persistent_workers=True, pin_memory=device == "gpu")
+        dl = torch.utils.data.DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=threads,
+            persistent_workers=True,
+            pin_memory=device == "gpu",
+        )
         return endless(dl, sync, to_gpu=device == "gpu")
 
-    res = {"data": str(data), "kind": split.kind, "images": split.images, "device": device,
-           "batch_size": batch_size, "threads": threads, "prefetch": prefetch, "hw_decoder_load": hw_decoder_load,
-           "seconds": seconds, "rounds": rounds}
-    make = {"pipeline": lambda: endless(Loader(data, stats=st, batch_size=batch_size, device=device, threads=threads,
-                                               prefetch=prefetch, hw_decoder_load=hw_decoder_load, opened=split),
-                                        sync),
-            "decode_only": lambda: pipe_batches(decode_only_pipeline(split, device, batch_size, threads, prefetch,
-                                                                     hw_decoder_load=hw_decoder_load), sync),
-            "baseline": baseline}
+    res = {
+        "data": str(data),
+        "kind": split.kind,
+        "images": split.images,
+        "device": device,
+        "batch_size": batch_size,
+        "threads": threads,
+        "prefetch": prefetch,
+        "hw_decoder_load": hw_decoder_load,
+        "seconds": seconds,
+        "rounds": rounds,
+    }
+    make = {
+        "pipeline": lambda: endless(
+            Loader(
+                data,
+                stats=st,
+                batch_size=batch_size,
+                device=device,
+                threads=threads,
+                prefetch=prefetch,
+                hw_decoder_load=hw_decoder_load,
+                opened=split,
+            ),
+            sync,
+        ),
+        "decode_only": lambda: pipe_batches(
+            decode_only_pipeline(split, device, batch_size, threads, prefetch, hw_decoder_load=hw_decoder_load), sync
+        ),
+        "baseline": baseline,
+    }
     made = {k: make[k]() for k in make if k in contenders}  # the Loader first: it checks prefetch and the load
     # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
     # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that
@@ -255,8 +309,14 @@ def bench_loader(data: str, device: str | None = None, batch_size: int = 128, se
     return res
 
 
-def bench_stats(data: str, device: str | None = None, batch_size: int = 64, threads: int | None = None,
-                max_images: int | None = None, rounds: int = 3) -> dict:
+def bench_stats(
+    data: str,
+    device: str | None = None,
+    batch_size: int = 64,
+    threads: int | None = None,
+    max_images: int | None = None,
+    rounds: int = 3,
+) -> dict:
     """images/s of the stats pass vs DALI decode alone (same reader, decoder, images, batch size and threads; the
     decoded images discarded), alternating rounds, medians; and process CPU time per image, steadier than wall
     time on a shared machine. Pipeline construction is left out of both timings."""
@@ -278,7 +338,18 @@ def bench_stats(data: str, device: str | None = None, batch_size: int = 64, thre
             del p
     (dec_s, dec_cpu), (st_s, st_cpu) = ([float(np.median([r[i] for r in runs[k]])) for i in (0, 1)] for k in runs)
     n = sel.images
-    return {"data": str(data), "images": n, "device": device, "batch_size": batch_size, "threads": threads,
-            "rounds": rounds, "decode_img_s": n / dec_s, "stats_img_s": n / st_s, "ratio": dec_s / st_s,
-            "ratio_pct": 100 * dec_s / st_s, "decode_cpu_us_per_img": dec_cpu / n * 1e6,
-            "stats_cpu_us_per_img": st_cpu / n * 1e6, "machine": host.machine()}
+    return {
+        "data": str(data),
+        "images": n,
+        "device": device,
+        "batch_size": batch_size,
+        "threads": threads,
+        "rounds": rounds,
+        "decode_img_s": n / dec_s,
+        "stats_img_s": n / st_s,
+        "ratio": dec_s / st_s,
+        "ratio_pct": 100 * dec_s / st_s,
+        "decode_cpu_us_per_img": dec_cpu / n * 1e6,
+        "stats_cpu_us_per_img": st_cpu / n * 1e6,
+        "machine": host.machine(),
+    }

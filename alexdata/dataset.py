@@ -3,17 +3,25 @@ class-folder tree.
 
 Both give a `Split` (pipelines/config.py): what DALI's readers take (`fn.readers.webdataset` paths + index_paths,
 or `fn.readers.file` files + labels), the class names and the image count."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from alexdata.errors import DataError
-from alexdata.shards import MANIFEST, is_unfinished, open_shards, unfinished_prepare
-from pipelines.config import Split
 
 # Moved to alexdata/shards.py; importable from here as before.
-from alexdata.shards import load_manifest, quick_problems, shard_files  # noqa: F401
+from alexdata.shards import (  # noqa: F401
+    MANIFEST,
+    is_unfinished,
+    load_manifest,
+    open_shards,
+    quick_problems,
+    shard_files,
+    unfinished_prepare,
+)
+from pipelines.config import Split
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 
@@ -50,7 +58,9 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
                 labels.append(index[d.name])
     if not files:
         if any(p.is_file() and p.suffix.lower() in IMAGE_EXTS for p in root.iterdir()):
-            raise DataError(f"{root}: images but no class folders (a flat ImageNet val/ has its labels in a separate "
-                            f"file): run `alexnet prepare` on the raw data, which reads them")
+            raise DataError(
+                f"{root}: images but no class folders (a flat ImageNet val/ has its labels in a separate "
+                f"file): run `alexnet prepare` on the raw data, which reads them"
+            )
         raise DataError(f"{root}: class folders hold no .JPEG/.jpg/.png files")
     return Split("files", classes, len(files), files=tuple(files), labels=tuple(labels))

@@ -1,5 +1,6 @@
 """One root for the errors a user can fix: the CLI catches `UserError` once and prints its one line; anything
 else is a bug and keeps its traceback."""
+
 from __future__ import annotations
 
 

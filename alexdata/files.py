@@ -1,4 +1,5 @@
 """Writing files so that a kill at any instant leaves either the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import contextlib

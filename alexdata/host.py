@@ -1,4 +1,5 @@
 """Ask the machine once: how many cores, which device, what machine. Every module asks here."""
+
 from __future__ import annotations
 
 import datetime
@@ -27,7 +28,7 @@ def has_gpu() -> bool:
 
 
 def default_device() -> str:
-    """"gpu" when torch sees a CUDA GPU, else "cpu"."""
+    """ "gpu" when torch sees a CUDA GPU, else "cpu"."""
     return "gpu" if has_gpu() else "cpu"
 
 
@@ -56,9 +57,14 @@ def machine(device: str | None = None) -> dict:
     import numpy as np
     import PIL
 
-    info = {"cpu": platform.processor() or platform.machine(), "cores": cores(),
-            "python": platform.python_version(), "pillow": PIL.__version__, "numpy": np.__version__,
-            "host": platform.node()}
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": cores(),
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "numpy": np.__version__,
+        "host": platform.node(),
+    }
     try:
         import nvidia.dali as dali
 
@@ -75,17 +81,23 @@ def machine(device: str | None = None) -> dict:
         info["device"] = device
     if device == "gpu":
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=torch.cuda.get_device_name(0), gpus=torch.cuda.device_count(), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(), gpu_memory_gib=round(p.total_memory / 2**30, 1),
-                    driver=nvidia_smi("driver_version"))
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpus=torch.cuda.device_count(),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            driver=nvidia_smi("driver_version"),
+        )
     return info
 
 
 def nvidia_smi(field: str) -> str | None:
     """One field of `nvidia-smi --query-gpu` for GPU 0, or None where nvidia-smi is missing or fails."""
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None

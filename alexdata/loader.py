@@ -20,6 +20,7 @@
   files changed after `prepare`. Policy: stop with a `DataError` naming the shard (and sample where DALI tells
   it); DALI cannot skip a sample inside a running pipeline. Re-run `alexnet prepare` into a fresh directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -97,12 +98,30 @@ class _InFlight:
 
 
 class Loader:
-    def __init__(self, data: str | os.PathLike, *, split: str = "train", mode: str = "train", stats=None,
-                 aug: AugmentConfig = AugmentConfig(), batch_size: int = 128, device: str = "cpu",
-                 device_id: int = 0, threads: int | None = None, seed: int = 0, shuffle_seed: int = 0,
-                 shard_id: int = 0, num_shards: int = 1, prefetch: int = 2, hw_decoder_load: float = 0.65,
-                 hybrid_huffman_threshold: int = 1_000_000, preallocate: bool = False, layout: str = "NCHW",
-                 drop_last: bool = False, opened: Split | None = None):
+    def __init__(
+        self,
+        data: str | os.PathLike,
+        *,
+        split: str = "train",
+        mode: str = "train",
+        stats=None,
+        aug: AugmentConfig = AugmentConfig(),
+        batch_size: int = 128,
+        device: str = "cpu",
+        device_id: int = 0,
+        threads: int | None = None,
+        seed: int = 0,
+        shuffle_seed: int = 0,
+        shard_id: int = 0,
+        num_shards: int = 1,
+        prefetch: int = 2,
+        hw_decoder_load: float = 0.65,
+        hybrid_huffman_threshold: int = 1_000_000,
+        preallocate: bool = False,
+        layout: str = "NCHW",
+        drop_last: bool = False,
+        opened: Split | None = None,
+    ):
         """`opened`: what `open_split(data, split)` returned, when the caller has it already (on a raw ImageNet
         tree that call lists 1.28 M files). prefetch: batches DALI prepares ahead. hw_decoder_load,
         hybrid_huffman_threshold, preallocate (hints from the largest image manifest.json records): the GPU
@@ -114,11 +133,19 @@ class Loader:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be NCHW or NHWC, got {layout!r}")
-        self.spec = run_spec(batch_size=batch_size, threads=threads or default_threads(), device=device,
-                             device_id=host.dali_device_id(device, device_id),
-                             seed=seed, shuffle_seed=shuffle_seed, shard_id=shard_id, num_shards=num_shards,
-                             prefetch=prefetch, hw_decoder_load=hw_decoder_load,
-                             hybrid_huffman_threshold=hybrid_huffman_threshold)
+        self.spec = run_spec(
+            batch_size=batch_size,
+            threads=threads or default_threads(),
+            device=device,
+            device_id=host.dali_device_id(device, device_id),
+            seed=seed,
+            shuffle_seed=shuffle_seed,
+            shard_id=shard_id,
+            num_shards=num_shards,
+            prefetch=prefetch,
+            hw_decoder_load=hw_decoder_load,
+            hybrid_huffman_threshold=hybrid_huffman_threshold,
+        )
         if device == "gpu" and not host.has_gpu():
             raise ConfigError("device 'gpu' asked for, but torch sees no CUDA GPU")
         if aug.dtype == "float16" and device == "cpu":
@@ -126,16 +153,20 @@ class Loader:
         self.split = opened if opened is not None else open_split(data, split)
         if preallocate:
             if self.split.max_hw is None:
-                raise ConfigError(f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
-                                  f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off")
+                raise ConfigError(
+                    f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
+                    f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off"
+                )
             self.spec = replace(self.spec, preallocate_hw=self.split.max_hw)
         self._where = f"{data} ({split} split)"
         if self.split.images < num_shards:
             raise ConfigError(f"{self.split.images} images cannot be split over {num_shards} shards")
         self.drop_last, self._full = drop_last, self.split.images // (num_shards * batch_size)
         if drop_last and self._full == 0:
-            raise ConfigError(f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
-                              f"{num_shards} shards")
+            raise ConfigError(
+                f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
+                f"{num_shards} shards"
+            )
         self._served = 0  # batches handed out in the epoch in progress
         self.stats = resolve_stats(stats, data)
         problem = mean_image_problem(self.stats, aug)
@@ -163,11 +194,17 @@ class Loader:
         if self.mode == "train":
             pipe = build_train_pipeline(self.split, self.stats, self.aug, self.spec, **out)
         else:
-            pipe = build_eval_pipeline(self.split, self.stats, self.aug, self.spec, ten_crop=self.mode == "tencrop",
-                                       **out)
+            pipe = build_eval_pipeline(
+                self.split, self.stats, self.aug, self.spec, ten_crop=self.mode == "tencrop", **out
+            )
         try:
-            self._it = DALIGenericIterator([pipe], ["images", "labels"], reader_name=READER,
-                                           last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+            self._it = DALIGenericIterator(
+                [pipe],
+                ["images", "labels"],
+                reader_name=READER,
+                last_batch_policy=LastBatchPolicy.PARTIAL,
+                auto_reset=True,
+            )
         except RuntimeError as e:  # the first batch is prepared at construction
             raise self._data_error(e) from None
 
@@ -215,17 +252,26 @@ class Loader:
         reason = next((ln.strip() for ln in detail.splitlines() if ln.strip()), "unknown error")
         where = re.search(r"(\S+\.(?:tar|idx|jpe?g|JPE?G|png|PNG)(?::\S+)?)", detail)
         place = where.group(1) if where else f"the {self.split.kind} of this split"
-        fix = ("re-run `alexnet prepare` into a fresh directory" if self.split.prepared
-               else "remove or repair it, or use `alexnet prepare`, which lists and skips unreadable files")
+        fix = (
+            "re-run `alexnet prepare` into a fresh directory"
+            if self.split.prepared
+            else "remove or repair it, or use `alexnet prepare`, which lists and skips unreadable files"
+        )
         return DataError(f"unreadable sample in {place}: {reason[:200]} ({fix}); this loader can not continue")
 
     def state_dict(self) -> dict:
         """The pipeline's position (reader, random generators) after the batches handed out so far."""
         spec = self.spec
-        return {"dali": self._it.checkpoints()[0], "mode": self.mode, "seed": spec.seed,
-                "shuffle_seed": spec.shuffle_seed, "shard": [spec.shard_id, spec.num_shards],
-                "batch_size": spec.batch_size, "aug": asdict(self.aug),
-                "served": self._served}  # drop_last is not compared: it changes what is handed out, not the reader
+        return {
+            "dali": self._it.checkpoints()[0],
+            "mode": self.mode,
+            "seed": spec.seed,
+            "shuffle_seed": spec.shuffle_seed,
+            "shard": [spec.shard_id, spec.num_shards],
+            "batch_size": spec.batch_size,
+            "aug": asdict(self.aug),
+            "served": self._served,
+        }  # drop_last is not compared: it changes what is handed out, not the reader
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
@@ -238,6 +284,7 @@ class Loader:
             self._build(state["dali"])
         except DataError:  # DALI names the graph's operators: a state saved by another version of it won't load
             self._build(None)  # a real data error raises again here
-            raise StaleLoaderState("the loader's saved position comes from another version of the pipeline "
-                                   "(saved before an upgrade?)") from None
+            raise StaleLoaderState(
+                "the loader's saved position comes from another version of the pipeline (saved before an upgrade?)"
+            ) from None
         self._served = state.get("served", 0)

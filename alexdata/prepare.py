@@ -10,6 +10,7 @@ renamed, so an interrupted run resumes by writing only the missing shards, byte-
 run, and `--part i/n` lets n machines write disjoint sets of shards into one OUT. Before writing, prepare
 estimates the output's size and stops when OUT's file system clearly lacks the space.
 """
+
 from __future__ import annotations
 
 import errno
@@ -30,15 +31,40 @@ from tqdm import tqdm
 from alexdata.errors import PrepareError
 from alexdata.files import atomic_write, temporary
 from alexdata.host import cores
-from alexdata.shards import PREPARE_DIR, ShardWriter, index_path, make_manifest, shard_name, write_manifest
-from alexdata.sources import Item, scan
-from pipelines.config import SHORTER_SIDE  # paper §2
 
 # Moved to alexdata/shards.py and alexdata/sources.py; importable from here as before.
-from alexdata.shards import FORMAT_VERSION, add_to_tar, wds_index  # noqa: F401
-from alexdata.sources import (DEVKIT, DEVKIT_META, DEVKIT_TRUTH, HF_TEST, HF_TRAIN, HF_VAL,  # noqa: F401
-                              KAGGLE_ROOT, TRAIN_TAR, VAL_LABELS, VAL_TAR, GzIndex, devkit_labels, layout)
-from pipelines.config import MAX_LABEL_DIGITS  # noqa: F401
+from alexdata.shards import (  # noqa: F401
+    FORMAT_VERSION,
+    PREPARE_DIR,
+    ShardWriter,
+    add_to_tar,
+    index_path,
+    make_manifest,
+    shard_name,
+    wds_index,
+    write_manifest,
+)
+from alexdata.sources import (  # noqa: F401
+    DEVKIT,
+    DEVKIT_META,
+    DEVKIT_TRUTH,
+    HF_TEST,
+    HF_TRAIN,
+    HF_VAL,
+    KAGGLE_ROOT,
+    TRAIN_TAR,
+    VAL_LABELS,
+    VAL_TAR,
+    GzIndex,
+    Item,
+    devkit_labels,
+    layout,
+    scan,
+)
+from pipelines.config import (
+    MAX_LABEL_DIGITS,  # noqa: F401
+    SHORTER_SIDE,  # paper §2
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +81,6 @@ class PrepareConfig:
             raise PrepareError(f"--shard-size must be >= 1, got {self.shard_size}")
         if self.shorter_side < 16:
             raise PrepareError(f"--shorter-side must be >= 16, got {self.shorter_side}")
-
 
 
 # ---------------------------------------------------------------- one image
@@ -105,7 +130,7 @@ def plan(train: list[Item], val: list[Item], cfg: PrepareConfig) -> list[ShardSp
     specs = []
     for split, items in (("train", shuffled), ("val", val)):
         for j in range(0, len(items), cfg.shard_size):
-            specs.append(ShardSpec(split, j // cfg.shard_size, tuple(items[j:j + cfg.shard_size])))
+            specs.append(ShardSpec(split, j // cfg.shard_size, tuple(items[j : j + cfg.shard_size])))
     return specs
 
 
@@ -175,8 +200,10 @@ def _write(path: Path, data: bytes) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise PrepareError(f"{path}: disk full while writing {_size(len(data))} ({_size(free_bytes(path.parent))} "
-                           f"free); free some space and run the same command again to resume") from None
+        raise PrepareError(
+            f"{path}: disk full while writing {_size(len(data))} ({_size(free_bytes(path.parent))} "
+            f"free); free some space and run the same command again to resume"
+        ) from None
 
 
 def _is_done(out: Path, spec: ShardSpec) -> bool:
@@ -207,9 +234,16 @@ def parse_part(part: str | None) -> tuple[int, int]:
     return i, n
 
 
-def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig = PrepareConfig(),
-            workers: int | None = None, part: str | None = None, progress: bool = True,
-            log=print, val_labels: str | os.PathLike | None = None) -> dict | None:
+def prepare(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    cfg: PrepareConfig = PrepareConfig(),
+    workers: int | None = None,
+    part: str | None = None,
+    progress: bool = True,
+    log=print,
+    val_labels: str | os.PathLike | None = None,
+) -> dict | None:
     """Runs `alexnet prepare`. Returns the manifest, or None when other parts' shards are still missing.
 
     val_labels: a label file that overrides discovery (see the module docstring)."""
@@ -218,14 +252,16 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
     if out.is_dir() and not (out / PREPARE_DIR).is_dir():
         others = sorted(p.name for p in out.iterdir())
         if others:  # shards mixed into a raw tree (or anything else) could not be told apart from it
-            raise PrepareError(f"{out} holds other files ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''})"
-                               f"; prepare writes into an empty folder or into its own earlier output")
-    classes, train, val, notes = scan(src, val_labels=val_labels, index_dir=out / PREPARE_DIR / "gzindex",
-                                      workers=workers)
+            raise PrepareError(
+                f"{out} holds other files ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''})"
+                f"; prepare writes into an empty folder or into its own earlier output"
+            )
+    classes, train, val, notes = scan(
+        src, val_labels=val_labels, index_dir=out / PREPARE_DIR / "gzindex", workers=workers
+    )
     if not train:
         raise PrepareError(f"{src}: no training images")
-    params = {"format_version": FORMAT_VERSION, **asdict(cfg),
-              "inputs": _fingerprint(classes, train, val)}
+    params = {"format_version": FORMAT_VERSION, **asdict(cfg), "inputs": _fingerprint(classes, train, val)}
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARE_DIR).mkdir(exist_ok=True)
     pfile = out / PREPARE_DIR / "params.json"
@@ -233,8 +269,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
         old = json.loads(pfile.read_text())
         if old != params:
             diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in params.items() if old.get(k) != v)
-            raise PrepareError(f"{out} holds a prepare run with other parameters or inputs ({diff}); "
-                               f"use an empty OUT")
+            raise PrepareError(f"{out} holds a prepare run with other parameters or inputs ({diff}); use an empty OUT")
     else:
         atomic_write(pfile, json.dumps(params, indent=1).encode())
 
@@ -251,9 +286,11 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
             log(f"prepare: {n['file']}: {n['reason']}")
     if todo:
         _check_space(out, [s for s in mine if s not in todo], todo, cfg)
-    log(f"prepare: {len(classes)} classes, {len(train)} train + {len(val)} val inputs -> {len(specs)} shards"
+    log(
+        f"prepare: {len(classes)} classes, {len(train)} train + {len(val)} val inputs -> {len(specs)} shards"
         + (f" (part {part_i}/{part_n}: {len(mine)})" if part_n > 1 else "")
-        + (f"; {len(mine) - len(todo)} already written, resuming" if len(todo) < len(mine) else ""))
+        + (f"; {len(mine) - len(todo)} already written, resuming" if len(todo) < len(mine) else "")
+    )
     workers = max(1, min(workers or cores(), len(todo) or 1))
     t0 = time.perf_counter()
     if todo:
@@ -278,19 +315,23 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, cfg: PrepareConfig =
 
     missing = [s.name for s in specs if not _is_done(out, s)]
     if missing:
-        log(f"prepare: part {part_i}/{part_n} done in {dt:.0f} s; {len(missing)} shards of other parts missing, "
-            f"the last part to finish writes manifest.json")
+        log(
+            f"prepare: part {part_i}/{part_n} done in {dt:.0f} s; {len(missing)} shards of other parts missing, "
+            f"the last part to finish writes manifest.json"
+        )
         return None
     records = [(s.split, json.loads(_record_path(out, s).read_text())) for s in specs]
     manifest = make_manifest(classes, asdict(cfg), records, notes)
     path = write_manifest(out, manifest)
     sk, up = len(manifest["skipped"]), len(manifest["upscaled"])
     rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
-    log(f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
+    log(
+        f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
         f"{len(manifest['train']['shards']) + len(manifest['val']['shards'])} shards{rate}; "
         f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}"
         + "".join(f"; left out {n['file']} ({n['reason'].replace(': left out', '')})" for n in manifest["left_out"])
-        + f"; -> {path}")
+        + f"; -> {path}"
+    )
     return manifest
 
 
@@ -317,11 +358,12 @@ def _check_space(out: Path, done: list[ShardSpec], todo: list[ShardSpec], cfg: P
         how = f"from a sample of {len(sizes)} inputs"
     need, free = n_imgs * per_image, free_bytes(out)
     if need * 0.8 > free:  # "clearly": the estimate is good to well within 20 %
-        raise PrepareError(f"{out}: needs about {_size(need)} for {n_imgs} images ({per_image / 1e3:.0f} KB "
-                           f"each, {how}) but its file system has {_size(free)} free; free some space or "
-                           f"choose another OUT")
+        raise PrepareError(
+            f"{out}: needs about {_size(need)} for {n_imgs} images ({per_image / 1e3:.0f} KB "
+            f"each, {how}) but its file system has {_size(free)} free; free some space or "
+            f"choose another OUT"
+        )
 
 
 def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-

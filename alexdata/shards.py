@@ -11,6 +11,7 @@
 
 Tar members carry fixed metadata, so the same samples give byte-identical shards.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -108,8 +109,17 @@ class ShardWriter:
         self._tar.close()
         data = self._buf.getvalue()
         idx = wds_index(data).encode()
-        return data, idx, dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), idx_bytes=len(idx),
-                               idx_sha256=hashlib.sha256(idx).hexdigest(), max_hw=self.max_hw)
+        return (
+            data,
+            idx,
+            dict(
+                bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                idx_bytes=len(idx),
+                idx_sha256=hashlib.sha256(idx).hexdigest(),
+                max_hw=self.max_hw,
+            ),
+        )
 
 
 # ---------------------------------------------------------------- manifest.json
@@ -119,10 +129,16 @@ def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dic
     """manifest.json's record from (split, shard record) pairs in shard order; a shard record holds `ENTRY_KEYS`
     and "max_hw" from `ShardWriter.finish`, with its "skipped" and "upscaled" inputs. `notes`: inputs left out
     (those with "left_out": on purpose, the rest skipped)."""
-    man = {"format_version": FORMAT_VERSION, "classes": classes, "params": params,
-           "train": {"images": 0, "shards": []}, "val": {"images": 0, "shards": []},
-           "skipped": [n for n in notes if not n.get("left_out")], "upscaled": [],
-           "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")]}
+    man = {
+        "format_version": FORMAT_VERSION,
+        "classes": classes,
+        "params": params,
+        "train": {"images": 0, "shards": []},
+        "val": {"images": 0, "shards": []},
+        "skipped": [n for n in notes if not n.get("left_out")],
+        "upscaled": [],
+        "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")],
+    }
     largest = {"train": [0, 0], "val": [0, 0]}  # None once a shard record predates them (a resumed old run)
     for split, rec in records:
         man["skipped"] += rec["skipped"]
@@ -160,8 +176,10 @@ def manifest_shards(manifest: dict) -> list[dict]:
 def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | None]]:
     """(path, size, sha256) of a manifest shard entry's tar and index; size and hash None in an old manifest."""
     tar = data / shard["file"]
-    return [(tar, shard.get("bytes"), shard.get("sha256")),
-            (index_path(tar), shard.get("idx_bytes"), shard.get("idx_sha256"))]
+    return [
+        (tar, shard.get("bytes"), shard.get("sha256")),
+        (index_path(tar), shard.get("idx_bytes"), shard.get("idx_sha256")),
+    ]
 
 
 def quick_problems(data: Path, shards: list[dict]) -> list[tuple[Path, str]]:
@@ -192,10 +210,12 @@ def unfinished_prepare(data: Path) -> str:
         split, n = p.stem.rsplit("-", 1)
         have.setdefault(split, []).append(int(n))
     gaps = [shard_name(s, i) for s, ns in sorted(have.items()) for i in range(max(ns)) if i not in set(ns)]
-    missing = (f"; missing at least {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''}" if gaps else "")
+    missing = f"; missing at least {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''}" if gaps else ""
     n = sum(map(len, have.values()))
-    return (f"{data}: prepare has not finished ({n} shards written, no manifest.json yet{missing}); run the same "
-            f"`alexnet prepare SRC {data}` again (every --part of it) to finish")
+    return (
+        f"{data}: prepare has not finished ({n} shards written, no manifest.json yet{missing}); run the same "
+        f"`alexnet prepare SRC {data}` again (every --part of it) to finish"
+    )
 
 
 def open_shards(data: Path, split: str) -> Split:
@@ -211,11 +231,19 @@ def open_shards(data: Path, split: str) -> Split:
     tars = tuple(data / s["file"] for s in shards)
     bad = quick_problems(data, shards)
     if bad:
-        raise DataError(f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; "
-                        f"run `alexnet verify {data}`")
+        raise DataError(
+            f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; run `alexnet verify {data}`"
+        )
     if not tars:
         raise DataError(f"{data}: the '{split}' split has no images")
     largest = man[split].get("max_height"), man[split].get("max_width")  # absent in older manifests
-    return Split("shards", classes, sum(s["images"] for s in shards), tuple(map(str, tars)),
-                 tuple(str(index_path(t)) for t in tars), tuple(s["images"] for s in shards), shorter_side=side,
-                 max_hw=tuple(map(int, largest)) if None not in largest else None)
+    return Split(
+        "shards",
+        classes,
+        sum(s["images"] for s in shards),
+        tuple(map(str, tars)),
+        tuple(str(index_path(t)) for t in tars),
+        tuple(s["images"] for s in shards),
+        shorter_side=side,
+        max_hw=tuple(map(int, largest)) if None not in largest else None,
+    )

@@ -19,6 +19,7 @@ ILSVRC2012_val_<n, 8 digits>, and data/meta.mat maps ILSVRC2012_IDs to WordNet i
 Every layout gives the same `Item`s (key, label, where its bytes are), so the same images give byte-identical
 shards whichever layout they came in.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,6 +55,7 @@ class GzIndex:
     its members and writes its rapidgzip index, both reused while the archive's size and mtime stay the same;
     `read` then seeks through the index to any member. Sent to another process (pickled) it travels as its
     folder, and there is that process's one GzIndex of the folder (`at`), whose open files it reuses."""
+
     _per_process: dict[Path, GzIndex] = {}
 
     def __init__(self, folder: Path):
@@ -141,6 +143,7 @@ def _rapidgzip():
 class Item:
     """One input image: a plain file (offset < 0) or a byte range inside an archive (of a .tar.gz: inside its
     decompressed stream, read through `gz`)."""
+
     key: str  # file stem: n01440764_10026, ILSVRC2012_val_00000001
     label: int
     path: str
@@ -210,8 +213,11 @@ def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str
                 notes.append({"file": f"{tar}:{name}", "reason": "not a per-class tar"})
                 continue
             w = Path(name).stem
-            inner = [(w, Path(n).name, str(tar), o, s) for n, o, s in _tar_members(tar, off)
-                     if not Path(n).name.startswith(".")]
+            inner = [
+                (w, Path(n).name, str(tar), o, s)
+                for n, o, s in _tar_members(tar, off)
+                if not Path(n).name.startswith(".")
+            ]
             if not inner:
                 raise PrepareError(f"{tar}:{name}: empty class archive")
             wnids.append(w)
@@ -223,8 +229,9 @@ def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str
     hint = ""
     if (src / "manifest.json").is_file():
         hint = " (it holds a prepare output: did you swap SRC and OUT?)"
-    raise PrepareError(f"{src}: found none of train/, {TRAIN_TAR}, Kaggle's {KAGGLE_ROOT}/ or Hugging Face's "
-                       f"data/{HF_TRAIN}{hint}")
+    raise PrepareError(
+        f"{src}: found none of train/, {TRAIN_TAR}, Kaggle's {KAGGLE_ROOT}/ or Hugging Face's data/{HF_TRAIN}{hint}"
+    )
 
 
 def _hf_name(member: str, where: str) -> tuple[str, str]:
@@ -295,8 +302,10 @@ def _read_val_labels(dirs: list[Path]) -> tuple[Path, dict[str, str]]:
         found = _devkit_files(d)
         if found:
             return found[0], devkit_labels(*found)
-    raise PrepareError(f"{dirs[0]}: flat val images need labels: {VAL_LABELS} (in {dirs[-1]} or its val/), the "
-                       f"devkit {DEVKIT}.tar.gz (or its extracted folder), or --val-labels FILE")
+    raise PrepareError(
+        f"{dirs[0]}: flat val images need labels: {VAL_LABELS} (in {dirs[-1]} or its val/), the "
+        f"devkit {DEVKIT}.tar.gz (or its extracted folder), or --val-labels FILE"
+    )
 
 
 def _csv_labels(p: Path) -> dict[str, str]:
@@ -357,16 +366,18 @@ def devkit_labels(where: Path, truth: bytes, meta: bytes) -> dict[str, str]:
         syn = scipy.io.loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         wnid_of = {int(i): str(w) for i, w in zip(syn["ILSVRC2012_ID"], syn["WNID"])}
     except Exception as e:  # scipy raises many kinds on a file that is not a MAT file
-        raise PrepareError(f"{where}: {DEVKIT_META} is not the devkit's synset table ({type(e).__name__}: "
-                           f"{_first_line(e)})") from None
+        raise PrepareError(
+            f"{where}: {DEVKIT_META} is not the devkit's synset table ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     lines = truth.decode("ascii", "replace").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     labels = {}
     for n, line in enumerate(lines, 1):  # one ID per line: a blank or doubled line would shift every later label
         if not line.strip().isdigit() or int(line) not in wnid_of:
-            raise PrepareError(f"{where}: line {n} of {DEVKIT_TRUTH} is {line!r}, not one ILSVRC2012_ID of "
-                               f"{DEVKIT_META}")
+            raise PrepareError(
+                f"{where}: line {n} of {DEVKIT_TRUTH} is {line!r}, not one ILSVRC2012_ID of {DEVKIT_META}"
+            )
         labels[f"ILSVRC2012_val_{n:08d}"] = wnid_of[int(line)]
     return labels
 
@@ -375,8 +386,15 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _scan_val(src: Path, classes: dict[str, int], notes: list[dict], label_dirs: list[Path],
-              val_labels: Path | None, entries: list | None = None, gz: GzIndex | None = None) -> list[Item]:
+def _scan_val(
+    src: Path,
+    classes: dict[str, int],
+    notes: list[dict],
+    label_dirs: list[Path],
+    val_labels: Path | None,
+    entries: list | None = None,
+    gz: GzIndex | None = None,
+) -> list[Item]:
     """Val items in key order. `entries` (key, path, offset, size, wnid from the name) come from a Hugging Face
     archive, read through `gz`; otherwise SRC/val/ or ILSVRC2012_img_val.tar is listed here."""
     vdir, vtar = src / "val", src / VAL_TAR
@@ -396,8 +414,11 @@ def _scan_val(src: Path, classes: dict[str, int], notes: list[dict], label_dirs:
                     items.append(Item(_key(p.name, str(p)), classes[d.name], str(p)))
             return sorted(items, key=lambda it: it.key)
         files = [p for d in (subdirs or [vdir]) for p in sorted(d.iterdir())]
-        listed = [(_key(p.name, str(p)), str(p), -1, -1) for p in files
-                  if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS]
+        listed = [
+            (_key(p.name, str(p)), str(p), -1, -1)
+            for p in files
+            if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS
+        ]
     elif vtar.is_file():
         listed = [(_key(Path(n).name, f"{vtar}:{n}"), str(vtar), o, s) for n, o, s in _tar_members(vtar)]
     else:
@@ -433,8 +454,13 @@ def layout(src: Path) -> tuple[str, Path, list[Path]]:
     return ("archives" if (src / TRAIN_TAR).is_file() and not (src / "train").is_dir() else "tree"), src, [src]
 
 
-def scan(src: str | os.PathLike, *, val_labels: str | os.PathLike | None = None, index_dir: Path | None = None,
-         workers: int | None = None) -> tuple[list[str], list[Item], list[Item], list[dict]]:
+def scan(
+    src: str | os.PathLike,
+    *,
+    val_labels: str | os.PathLike | None = None,
+    index_dir: Path | None = None,
+    workers: int | None = None,
+) -> tuple[list[str], list[Item], list[Item], list[dict]]:
     """(classes, train items in sorted order, val items in key order, notes) for SRC; raises PrepareError.
 
     val_labels: a label file overriding discovery. index_dir: where the seek indexes of .tar.gz archives go
@@ -457,13 +483,19 @@ def scan(src: str | os.PathLike, *, val_labels: str | os.PathLike | None = None,
         wnids, found = _scan_train(root, notes)
         if kind == "kaggle" and (root / "test").is_dir():
             n = sum(1 for p in (root / "test").iterdir() if p.is_file())
-            notes.append({"file": str(root / "test"), "reason": f"{n} unlabelled test images: left out",
-                          "left_out": True})
-    if len(wnids) > 10 ** MAX_LABEL_DIGITS:
+            notes.append(
+                {"file": str(root / "test"), "reason": f"{n} unlabelled test images: left out", "left_out": True}
+            )
+    if len(wnids) > 10**MAX_LABEL_DIGITS:
         raise PrepareError(f"{src}: {len(wnids)} classes; labels are stored as at most {MAX_LABEL_DIGITS} digits")
     classes = {w: i for i, w in enumerate(wnids)}  # class index = position of the wnid in sorted order
-    train = sorted((Item(_key(fname, p if off < 0 else f"{p}:{fname}"), classes[w], p, off, size, gz)
-                    for w, fname, p, off, size in found), key=lambda it: (it.label, it.key))
+    train = sorted(
+        (
+            Item(_key(fname, p if off < 0 else f"{p}:{fname}"), classes[w], p, off, size, gz)
+            for w, fname, p, off, size in found
+        ),
+        key=lambda it: (it.label, it.key),
+    )
     val = _scan_val(root, classes, notes, label_dirs, Path(val_labels) if val_labels else None, hf_val, gz)
     for split, items in (("train", train), ("val", val)):
         seen: set[str] = set()
@@ -472,4 +504,3 @@ def scan(src: str | os.PathLike, *, val_labels: str | os.PathLike | None = None,
                 raise PrepareError(f"{it.name}: duplicate {split} key {it.key!r}")
             seen.add(it.key)
     return wnids, train, val, notes
-

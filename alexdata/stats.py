@@ -34,6 +34,7 @@ tried, are in docs/BENCHMARKS.md ("stats").
 
 The record is written to stats.json by alexdata/statsfile.py, which describes its fields.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,15 +51,13 @@ import numpy as np
 from alexdata import host
 from alexdata.dataset import open_split
 from alexdata.errors import StatsError
-from alexdata.statsfile import SCALE, mean_image_path
-from pipelines.common import READER
-from pipelines.config import SHORTER_SIDE, RunSpec, Split
-from pipelines.stats import build_stats_pipeline
 
 # Moved to alexdata/host.py, alexdata/statsfile.py and pipelines/stats.py; importable from here as before.
 from alexdata.host import default_device  # noqa: F401
-from alexdata.statsfile import MEAN_IMAGE_SUFFIX, load_stats, same_stats, write_stats  # noqa: F401
-from pipelines.stats import central_patch, moments_graph  # noqa: F401
+from alexdata.statsfile import MEAN_IMAGE_SUFFIX, SCALE, load_stats, mean_image_path, same_stats, write_stats  # noqa: F401
+from pipelines.common import READER
+from pipelines.config import SHORTER_SIDE, RunSpec, Split
+from pipelines.stats import build_stats_pipeline, central_patch, moments_graph  # noqa: F401
 
 BLOCK = 256  # pixels per float32 block: 256 * 255**2 = 16_646_400 < 2**24, so block sums are exact
 
@@ -87,8 +86,9 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Split:
         if n == len(split.files):
             return split
         keep = np.sort(rng.choice(len(split.files), n, replace=False))
-        return replace(split, images=n, files=tuple(split.files[i] for i in keep),
-                       labels=tuple(split.labels[i] for i in keep))
+        return replace(
+            split, images=n, files=tuple(split.files[i] for i in keep), labels=tuple(split.labels[i] for i in keep)
+        )
     order = range(len(split.tars)) if n == split.images else rng.permutation(len(split.tars))
     picked, covered = [], 0
     for i in order:
@@ -97,9 +97,13 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Split:
         if split.shard_images[i]:
             picked.append(int(i))
             covered += split.shard_images[i]
-    return replace(split, images=n, tars=tuple(split.tars[i] for i in picked),
-                   indexes=tuple(split.indexes[i] for i in picked),
-                   shard_images=tuple(split.shard_images[i] for i in picked))
+    return replace(
+        split,
+        images=n,
+        tars=tuple(split.tars[i] for i in picked),
+        indexes=tuple(split.indexes[i] for i in picked),
+        shard_images=tuple(split.shard_images[i] for i in picked),
+    )
 
 
 # ---------------------------------------------------------------- exact sums
@@ -109,6 +113,7 @@ def select(split: Split, max_images: int | None = None, seed: int = 0) -> Split:
 class Moments:
     """Exact integer sums over pixels: s1[i] = sum x_i, s2[i][j] = sum x_i * x_j (values 0-255); patch: the
     per-pixel sum of the images' central patches (int64 (256, 256, 3)), None when not summed."""
+
     images: int = 0
     pixels: int = 0
     s1: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
@@ -144,10 +149,10 @@ class _BlockSums:
             self.buf[:, 3] = 1
         b = self.buf[:c]
         flat = img.reshape(-1)
-        np.copyto(b[:full, :3], flat[:full * BLOCK * 3].reshape(full, BLOCK, 3).transpose(0, 2, 1))
+        np.copyto(b[:full, :3], flat[: full * BLOCK * 3].reshape(full, BLOCK, 3).transpose(0, 2, 1))
         if c > full:  # the last block, zero-padded: zeros add nothing to S1 or S2
             r = p - full * BLOCK
-            b[full, :3, :r] = flat[full * BLOCK * 3:].reshape(r, 3).T
+            b[full, :3, :r] = flat[full * BLOCK * 3 :].reshape(r, 3).T
             b[full, :3, r:] = 0
         t = torch.from_numpy(b)
         return torch.bmm(t, t.transpose(1, 2)).sum(0, dtype=torch.float64).numpy()  # (C, 4, 4) -> (4, 4)
@@ -192,7 +197,7 @@ def central_view(img: np.ndarray, side: int = SHORTER_SIDE) -> np.ndarray:
     """The central side x side patch of an HWC image whose shorter side is `side`, as a view: top-left
     (floor((H - side) / 2), floor((W - side) / 2)), the pipelines' central square (`common.crop_offset`)."""
     y, x = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
-    return img[y:y + side, x:x + side]
+    return img[y : y + side, x : x + side]
 
 
 _UPPER = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
@@ -210,8 +215,16 @@ def _s2_matrix(s2: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the pass
 
 
-def build_pipeline(sel: Split, *, device: str = "cpu", batch_size: int = 64, threads: int = 2,
-                   outputs: str = "images", device_id: int = 0, mean_image: bool = False):
+def build_pipeline(
+    sel: Split,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    threads: int = 2,
+    outputs: str = "images",
+    device_id: int = 0,
+    mean_image: bool = False,
+):
     """pipelines/stats.py's pipeline of a pass over `sel` (`outputs`, `mean_image`: see `build_stats_pipeline`),
     built, and its reader checked to find the samples `sel` lists. Not yet run."""
     spec = RunSpec(batch_size, threads, device, host.dali_device_id(device, device_id))
@@ -223,21 +236,28 @@ def build_pipeline(sel: Split, *, device: str = "cpu", batch_size: int = 64, thr
     size = p.reader_meta(READER)["epoch_size"]
     need = sum(sel.shard_images) if sel.kind == "shards" else len(sel.files)
     if size != need:
-        raise StatsError(f"DALI's reader finds {size} samples where {need} are listed (first file "
-                         f"{(sel.tars or sel.files)[0]}): the data changed after it was listed")
+        raise StatsError(
+            f"DALI's reader finds {size} samples where {need} are listed (first file "
+            f"{(sel.tars or sel.files)[0]}): the data changed after it was listed"
+        )
     return p
 
 
 def _dali_reason(e: Exception) -> str:
     """One line from a DALI error: the file it could not read or decode, not the pipeline traceback."""
     text = str(e)
-    for pat, what in ((r"Failed to decode sample #\d+ : (\S+)", "cannot be decoded"),
-                      (r"File mapping failed: (\S+)", "cannot be read (an empty file?)")):
+    for pat, what in (
+        (r"Failed to decode sample #\d+ : (\S+)", "cannot be decoded"),
+        (r"File mapping failed: (\S+)", "cannot be read (an empty file?)"),
+    ):
         m = re.search(pat, text)
         if m:
             return f"{m.group(1)}: {what}"
-    lines = [ln.strip() for ln in text.splitlines()
-             if ln.strip() and not ln.strip().startswith(("Critical error", "Current pipeline", "File ", "Error in"))]
+    lines = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip() and not ln.strip().startswith(("Critical error", "Current pipeline", "File ", "Error in"))
+    ]
     return re.sub(r"\s*C\+\+ context:.*", "", lines[0] if lines else type(e).__name__)
 
 
@@ -261,8 +281,17 @@ class StatsPass:
     decode_only: read and decode, discard the images (the benchmark's reference). moments_in_pipeline: sum with
     DALI operators (`moments_graph`; always on the GPU) instead of the CPU block matmul."""
 
-    def __init__(self, sel: Split, *, device: str = "cpu", batch_size: int = 64, threads: int | None = None,
-                 decode_only: bool = False, moments_in_pipeline: bool = False, device_id: int = 0):
+    def __init__(
+        self,
+        sel: Split,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        threads: int | None = None,
+        decode_only: bool = False,
+        moments_in_pipeline: bool = False,
+        device_id: int = 0,
+    ):
         self.threads = host.cores() if threads is None else threads
         if batch_size < 1 or self.threads < 1:
             raise StatsError(f"--batch-size and --threads must be >= 1, got {batch_size} and {self.threads}")
@@ -272,9 +301,15 @@ class StatsPass:
             raise StatsError("--device gpu: torch sees no CUDA GPU; use --device cpu")
         self.sel, self.batch_size, self.decode_only, self.device_id = sel, batch_size, decode_only, device_id
         self.in_pipe = device == "gpu" or bool(moments_in_pipeline)  # GPU images never leave the GPU
-        self.pipe = build_pipeline(sel, device=device, batch_size=batch_size, threads=self.threads,
-                                   device_id=device_id, mean_image=not decode_only,
-                                   outputs="moments" if self.in_pipe and not decode_only else "images")
+        self.pipe = build_pipeline(
+            sel,
+            device=device,
+            batch_size=batch_size,
+            threads=self.threads,
+            device_id=device_id,
+            mean_image=not decode_only,
+            outputs="moments" if self.in_pipe and not decode_only else "images",
+        )
 
     def run(self, progress: bool = False) -> Moments:
         import torch
@@ -289,8 +324,13 @@ class StatsPass:
 
         saved = torch.get_num_threads(), torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # never a reduced-precision (TF32/bf16) float32 matmul
-        bar = tqdm(total=self.sel.images, desc="decode" if self.decode_only else "stats", unit="img",
-                   disable=not progress, smoothing=0.05)
+        bar = tqdm(
+            total=self.sel.images,
+            desc="decode" if self.decode_only else "stats",
+            unit="img",
+            disable=not progress,
+            smoothing=0.05,
+        )
         try:
             # Parallel over images, one torch thread per worker: a worker left with the default OpenMP team
             # spins on the cores DALI's decoder needs (measured 7x slower on 2 cores).
@@ -301,13 +341,20 @@ class StatsPass:
                     elif self.in_pipe:
                         s1, s2, shape = (o.as_cpu() if hasattr(o, "as_cpu") else o for o in outs[:3])
                         hw = shape.as_array()[:k, :2].astype(np.int64)
-                        m.add(k, int((hw[:, 0] * hw[:, 1]).sum()), s1.as_array()[:k].astype(np.int64).sum(0),
-                              _s2_matrix(s2.as_array()[:k]), _batch_patch_sum(outs[3], k, self.device_id))
+                        m.add(
+                            k,
+                            int((hw[:, 0] * hw[:, 1]).sum()),
+                            s1.as_array()[:k].astype(np.int64).sum(0),
+                            _s2_matrix(s2.as_array()[:k]),
+                            _batch_patch_sum(outs[3], k, self.device_id),
+                        )
                     else:
                         # Views of DALI's output buffers, valid until the next run(): summed before it.
                         imgs = [np.asarray(outs[0][i]) for i in range(k)]
                         patches = [central_view(np.asarray(outs[-1][i])) for i in range(k)]  # resized or not
-                        parts = [(imgs[i::self.threads], patches[i::self.threads]) for i in range(min(self.threads, k))]
+                        parts = [
+                            (imgs[i :: self.threads], patches[i :: self.threads]) for i in range(min(self.threads, k))
+                        ]
                         for r in pool.map(work, *zip(*parts)):
                             m.add(*r)
                     bar.update(k)
@@ -342,15 +389,32 @@ def derive(m: Moments) -> dict:
     mean = [s / n for s in s1]  # int / int: correctly rounded
     cov = [[(n * s2[i][j] - s1[i] * s1[j]) / (n * n) for j in range(3)] for i in range(3)]
     w, v = eigen(np.array(cov))
-    return {"mean": mean, "std": [math.sqrt(cov[i][i]) for i in range(3)], "cov": cov,
-            "eigval": w.tolist(), "eigvec": v.tolist(), "images": m.images, "pixels": n, "scale": SCALE,
-            "pixel_sum": s1, "pixel_product_sum": s2,
-            **({"mean_image": m.patch / m.images} if m.patch is not None else {})}
+    return {
+        "mean": mean,
+        "std": [math.sqrt(cov[i][i]) for i in range(3)],
+        "cov": cov,
+        "eigval": w.tolist(),
+        "eigvec": v.tolist(),
+        "images": m.images,
+        "pixels": n,
+        "scale": SCALE,
+        "pixel_sum": s1,
+        "pixel_product_sum": s2,
+        **({"mean_image": m.patch / m.images} if m.patch is not None else {}),
+    }
 
 
-def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, seed: int = 0, device: str = "cpu",
-                  batch_size: int = 64, threads: int | None = None, progress: bool = False,
-                  device_id: int = 0) -> dict:
+def compute_stats(
+    data: str | os.PathLike,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    batch_size: int = 64,
+    threads: int | None = None,
+    progress: bool = False,
+    device_id: int = 0,
+) -> dict:
     """The stats.json record (its fields: alexdata/statsfile.py) of DATA's training split: a `prepare` output or a
     raw class-folder tree. Raises DataError / StatsError with one line on bad input."""
     import nvidia.dali as dali
@@ -365,16 +429,27 @@ def compute_stats(data: str | os.PathLike, *, max_images: int | None = None, see
     if m.images != sel.images:
         raise StatsError(f"summed {m.images} images, expected {sel.images}")
     rec = derive(m)
-    rec["source"] = {"data": str(Path(data).resolve()), "kind": split.kind, "split": "train",
-                     "max_images": max_images, "seed": seed, "device": device, "dali": dali.__version__,
-                     "batch_size": batch_size, "threads": pas.threads, "seconds": round(seconds, 3)}
+    rec["source"] = {
+        "data": str(Path(data).resolve()),
+        "kind": split.kind,
+        "split": "train",
+        "max_images": max_images,
+        "seed": seed,
+        "device": device,
+        "dali": dali.__version__,
+        "batch_size": batch_size,
+        "threads": pas.threads,
+        "seconds": round(seconds, 3),
+    }
     return rec
 
 
 def summary(rec: dict, path: str | os.PathLike) -> str:
     """The one line `alexnet stats` ends with."""
     src, f = rec["source"], " ".join
-    return (f"stats: {rec['images']} images ({rec['pixels'] / 1e6:.1f} Mpx) in {src['seconds']:.1f} s "
-            f"({rec['images'] / max(src['seconds'], 1e-9):.0f} img/s, {src['device']}); "
-            f"mean [{f(f'{x:.2f}' for x in rec['mean'])}]; eigval [{f(f'{x:.1f}' for x in rec['eigval'])}] "
-            f"-> {path}" + (f" + {mean_image_path(path).name}" if rec.get("mean_image") is not None else ""))
+    return (
+        f"stats: {rec['images']} images ({rec['pixels'] / 1e6:.1f} Mpx) in {src['seconds']:.1f} s "
+        f"({rec['images'] / max(src['seconds'], 1e-9):.0f} img/s, {src['device']}); "
+        f"mean [{f(f'{x:.2f}' for x in rec['mean'])}]; eigval [{f(f'{x:.1f}' for x in rec['eigval'])}] "
+        f"-> {path}" + (f" + {mean_image_path(path).name}" if rec.get("mean_image") is not None else "")
+    )

@@ -16,6 +16,7 @@ stats.json (indent 1; every value on the 0-255 pixel scale, `scale`: 255):
   mean_image_sha256           of that file's bytes: `load_stats` refuses a file that is not the one written
 A stats.json without the two (written before the mean image existed) loads with mean_image None.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,9 @@ def same_stats(path: str | os.PathLike, rec: dict) -> bool:
     except (OSError, ValueError):
         return False
     sha = _npy(rec["mean_image"])[1] if rec.get("mean_image") is not None else None
-    return (all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec"))
-            and old.get("mean_image_sha256") in (None, sha))
+    return all(old.get(k) == rec.get(k) for k in ("mean", "std", "eigval", "eigvec")) and old.get(
+        "mean_image_sha256"
+    ) in (None, sha)
 
 
 def write_stats(rec: dict, path: str | os.PathLike) -> Path:
@@ -78,8 +80,9 @@ def write_stats(rec: dict, path: str | os.PathLike) -> Path:
 
 
 def _numbers(x) -> bool:
-    return isinstance(x, list) and all(_numbers(v) if isinstance(v, list) else
-                                       isinstance(v, (int, float)) and not isinstance(v, bool) for v in x)
+    return isinstance(x, list) and all(
+        _numbers(v) if isinstance(v, list) else isinstance(v, (int, float)) and not isinstance(v, bool) for v in x
+    )
 
 
 def _array(rec: dict, key: str, shape: tuple[int, ...], where: Path) -> np.ndarray:
@@ -106,19 +109,22 @@ def _load_mean_image(path: Path, rec: dict) -> np.ndarray | None:
     try:
         data = npy.read_bytes()
     except OSError as e:
-        raise StatsError(f"{npy}: the mean image {path.name} names cannot be read ({e.strerror or e}); run "
-                         f"`alexnet stats` again") from None
+        raise StatsError(
+            f"{npy}: the mean image {path.name} names cannot be read ({e.strerror or e}); run `alexnet stats` again"
+        ) from None
     if hashlib.sha256(data).hexdigest() != sha:
-        raise StatsError(f"{npy}: not the mean image {path.name} was written with (sha256 differs); run "
-                         f"`alexnet stats` again")
+        raise StatsError(
+            f"{npy}: not the mean image {path.name} was written with (sha256 differs); run `alexnet stats` again"
+        )
     try:
         m = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
         raise StatsError(f"{npy}: not a .npy array ({e})") from None
     side = SHORTER_SIDE
     if m.shape != (side, side, 3) or not np.isfinite(m).all() or m.min() < 0 or m.max() > SCALE:
-        raise StatsError(f"{npy}: a mean image must be ({side}, {side}, 3) values in 0..{SCALE}, got shape "
-                         f"{list(m.shape)}")
+        raise StatsError(
+            f"{npy}: a mean image must be ({side}, {side}, 3) values in 0..{SCALE}, got shape {list(m.shape)}"
+        )
     return m.astype(np.float64)
 
 
@@ -139,8 +145,9 @@ def load_stats(path: str | os.PathLike) -> dict:
     if missing:
         raise StatsError(f"{path}: missing {', '.join(missing)} (not an `alexnet stats` output?)")
     if rec["scale"] != SCALE:
-        raise StatsError(f"{path}: scale is {rec['scale']!r}; only {SCALE} (values on the 0-255 pixel scale) is "
-                         f"supported")
+        raise StatsError(
+            f"{path}: scale is {rec['scale']!r}; only {SCALE} (values on the 0-255 pixel scale) is supported"
+        )
     for k in ("images", "pixels"):
         if not isinstance(rec[k], int) or isinstance(rec[k], bool) or rec[k] < 1:
             raise StatsError(f"{path}: '{k}' must be a positive integer, got {rec[k]!r}")

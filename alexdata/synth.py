@@ -18,6 +18,7 @@ off roughly as 1/f, Field 1987), so file sizes and decode costs are realistic (~
 90-96). Each class has its own hue and grating orientation, a signal a small network learns in minutes.
 Sizes follow ImageNet's spread: most near 500x375, some over 2000 px, some under 256 px.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -38,7 +39,6 @@ from tqdm import tqdm
 from alexdata.errors import ConfigError
 from alexdata.host import cores
 from alexdata.shards import add_to_tar
-
 
 LAYOUTS = ("tree", "archives", "kaggle", "hf")
 HF_TRAIN_ARCHIVES = 5  # data/train_images_{0..4}.tar.gz, as in the Hugging Face repository
@@ -61,9 +61,11 @@ class SynthConfig:
             raise ConfigError("train_per_class must be >= 1 and val_per_class >= 0")
         per_class = -(-len(ODDITIES) // self.classes)  # planted files in the fullest class
         if self.oddities and self.train_per_class <= per_class:
-            raise ConfigError(f"--train-per-class {self.train_per_class} leaves no good image beside the "
-                              f"{len(ODDITIES)} planted bad files in {self.classes} classes: give more than "
-                              f"{per_class}, or --no-oddities")
+            raise ConfigError(
+                f"--train-per-class {self.train_per_class} leaves no good image beside the "
+                f"{len(ODDITIES)} planted bad files in {self.classes} classes: give more than "
+                f"{per_class}, or --no-oddities"
+            )
         if self.layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.test_images < 0:
@@ -116,8 +118,12 @@ def render(k: int, classes: int, rng: np.random.Generator, size: tuple[int, int]
     period = rng.uniform(14, 28) / scale
     yy, xx = np.mgrid[0:th, 0:tw].astype(np.float32)
     grating = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 6.3))
-    img = (base[None, None, :] + 38 * lum[..., None] + 18 * grating[..., None]
-           + 10 * chroma[..., None] * np.array([1.0, -0.5, -0.5], np.float32))
+    img = (
+        base[None, None, :]
+        + 38 * lum[..., None]
+        + 18 * grating[..., None]
+        + 10 * chroma[..., None] * np.array([1.0, -0.5, -0.5], np.float32)
+    )
     im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     return im.resize((w, h), Image.Resampling.BILINEAR) if (tw, th) != (w, h) else im
 
@@ -143,7 +149,7 @@ def _make_one(job: tuple[int, int, int, int, int, str]) -> bytes:
     elif oddity == "png":  # n02105855_2933.JPEG is really a PNG
         im.save(buf, "PNG")
     elif oddity == "truncated":  # a download cut short
-        return _jpeg(im, rng)[: 20_000]
+        return _jpeg(im, rng)[:20_000]
     elif oddity == "empty":
         return b""
     else:
@@ -154,8 +160,9 @@ def _make_one(job: tuple[int, int, int, int, int, str]) -> bytes:
 ODDITIES = ("cmyk", "grayscale", "png", "truncated", "empty")
 
 
-def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers: int | None = None,
-               progress: bool = True) -> dict:
+def make_synth(
+    out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers: int | None = None, progress: bool = True
+) -> dict:
     """Writes the mini-ImageNet under `out`; returns the description also saved as `out/synth.json`."""
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
@@ -191,8 +198,15 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
 
     payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
     with ProcessPoolExecutor(workers or cores()) as pool:
-        blobs = list(tqdm(pool.map(_make_one, payloads, chunksize=8), total=len(jobs), desc="synth",
-                          unit="img", disable=not progress))
+        blobs = list(
+            tqdm(
+                pool.map(_make_one, payloads, chunksize=8),
+                total=len(jobs),
+                desc="synth",
+                unit="img",
+                disable=not progress,
+            )
+        )
 
     sizes = [len(b) for b, j in zip(blobs, jobs) if j[3] == "" and j[0] < 2]
     if cfg.layout in ("tree", "kaggle"):
@@ -211,9 +225,15 @@ def make_synth(out: str | os.PathLike, cfg: SynthConfig = SynthConfig(), workers
         _write_archives(out, wnids, jobs, blobs)
         _write_devkit(out, wnids, val_labels, cfg.seed)
 
-    desc = {"config": asdict(cfg), "classes": wnids, "train_images": cfg.classes * cfg.train_per_class,
-            "val_images": len(val_labels), "oddities": odd_paths,
-            "test_images": n_test, "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0}
+    desc = {
+        "config": asdict(cfg),
+        "classes": wnids,
+        "train_images": cfg.classes * cfg.train_per_class,
+        "val_images": len(val_labels),
+        "oddities": odd_paths,
+        "test_images": n_test,
+        "mean_jpeg_bytes": int(np.mean(sizes)) if sizes else 0,
+    }
     (out / "synth.json").write_text(json.dumps(desc, indent=1) + "\n")
     return desc
 
@@ -242,8 +262,11 @@ def _write_hf(out: Path, wnids: list[str], jobs, blobs) -> None:
         member = f"{stem}_{wnids[k]}.JPEG" if s < 2 else f"{stem}.JPEG"
         groups.setdefault(name, []).append((member, blob))
     for name, members in groups.items():
-        with open(data / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        with (
+            open(data / name, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tf,
+        ):
             for member, blob in members:
                 add_to_tar(tf, member, blob)
 
@@ -280,12 +303,22 @@ def _write_devkit(out: Path, wnids: list[str], val_labels: dict[str, str], seed:
     import scipy.io
 
     ids = devkit_ids(wnids, seed)
-    fields = ["ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children", "wordnet_height",
-              "num_train_images"]
+    fields = [
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    ]
     rows = [(ids[w], w, f"synthetic class {w}", "", 0, np.zeros((1, 0)), 0, 0) for w in sorted(wnids, key=ids.get)]
     n = len(wnids)  # two non-leaf synsets above the classes, as the real table has (IDs after the leaves)
-    rows += [(n + 1, "n00001740", "entity", "", 1, np.array([[n + 2]], float), 2, 0),
-             (n + 2, "n00002684", "object", "", n, np.arange(1, n + 1, dtype=float)[None], 1, 0)]
+    rows += [
+        (n + 1, "n00001740", "entity", "", 1, np.array([[n + 2]], float), 2, 0),
+        (n + 2, "n00002684", "object", "", n, np.arange(1, n + 1, dtype=float)[None], 1, 0),
+    ]
     table = np.empty((len(rows), 1), dtype=[(f, "O") for f in fields])
     for i, r in enumerate(rows):
         table[i, 0] = tuple(np.array([[v]], float) if isinstance(v, int) else v for v in r)

@@ -4,6 +4,7 @@ local disk, a cluster file system or a bucket.
 manifest.json records every shard's and index's size and sha256, hashed as prepare wrote them. `--quick` checks
 presence and sizes (stat calls: seconds for ImageNet's ~1,300 shards); the default also hashes every file with
 all cores. The Loader makes the quick check whenever it opens a prepare output (alexdata/shards.py)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,7 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None = None,
-           progress: bool = False) -> dict:
+def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None = None, progress: bool = False) -> dict:
     """{"problems": [one line per bad file], "files": n, "bytes": n, "hashed": bool, "note": str | None}."""
     from tqdm import tqdm
 
@@ -38,16 +38,19 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     has_hash = any(h for _, _, h in files)
     note = None
     if not has_hash:
-        note = ("manifest.json has no sizes or hashes (written by an older prepare): only presence was checked; "
-                "prepare into a fresh directory to record them")
+        note = (
+            "manifest.json has no sizes or hashes (written by an older prepare): only presence was checked; "
+            "prepare into a fresh directory to record them"
+        )
     todo = [(p, size, h) for p, size, h in files if h and p not in bad] if not quick else []
     total = sum(size for _, size, _ in todo)
     if todo:
-        with ProcessPoolExecutor(workers or cores()) as pool, \
-                tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar:
+        with (
+            ProcessPoolExecutor(workers or cores()) as pool,
+            tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar,
+        ):
             for (path, size, want), got in zip(todo, pool.map(_sha256, [str(p) for p, _, _ in todo])):
                 if got != want:
                     problems.append(f"{path}: sha256 {got[:12]}..., manifest.json says {want[:12]}... (damaged)")
                 bar.update(size)
-    return {"problems": problems, "files": len(files), "bytes": total, "hashed": not quick and has_hash,
-            "note": note}
+    return {"problems": problems, "files": len(files), "bytes": total, "hashed": not quick and has_hash, "note": note}

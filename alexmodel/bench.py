@@ -1,4 +1,5 @@
 """`alexmodel.bench`, as before issue 18: the code is in alexmodel/tools/bench.py; this name is that same module."""
+
 import sys
 
 from alexmodel.tools import bench

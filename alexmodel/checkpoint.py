@@ -20,6 +20,7 @@ In a run directory (`save`, `load_latest`):
 Every file is written to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on POSIX), so a name on disk
 always holds a complete checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,17 +69,43 @@ def save_atomic(obj, path: str | os.PathLike, previous: str | os.PathLike | None
     os.replace(tmp, path)
 
 
-def save(run_dir: Path, *, config: dict, mean_image_255: torch.Tensor | None, epoch: int, step: int,
-         meter: dict | None, model: dict, optimizer: dict, plateau: dict, scaler: dict, ranks: list[dict],
-         history: list[dict]) -> None:
+def save(
+    run_dir: Path,
+    *,
+    config: dict,
+    mean_image_255: torch.Tensor | None,
+    epoch: int,
+    step: int,
+    meter: dict | None,
+    model: dict,
+    optimizer: dict,
+    plateau: dict,
+    scaler: dict,
+    ranks: list[dict],
+    history: list[dict],
+) -> None:
     """run_dir/checkpoint.pt after `step` global steps, the one it replaces kept as the spare.
 
     epoch: epochs finished (meter None) or the one in progress (meter: its EpochMeter's fields); ranks: per rank
     {"loader": Loader.state_dict(), "rng": rng_state()}; the rest are state_dicts, and the run's history."""
-    save_atomic({"format": FORMAT, "config": config, "mean_image_255": mean_image_255, "epoch": epoch,
-                 "step": step, "meter": meter, "model": model, "optimizer": optimizer, "plateau": plateau,
-                 "scaler": scaler, "ranks": ranks, "history": history},
-                run_dir / CHECKPOINT, previous=run_dir / PREVIOUS)
+    save_atomic(
+        {
+            "format": FORMAT,
+            "config": config,
+            "mean_image_255": mean_image_255,
+            "epoch": epoch,
+            "step": step,
+            "meter": meter,
+            "model": model,
+            "optimizer": optimizer,
+            "plateau": plateau,
+            "scaler": scaler,
+            "ranks": ranks,
+            "history": history,
+        },
+        run_dir / CHECKPOINT,
+        previous=run_dir / PREVIOUS,
+    )
 
 
 def start(run_dir: Path, saved: dict | None) -> None:
@@ -104,8 +131,10 @@ def load(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as e:
         first = (str(e).strip().splitlines() or [""])[0]
         if "numpy" in str(e):
-            raise TrainError(f"{path}: a format-1 checkpoint (numpy objects inside), which only an unsafe load "
-                             f"(weights_only=False) reads; retrain, or load it yourself if you trust its source")
+            raise TrainError(
+                f"{path}: a format-1 checkpoint (numpy objects inside), which only an unsafe load "
+                f"(weights_only=False) reads; retrain, or load it yourself if you trust its source"
+            )
         raise TrainError(f"{path}: not a checkpoint that loads safely ({first[:160]})") from None
     except Exception as e:  # truncated or foreign file
         raise TrainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
@@ -139,8 +168,11 @@ def load_latest(run_dir: Path, rank: int = 0) -> dict:
         except TrainError as e2:
             raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
         if rank == 0:
-            print(f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
-                  f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})", file=sys.stderr)
+            print(
+                f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
+                f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})",
+                file=sys.stderr,
+            )
         saved["_loaded_from"] = PREVIOUS
         return saved
 
@@ -168,8 +200,10 @@ def check_classes(cfg: dict, classes, checkpoint, data) -> None:
         raise TrainError(f"{checkpoint} predicts {cfg['model']['num_classes']} classes but {data} has {len(mine)}")
     if theirs and theirs != mine:
         diff = [(a, b) for a, b in zip(theirs, mine) if a != b]
-        raise TrainError(f"{checkpoint} was trained on other classes than {data} holds ({len(diff)} of {len(mine)} "
-                         f"differ, e.g. {diff[0][0]} vs {diff[0][1]})")
+        raise TrainError(
+            f"{checkpoint} was trained on other classes than {data} holds ({len(diff)} of {len(mine)} "
+            f"differ, e.g. {diff[0][0]} vs {diff[0][1]})"
+        )
 
 
 def incompatibility(saved: dict, now: dict, keys: list[str]) -> str | None:
@@ -193,11 +227,18 @@ def rng_state(cuda_devices=()) -> dict:
     """The states of every generator the training step draws from (dropout: torch, and the CUDA devices the model
     uses: only those, so a rank never opens a context on the other ranks' GPUs), as tensors and plain values."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": {str(dev): torch.cuda.get_rng_state(dev) for dev in cuda_devices},
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached": float(cached)},
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": {str(dev): torch.cuda.get_rng_state(dev) for dev in cuda_devices},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:

@@ -14,6 +14,7 @@ Recipes (`recipe()`):
 
 Every bad value raises ConfigError (a ValueError too) with one line naming it and what is allowed.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,13 +78,17 @@ class OptimConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr={self.lr!r}: expected a finite number > 0")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise ConfigError(f"momentum={self.momentum}, weight_decay={self.weight_decay}: expected 0 <= momentum "
-                              f"< 1 and weight_decay >= 0")
+            raise ConfigError(
+                f"momentum={self.momentum}, weight_decay={self.weight_decay}: expected 0 <= momentum "
+                f"< 1 and weight_decay >= 0"
+            )
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if not 0 < self.plateau_factor < 1 or self.plateau_patience < 0:
-            raise ConfigError(f"plateau_factor={self.plateau_factor}, plateau_patience={self.plateau_patience}: "
-                              f"expected 0 < factor < 1 and patience >= 0")
+            raise ConfigError(
+                f"plateau_factor={self.plateau_factor}, plateau_patience={self.plateau_patience}: "
+                f"expected 0 < factor < 1 and patience >= 0"
+            )
         if self.warmup_epochs < 0 or (self.warmup_epochs > 0 and self.schedule != "cosine"):
             raise ConfigError(f"warmup_epochs={self.warmup_epochs}: expected >= 0, and 0 unless schedule='cosine'")
         if not 0 <= self.label_smoothing < 1:
@@ -109,8 +114,11 @@ class RunConfig:
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
 
     def __post_init__(self):
-        for name, value, allowed in (("device", self.device, DEVICES), ("precision", self.precision, PRECISIONS),
-                                     ("placement", self.placement, PLACEMENTS)):
+        for name, value, allowed in (
+            ("device", self.device, DEVICES),
+            ("precision", self.precision, PRECISIONS),
+            ("placement", self.placement, PLACEMENTS),
+        ):
             if value not in allowed:
                 raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
         if self.checkpoint_every < 0:
@@ -127,9 +135,16 @@ class RunConfig:
 # number of ranks (a cluster gives what it has: the global batch stays, the per-rank batch changes) and the
 # statistics (a resume uses the checkpoint's unless --stats is given, so re-running `alexnet stats` cannot break
 # it). The class list must match: a checkpoint never continues on, or scores, data whose labels mean other classes.
-COMPAT_KEYS = (["classes", "model.num_classes", "model.width", "model.init", "data.aug", "run.seed", "run.device",
-                "run.placement"]
-               + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")])
+COMPAT_KEYS = [
+    "classes",
+    "model.num_classes",
+    "model.width",
+    "model.init",
+    "data.aug",
+    "run.seed",
+    "run.device",
+    "run.placement",
+] + [f"optim.{f.name}" for f in fields(OptimConfig) if f.name not in ("epochs", "lr")]
 
 
 def model_config(**kw) -> ModelConfig:
@@ -140,8 +155,14 @@ def model_config(**kw) -> ModelConfig:
         raise ConfigError(str(e)) from None
 
 
-def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = None, epochs: int | None = None,
-           lr: float | None = None) -> tuple[ModelConfig, AugmentConfig, OptimConfig]:
+def recipe(
+    name: str = "paper",
+    *,
+    width: float = 1.0,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> tuple[ModelConfig, AugmentConfig, OptimConfig]:
     """The model, augmentation and optimisation settings of a recipe (see the module docstring), with overrides.
 
     "modern" scales its lr linearly with the batch size unless `lr` is given, and divides the inputs by the
@@ -155,8 +176,7 @@ def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = 
     elif name == "modern":
         # No PCA lighting noise: torchvision's and timm's ImageNet recipes use none.
         model, aug = model_config(width=width, init="modern"), AugmentConfig(divide_std=True, pca_std=0.0)
-        optim = OptimConfig(recipe="modern", batch_size=512, schedule="cosine", warmup_epochs=5.0,
-                            label_smoothing=0.1)
+        optim = OptimConfig(recipe="modern", batch_size=512, schedule="cosine", warmup_epochs=5.0, label_smoothing=0.1)
     else:
         raise ConfigError(f"recipe={name!r}: expected one of {', '.join(RECIPES)}")
     bs = optim.batch_size if batch_size is None else batch_size
@@ -166,7 +186,7 @@ def recipe(name: str = "paper", *, width: float = 1.0, batch_size: int | None = 
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> host.default_device(); "gpu" only where torch sees one (TrainError otherwise)."""
+    """ "auto" -> host.default_device(); "gpu" only where torch sees one (TrainError otherwise)."""
     if device == "auto":
         return host.default_device()
     if device == "gpu" and not host.has_gpu():
@@ -193,32 +213,45 @@ def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, 
 
 
 # The options a command line may give, by the config whose field each names (`width`: the model's).
-_OPTIONS = {"data": {f.name for f in fields(DataConfig)} - {"data", "aug"}, "model": {"width"},
-            "optim": {f.name for f in fields(OptimConfig)}, "run": {f.name for f in fields(RunConfig)} - {"out"}}
+_OPTIONS = {
+    "data": {f.name for f in fields(DataConfig)} - {"data", "aug"},
+    "model": {"width"},
+    "optim": {f.name for f in fields(OptimConfig)},
+    "run": {f.name for f in fields(RunConfig)} - {"out"},
+}
 
 
-def configs_from_options(data: str, out: str = RunConfig.out, *, resume: bool | str = False,
-                         **options) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
+def configs_from_options(
+    data: str, out: str = RunConfig.out, *, resume: bool | str = False, **options
+) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
     """The configs of `alexnet train DATA --out OUT [options]`. `options` are the ones given, by config field
     name (recipe, epochs, batch_size, lr, width, threads, precision, ...); the others are the run's own on a
     resume (its config.json), the recipe's and the configs' defaults on a fresh run. A resume keeps the
     checkpoint's statistics unless `stats` is given. resume "auto": a resume when OUT holds a run."""
     unknown = sorted(set(options) - set().union(*_OPTIONS.values()))
     if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or "
-                          f"RunConfig, or width")
+        raise ConfigError(
+            f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or RunConfig, or width"
+        )
     given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
     if resume == "auto":
         resume = checkpoint.holds_run(out)
     if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
         data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
-        return (replace(data_cfg, data=data, **{"stats": None, **given["data"]}),
-                model_config(**{**asdict(model), **given["model"]}), replace(optim, **given["optim"]),
-                replace(run, out=out, **given["run"]))
+        return (
+            replace(data_cfg, data=data, **{"stats": None, **given["data"]}),
+            model_config(**{**asdict(model), **given["model"]}),
+            replace(optim, **given["optim"]),
+            replace(run, out=out, **given["run"]),
+        )
     first = {k: given["optim"].pop(k) for k in ("recipe", "batch_size", "epochs", "lr") if k in given["optim"]}
     model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **first)
-    return (DataConfig(data, aug=aug, **given["data"]), model, replace(optim, **given["optim"]),
-            RunConfig(out=out, **given["run"]))
+    return (
+        DataConfig(data, aug=aug, **given["data"]),
+        model,
+        replace(optim, **given["optim"]),
+        RunConfig(out=out, **given["run"]),
+    )
 
 
 def start_rules(optim: OptimConfig, resumed: dict | None = None, *, say: bool = True) -> OptimConfig:
@@ -229,14 +262,23 @@ def start_rules(optim: OptimConfig, resumed: dict | None = None, *, say: bool = 
     resumed: the checkpoint's optim settings on a resume. The cap then takes the epochs the checkpoint's run was
     set to, so a resume asking the warmup the run was started with gets what the cap made of it then."""
     epochs = optim.epochs if resumed is None else resumed["epochs"]
-    if resumed is None and say and optim.recipe == "paper" and optim.batch_size != PAPER_LR_BATCH \
-            and optim.lr == OptimConfig.lr:
-        print(f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr is for "
-              f"{PAPER_LR_BATCH}); the linear rule would give --lr {optim.lr * optim.batch_size / PAPER_LR_BATCH:g}",
-              file=sys.stderr)
+    if (
+        resumed is None
+        and say
+        and optim.recipe == "paper"
+        and optim.batch_size != PAPER_LR_BATCH
+        and optim.lr == OptimConfig.lr
+    ):
+        print(
+            f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr is for "
+            f"{PAPER_LR_BATCH}); the linear rule would give --lr {optim.lr * optim.batch_size / PAPER_LR_BATCH:g}",
+            file=sys.stderr,
+        )
     if optim.warmup_epochs > epochs / 2:
         if resumed is None and say:
-            print(f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the {epochs} "
-                  f"epochs", file=sys.stderr)
+            print(
+                f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the {epochs} epochs",
+                file=sys.stderr,
+            )
         optim = replace(optim, warmup_epochs=epochs / 2)
     return optim

@@ -9,6 +9,7 @@ A stop: the first of STOP_SIGNALS on any rank asks the run to stop; the ranks ag
 all-reduce each step makes already (alexmodel/loop.py), the run checkpoints there and raises TrainStopped, and
 the command exits with STOPPED_EXIT. A second signal exits at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,10 @@ def tower_devices(device: str, placement: str, local_rank: int) -> tuple[torch.d
     per_rank = 2 if placement == "two-tower" else 1
     first = local_rank * per_rank
     if torch.cuda.device_count() < first + per_rank:
-        raise TrainError(f"--placement {placement} on local rank {local_rank} needs GPUs "
-                         f"{first}..{first + per_rank - 1}, but torch sees {torch.cuda.device_count()}")
+        raise TrainError(
+            f"--placement {placement} on local rank {local_rank} needs GPUs "
+            f"{first}..{first + per_rank - 1}, but torch sees {torch.cuda.device_count()}"
+        )
     return tuple(host.torch_device(device, first + t) for t in range(per_rank))
 
 
@@ -130,8 +133,10 @@ class Signals:
         if self.received is None:
             self.received = name
             # os.write, not print: a handler may interrupt a print to stderr (tqdm's), and print is not reentrant.
-            os.write(2, f"train: {name}: stopping after this step and writing a checkpoint (again to exit at "
-                        f"once)\n".encode())
+            os.write(
+                2,
+                f"train: {name}: stopping after this step and writing a checkpoint (again to exit at once)\n".encode(),
+            )
         elif self.saving:
             self.pending = name
         else:

@@ -7,6 +7,7 @@
 They take a model, an optimizer and any iterable of (images, labels): the trainer's Loader, synthetic tensors
 (alexmodel/tools/bench.py), a list in a test. Under DDP the sums are all-reduced over the ranks.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,6 +28,7 @@ class EpochMeter:
     """Running sums of one training epoch over all ranks (times: this rank's); saved in mid-epoch checkpoints.
     steps, images and data_s are counted on the host at every step; loss_sum, correct and step_s are added when
     the host waits for the device, once per logging window (`train_one_epoch`)."""
+
     steps: int = 0
     images: int = 0
     loss_sum: float = 0.0  # cross-entropy summed over images
@@ -37,8 +39,12 @@ class EpochMeter:
 
     def summary(self) -> dict:
         n, s = max(self.images, 1), max(self.step_s, 1e-9)
-        return {"train_loss": self.loss_sum / n, "train_top1": self.correct / n,
-                "images_per_s": self.images / s, "data_wait_frac": self.data_s / s}
+        return {
+            "train_loss": self.loss_sum / n,
+            "train_top1": self.correct / n,
+            "images_per_s": self.images / s,
+            "data_wait_frac": self.data_s / s,
+        }
 
 
 class NonFiniteLoss(TrainError):
@@ -60,11 +66,23 @@ def autocast(device_type: str, precision: str):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
-def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler=None, channels_last: bool = False,
-                    label_smoothing: float = 0.0, lr_at: Callable[[int], float] | None = None,
-                    meter: EpochMeter | None = None, after_step: Callable | None = None, bar=None,
-                    log_every: int = 0, on_window: Callable | None = None,
-                    stop: Callable[[], bool] | None = None) -> EpochMeter:
+def train_one_epoch(
+    model,
+    optimizer,
+    loader,
+    *,
+    precision: str = "fp32",
+    scaler=None,
+    channels_last: bool = False,
+    label_smoothing: float = 0.0,
+    lr_at: Callable[[int], float] | None = None,
+    meter: EpochMeter | None = None,
+    after_step: Callable | None = None,
+    bar=None,
+    log_every: int = 0,
+    on_window: Callable | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> EpochMeter:
     """One pass over `loader` (this rank's shard of the epoch), continuing `meter` when resuming mid-epoch.
 
     The loss and accuracy sums stay on the device; the host waits for it once per window of `log_every` steps
@@ -99,14 +117,25 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         meter.step_s += dt
         meter.host_syncs += 1
         n = max(count, 1)
-        stats = {"steps": window["steps"], "images": int(count), "loss": loss_sum / n, "top1": correct / n,
-                 "lr": optimizer.param_groups[0]["lr"], "images_per_s": count / max(dt, 1e-9),
-                 "data_wait_frac": window["data_s"] / max(dt, 1e-9)}
+        stats = {
+            "steps": window["steps"],
+            "images": int(count),
+            "loss": loss_sum / n,
+            "top1": correct / n,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": count / max(dt, 1e-9),
+            "data_wait_frac": window["data_s"] / max(dt, 1e-9),
+        }
         window.update(sums=None, steps=0, data_s=0.0, t0=time.perf_counter(), stop=window["stop"] or stops > 0)
         if bar is not None:
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", top1=f"{100 * stats['top1']:.1f}%",
-                            lr=f"{stats['lr']:.3g}", img_s=f"{stats['images_per_s']:.0f}",
-                            wait=f"{100 * stats['data_wait_frac']:.0f}%", refresh=False)
+            bar.set_postfix(
+                loss=f"{stats['loss']:.3f}",
+                top1=f"{100 * stats['top1']:.1f}%",
+                lr=f"{stats['lr']:.3g}",
+                img_s=f"{stats['images_per_s']:.0f}",
+                wait=f"{100 * stats['data_wait_frac']:.0f}%",
+                refresh=False,
+            )
         if on_window is not None:
             on_window(meter, stats)
         return window["stop"]
@@ -129,16 +158,23 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
         labels = labels.to(logits.device)
         # Sum / max(n, 1): a data-parallel rank's last batch can be empty (alexdata/loader.py); it still steps
         # (zero gradients) so every rank makes the same all-reduce calls, and its loss is 0, not NaN.
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing,
-                               reduction="sum") / max(labels.numel(), 1)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="sum") / max(
+            labels.numel(), 1
+        )
         asked = bool(stop is not None and stop())
         # float64: a window's sums add up exactly enough that the window's length changes no reported figure
         # beyond round-off (tests/test_preemption.py), and counts stay exact past float32's 2^24.
         # The two host numbers go in with fill kernels: new_tensor() would be a host-to-device copy, which
         # waits for the device every step (caught by the GPU test under torch.cuda.set_sync_debug_mode).
         full = lambda v: torch.full((), v, dtype=torch.float64, device=logits.device)
-        sums = torch.stack([loss.detach().double() * labels.numel(), (logits.argmax(1) == labels).sum().double(),
-                            full(labels.numel()), full(float(asked))])
+        sums = torch.stack(
+            [
+                loss.detach().double() * labels.numel(),
+                (logits.argmax(1) == labels).sum().double(),
+                full(labels.numel()),
+                full(float(asked)),
+            ]
+        )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -158,8 +194,9 @@ def train_one_epoch(model, optimizer, loader, *, precision: str = "fp32", scaler
             t_after, syncs = time.perf_counter(), meter.host_syncs
             after_step(meter, images, labels, sync)
             # A checkpoint's write is not step time: the window restarts after it (or shifts past the hook).
-            window["t0"] = time.perf_counter() if meter.host_syncs != syncs else \
-                window["t0"] + time.perf_counter() - t_after
+            window["t0"] = (
+                time.perf_counter() if meter.host_syncs != syncs else window["t0"] + time.perf_counter() - t_after
+            )
         if not distributed.active() and stop is not None and stop():  # one process: no one to agree with
             sync()
             window["stop"] = True
@@ -199,8 +236,14 @@ def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = Fa
         labels = labels.to(logp.device)
         top = logp.topk(min(5, logp.shape[-1]), dim=1).indices  # (B, 5)
         hits = top == labels[:, None]
-        batch = torch.stack([-logp.gather(1, labels[:, None]).sum(), hits[:, 0].sum().float(),
-                             hits.any(1).sum().float(), torch.ones_like(labels).sum().float()]).double()
+        batch = torch.stack(
+            [
+                -logp.gather(1, labels[:, None]).sum(),
+                hits[:, 0].sum().float(),
+                hits.any(1).sum().float(),
+                torch.ones_like(labels).sum().float(),
+            ]
+        ).double()
         totals = batch if totals is None else totals + batch
     if totals is None:
         raise DataError("evaluate: the loader yielded no batches")
@@ -209,4 +252,3 @@ def evaluate(model, loader, *, precision: str = "fp32", channels_last: bool = Fa
     loss_sum, top1, top5, n = totals.tolist()
     model.train(was_training)
     return {"loss": loss_sum / n, "top1": top1 / n, "top5": top5 / n, "images": int(n)}
-

@@ -47,8 +47,13 @@ INIT_STD = 0.01  # paper §5: "zero-mean Gaussian distribution with standard dev
 
 # Channel / feature counts of the paper's model, both towers together (Figure 2).
 PAPER_WIDTHS = {
-    "conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256,
-    "fc6": 4096, "fc7": 4096,
+    "conv1": 96,
+    "conv2": 256,
+    "conv3": 384,
+    "conv4": 384,
+    "conv5": 256,
+    "fc6": 4096,
+    "fc7": 4096,
 }
 INITS = ("paper", "modern")
 
@@ -117,8 +122,9 @@ class TowerLayer(nn.Module):
             whole = torch.cat([getattr(self, f"{name}0"), getattr(self, f"{name}1").to(dev0)])
             destination[prefix + name] = whole if keep_vars else whole.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         if self.two_tower:
             # Rewrite this layer's one-device keys into per-tower halves, then load as usual.
             state_dict = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
@@ -129,8 +135,9 @@ class TowerLayer(nn.Module):
                 halves = whole.chunk(2, dim=0)
                 for t in range(2):
                     state_dict[f"{prefix}{name}{t}"] = halves[t].to(getattr(self, f"{name}{t}").device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if self.two_tower:
             # Report a missing key by its one-device name, the name the checkpoint should have.
             for name in ("weight", "bias"):
@@ -237,11 +244,18 @@ class AlexNet(nn.Module):
         .to(memory_format=...) are fine. Inputs may live anywhere; logits are on dev0.
     """
 
-    def __init__(self, num_classes: int = 1000, *, width: float = 1.0, init: str = "paper",
-                 devices: tuple[Device, Device] | None = None):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        width: float = 1.0,
+        init: str = "paper",
+        devices: tuple[Device, Device] | None = None,
+    ):
         super().__init__()
-        self.config = ModelConfig(num_classes=num_classes, width=width, init=init,
-                                  devices=None if devices is None else tuple(devices))
+        self.config = ModelConfig(
+            num_classes=num_classes, width=width, init=init, devices=None if devices is None else tuple(devices)
+        )
         self.devices = None if devices is None else tuple(torch.device(d) for d in devices)
         c = self.config.widths()
         dev = self.devices
@@ -328,5 +342,4 @@ class AlexNet(nn.Module):
         return self.fc8(x)  # (B, num_classes)
 
 
-__all__ = ["AlexNet", "ModelConfig", "TowerConv2d", "TowerLinear", "lrn",
-           "LRN_K", "LRN_N", "LRN_ALPHA", "LRN_BETA"]
+__all__ = ["AlexNet", "ModelConfig", "TowerConv2d", "TowerLinear", "lrn", "LRN_K", "LRN_N", "LRN_ALPHA", "LRN_BETA"]

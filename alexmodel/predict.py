@@ -4,6 +4,7 @@ Each JPEG or PNG goes through the same DALI graph as `alexnet evaluate` (pipelin
 to 256, the central 227 crop (or the ten crops of paper §4.1 with `ten_crop`), minus the mean the run trained
 with. So predict and evaluate give the same probabilities for the same image (tests/test_usability.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,16 @@ from alexmodel.loop import evaluate_views
 from pipelines.config import AugmentConfig
 
 
-def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, ten_crop: bool = False,
-            device: str = "auto", batch_size: int = 64, threads: int | None = None, top: int = 5) -> list[dict]:
+def predict(
+    checkpoint: str | os.PathLike,
+    images: list[str | os.PathLike],
+    *,
+    ten_crop: bool = False,
+    device: str = "auto",
+    batch_size: int = 64,
+    threads: int | None = None,
+    top: int = 5,
+) -> list[dict]:
     """[{"image": path, "top": [(wnid, probability), ...]}] in the order of `images`, the `top` most likely."""
     from alexdata.loader import Loader
 
@@ -39,8 +48,18 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     model = model_from_checkpoint(saved, host.torch_device(device, index))
     stats, aug = stats_from_checkpoint(saved), AugmentConfig(**saved["config"]["data"]["aug"])
     split = Split("files", tuple(classes), len(paths), files=tuple(paths), labels=(0,) * len(paths))
-    loader = Loader("(images)", split="val", mode="tencrop" if ten_crop else "center", opened=split, stats=stats,
-                    aug=aug, batch_size=min(batch_size, len(paths)), device=device, device_id=index, threads=threads)
+    loader = Loader(
+        "(images)",
+        split="val",
+        mode="tencrop" if ten_crop else "center",
+        opened=split,
+        stats=stats,
+        aug=aug,
+        batch_size=min(batch_size, len(paths)),
+        device=device,
+        device_id=index,
+        threads=threads,
+    )
     probs = []
     with torch.no_grad():
         for x, _ in loader:
@@ -48,5 +67,7 @@ def predict(checkpoint: str | os.PathLike, images: list[str | os.PathLike], *, t
     p = torch.cat(probs)
     k = min(top, p.shape[1])
     values, idx = p.topk(k, dim=1)
-    return [{"image": path, "top": [(classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]}
-            for n, path in enumerate(paths)]
+    return [
+        {"image": path, "top": [(classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]}
+        for n, path in enumerate(paths)
+    ]

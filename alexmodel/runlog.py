@@ -10,6 +10,7 @@
 
 Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,13 @@ CONFIG, METRICS, PLOT, STEPS = "config.json", "metrics.jsonl", "plot.png", "step
 def git_revision() -> str:
     """`git rev-parse HEAD` of the code's checkout, or "unknown" (an installed copy, no git)."""
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                           capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else "unknown"
@@ -42,9 +48,18 @@ def write_config(run_dir: Path, config: dict, *, device: str, **extra) -> dict:
     the run's ("gpu" records the GPU)."""
     m = host.machine(device)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    record = {"config": config, "revision": git_revision(), "started": now, "command": sys.argv,
-              "python": m["python"], "torch": m.get("torch"), "dali": m.get("dali", "not installed"),
-              "host": m["host"], "gpu": m.get("gpu"), **extra}
+    record = {
+        "config": config,
+        "revision": git_revision(),
+        "started": now,
+        "command": sys.argv,
+        "python": m["python"],
+        "torch": m.get("torch"),
+        "dali": m.get("dali", "not installed"),
+        "host": m["host"],
+        "gpu": m.get("gpu"),
+        **extra,
+    }
     try:  # a resume: the run's first command and start stay, this command joins the list of resumes
         old = json.loads((run_dir / CONFIG).read_text())
     except (OSError, ValueError):
@@ -113,8 +128,7 @@ def plot(run_dir: Path, history: list[dict], steps: list[dict] | None = None) ->
     ax_loss.plot(ep, [m["train_loss"] for m in history], "o-", ms=3, label="train")
     ax_loss.plot(ep, [m["val_loss"] for m in history], "o-", ms=3, label="val (centre crop)")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    for key, label in (("train_top1", "train top-1 (running)"), ("val_top1", "val top-1"),
-                       ("val_top5", "val top-5")):
+    for key, label in (("train_top1", "train top-1 (running)"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
         ax_acc.plot(ep, [100 * m[key] for m in history], "o-", ms=3, label=label)
     ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
     ax_lr.plot(ep, [m["lr"] for m in history], "o-", ms=3)

@@ -9,6 +9,7 @@ in loop.py; ranks and the stop on a signal in distributed.py; the checkpoint fil
 checkpoint.py; config.json, metrics.jsonl, steps.jsonl and plot.png in runlog.py; `alexnet evaluate` in
 evaluate.py. The names users import from here (`from alexmodel.train import train, RunConfig, ...`) stay.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,20 @@ from alexdata.dataset import open_split
 from alexdata.errors import TrainError
 from alexmodel import checkpoint, distributed, runlog
 from alexmodel.checkpoint import model_from_checkpoint, stats_from_checkpoint
-from alexmodel.config import (COMPAT_KEYS, PRECISIONS, RECIPES, DataConfig, OptimConfig, RunConfig,
-                              configs_from_dict, configs_from_options, recipe, refuse_on_cpu, start_rules,
-                              resolve_device)
+from alexmodel.config import (
+    COMPAT_KEYS,
+    PRECISIONS,
+    RECIPES,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    configs_from_dict,
+    configs_from_options,
+    recipe,
+    refuse_on_cpu,
+    resolve_device,
+    start_rules,
+)
 from alexmodel.distributed import STOPPED_EXIT, Dist, Signals, TrainStopped
 from alexmodel.evaluate import evaluate_checkpoint
 from alexmodel.loop import EpochMeter, NonFiniteLoss, StopRequested, evaluate, evaluate_views, train_one_epoch
@@ -39,8 +51,15 @@ from pipelines.config import AugmentConfig, PipelineStats
 load_checkpoint = checkpoint.load_run  # the name before issue 18
 
 
-def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConfig, *,
-          resume: bool | str = False, on_step: Callable | None = None) -> dict:
+def train(
+    data: DataConfig,
+    model: ModelConfig,
+    optim: OptimConfig,
+    run: RunConfig,
+    *,
+    resume: bool | str = False,
+    on_step: Callable | None = None,
+) -> dict:
     """Trains AlexNet and records the run in `run.out`. Returns {"run_dir", "history", "model", "checkpoint",
     "rank"}.
 
@@ -61,8 +80,10 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
     if resume == "auto":
         resume = checkpoint.holds_run(run.out)
     if not resume and checkpoint.holds_run(run.out):
-        raise TrainError(f"{run.out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume to continue "
-                         f"it, or choose another --out")
+        raise TrainError(
+            f"{run.out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume to continue "
+            f"it, or choose another --out"
+        )
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = distributed.init(device, run.placement)
@@ -75,8 +96,9 @@ def train(data: DataConfig, model: ModelConfig, optim: OptimConfig, run: RunConf
         distributed.close(d)
 
 
-def train_from_options(data: str, out: str = RunConfig.out, *, resume: bool | str = False,
-                       on_step: Callable | None = None, **options) -> dict:
+def train_from_options(
+    data: str, out: str = RunConfig.out, *, resume: bool | str = False, on_step: Callable | None = None, **options
+) -> dict:
     """`alexnet train DATA --out OUT [options]` from Python: options by config field name (epochs, lr,
     batch_size, width, precision, ...); those not given are the run's own on a resume, the recipe's otherwise
     (config.configs_from_options). Returns what train() returns."""
@@ -104,13 +126,23 @@ def _all_finite(model) -> bool:
 class _Run:
     """One training run: built from the configs, then `fit` goes epoch by epoch; every rank holds one."""
 
-    def __init__(self, data: DataConfig, model_cfg: ModelConfig, optim: OptimConfig, run: RunConfig, d: Dist,
-                 signals: Signals, on_step: Callable | None, saved: dict | None):
+    def __init__(
+        self,
+        data: DataConfig,
+        model_cfg: ModelConfig,
+        optim: OptimConfig,
+        run: RunConfig,
+        d: Dist,
+        signals: Signals,
+        on_step: Callable | None,
+        saved: dict | None,
+    ):
         from alexdata.loader import Loader, resolve_stats
 
         if optim.batch_size % d.world:
-            raise TrainError(f"--batch-size {optim.batch_size} does not split over {d.world} ranks; "
-                             f"use a multiple of {d.world}")
+            raise TrainError(
+                f"--batch-size {optim.batch_size} does not split over {d.world} ranks; use a multiple of {d.world}"
+            )
         self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
         self.per_rank = optim.batch_size // d.world
         splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
@@ -123,15 +155,19 @@ class _Run:
             stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
             old = None if saved is None else stats_from_checkpoint(saved)
             if old is not None and d.rank == 0 and (stats != old or not _same_image(stats, old)):
-                print(f"train: using --stats {data.stats}, not the statistics the run trained with",
-                      file=sys.stderr)
+                print(f"train: using --stats {data.stats}, not the statistics the run trained with", file=sys.stderr)
         # The mean image goes into the checkpoint beside the config (a tensor), not into config.json (768 KB)
         self.mean_image = None if stats.mean_image_255 is None else torch.from_numpy(stats.mean_image_255)
-        self.config = {"data": asdict(data),
-                       "model": {k: getattr(self.model_cfg, k) for k in ("num_classes", "width", "init")},
-                       "optim": asdict(optim), "run": asdict(run), "world_size": d.world,
-                       "stats_255": stats.per_channel(), "classes": list(self.classes),
-                       "data_inputs": _data_inputs(data.data)}
+        self.config = {
+            "data": asdict(data),
+            "model": {k: getattr(self.model_cfg, k) for k in ("num_classes", "width", "init")},
+            "optim": asdict(optim),
+            "run": asdict(run),
+            "world_size": d.world,
+            "stats_255": stats.per_channel(),
+            "classes": list(self.classes),
+            "data_inputs": _data_inputs(data.data),
+        }
         self.run_dir = Path(run.out)
         self.ckpt_path = self.run_dir / checkpoint.CHECKPOINT
 
@@ -140,8 +176,12 @@ class _Run:
         np.random.seed(run.seed)
         random.seed(run.seed)
         devices = distributed.tower_devices(run.device, run.placement, d.local_rank)
-        net = AlexNet(self.model_cfg.num_classes, width=self.model_cfg.width, init=self.model_cfg.init,
-                      devices=devices if len(devices) == 2 else None)
+        net = AlexNet(
+            self.model_cfg.num_classes,
+            width=self.model_cfg.width,
+            init=self.model_cfg.init,
+            devices=devices if len(devices) == 2 else None,
+        )
         if len(devices) == 1:
             net = net.to(devices[0])
         self.net = net.to(memory_format=torch.channels_last) if run.channels_last else net
@@ -149,20 +189,37 @@ class _Run:
         if run.device == "gpu":
             torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
             torch.backends.cuda.matmul.allow_tf32 = run.tf32  # process-wide, as cudnn.benchmark
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=optim.lr, momentum=optim.momentum,
-                                         weight_decay=optim.weight_decay, fused=run.fused_sgd or None)
+        self.optimizer = torch.optim.SGD(
+            self.net.parameters(),
+            lr=optim.lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+            fused=run.fused_sgd or None,
+        )
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience)
+            self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
-        kw = dict(stats=stats, aug=data.aug, batch_size=self.per_rank, device=run.device,
-                  device_id=devices[0].index or 0, threads=data.threads, seed=run.seed + d.rank,
-                  shuffle_seed=run.seed, shard_id=d.rank, num_shards=d.world, prefetch=data.prefetch,
-                  hw_decoder_load=data.hw_decoder_load,
-                  layout="NHWC" if run.channels_last else "NCHW")  # channels_last batches: the step copies none
+        kw = dict(
+            stats=stats,
+            aug=data.aug,
+            batch_size=self.per_rank,
+            device=run.device,
+            device_id=devices[0].index or 0,
+            threads=data.threads,
+            seed=run.seed + d.rank,
+            shuffle_seed=run.seed,
+            shard_id=d.rank,
+            num_shards=d.world,
+            prefetch=data.prefetch,
+            hw_decoder_load=data.hw_decoder_load,
+            layout="NHWC" if run.channels_last else "NCHW",
+        )  # channels_last batches: the step copies none
         # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
         # empty one, would recompile it)
-        self.train_loader = Loader(data.data, split="train", mode="train", opened=splits["train"],
-                                   drop_last=run.compile, **kw)
+        self.train_loader = Loader(
+            data.data, split="train", mode="train", opened=splits["train"], drop_last=run.compile, **kw
+        )
         self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
         self.steps_per_epoch = len(self.train_loader)
         self.cuda_devices = sorted({p.device for p in self.net.parameters() if p.device.type == "cuda"}, key=str)
@@ -175,20 +232,26 @@ class _Run:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (opened once the run starts)
             except ImportError:
-                raise TrainError("--tensorboard needs the tensorboard package: pip install tensorboard "
-                                 "(or the project's [tensorboard] extra)") from None
+                raise TrainError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard "
+                    "(or the project's [tensorboard] extra)"
+                ) from None
 
     # ------------------------------------------------------------------ checkpoints
 
     def _restore(self, saved: dict) -> tuple[int, EpochMeter | None]:
         """Loads a checkpoint; returns (epoch to start at, the meter of an epoch in progress)."""
         # AugmentConfig fields added since the checkpoint was written take their defaults (mean: "channel")
-        then = {**saved["config"], "data": {**saved["config"]["data"],
-                                            "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"]))}}
+        then = {
+            **saved["config"],
+            "data": {**saved["config"]["data"], "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"]))},
+        }
         why = checkpoint.incompatibility(then, self.config, COMPAT_KEYS)
         if why:
-            raise TrainError(f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
-                             f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out")
+            raise TrainError(
+                f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
+                f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out"
+            )
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:  # the saved groups carry the run's old fused flag: speed only
@@ -217,11 +280,16 @@ class _Run:
         # another set of samples, so the positions do not carry over; the run goes on from the next epoch
         # boundary with fresh loaders.
         if self.d.rank == 0:
-            skipped = (f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
-                       f" of {self.train_loader.split.images} samples) and the epoch evaluated as it stands"
-                       if meter else "")
-            print(f"train: resuming on {self.d.world} rank(s) {why}, from the next epoch boundary{skipped}",
-                  file=sys.stderr)
+            skipped = (
+                f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
+                f" of {self.train_loader.split.images} samples) and the epoch evaluated as it stands"
+                if meter
+                else ""
+            )
+            print(
+                f"train: resuming on {self.d.world} rank(s) {why}, from the next epoch boundary{skipped}",
+                file=sys.stderr,
+            )
         self.finish_partial = meter is not None
         return epoch, meter
 
@@ -233,11 +301,20 @@ class _Run:
         ranks = distributed.gather(mine, self.d)
         if self.d.rank == 0:
             with self.signals.saving_checkpoint():
-                checkpoint.save(self.run_dir, config=self.config, mean_image_255=self.mean_image, epoch=epoch,
-                                step=step, meter=None if meter is None else asdict(meter),
-                                model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
-                                plateau=self.plateau.state_dict(), scaler=self.scaler.state_dict(), ranks=ranks,
-                                history=self.history)
+                checkpoint.save(
+                    self.run_dir,
+                    config=self.config,
+                    mean_image_255=self.mean_image,
+                    epoch=epoch,
+                    step=step,
+                    meter=None if meter is None else asdict(meter),
+                    model=self.net.state_dict(),
+                    optimizer=self.optimizer.state_dict(),
+                    plateau=self.plateau.state_dict(),
+                    scaler=self.scaler.state_dict(),
+                    ranks=ranks,
+                    history=self.history,
+                )
         self.last_saved = (epoch, step)
 
     # ------------------------------------------------------------------ logging
@@ -247,16 +324,23 @@ class _Run:
             if self.d.rank != 0:
                 return
             step = epoch * self.steps_per_epoch + meter.steps
-            rec = {"step": step, "epoch": round(epoch + meter.steps / self.steps_per_epoch, 4), **w,
-                   "time": time.time()}
+            rec = {
+                "step": step,
+                "epoch": round(epoch + meter.steps / self.steps_per_epoch, 4),
+                **w,
+                "time": time.time(),
+            }
             runlog.append_step(self.run_dir, rec)
             if self.writer is not None:
                 for k in ("loss", "top1", "lr", "images_per_s", "data_wait_frac"):
                     self.writer.add_scalar(f"train/{k}", w[k], step)
             if self.run.progress and not self.interactive:
-                print(f"epoch {rec['epoch']:.2f}  step {step}  loss {w['loss']:.3f}  top-1 {100 * w['top1']:.1f}%  "
-                      f"lr {w['lr']:.3g}  {w['images_per_s']:.0f} img/s  data wait {100 * w['data_wait_frac']:.0f}%",
-                      flush=True)
+                print(
+                    f"epoch {rec['epoch']:.2f}  step {step}  loss {w['loss']:.3f}  top-1 {100 * w['top1']:.1f}%  "
+                    f"lr {w['lr']:.3g}  {w['images_per_s']:.0f} img/s  data wait {100 * w['data_wait_frac']:.0f}%",
+                    flush=True,
+                )
+
         return log
 
     def _after_step(self, epoch: int):
@@ -268,6 +352,7 @@ class _Run:
                 self.save(epoch, meter, step)
             if self.on_step is not None:
                 self.on_step(epoch, step, images, labels)
+
         return after
 
     def _lr_at(self, epoch: int) -> Callable[[int], float] | None:
@@ -281,6 +366,7 @@ class _Run:
             if step < warm:
                 return o.lr * (step + 1) / warm
             return 0.5 * o.lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+
         return at
 
     # ------------------------------------------------------------------ the run
@@ -293,12 +379,17 @@ class _Run:
         if saved is not None:
             done = saved["epoch"]
             if self.optim.epochs < done or (self.optim.epochs == done and saved["meter"]):
-                raise TrainError(f"--epochs {self.optim.epochs}: the run has done {done} epoch(s) "
-                                 f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs")
+                raise TrainError(
+                    f"--epochs {self.optim.epochs}: the run has done {done} epoch(s) "
+                    f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs"
+                )
             if self.optim.epochs == done and start_epoch >= self.optim.epochs:
                 if self.d.rank == 0:
-                    print(f"train: nothing to do: {self.run_dir} finished its {done} epochs (give --epochs N to "
-                          f"train longer)", file=sys.stderr)
+                    print(
+                        f"train: nothing to do: {self.run_dir} finished its {done} epochs (give --epochs N to "
+                        f"train longer)",
+                        file=sys.stderr,
+                    )
                 return self._result()
         if self.d.rank == 0:
             checkpoint.start(self.run_dir, saved)
@@ -307,16 +398,20 @@ class _Run:
 
                 self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
             resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
-            runlog.write_config(self.run_dir, self.config, device=self.run.device, classes=list(self.classes),
-                                resumed_at=resumed_at)
+            runlog.write_config(
+                self.run_dir, self.config, device=self.run.device, classes=list(self.classes), resumed_at=resumed_at
+            )
             if saved is not None:  # the checkpoint's history is the truth: drop lines it does not hold
                 runlog.write_metrics(self.run_dir, self.history)
             runlog.truncate_steps(self.run_dir, saved["step"] if saved is not None else 0)
         model = self.net
         if self.d.world > 1:
             model = torch.nn.parallel.DistributedDataParallel(
-                self.net, device_ids=[self.net.fc8.weight.device] if self.run.device == "gpu"
-                and self.run.placement == "single" else None)
+                self.net,
+                device_ids=[self.net.fc8.weight.device]
+                if self.run.device == "gpu" and self.run.placement == "single"
+                else None,
+            )
         if self.run.compile:
             model = torch.compile(model)
         show = self.run.progress and self.interactive and self.d.rank == 0
@@ -327,16 +422,38 @@ class _Run:
                 start_epoch, meter = epoch + 1, None
             for epoch in range(start_epoch, self.optim.epochs):
                 desc = f"epoch {epoch + 1}/{self.optim.epochs}" + (
-                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)" if self.history else "")
-                bar = tqdm(total=self.steps_per_epoch, initial=meter.steps if meter else 0, unit="step",
-                           leave=False, desc=desc, dynamic_ncols=True) if show else None
+                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)" if self.history else ""
+                )
+                bar = (
+                    tqdm(
+                        total=self.steps_per_epoch,
+                        initial=meter.steps if meter else 0,
+                        unit="step",
+                        leave=False,
+                        desc=desc,
+                        dynamic_ncols=True,
+                    )
+                    if show
+                    else None
+                )
                 stopped = False
                 try:
                     meter = train_one_epoch(
-                        model, self.optimizer, self.train_loader, precision=self.run.precision, scaler=self.scaler,
-                        channels_last=self.run.channels_last, label_smoothing=self.optim.label_smoothing,
-                        lr_at=self._lr_at(epoch), meter=meter, after_step=self._after_step(epoch), bar=bar,
-                        log_every=self.run.log_every, on_window=self._on_window(epoch), stop=self.signals.stop)
+                        model,
+                        self.optimizer,
+                        self.train_loader,
+                        precision=self.run.precision,
+                        scaler=self.scaler,
+                        channels_last=self.run.channels_last,
+                        label_smoothing=self.optim.label_smoothing,
+                        lr_at=self._lr_at(epoch),
+                        meter=meter,
+                        after_step=self._after_step(epoch),
+                        bar=bar,
+                        log_every=self.run.log_every,
+                        on_window=self._on_window(epoch),
+                        stop=self.signals.stop,
+                    )
                 except StopRequested as e:
                     meter, stopped = e.meter, True
                 finally:
@@ -352,28 +469,36 @@ class _Run:
                 last = epoch + 1 == self.optim.epochs  # the run is done: a late signal changes nothing
                 on = self.net.fc8.weight.device  # this rank's first device
                 if not last and (stopped or distributed.any_rank(self.signals.stop(), self.d, on)):
-                    raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch),
-                                       self.d.rank)
+                    raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch), self.d.rank)
         except NonFiniteLoss as e:
             if self.last_saved:
-                where = (f"kept the last good checkpoint {self.ckpt_path} (epoch {self.last_saved[0]}, step "
-                         f"{self.last_saved[1]}); continue with --resume and a lower --lr")
+                where = (
+                    f"kept the last good checkpoint {self.ckpt_path} (epoch {self.last_saved[0]}, step "
+                    f"{self.last_saved[1]}); continue with --resume and a lower --lr"
+                )
             else:
                 where = "no checkpoint was written yet; start again with a lower --lr"
             hint = ", or fp32" if self.run.precision != "fp32" else ""
             raise TrainError(f"epoch {epoch + 1}: {e}: training stopped; {where}{hint}") from None
         except torch.cuda.OutOfMemoryError:
             half = max(1, self.optim.batch_size // 2)
-            raise TrainError(f"out of GPU memory with {self.per_rank} images per GPU (--batch-size "
-                             f"{self.optim.batch_size}); try --batch-size {half}") from None
+            raise TrainError(
+                f"out of GPU memory with {self.per_rank} images per GPU (--batch-size "
+                f"{self.optim.batch_size}); try --batch-size {half}"
+            ) from None
         finally:
             if self.writer is not None:
                 self.writer.close()
         return self._result()
 
     def _result(self) -> dict:
-        return {"run_dir": self.run_dir, "history": self.history, "model": self.net, "checkpoint": self.ckpt_path,
-                "rank": self.d.rank}
+        return {
+            "run_dir": self.run_dir,
+            "history": self.history,
+            "model": self.net,
+            "checkpoint": self.ckpt_path,
+            "rank": self.d.rank,
+        }
 
     def _end_epoch(self, epoch: int, meter: EpochMeter) -> None:
         t_eval = time.perf_counter()
@@ -381,10 +506,21 @@ class _Run:
         lr = self.optimizer.param_groups[0]["lr"]
         if self.optim.schedule == "plateau":
             self.plateau.step(1.0 - val["top1"])  # paper §5: watches the validation error rate
-        self.history.append({"epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch, **meter.summary(),
-                             "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"], "lr": lr,
-                             "epoch_s": meter.step_s, "eval_s": time.perf_counter() - t_eval,
-                             "host_syncs": meter.host_syncs, "time": time.time()})
+        self.history.append(
+            {
+                "epoch": epoch + 1,
+                "step": (epoch + 1) * self.steps_per_epoch,
+                **meter.summary(),
+                "val_loss": val["loss"],
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+                "lr": lr,
+                "epoch_s": meter.step_s,
+                "eval_s": time.perf_counter() - t_eval,
+                "host_syncs": meter.host_syncs,
+                "time": time.time(),
+            }
+        )
         self.save(epoch + 1, None, (epoch + 1) * self.steps_per_epoch)
         if self.d.rank == 0:
             m = self.history[-1]
@@ -397,8 +533,11 @@ class _Run:
 
     def _stopped_line(self, epoch: int, step: int) -> str:
         distributed.barrier(self.d)  # every rank is past the checkpoint before any exits (torchrun ends the rest)
-        where = (f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}" if step % self.steps_per_epoch
-                 else f"after epoch {step // self.steps_per_epoch}")
+        where = (
+            f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}"
+            if step % self.steps_per_epoch
+            else f"after epoch {step // self.steps_per_epoch}"
+        )
         by = self.signals.received or "a signal to another rank"
         return f"stopped by {by} at step {step} ({where}); checkpoint {self.ckpt_path}"
 
@@ -406,13 +545,38 @@ class _Run:
 def _print_epoch(m: dict, epochs: int) -> None:
     from tqdm import tqdm
 
-    tqdm.write(f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.3f}  train {100 * m['train_top1']:5.1f}%  "
-               f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%  lr {m['lr']:.3g}  "
-               f"{m['images_per_s']:.0f} img/s  data wait {100 * m['data_wait_frac']:.0f}%")
+    tqdm.write(
+        f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.3f}  train {100 * m['train_top1']:5.1f}%  "
+        f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%  lr {m['lr']:.3g}  "
+        f"{m['images_per_s']:.0f} img/s  data wait {100 * m['data_wait_frac']:.0f}%"
+    )
 
 
-__all__ = ["DataConfig", "OptimConfig", "RunConfig", "EpochMeter", "TrainError", "TrainStopped", "recipe", "train",
-           "train_from_options", "train_one_epoch", "evaluate", "evaluate_views", "evaluate_checkpoint",
-           "configs_from_dict", "load_checkpoint", "model_from_checkpoint", "stats_from_checkpoint", "RECIPES",
-           "COMPAT_KEYS", "PRECISIONS", "STOPPED_EXIT", "StopRequested", "NonFiniteLoss", "resolve_device",
-           "AugmentConfig", "ModelConfig"]
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "RunConfig",
+    "EpochMeter",
+    "TrainError",
+    "TrainStopped",
+    "recipe",
+    "train",
+    "train_from_options",
+    "train_one_epoch",
+    "evaluate",
+    "evaluate_views",
+    "evaluate_checkpoint",
+    "configs_from_dict",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "stats_from_checkpoint",
+    "RECIPES",
+    "COMPAT_KEYS",
+    "PRECISIONS",
+    "STOPPED_EXIT",
+    "StopRequested",
+    "NonFiniteLoss",
+    "resolve_device",
+    "AugmentConfig",
+    "ModelConfig",
+]

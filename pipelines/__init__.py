@@ -7,6 +7,7 @@ eval.py    read -> decode -> (resize) -> centre crop, or the paper's ten crops
 stats.py   read -> decode -> images or their sums (the statistics pass); read -> decode alone (benchmarks)
 common.py  the shared pieces: readers, label parsing, decoding, crop-window arithmetic
 """
+
 from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 
 __all__ = ["AugmentConfig", "PipelineStats", "RunSpec", "Split"]

@@ -3,6 +3,7 @@ pipeline's run arguments.
 
 All of it runs inside a DALI graph (the functions take and return DataNodes), so it builds for the CPU
 (`device_id=None`) and the GPU (decoder on device "mixed": nvJPEG, with the A100/H100/H200 hardware decoder)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,14 @@ READER = "reader"  # every reader's name, which the iterator and the stats pass 
 
 def pipeline_kw(spec: RunSpec, checkpoint: str | None = None) -> dict:
     """The arguments a `pipeline_def` function takes from `spec`; `checkpoint`: a saved position to resume from."""
-    return dict(batch_size=spec.batch_size, num_threads=spec.threads, device_id=spec.device_id, seed=spec.seed,
-                prefetch_queue_depth=spec.prefetch, **({"checkpoint": checkpoint} if checkpoint else {}))
+    return dict(
+        batch_size=spec.batch_size,
+        num_threads=spec.threads,
+        device_id=spec.device_id,
+        seed=spec.seed,
+        prefetch_queue_depth=spec.prefetch,
+        **({"checkpoint": checkpoint} if checkpoint else {}),
+    )
 
 
 def read(split: Split, spec: RunSpec, *, shuffle: bool):
@@ -38,13 +45,24 @@ def read(split: Split, spec: RunSpec, *, shuffle: bool):
     only reorder that rank's own samples). DALI checkpoints the buffer, so a mid-epoch resume is exact.
     Sharding: shards are padded to equal length (the last sample repeated) so every data-parallel rank runs the
     same number of batches; the iterator drops the padding, so one epoch over all shards sees each image once."""
-    common = dict(shard_id=spec.shard_id, num_shards=spec.num_shards, pad_last_batch=True, name=READER,
-                  shuffle_after_epoch=shuffle, **({"shuffle_after_epoch_seed": spec.shuffle_seed} if shuffle else {}))
+    common = dict(
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        pad_last_batch=True,
+        name=READER,
+        shuffle_after_epoch=shuffle,
+        **({"shuffle_after_epoch_seed": spec.shuffle_seed} if shuffle else {}),
+    )
     if split.prepared:
         if shuffle:
             common.update(random_shuffle=True, initial_fill=min(SHUFFLE_BUFFER, split.images))
-        jpg, cls = fn.readers.webdataset(paths=list(split.tars), index_paths=list(split.indexes),
-                                         ext=["jpg", "cls"], missing_component_behavior="error", **common)
+        jpg, cls = fn.readers.webdataset(
+            paths=list(split.tars),
+            index_paths=list(split.indexes),
+            ext=["jpg", "cls"],
+            missing_component_behavior="error",
+            **common,
+        )
         return jpg, ascii_digits(cls)
     files, labels = list(split.files), list(split.labels)
     if shuffle:  # files are sorted by class on disk: epoch 0 must not be
@@ -89,8 +107,12 @@ def decoder_kw(spec: RunSpec) -> dict:
     `preallocate_hw` = (height, width) of the largest image, the hardware decoder's buffers allocated up front
     (`preallocate_{height,width}_hint`, DALI docs fn.decoders.image)."""
     if spec.device == "gpu":
-        kw = dict(output_type=types.RGB, device="mixed", hw_decoder_load=spec.hw_decoder_load,
-                  hybrid_huffman_threshold=spec.hybrid_huffman_threshold)
+        kw = dict(
+            output_type=types.RGB,
+            device="mixed",
+            hw_decoder_load=spec.hw_decoder_load,
+            hybrid_huffman_threshold=spec.hybrid_huffman_threshold,
+        )
         if spec.preallocate_hw:
             kw.update(preallocate_height_hint=spec.preallocate_hw[0], preallocate_width_hint=spec.preallocate_hw[1])
         return kw
@@ -181,11 +203,15 @@ def mean_image_problem(stats, aug) -> str | None:
     if aug.mean != "pixel":
         return None
     if m is None:
-        return ("mean='pixel' needs the training set's mean image, and these statistics have none (a stats.json "
-                "from before it existed?): run `alexnet stats DATA` again")
+        return (
+            "mean='pixel' needs the training set's mean image, and these statistics have none (a stats.json "
+            "from before it existed?): run `alexnet stats DATA` again"
+        )
     if m.shape != (side, side, 3):
-        return (f"the mean image is {m.shape[0]}x{m.shape[1]}, the central square of shorter_side {side} needs "
-                f"{side}x{side}")
+        return (
+            f"the mean image is {m.shape[0]}x{m.shape[1]}, the central square of shorter_side {side} needs "
+            f"{side}x{side}"
+        )
     return None
 
 
@@ -203,8 +229,16 @@ def subtract_mean_window(out, mean_img, aug, offset, mirror, std, layout: str):
     of `mean_img` at `offset` (y, x; from `crop_offset`), cropped and mirrored by the same operator, then cast
     to aug.dtype's output type. The anchor pos * (side - crop) rounds back to exactly `offset`."""
     pos = offset / float(max(aug.shorter_side - aug.crop, 1))
-    window = fn.crop_mirror_normalize(mean_img, crop=(aug.crop, aug.crop), crop_pos_y=pos[0], crop_pos_x=pos[1],
-                                      mirror=mirror, std=std, dtype=types.FLOAT, output_layout=layout)
+    window = fn.crop_mirror_normalize(
+        mean_img,
+        crop=(aug.crop, aug.crop),
+        crop_pos_y=pos[0],
+        crop_pos_x=pos[1],
+        mirror=mirror,
+        std=std,
+        dtype=types.FLOAT,
+        output_layout=layout,
+    )
     out = out - window
     dtype = output_dtype(aug.dtype)
     return out if dtype == types.FLOAT else fn.cast(out, dtype=dtype)

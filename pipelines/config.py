@@ -1,5 +1,6 @@
 """What the pipelines need to know: the samples to read (`Split`), the augmentation (defaults from the paper), the
 dataset statistics, and how a pipeline runs (`RunSpec`: batch, threads, device, shard, decoder tuning)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ class Split:
     """The samples of one split as DALI's readers take them: `fn.readers.webdataset` paths + index_paths (kind
     "shards", a prepare output) or `fn.readers.file` files + labels (kind "files", a raw class-folder tree), with
     the class names and the image count. alexdata/dataset.py `open_split` finds them on disk."""
+
     kind: str  # "shards" (a prepare output: shorter side already 256) or "files" (raw class folders)
     classes: tuple[str, ...]
     images: int  # the samples to read; a stats sample's last shard may be read in part (alexdata/stats.py select)
@@ -73,6 +75,7 @@ class PipelineStats:
     """Training-set statistics on the 0-255 scale (from `alexnet stats`): the mean subtracted from every pixel
     (per channel, or the mean image), the std optionally divided by, and the RGB covariance's eigen-decomposition
     for PCA lighting."""
+
     mean_255: tuple[float, float, float]
     std_255: tuple[float, float, float]
     eigval_255: tuple[float, float, float]  # variances, descending
@@ -93,8 +96,9 @@ class PipelineStats:
         """From a record in stats.json's format (`alexdata.stats.load_stats`: "mean_image" an array or None)."""
         f = lambda v: tuple(float(x) for x in np.asarray(v, np.float64).reshape(-1))
         ev = np.asarray(s["eigvec"], np.float64).reshape(3, 3)
-        return cls(f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev),
-                   s.get("mean_image"))
+        return cls(
+            f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev), s.get("mean_image")
+        )
 
     def per_channel(self) -> dict:
         """The fields but the mean image: small, JSON-ready (a run's config.json records them)."""
@@ -105,6 +109,7 @@ class PipelineStats:
 class RunSpec:
     """How one DALI pipeline runs, apart from what it computes: batch, threads, device, this rank's shard, the
     seeds and the GPU decoder's tuning. ValueError with one line on a value out of range."""
+
     batch_size: int  # images per batch (per rank)
     threads: int  # DALI's CPU worker threads
     device: str = "cpu"  # one of DEVICES
@@ -129,15 +134,18 @@ class RunSpec:
         if self.device not in DEVICES:
             raise ValueError(f"device must be 'cpu' or 'gpu', got {self.device!r}")
         if (self.device_id is None) != (self.device == "cpu"):
-            raise ValueError(f"device_id must be a GPU's index with device 'gpu' and None with 'cpu', got "
-                             f"{self.device_id!r} with {self.device!r}")
+            raise ValueError(
+                f"device_id must be a GPU's index with device 'gpu' and None with 'cpu', got "
+                f"{self.device_id!r} with {self.device!r}"
+            )
         if not 0 <= self.shard_id < self.num_shards:
             raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id}/{self.num_shards}")
         if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
             raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {self.prefetch!r}")
         if not 0 <= self.hw_decoder_load <= 1:
-            raise ValueError(f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got "
-                             f"{self.hw_decoder_load}")
+            raise ValueError(
+                f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got {self.hw_decoder_load}"
+            )
         if self.hybrid_huffman_threshold < 0:
             raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {self.hybrid_huffman_threshold}")
         if self.preallocate_hw is not None and (len(self.preallocate_hw) != 2 or min(self.preallocate_hw) < 1):

@@ -6,6 +6,7 @@ tencrop  paper §4.1: the four corner crops and the centre crop, each with its m
          With AugmentConfig(central_square=True) the corners are those of the central 256x256 patch (paper §2).
 With AugmentConfig(mean="pixel") each view loses the same window of the mean image (mirrored with it).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,16 @@ from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 TEN_CROP_POSITIONS = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
 
 
-def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, *,
-                        ten_crop: bool = False, output_layout: str = "CHW", checkpoint: str | None = None):
+def build_eval_pipeline(
+    split: Split,
+    stats: PipelineStats,
+    aug: AugmentConfig,
+    spec: RunSpec,
+    *,
+    ten_crop: bool = False,
+    output_layout: str = "CHW",
+    checkpoint: str | None = None,
+):
     """A DALI pipeline yielding (images, labels as read: `common.labels_from_digits` makes them int64); images
     (3, crop, crop) or (10, 3, crop, crop), channels last with output_layout="HWC"; run as `spec` says, its
     samples in stored order (`spec.shuffle_seed` unused); `checkpoint`: a saved position."""
@@ -34,8 +43,13 @@ def build_eval_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig, 
             img = common.resize_shorter(img, aug.shorter_side)
         pixel = aug.mean == "pixel"
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
-        cmn = dict(crop=(aug.crop, aug.crop), mean=[0.0] * 3 if pixel else list(stats.mean_255), std=std,
-                   output_layout=output_layout, dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype))
+        cmn = dict(
+            crop=(aug.crop, aug.crop),
+            mean=[0.0] * 3 if pixel else list(stats.mean_255),
+            std=std,
+            output_layout=output_layout,
+            dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype),
+        )
         positions, mirrors = (TEN_CROP_POSITIONS, (0, 1)) if ten_crop else (TEN_CROP_POSITIONS[4:], (0,))
         offsets = [None] * len(positions)
         if aug.central_square:  # paper §4.1: the corners (and the centre) of the central 256x256 patch (§2)

@@ -5,6 +5,7 @@ stats        read (stored order, images only) -> decode (RGB) -> the images (the
              256x256 patch for the mean image (paper §2)
 decode_only  the training reader (shuffled, with its labels) -> decode: the ceiling of every pipeline here
 """
+
 from __future__ import annotations
 
 import nvidia.dali.fn as fn
@@ -18,8 +19,13 @@ from pipelines.config import SHORTER_SIDE, RunSpec, Split
 def read_images(split: Split):
     """The encoded images of `split` in stored order, each once an epoch (no shuffling, sharding or padding)."""
     if split.prepared:
-        return fn.readers.webdataset(paths=list(split.tars), index_paths=list(split.indexes), ext=["jpg"],
-                                     missing_component_behavior="error", name=common.READER)
+        return fn.readers.webdataset(
+            paths=list(split.tars),
+            index_paths=list(split.indexes),
+            ext=["jpg"],
+            missing_component_behavior="error",
+            name=common.READER,
+        )
     jpg, _ = fn.readers.file(files=list(split.files), name=common.READER)
     return jpg
 
@@ -40,9 +46,12 @@ def moments_graph(img):
     u64 = types.UINT64
     x = fn.cast(img, dtype=types.UINT16)  # a product of two 8-bit values fits 16 bits: 255**2 = 65025
     s1 = fn.reductions.sum(img, axes=[0, 1], dtype=u64)
-    s2 = fn.cat(fn.reductions.sum(x * x[:, :, 0:1], axes=[0, 1], dtype=u64),  # rr rg rb
-                fn.reductions.sum(x[:, :, 1:] * x[:, :, 1:2], axes=[0, 1], dtype=u64),  # gg gb
-                fn.reductions.sum(x[:, :, 2:] * x[:, :, 2:], axes=[0, 1], dtype=u64), axis=0)  # bb
+    s2 = fn.cat(
+        fn.reductions.sum(x * x[:, :, 0:1], axes=[0, 1], dtype=u64),  # rr rg rb
+        fn.reductions.sum(x[:, :, 1:] * x[:, :, 1:2], axes=[0, 1], dtype=u64),  # gg gb
+        fn.reductions.sum(x[:, :, 2:] * x[:, :, 2:], axes=[0, 1], dtype=u64),
+        axis=0,
+    )  # bb
     return s1, s2
 
 

@@ -15,6 +15,7 @@ meets them:
 Raw images take a shortcut: the 227 window is chosen in resized coordinates, only that region of the original is
 decoded (ROI decode) and resized straight to 227x227, instead of decoding and resizing the whole image.
 """
+
 from __future__ import annotations
 
 import nvidia.dali.fn as fn
@@ -24,7 +25,6 @@ from nvidia.dali import pipeline_def
 
 from pipelines import common
 from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
-
 
 ROI_MARGIN = 2  # original pixels decoded beyond the window: the resampling filter reaches past its edge
 
@@ -54,12 +54,18 @@ def roi_decode_crop(jpg, window, crop: int, spec: RunSpec):
     """Decode only the box of `window` (from `roi_window`) and resample its exact window to crop x crop."""
     box_start, box_end, roi_start, roi_end = window
     img = fn.decoders.image_slice(jpg, start=box_start, end=box_end, axis_names="WH", **common.decoder_kw(spec))
-    return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False,
-                     antialias=True)
+    return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False, antialias=True)
 
 
-def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, *,
-                         output_layout: str = "CHW", checkpoint: str | None = None):
+def build_train_pipeline(
+    split: Split,
+    stats: PipelineStats,
+    aug: AugmentConfig,
+    spec: RunSpec,
+    *,
+    output_layout: str = "CHW",
+    checkpoint: str | None = None,
+):
     """A DALI pipeline yielding (images NCHW float, or NHWC with output_layout="HWC"; labels as read:
     `common.labels_from_digits` makes them int64), run as `spec` says; `checkpoint`: a saved position."""
 
@@ -71,8 +77,13 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig,
         mean = common.pca_lighting_mean(stats, aug.pca_std, channel_mean=not pixel)  # 6+7
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
         # float32 before the mean image's window is subtracted: a float16 difference of float16s loses levels
-        cmn = dict(mirror=mirror, mean=mean, std=std, dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype),
-                   output_layout=output_layout)
+        cmn = dict(
+            mirror=mirror,
+            mean=mean,
+            std=std,
+            dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype),
+            output_layout=output_layout,
+        )
         if common.needs_resize(split, aug.shorter_side):  # raw images: ROI decode of the crop window (2-4)
             window, offset = roi_window(jpg, aug)
             img = roi_decode_crop(jpg, window, aug.crop, spec)
@@ -90,8 +101,9 @@ def build_train_pipeline(split: Split, stats: PipelineStats, aug: AugmentConfig,
             else:
                 # 2, then 4-7 in one GPU pass: keep the plain decode, which the hardware JPEG decoder serves
                 img = common.decode(jpg, spec)
-                out = fn.crop_mirror_normalize(img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1],
-                                               crop_pos_y=pos[0], **cmn)
+                out = fn.crop_mirror_normalize(
+                    img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn
+                )
         if pixel:  # 6: minus the mean image's window at the crop's offset, mirrored with the crop
             mean_img = common.mean_image(stats, aug, spec.device)
             out = common.subtract_mean_window(out, mean_img, aug, offset, mirror, std, output_layout)

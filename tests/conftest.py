@@ -1,4 +1,5 @@
 """Shared fixtures: one small generated mini-ImageNet and its prepared shards, made once per session."""
+
 import os
 import subprocess
 import sys
@@ -22,8 +23,14 @@ def env_with_path(*paths) -> dict:
 
 def run_cli(*args, check=True, **kw):
     """Runs `alexnet ARGS` in a subprocess, as a user would; returns the CompletedProcess."""
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env=env_with_path(ROOT), **kw)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_with_path(ROOT),
+        **kw,
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"alexnet {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")
     return r

@@ -1,4 +1,5 @@
 """Benchmarks are not timed tests: these only check that each runs on tiny data and reports what it promises."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,8 +24,9 @@ def test_bench_loader(prepared):
 
 
 def test_bench_train(prepared):
-    r = bench_train(str(prepared), steps=2, batch_size=4, width=0.0625, precisions=("fp32",), threads=1,
-                    stats=STATS, warmup=1)
+    r = bench_train(
+        str(prepared), steps=2, batch_size=4, width=0.0625, precisions=("fp32",), threads=1, stats=STATS, warmup=1
+    )
     variants = {(v["placement"], v["channels_last"]) for v in r["synthetic"]}
     assert variants == {("single", False), ("single", True)}  # two towers need two GPUs, as in train
     hs = r["host_sync"]
@@ -35,8 +37,17 @@ def test_bench_train(prepared):
 
 
 def test_bench_loader_times_only_the_contenders_asked_for(prepared):
-    r = bench_loader(str(prepared), batch_size=8, seconds=0.2, threads=1, stats=STATS, rounds=1, prefetch=3,
-                     hw_decoder_load=0.9, contenders=("decode_only", "pipeline"))
+    r = bench_loader(
+        str(prepared),
+        batch_size=8,
+        seconds=0.2,
+        threads=1,
+        stats=STATS,
+        rounds=1,
+        prefetch=3,
+        hw_decoder_load=0.9,
+        contenders=("decode_only", "pipeline"),
+    )
     assert r["decode_only"] > 0 and r["pipeline"] > 0 and "baseline" not in r and "pipeline_vs_baseline" not in r
     assert np.isclose(r["pipeline_vs_decode_only"], r["pipeline"] / r["decode_only"])
     assert (r["prefetch"], r["hw_decoder_load"]) == (3, 0.9)

@@ -1,13 +1,14 @@
 """`alexnet check`: the whole acceptance run, rehearsed on the CPU so it cannot rot between GPU sessions."""
+
 import json
 import math
 import time
 
 import pytest
+from conftest import run_cli
 
 from alexmodel.tools import check, check_stages
 from alexmodel.tools.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
-from conftest import run_cli
 
 TINY = check.SIZES["tiny"]
 
@@ -54,8 +55,9 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
     assert {p["prefetch"] for p in lo["sweep"]} == set(TINY.prefetch)
 
     s = st["stats"]
-    assert s["decode_img_s"] > 0 and math.isclose(s["stats_vs_decode_only"], s["stats_img_s"] / s["decode_img_s"],
-                                                  rel_tol=1e-6)
+    assert s["decode_img_s"] > 0 and math.isclose(
+        s["stats_vs_decode_only"], s["stats_img_s"] / s["decode_img_s"], rel_tol=1e-6
+    )
 
     tr = st["train"]
     assert set(tr["synthetic_img_s"]) == {"fp32", "bf16", "bf16_channels_last"}
@@ -89,6 +91,7 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
 def _fake(**figs):
     def stage(ctx, fig):
         fig.update(figs)
+
     return stage
 
 
@@ -96,6 +99,7 @@ def test_a_failed_stage_is_one_line_and_the_rest_go_on(tmp_path, monkeypatch):
     def boom(ctx, fig):
         fig["measured"] = 1.0
         raise RuntimeError("boom\nsecond line")
+
     monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": boom, "train": _fake(x=2.0)})
     rep = run_check(tmp_path, device="cpu", stages=("data", "stats", "train"), work=tmp_path / "w", log=_quiet)
     st = rep["stages"]
@@ -113,9 +117,11 @@ def test_a_stage_past_its_box_times_out_and_keeps_its_figures(tmp_path, monkeypa
         time.sleep(0.3)
         ctx.check_time()
         fig["second"] = 2.0
+
     monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "train": slow})
-    rep = run_check(tmp_path, device="cpu", budget_s=0.2, stages=("train", "paper_init"), work=tmp_path / "w",
-                    log=_quiet)
+    rep = run_check(
+        tmp_path, device="cpu", budget_s=0.2, stages=("train", "paper_init"), work=tmp_path / "w", log=_quiet
+    )
     tr = rep["stages"]["train"]
     assert tr["status"] == "timeout" and tr["first"] == 1.0 and "second" not in tr
     assert tr["time_box_s"] < 0.2  # its share: train's weight over train's and paper_init's
@@ -126,8 +132,8 @@ def test_an_interrupted_check_leaves_what_it_measured(tmp_path, monkeypatch):
     def interrupt(ctx, fig):
         fig["partial"] = 3.0
         raise KeyboardInterrupt
-    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": _fake(synth_img_s=5.0),
-                                             "tests": interrupt})
+
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": _fake(synth_img_s=5.0), "tests": interrupt})
     with pytest.raises(KeyboardInterrupt):
         run_check(tmp_path, device="cpu", work=tmp_path / "w", log=_quiet)
     st = json.loads((tmp_path / "check.json").read_text())["stages"]
@@ -153,9 +159,11 @@ def _ctx(tests, seconds=120.0):
 
 def test_tests_stage_counts_results_and_names_the_failures(tmp_path):
     f = tmp_path / "test_mixed.py"
-    f.write_text("import pytest\n\ndef test_ok():\n    pass\n\ndef test_fails():\n    assert 1 == 2\n\n"
-                 "@pytest.mark.skip\ndef test_skipped():\n    pass\n\n"
-                 "@pytest.mark.parametrize('x', [1, 2])\ndef test_param(x):\n    assert x == 1\n")
+    f.write_text(
+        "import pytest\n\ndef test_ok():\n    pass\n\ndef test_fails():\n    assert 1 == 2\n\n"
+        "@pytest.mark.skip\ndef test_skipped():\n    pass\n\n"
+        "@pytest.mark.parametrize('x', [1, 2])\ndef test_param(x):\n    assert x == 1\n"
+    )
     fig = {}
     with pytest.raises(RuntimeError, match="2 failing"):
         stage_tests(_ctx((str(f),)), fig)
@@ -177,8 +185,10 @@ def test_sizes_are_what_the_issue_asks():
     full = check.SIZES["full"]
     assert 18_000 <= full.classes * full.train_per_class <= 25_000 and full.width == 1.0  # ~20k distinct images
     assert 100 <= TINY.classes * (TINY.train_per_class + TINY.val_per_class) <= 500  # a few hundred
-    assert set(full.hw_decoder_load) >= {0.0, 0.65, 0.8, 0.9, 0.95, 1.0} and set(full.hybrid_huffman_threshold) == \
-        {0, 1_000_000}  # issue 17: against DALI's defaults, 0.65 and 1,000,000 pixels
+    assert set(full.hw_decoder_load) >= {0.0, 0.65, 0.8, 0.9, 0.95, 1.0} and set(full.hybrid_huffman_threshold) == {
+        0,
+        1_000_000,
+    }  # issue 17: against DALI's defaults, 0.65 and 1,000,000 pixels
     assert isinstance(full, CheckSize) and set(check.WEIGHTS) == set(STAGES)
 
 
@@ -203,8 +213,9 @@ def test_the_gpu_selection_names_real_tests():
     from alexmodel.tools.check import GPU_TESTS, ROOT
 
     def collect(*args):
-        r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT, capture_output=True, text=True
+        )
         return {ln for ln in r.stdout.splitlines() if "::" in ln}
 
     everything, chosen = collect("tests", "-m", "gpu"), collect(*GPU_TESTS)
@@ -219,9 +230,26 @@ def test_sigterm_keeps_the_figures_of_the_stage_in_progress(tmp_path):
 
     from conftest import ROOT, env_with_path
 
-    p = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "check", "--device", "cpu", "--out", tmp_path,
-                          "--stages", "paper_init,tests", "--work", tmp_path / "w"], cwd=ROOT,
-                         env=env_with_path(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "cli.py"),
+            "check",
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path,
+            "--stages",
+            "paper_init,tests",
+            "--work",
+            tmp_path / "w",
+        ],
+        cwd=ROOT,
+        env=env_with_path(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not (tmp_path / "check.json").is_file():
         time.sleep(0.1)
@@ -243,8 +271,13 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
     split = open_split(prepared)
     ctx = Context(device="gpu", size=TINY, work=None, cores=4, tests=())
     default = check.sweep_default(ctx)
-    assert (default["hw_decoder_load"], default["hybrid_huffman_threshold"], default["preallocate"],
-            default["layout"], default["prefetch"]) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
+    assert (
+        default["hw_decoder_load"],
+        default["hybrid_huffman_threshold"],
+        default["preallocate"],
+        default["layout"],
+        default["prefetch"],
+    ) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
     knobs, skipped = check_stages._sweep_points(ctx, default, split)
     plan = dict(knobs)
     assert skipped == {} and list(plan)[:3] == list(check.GPU_KNOBS)
@@ -254,8 +287,15 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
     assert "preallocate" not in dict(knobs) and "re-run `alexnet prepare`" in skipped["preallocate"]
 
 
-@pytest.mark.parametrize("name, slug", [("NVIDIA H200", "h200"), ("NVIDIA H100 80GB HBM3", "h100"),
-                                        ("NVIDIA A100-SXM4-80GB", "a100"), ("NVIDIA GeForce RTX 4090", "rtx-4090")])
+@pytest.mark.parametrize(
+    "name, slug",
+    [
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA GeForce RTX 4090", "rtx-4090"),
+    ],
+)
 def test_results_are_named_after_the_gpu_found(name, slug):
     assert check.gpu_slug(name) == slug
     m = {"gpu": name, "cores": 16, "date": "2026-11-27T10:00:00Z"}

@@ -1,15 +1,16 @@
 """The three ways users get ImageNet (image-net.org, Kaggle, Hugging Face), --val-labels, the disk-space checks."""
+
 import csv
 import errno
 import json
 import shutil
 
 import pytest
+from conftest import PREP, SYNTH, run_cli, tree_files
 
 import alexdata.prepare as prep
 from alexdata.prepare import PrepareError, prepare
 from alexdata.synth import SynthConfig, make_synth
-from conftest import PREP, SYNTH, run_cli, tree_files
 
 QUIET = dict(progress=False, log=lambda *a: None)
 
@@ -32,15 +33,17 @@ def test_every_layout_gives_the_trees_shards_byte_for_byte(prepared, tmp_path, l
     ref_man = json.loads((prepared / "manifest.json").read_text())
     ref, got = _shards(prepared), _shards(tmp_path / "out")
     assert ref and got == ref
-    assert (sorted((_key_of(s["file"]), s["reason"]) for s in man["skipped"])
-            == sorted((_key_of(s["file"]), s["reason"]) for s in ref_man["skipped"]))
+    assert sorted((_key_of(s["file"]), s["reason"]) for s in man["skipped"]) == sorted(
+        (_key_of(s["file"]), s["reason"]) for s in ref_man["skipped"]
+    )
     assert man["train"] == ref_man["train"] and man["val"] == ref_man["val"]  # counts, sizes, hashes
     left = man["left_out"]
     assert len(left) == 1 and "unlabelled test images" in left[0]["reason"]
     assert ("test" if layout == "kaggle" else "test_images.tar.gz") in left[0]["file"]
     # The same command again writes no shard (for hf: the archives' listings and seek indexes are reused).
-    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()
-              and p.name != "manifest.json"}
+    before = {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "manifest.json"
+    }
     prepare(raw, tmp_path / "out", PREP, workers=2, **QUIET)
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
@@ -73,8 +76,18 @@ def test_val_labels_file_of_any_form(prepared, synth_tree, tmp_path, form):
         arch = tmp_path / "arch"
         make_synth(arch, SynthConfig(**{**SYNTH.__dict__, "layout": "archives"}), workers=2, progress=False)
         f = arch / "ILSVRC2012_devkit_t12.tar.gz"
-    r = run_cli("prepare", src, tmp_path / "out", "--shard-size", PREP.shard_size, "--seed", PREP.seed,
-                "--val-labels", f, check=False)
+    r = run_cli(
+        "prepare",
+        src,
+        tmp_path / "out",
+        "--shard-size",
+        PREP.shard_size,
+        "--seed",
+        PREP.seed,
+        "--val-labels",
+        f,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert _shards(tmp_path / "out") == _shards(prepared)
 
@@ -122,9 +135,13 @@ def test_a_full_disk_is_one_line_and_the_same_command_resumes(prepared, synth_tr
         if str(path).endswith(".tar") and "train-000002" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data)
+
     monkeypatch.setattr(prep, "atomic_write", fill_up)
-    with pytest.raises(PrepareError, match=r"train-000002.tar: disk full while writing .*B free\); free some "
-                                           r"space and run the same command again to resume") as e:
+    with pytest.raises(
+        PrepareError,
+        match=r"train-000002.tar: disk full while writing .*B free\); free some "
+        r"space and run the same command again to resume",
+    ) as e:
         prepare(synth_tree, tmp_path / "out", PREP, workers=1, **QUIET)
     assert "\n" not in str(e.value) and not list((tmp_path / "out").glob("*.tmp"))
     monkeypatch.undo()
@@ -145,8 +162,12 @@ def test_an_archive_member_reads_the_same_in_a_fresh_process(tmp_path):
     from alexdata.sources import scan
 
     raw = tmp_path / "raw"
-    make_synth(raw, SynthConfig(classes=2, train_per_class=3, val_per_class=1, oddities=False, layout="hf"),
-               workers=2, progress=False)
+    make_synth(
+        raw,
+        SynthConfig(classes=2, train_per_class=3, val_per_class=1, oddities=False, layout="hf"),
+        workers=2,
+        progress=False,
+    )
     _, train, val, _ = scan(raw, index_dir=tmp_path / "gzindex", workers=1)
     items = train[:2] + val[:1]
     assert all(it.path.endswith(".tar.gz") and it.gz is not None for it in items)

@@ -19,10 +19,17 @@ TOWER_LAYERS = CONVS + ("fc6", "fc7")
 
 # The paper's table (Figure 2), batch B, both towers together.
 PAPER_SHAPES = {
-    "conv1": (96, 55, 55), "pool1": (96, 27, 27),
-    "conv2": (256, 27, 27), "pool2": (256, 13, 13),
-    "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
-    "fc6": (4096,), "fc7": (4096,), "fc8": (1000,),
+    "conv1": (96, 55, 55),
+    "pool1": (96, 27, 27),
+    "conv2": (256, 27, 27),
+    "pool2": (256, 13, 13),
+    "conv3": (384, 13, 13),
+    "conv4": (384, 13, 13),
+    "conv5": (256, 13, 13),
+    "pool5": (256, 6, 6),
+    "fc6": (4096,),
+    "fc7": (4096,),
+    "fc8": (1000,),
 }
 
 
@@ -77,8 +84,14 @@ def test_two_towers_hold_half_of_every_split_layer():
 def paper_param_count(num_classes=1000):
     """Weights and biases layer by layer; conv2, conv4, conv5 kernels see one tower's maps."""
     layers = [  # (kernels, input maps per kernel, kernel area)
-        (96, 3, 11 * 11), (256, 96 // 2, 5 * 5), (384, 256, 3 * 3), (384, 384 // 2, 3 * 3),
-        (256, 384 // 2, 3 * 3), (4096, 256 * 6 * 6, 1), (4096, 4096, 1), (num_classes, 4096, 1),
+        (96, 3, 11 * 11),
+        (256, 96 // 2, 5 * 5),
+        (384, 256, 3 * 3),
+        (384, 384 // 2, 3 * 3),
+        (256, 384 // 2, 3 * 3),
+        (4096, 256 * 6 * 6, 1),
+        (4096, 4096, 1),
+        (num_classes, 4096, 1),
     ]
     return sum(k * maps * area + k for k, maps, area in layers)
 
@@ -124,7 +137,7 @@ def test_lrn_matches_the_paper_formula_within_each_tower(channels):
     # Sensitivity: normalising across the tower boundary changes the maps next to it.
     across = lrn_reference(a, towers=1)
     half = channels // 2
-    assert not np.allclose(across[:, half - 2:half + 2], want[:, half - 2:half + 2], rtol=1e-6)
+    assert not np.allclose(across[:, half - 2 : half + 2], want[:, half - 2 : half + 2], rtol=1e-6)
 
 
 def test_lrn_in_float16_does_not_overflow():
@@ -171,12 +184,15 @@ def test_modern_init_is_kaiming_with_zero_biases():
         assert not state[f"{layer}.bias"].any(), layer
 
 
-@pytest.mark.parametrize("bad, named", [
-    (dict(init="xavier"), "init='xavier'"),
-    (dict(width=0), "width=0"),
-    (dict(num_classes=0), "num_classes=0"),
-    (dict(devices=("cpu",)), "devices=('cpu',)"),
-])
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        (dict(init="xavier"), "init='xavier'"),
+        (dict(width=0), "width=0"),
+        (dict(num_classes=0), "num_classes=0"),
+        (dict(devices=("cpu",)), "devices=('cpu',)"),
+    ],
+)
 def test_config_rejects_bad_values(bad, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         ModelConfig(**bad)
@@ -267,11 +283,13 @@ def test_channels_last_survives_every_conv_stage(devices, autocast):
     stages = CONVS + ("norm1", "pool1", "norm2", "pool2", "pool5")
     layouts = {}
     for name in stages:
+
         def hook(module, args, out, name=name):
             # Inputs too, to catch a copy between stages; LRN's one-device input is a
             # view of one tower's channels, strided but not copied, so only its output counts.
             tensors = as_towers(out) + ([] if name.startswith("norm") else as_towers(args[0]))
             layouts.setdefault(name, []).extend(is_channels_last(t) for t in tensors if t.dim() == 4)
+
         getattr(model, name).register_forward_hook(hook)
     x = images(batch=2).to(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

@@ -1,4 +1,5 @@
 """The DALI pipelines and the Loader, on the CPU (device_id=None), against numpy references."""
+
 import io
 import json
 import math
@@ -82,8 +83,9 @@ def test_crop_positions_are_uniform_and_flips_half(ramps):
 
 def test_central_square_crops_stay_in_the_papers_256_patch(ramps):
     """Paper §2: crops come from the central 256x256 patch; anchors uniform over its 30 positions per axis."""
-    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, central_square=True), batch_size=16,
-                    threads=2, seed=4)
+    loader = Loader(
+        ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, central_square=True), batch_size=16, threads=2, seed=4
+    )
     rows = np.concatenate([np.stack(crop_readout(x), 1) for _ in range(20) for x, _ in loader])
     for k, (w, h) in enumerate(SIZES):
         mine = rows[rows[:, 2] == k]
@@ -98,8 +100,7 @@ def test_central_square_crops_stay_in_the_papers_256_patch(ramps):
 
 def test_ends_of_the_range_are_not_half_as_likely(ramps):
     """round(u * span) would give anchors 0 and span half the mass of the others; ours are uniform."""
-    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=16, threads=2,
-                    seed=2)
+    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=16, threads=2, seed=2)
     ends = n = 0
     for _ in range(40):
         for x, _ in loader:
@@ -114,15 +115,20 @@ def test_ends_of_the_range_are_not_half_as_likely(ramps):
 @pytest.fixture(scope="module")
 def grey(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grey")
-    return build(tmp, {"c0": [np.full((256, 256, 3), 128, np.uint8)] * 8,
-                       "c1": [np.full((256, 300, 3), 128, np.uint8)] * 8})
+    return build(
+        tmp, {"c0": [np.full((256, 256, 3), 128, np.uint8)] * 8, "c1": [np.full((256, 300, 3), 128, np.uint8)] * 8}
+    )
 
 
 def random_stats(seed=0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-    return {"mean": [120.5, 115.25, 101.0], "std": [60.0, 58.0, 57.0], "eigval": [4000.0, 250.0, 30.0],
-            "eigvec": q.tolist()}
+    return {
+        "mean": [120.5, 115.25, 101.0],
+        "std": [60.0, 58.0, 57.0],
+        "eigval": [4000.0, 250.0, 30.0],
+        "eigvec": q.tolist(),
+    }
 
 
 def test_constant_colour_gives_colour_minus_mean_exactly(grey):
@@ -175,7 +181,7 @@ def decoded(data, split="train"):
 
 def ten_views(img, boxes, mean):
     """The paper's ten views in numpy: 227 crops at the five (y, x) anchors, then their mirrors, minus the mean."""
-    crops = [img[y:y + 227, x:x + 227] for y, x in boxes]
+    crops = [img[y : y + 227, x : x + 227] for y, x in boxes]
     crops += [c[:, ::-1] for c in crops]
     return np.stack([(c.astype(np.float32) - mean).transpose(2, 0, 1) for c in crops])
 
@@ -198,8 +204,9 @@ def test_ten_crop_central_square_corners(prepared):
     """With central_square the corners are those of the central 256x256 patch (paper §2, §4.1)."""
     st = random_stats()
     ref = decoded(prepared, "val")
-    loader = Loader(prepared, split="val", mode="tencrop", stats=st, batch_size=5, threads=2,
-                    aug=AugmentConfig(central_square=True))
+    loader = Loader(
+        prepared, split="val", mode="tencrop", stats=st, batch_size=5, threads=2, aug=AugmentConfig(central_square=True)
+    )
     views = torch.cat([x for x, _ in loader]).numpy()
     mean = np.array(st["mean"], np.float32)
     for img, v in zip(ref, views):
@@ -217,7 +224,7 @@ def test_center_crop_equals_explicit_crop(prepared):
     for img, v in zip(ref, got):
         h, w, _ = img.shape
         y, x = (h - 227 + 1) // 2, (w - 227 + 1) // 2
-        assert np.array_equal(v, (img[y:y + 227, x:x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
+        assert np.array_equal(v, (img[y : y + 227, x : x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
 
 
 PIXEL = AugmentConfig(central_square=True, mean="pixel")  # paper §2: the mean image, per pixel
@@ -232,7 +239,7 @@ def pixel_stats(seed=0):
 def central_minus_mean(img, mean_image):
     """The central 256x256 patch of an HWC image (top-left floor((H - 256) / 2), ...) minus the mean image."""
     ly, lx = (img.shape[0] - 256) // 2, (img.shape[1] - 256) // 2
-    return img[ly:ly + 256, lx:lx + 256].astype(np.float32) - mean_image
+    return img[ly : ly + 256, lx : lx + 256].astype(np.float32) - mean_image
 
 
 def find_window(x, diffs, tol=1e-3):
@@ -243,12 +250,12 @@ def find_window(x, diffs, tol=1e-3):
         for mirrored in (False, True):
             c0 = 226 if mirrored else 0  # the window column that lands at output column 0
             step = -1 if mirrored else 1
-            r00 = out[0, 0] - d[:30, c0:c0 + 30]  # (30, 30, 3): one candidate colour per offset
-            r01 = out[0, 1] - d[:30, c0 + step:c0 + step + 30]
-            r10 = out[1, 0] - d[1:31, c0:c0 + 30]
+            r00 = out[0, 0] - d[:30, c0 : c0 + 30]  # (30, 30, 3): one candidate colour per offset
+            r01 = out[0, 1] - d[:30, c0 + step : c0 + step + 30]
+            r10 = out[1, 0] - d[1:31, c0 : c0 + 30]
             ok = (np.abs(r00 - r01).max(-1) < tol) & (np.abs(r00 - r10).max(-1) < tol)
             for oy, ox in zip(*np.nonzero(ok)):
-                w = d[oy:oy + 227, ox:ox + 227]
+                w = d[oy : oy + 227, ox : ox + 227]
                 w = w[:, ::-1] if mirrored else w
                 colour = (out - w).mean((0, 1), dtype=np.float64)  # a float32 sum would drift by 1e-3
                 if np.abs(out - w - colour).max() < tol:
@@ -265,7 +272,7 @@ def test_pixel_mean_train_crops_are_image_minus_mean_image_windows(prepared):
     for x, _ in loader:
         for v in x.numpy():
             i, oy, ox, mirrored, colour = find_window(v, diffs)
-            w = diffs[i][oy:oy + 227, ox:ox + 227]
+            w = diffs[i][oy : oy + 227, ox : ox + 227]
             assert np.array_equal(v, (w[:, ::-1] if mirrored else w).transpose(2, 0, 1))
             seen.append((oy, ox, mirrored))
     assert len(seen) == 46 and {m for *_, m in seen} == {False, True} and len(set(seen)) > 30
@@ -309,7 +316,7 @@ def test_pixel_mean_ten_crop_and_centre_use_the_same_windows(prepared):
     centre = torch.cat([x for x, _ in Loader(prepared, mode="center", **kw)]).numpy()
     for img, v, c in zip(decoded(prepared, "val"), ten, centre):
         d = central_minus_mean(img, st["mean_image"])
-        views = [d[y:y + 227, x:x + 227] for y, x in ((0, 0), (0, 29), (29, 0), (29, 29), (15, 15))]
+        views = [d[y : y + 227, x : x + 227] for y, x in ((0, 0), (0, 29), (29, 0), (29, 29), (15, 15))]
         views += [w[:, ::-1] for w in views]
         assert np.array_equal(v, np.stack(views).transpose(0, 3, 1, 2))
         assert np.array_equal(c, v[4])
@@ -330,8 +337,9 @@ def test_every_image_once_per_epoch_across_shards(prepared, batch_size):
     for n in (1, 2, 3):
         seen, steps = [], []
         for shard in range(n):
-            loader = Loader(prepared, mode="center", stats=ZERO, batch_size=batch_size, threads=1, shard_id=shard,
-                            num_shards=n)
+            loader = Loader(
+                prepared, mode="center", stats=ZERO, batch_size=batch_size, threads=1, shard_id=shard, num_shards=n
+            )
             k = 0
             for x, y in loader:
                 seen += [(float(a.sum()), int(b)) for a, b in zip(x.double(), y)]
@@ -357,8 +365,12 @@ def test_training_epochs_are_reshuffled_globally_and_stay_disjoint(palette):
     """Each epoch every image exactly once over 2 ranks (different augmentation seeds, one shuffle seed), and
     later epochs are new permutations of the whole split, not the same order or the same split into shards."""
     aug = AugmentConfig(pca_std=0.0, flip_prob=0.0)
-    loaders = [Loader(palette, stats=ZERO, aug=aug, batch_size=4, threads=1, seed=10 + r, shuffle_seed=3,
-                      shard_id=r, num_shards=2) for r in range(2)]
+    loaders = [
+        Loader(
+            palette, stats=ZERO, aug=aug, batch_size=4, threads=1, seed=10 + r, shuffle_seed=3, shard_id=r, num_shards=2
+        )
+        for r in range(2)
+    ]
     epochs = []
     for _ in range(3):
         per_rank = []
@@ -446,13 +458,20 @@ def test_roi_decode_matches_decode_resize_crop(synth_tree):
     @pipeline_def(batch_size=len(files), num_threads=2, device_id=None)
     def p():
         jpg = fn.external_source(source=lambda: blobs, batch=True)
-        pos = fn.external_source(source=lambda: [np.float32([kx / (wr - 227) if wr > 227 else 0,
-                                                             ky / (hr - 227) if hr > 227 else 0])
-                                                 for kx, ky, wr, hr in rows], batch=True)
+        pos = fn.external_source(
+            source=lambda: [
+                np.float32([kx / (wr - 227) if wr > 227 else 0, ky / (hr - 227) if hr > 227 else 0])
+                for kx, ky, wr, hr in rows
+            ],
+            batch=True,
+        )
         # the window in original pixels, worked out here in numpy: x maps to x * w / wr
-        win = fn.external_source(source=lambda: [np.float32([kx * w / wr, (kx + 227) * w / wr, ky * h / hr,
-                                                             (ky + 227) * h / hr, w, h])
-                                                 for (kx, ky, wr, hr), (w, h) in zip(rows, sizes)])
+        win = fn.external_source(
+            source=lambda: [
+                np.float32([kx * w / wr, (kx + 227) * w / wr, ky * h / hr, (ky + 227) * h / hr, w, h])
+                for (kx, ky, wr, hr), (w, h) in zip(rows, sizes)
+            ]
+        )
         full = common.resize_shorter(common.decode(jpg, cpu), 256)
         ref = fn.crop(full, crop=(227, 227), crop_pos_x=pos[0], crop_pos_y=pos[1])
         roi = roi_decode_crop(jpg, window_boxes(*(win[i] for i in range(6))), 227, cpu)
@@ -469,7 +488,7 @@ def test_roi_decode_matches_decode_resize_crop(synth_tree):
         # Resampling straight from the original grid differs a little from resample-then-crop; on this
         # high-frequency texture a one-pixel misplacement costs 10+ levels, the shortcut about one.
         x1 = kx + 1 if kx + 228 <= wr else kx - 1
-        one_pixel_off = np.abs(f[ky:ky + 227, x1:x1 + 227] - b).mean()
+        one_pixel_off = np.abs(f[ky : ky + 227, x1 : x1 + 227] - b).mean()
         diff = np.abs(a - b).mean()
         assert diff < 2.0 and diff < one_pixel_off / 8, (i, diff, one_pixel_off)
 
@@ -528,18 +547,19 @@ def test_labels_from_digits_match_int():
     digits = torch.zeros(len(values), MAX_LABEL_DIGITS, dtype=torch.uint8)
     for i, v in enumerate(values):  # what `ascii_digits` gives: the ASCII text, zero bytes after it
         text = str(v).encode()
-        digits[i, :len(text)] = torch.tensor(list(text), dtype=torch.uint8)
+        digits[i, : len(text)] = torch.tensor(list(text), dtype=torch.uint8)
     assert labels_from_digits(digits).tolist() == values
     assert labels_from_digits(torch.tensor([[3], [5]])).tolist() == [3, 5]  # integer labels (raw tree) pass
     for bad in (b"4a2", b"", b"-1", b"1 2"):
         row = torch.zeros(1, MAX_LABEL_DIGITS, dtype=torch.uint8)
-        row[0, :len(bad)] = torch.tensor(list(bad), dtype=torch.uint8)
+        row[0, : len(bad)] = torch.tensor(list(bad), dtype=torch.uint8)
         with pytest.raises(ValueError, match="not a class index"):
             labels_from_digits(row)
 
 
-@pytest.mark.parametrize("text, match", [(b"x", r"a .cls label is b'x', not a class index"),
-                                         (b"9", r"label 9 is past the \d classes")])
+@pytest.mark.parametrize(
+    "text, match", [(b"x", r"a .cls label is b'x', not a class index"), (b"9", r"label 9 is past the \d classes")]
+)
 def test_malformed_label_in_a_shard_is_one_line_error(prepared, tmp_path, text, match):
     import shutil
 
@@ -551,7 +571,7 @@ def test_malformed_label_in_a_shard_is_one_line_error(prepared, tmp_path, text, 
     off, size = int(first[5]), int(first[6])  # the first sample's .cls: "jpg off size name cls off size name"
     assert size == 1
     raw = bytearray(tar.read_bytes())
-    raw[off:off + size] = text
+    raw[off : off + size] = text
     tar.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"\(val split\): " + match):
         for _ in Loader(data, split="val", mode="center", stats=ZERO, batch_size=4, threads=1):
@@ -567,7 +587,7 @@ def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
     first = (tar.with_suffix(".idx")).read_text().splitlines()[1].split()
     off, size = int(first[1]), int(first[2])
     raw = bytearray(tar.read_bytes())
-    raw[off:off + size] = b"\0" * size  # the first sample's JPEG bytes zeroed, sizes intact
+    raw[off : off + size] = b"\0" * size  # the first sample's JPEG bytes zeroed, sizes intact
     tar.write_bytes(bytes(raw))
     with pytest.raises(DataError, match=r"unreadable sample .*this loader can not continue"):
         loader = Loader(data, mode="center", stats=ZERO, batch_size=4, threads=1)
@@ -575,16 +595,19 @@ def test_corrupt_sample_in_a_shard_is_named(prepared, tmp_path):
             pass
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(device="tpu"), "device must be"),
-    (dict(mode="five-crop"), "mode must be"),
-    (dict(shard_id=2, num_shards=2), "shard_id"),
-    (dict(prefetch=0), r"prefetch must be an int >= 1 .*got 0"),
-    (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\].*got 1.5"),
-    (dict(hybrid_huffman_threshold=-1), "hybrid_huffman_threshold must be >= 0"),
-    (dict(layout="CHW"), "layout must be NCHW or NHWC"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(device="tpu"), "device must be"),
+        (dict(mode="five-crop"), "mode must be"),
+        (dict(shard_id=2, num_shards=2), "shard_id"),
+        (dict(prefetch=0), r"prefetch must be an int >= 1 .*got 0"),
+        (dict(hw_decoder_load=1.5), r"hw_decoder_load must be in \[0, 1\].*got 1.5"),
+        (dict(hybrid_huffman_threshold=-1), "hybrid_huffman_threshold must be >= 0"),
+        (dict(layout="CHW"), "layout must be NCHW or NHWC"),
+    ],
+)
 def test_bad_arguments_fail_at_construction(prepared, bad, match):
     with pytest.raises(ValueError, match=match):
         Loader(prepared, **{"stats": ZERO, **bad})
@@ -597,8 +620,10 @@ def test_pipelines_import_nothing_of_the_project():
 
     from conftest import ROOT, env_with_path
 
-    code = ("import sys; sys.modules['alexdata'] = sys.modules['alexmodel'] = None; "
-            "import pipelines.train, pipelines.eval, pipelines.stats")
+    code = (
+        "import sys; sys.modules['alexdata'] = sys.modules['alexmodel'] = None; "
+        "import pipelines.train, pipelines.eval, pipelines.stats"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_with_path(ROOT), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -657,8 +682,9 @@ def test_batches_are_regrouped_every_epoch(palette64, kind):
     """Epochs 1-3 put two images in one batch no more often than a random permutation does (7/63 of pairs),
     counted against every earlier epoch; shard-order shuffling alone keeps each 8-image shard as one batch."""
     data = palette64 if kind == "shards" else palette64.parent / "raw"
-    loader = Loader(data, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=8, threads=1,
-                    shuffle_seed=5)
+    loader = Loader(
+        data, stats=ZERO, aug=AugmentConfig(pca_std=0.0, flip_prob=0.0), batch_size=8, threads=1, shuffle_seed=5
+    )
     epochs = []
     for _ in range(4):
         batches = [frozenset(round(float(v) / 4) for v in x[:, 0].double().mean((1, 2))) for x, _ in loader]
@@ -678,8 +704,15 @@ def test_batches_are_regrouped_every_epoch(palette64, kind):
 def test_drop_last_hands_out_only_full_batches_and_resumes(prepared, num_shards):
     """46 images, batch 5: every rank gets 46 // (5 * shards) full batches, each image at most once an epoch,
     and a mid-epoch resume continues with the same batches."""
-    kw = dict(stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=5, threads=1, seed=4, drop_last=True,
-              num_shards=num_shards)
+    kw = dict(
+        stats=ZERO,
+        aug=AugmentConfig(pca_std=0.0),
+        batch_size=5,
+        threads=1,
+        seed=4,
+        drop_last=True,
+        num_shards=num_shards,
+    )
     ids = []
     for shard in range(num_shards):
         loader = Loader(prepared, shard_id=shard, **kw)
@@ -700,13 +733,21 @@ def test_drop_last_hands_out_only_full_batches_and_resumes(prepared, num_shards)
     assert len(got) == len(ref) and all(torch.equal(p, q) for p, q in zip(got, ref))
 
 
-@pytest.mark.parametrize("mode, split, dtype", [("train", "train", "float32"), ("train", "train", "bfloat16"),
-                                                ("center", "val", "float32"), ("tencrop", "val", "float32")])
+@pytest.mark.parametrize(
+    "mode, split, dtype",
+    [
+        ("train", "train", "float32"),
+        ("train", "train", "bfloat16"),
+        ("center", "val", "float32"),
+        ("tencrop", "val", "float32"),
+    ],
+)
 def test_nhwc_layout_gives_the_same_values_channels_last(prepared, mode, split, dtype):
     """layout="NHWC": DALI writes HWC and the loader hands out its NCHW view, which is channels_last in memory, so
     the trainer's .contiguous(memory_format=channels_last) copies nothing; the values are the NCHW loader's."""
-    kw = dict(split=split, mode=mode, stats=random_stats(), aug=AugmentConfig(dtype=dtype), batch_size=8,
-              threads=1, seed=5)
+    kw = dict(
+        split=split, mode=mode, stats=random_stats(), aug=AugmentConfig(dtype=dtype), batch_size=8, threads=1, seed=5
+    )
     nchw = [x for x, _ in Loader(prepared, **kw)]
     nhwc = [x for x, _ in Loader(prepared, layout="NHWC", **kw)]
     assert len(nchw) == len(nhwc) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(nchw, nhwc))
@@ -720,8 +761,10 @@ def test_nhwc_layout_gives_the_same_values_channels_last(prepared, mode, split, 
 def test_preallocate_needs_the_recorded_largest_image(prepared, tmp_path):
     import shutil
 
-    assert Loader(prepared, stats=ZERO, batch_size=8, threads=1, preallocate=True).spec.preallocate_hw == \
-        open_split(prepared).max_hw
+    assert (
+        Loader(prepared, stats=ZERO, batch_size=8, threads=1, preallocate=True).spec.preallocate_hw
+        == open_split(prepared).max_hw
+    )
     old = tmp_path / "old"
     shutil.copytree(prepared, old)
     man = json.loads((old / "manifest.json").read_text())

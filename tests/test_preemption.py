@@ -1,8 +1,8 @@
 """Runs that survive a cluster: stops on signals with exact checkpoints, a spare checkpoint, --resume auto,
 resuming on another number of ranks, step-level logs, and one host sync per logging window."""
+
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-
-from alexmodel.train import TrainStopped, train
 from conftest import ROOT, run_cli
 from test_train import ENV, TINY, data, one_label_per_image, tiny  # noqa: F401  (fixtures)
+
+from alexmodel.train import train
 
 STOP_SCRIPT = r"""
 import hashlib, json, os, signal, sys
@@ -50,10 +50,21 @@ def _script(tmp_path):
 
 
 def _run(script, data, out, *, stop_at=-1, resume=False, batch=8, epochs=2, log_every=2, ranks=1):
-    args = [str(script), str(data), str(out), str(stop_at), "1" if resume else "0", str(batch), str(epochs),
-            str(log_every)]
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-           if ranks > 1 else [sys.executable]) + args
+    args = [
+        str(script),
+        str(data),
+        str(out),
+        str(stop_at),
+        "1" if resume else "0",
+        str(batch),
+        str(epochs),
+        str(log_every),
+    ]
+    cmd = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+        if ranks > 1
+        else [sys.executable]
+    ) + args
     return subprocess.run(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
 
 
@@ -92,8 +103,9 @@ def test_ddp_stop_on_one_rank_stops_both_at_the_same_step_and_resumes_exactly(on
     stopped = _run(script, one_label_per_image, tmp_path / "run", stop_at=5, **kw)
     # Asked at step 5 on rank 0 only; both ranks agree at the window's end, step 6. (The first rank to exit with
     # 75 makes torchrun end the other, already past the checkpoint: which rank's line gets out is a race.)
-    assert stopped.returncode != 0 and "at step 6 (2 steps into epoch 2)" in stopped.stdout, \
+    assert stopped.returncode != 0 and "at step 6 (2 steps into epoch 2)" in stopped.stdout, (
         stopped.stdout + stopped.stderr[-3000:]
+    )
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert (ckpt["step"], ckpt["meter"]["steps"], len(ckpt["ranks"])) == (6, 2, 2)
     shutil.copytree(tmp_path / "run", tmp_path / "run_for_one")
@@ -104,8 +116,10 @@ def test_ddp_stop_on_one_rank_stops_both_at_the_same_step_and_resumes_exactly(on
     # 2 ranks -> 1: the loaders' positions do not carry over, the run goes on from the next epoch boundary.
     one = _run(script, one_label_per_image, tmp_path / "run_for_one", resume=True, batch=4, epochs=3, log_every=2)
     assert one.returncode == 0, one.stderr[-3000:]
-    assert ("resuming on 1 rank(s) a run checkpointed on 2, from the next epoch boundary; the rest of epoch 2 is "
-            "skipped (8 of 16 samples) and the epoch evaluated as it stands") in one.stderr
+    assert (
+        "resuming on 1 rank(s) a run checkpointed on 2, from the next epoch boundary; the rest of epoch 2 is "
+        "skipped (8 of 16 samples) and the epoch evaluated as it stands"
+    ) in one.stderr
     assert [h["epoch"] for h in _final(tmp_path / "run_for_one")["history"]] == [1, 2, 3]
     again = _run(script, one_label_per_image, tmp_path / "run_for_one", resume=True, batch=4, epochs=3, log_every=2)
     assert again.returncode == 0 and "nothing to do" in again.stderr  # the run is finished, not stuck mid-epoch
@@ -113,8 +127,7 @@ def test_ddp_stop_on_one_rank_stops_both_at_the_same_step_and_resumes_exactly(on
     # 1 rank -> 2, at an epoch boundary.
     single = _run(script, one_label_per_image, tmp_path / "single", batch=4, epochs=1, log_every=2)
     assert single.returncode == 0, single.stderr[-3000:]
-    two = _run(script, one_label_per_image, tmp_path / "single", resume=True, batch=4, epochs=2, log_every=2,
-               ranks=2)
+    two = _run(script, one_label_per_image, tmp_path / "single", resume=True, batch=4, epochs=2, log_every=2, ranks=2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "resuming on 2 rank(s) a run checkpointed on 1, from the next epoch boundary" in two.stderr
     h = _final(tmp_path / "single", 0)["history"]
@@ -147,7 +160,7 @@ def test_steps_jsonl_windows_add_up_to_the_epoch(data, tmp_path):
     assert [x["step"] for x in rows] == [4, 6, 10, 12] and [x["steps"] for x in rows] == [4, 2, 4, 2]
     assert [x["epoch"] for x in rows] == [round(4 / 6, 4), 1.0, round(1 + 4 / 6, 4), 2.0]
     for ep, h in enumerate(res["history"]):
-        w = rows[2 * ep: 2 * ep + 2]
+        w = rows[2 * ep : 2 * ep + 2]
         assert sum(x["images"] for x in w) == 46
         assert sum(x["loss"] * x["images"] for x in w) / 46 == pytest.approx(h["train_loss"], rel=1e-6)
         assert sum(x["top1"] * x["images"] for x in w) / 46 == pytest.approx(h["train_top1"], rel=1e-6)
@@ -156,8 +169,24 @@ def test_steps_jsonl_windows_add_up_to_the_epoch(data, tmp_path):
 
 
 def test_plain_lines_off_a_terminal_and_no_progress_keeps_epoch_lines(data, tmp_path):
-    args = ["--recipe", "modern", "--width", 0.0625, "--batch-size", 8, "--device", "cpu", "--torch-threads", 1,
-            "--threads", 1, "--epochs", 1, "--log-every", 3]
+    args = [
+        "--recipe",
+        "modern",
+        "--width",
+        0.0625,
+        "--batch-size",
+        8,
+        "--device",
+        "cpu",
+        "--torch-threads",
+        1,
+        "--threads",
+        1,
+        "--epochs",
+        1,
+        "--log-every",
+        3,
+    ]
     r = run_cli("train", data, "--out", tmp_path / "a", *args)  # captured: not a terminal
     window = [ln for ln in r.stdout.splitlines() if ln.startswith("epoch 0.50  step 3  loss")]
     assert len(window) == 1 and "\r" not in r.stdout + r.stderr
@@ -180,8 +209,10 @@ def test_an_unreadable_checkpoint_falls_back_to_the_spare(data, tmp_path):
     prev_step = torch.load(out / "checkpoint.prev.pt", weights_only=False)["step"]
     (out / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:5000])  # a damaged write
     r = run_cli("train", data, "--out", out, "--resume", "--epochs", 2)
-    assert (f"checkpoint.pt is unreadable" in r.stderr and
-            f"resuming from the spare checkpoint.prev.pt (epoch 1, step {prev_step})" in r.stderr)
+    assert (
+        "checkpoint.pt is unreadable" in r.stderr
+        and f"resuming from the spare checkpoint.prev.pt (epoch 1, step {prev_step})" in r.stderr
+    )
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (out / "checkpoint.unreadable.pt").is_file()  # kept for a look, never made the spare
     assert torch.load(out / "checkpoint.prev.pt", weights_only=True)["step"] == prev_step
@@ -203,9 +234,14 @@ def test_a_crash_between_the_two_renames_resumes_from_the_newest(data, tmp_path)
 
 
 def _start(data, out, *extra):
-    return subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", str(data), "--out", str(out), *TINY_S,
-                             *map(str, extra)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "train", str(data), "--out", str(out), *TINY_S, *map(str, extra)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 TINY_S = [str(x) for x in TINY]
@@ -255,8 +291,13 @@ def on_step(epoch, step, images, labels):
 d, m, o, r = tiny(sys.argv[1], sys.argv[2], epochs=2)
 train(d, m, o, r, on_step=on_step)
 """)
-    r = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "run")], env=ENV,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(script), str(data), str(tmp_path / "run")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 128 + signal.SIGINT, r.stderr
     assert "Traceback" not in r.stderr and "second SIGINT: exiting at once" in r.stderr
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith((".tmp", ".new"))]
@@ -268,6 +309,7 @@ def test_tensorboard_missing_is_one_line(data, tmp_path):
     pytest.importorskip("matplotlib")
     try:
         import torch.utils.tensorboard  # noqa: F401
+
         pytest.skip("tensorboard is installed here")
     except ImportError:
         pass

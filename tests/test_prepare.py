@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import PREP, ROOT, SYNTH, env_with_path, run_cli, tree_files
 from PIL import Image
 
 from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg, wds_index
 from alexdata.synth import SynthConfig, make_synth, wnid
-from conftest import PREP, ROOT, SYNTH, env_with_path, run_cli, tree_files
 
 QUIET = dict(progress=False, log=lambda *a: None)
 SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # tarfile's extraction filter: 3.11.4+
@@ -32,8 +32,10 @@ def read_split(out, split):
             for jpg, cls in zip(members[::2], members[1::2]):
                 key = jpg.name[:-4]
                 assert cls.name == key + ".cls"
-                samples[key] = (int(tf.extractfile(cls).read().decode("ascii")),
-                                Image.open(io.BytesIO(tf.extractfile(jpg).read())))
+                samples[key] = (
+                    int(tf.extractfile(cls).read().decode("ascii")),
+                    Image.open(io.BytesIO(tf.extractfile(jpg).read())),
+                )
             assert len(members) // 2 == sh["images"]
     return man, samples
 
@@ -60,8 +62,11 @@ def test_tree_with_flat_val(prepared, synth_tree):
     assert {k: lab for k, (lab, _) in val.items()} == truth
     small = [p for p in man["upscaled"]]
     assert all(min(Image.open(p).size) < 256 for p in small)
-    n_small = sum(min(Image.open(p).size) < 256 for p in (synth_tree / "train").rglob("*.JPEG")
-                  if p.stat().st_size and os.path.relpath(p, synth_tree) != odd["truncated"])
+    n_small = sum(
+        min(Image.open(p).size) < 256
+        for p in (synth_tree / "train").rglob("*.JPEG")
+        if p.stat().st_size and os.path.relpath(p, synth_tree) != odd["truncated"]
+    )
     n_small += sum(min(Image.open(p).size) < 256 for p in (synth_tree / "val").iterdir())
     assert len(small) == n_small
 
@@ -93,8 +98,9 @@ def test_resize_matches_plain_pil_reference():
     im.save(buf, "JPEG", quality=95)
     out, up = resize_to_jpeg(buf.getvalue(), 256, 95)
     got = np.asarray(Image.open(io.BytesIO(out)), np.float64)
-    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((341, 256), Image.BICUBIC),
-                     np.float64)
+    ref = np.asarray(
+        Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((341, 256), Image.BICUBIC), np.float64
+    )
     assert got.shape == ref.shape == (256, 341, 3) and not up
     assert np.abs(got - ref).mean() < 3.0  # JPEG re-encoding + IDCT scaling, on a 0-255 scale
 
@@ -194,8 +200,7 @@ def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
 def test_archives_give_identical_shards(prepared, tmp_path):
     """The original tars, read in place, give byte-identical shards to the extracted tree (val labels from the
     devkit there, from the Kaggle CSV here)."""
-    make_synth(tmp_path / "raw", SynthConfig(**{**SYNTH.__dict__, "layout": "archives"}), workers=2,
-               progress=False)
+    make_synth(tmp_path / "raw", SynthConfig(**{**SYNTH.__dict__, "layout": "archives"}), workers=2, progress=False)
     assert not (tmp_path / "raw" / "train").exists() and not (tmp_path / "raw" / "LOC_val_solution.csv").exists()
     man = prepare(tmp_path / "raw", tmp_path / "out", PREP, workers=2, **QUIET)
     ref, got = tree_files(prepared), tree_files(tmp_path / "out")
@@ -230,12 +235,24 @@ def test_resume_writes_only_missing_shards(prepared, synth_tree, tmp_path):
 def test_resume_after_sigkill(prepared, synth_tree, tmp_path):
     """A real `kill -9` mid-run, then the same command: the result equals an uninterrupted run."""
     out = tmp_path / "out"
-    args = [sys.executable, str(ROOT / "cli.py"), "prepare", str(synth_tree), str(out), "--shard-size", "2",
-            "--seed", str(PREP.seed), "--workers", "1"]
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "prepare",
+        str(synth_tree),
+        str(out),
+        "--shard-size",
+        "2",
+        "--seed",
+        str(PREP.seed),
+        "--workers",
+        "1",
+    ]
     ref = tmp_path / "ref"
     prepare(synth_tree, ref, PrepareConfig(shard_size=2, seed=PREP.seed), workers=2, **QUIET)
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                         env=env_with_path(ROOT))
+    p = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env_with_path(ROOT)
+    )
     deadline = time.time() + 60
     while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and p.poll() is None:
         time.sleep(0.005)
@@ -296,8 +313,9 @@ def test_bad_input_is_one_line_error(synth_tree, tmp_path, case):
 def test_changed_parameters_are_refused(prepared, synth_tree, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(prepared, out)
-    r = run_cli("prepare", synth_tree, out, "--shard-size", PREP.shard_size, "--seed", PREP.seed,
-                "--quality", 80, check=False)
+    r = run_cli(
+        "prepare", synth_tree, out, "--shard-size", PREP.shard_size, "--seed", PREP.seed, "--quality", 80, check=False
+    )
     assert r.returncode != 0 and "quality 90 -> 80" in r.stderr
 
 
@@ -309,8 +327,9 @@ def test_wds_index_of_a_handmade_tar():
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     # headers are 512 bytes, data padded to 512: a.jpg at 512, a.cls at 1536, b.jpg at 2560, b.cls at 2560+512+1024
-    assert wds_index(buf.getvalue()) == ("v1.2 2\njpg 512 3 a.jpg cls 1536 1 a.cls\n"
-                                         "jpg 2560 600 b.jpg cls 4096 2 b.cls\n")
+    assert wds_index(buf.getvalue()) == (
+        "v1.2 2\njpg 512 3 a.jpg cls 1536 1 a.cls\njpg 2560 600 b.jpg cls 4096 2 b.cls\n"
+    )
 
 
 def test_raw_tree_splits_follow_the_training_classes(tmp_path):

@@ -1,17 +1,17 @@
 """alexnet stats: exact sums against numpy over the same decoded pixels, images of known pixels, the eigen
 decomposition's properties, stats.json validation and bad input."""
+
 import json
 import tarfile
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 from alexdata.dataset import DataError, open_split
-from alexdata.stats import (StatsError, StatsPass, compute_stats, eigen, load_stats, same_stats, select,
-                            write_stats)
-from conftest import run_cli
+from alexdata.stats import StatsError, StatsPass, compute_stats, eigen, load_stats, same_stats, select, write_stats
 
 RTOL = 1e-6
 
@@ -44,7 +44,7 @@ def selected_blobs(sel) -> list[bytes]:
     for t in sel.tars:
         with tarfile.open(t) as tf:
             blobs += [tf.extractfile(m).read() for m in tf.getmembers() if m.name.endswith(".jpg")]
-    return blobs[:sel.images]
+    return blobs[: sel.images]
 
 
 def reference(images: list[np.ndarray]) -> dict:
@@ -56,8 +56,16 @@ def reference(images: list[np.ndarray]) -> dict:
     mean = s1 / n
     cov = s2 / n - np.outer(mean, mean)
     w, v = np.linalg.eigh(cov)
-    return {"s1": s1, "s2": s2, "pixels": n, "mean": mean, "cov": cov, "std": np.sqrt(np.diag(cov)),
-            "eigval": w[::-1], "eigvec": v[:, ::-1]}
+    return {
+        "s1": s1,
+        "s2": s2,
+        "pixels": n,
+        "mean": mean,
+        "cov": cov,
+        "std": np.sqrt(np.diag(cov)),
+        "eigval": w[::-1],
+        "eigvec": v[:, ::-1],
+    }
 
 
 def central_mean(images: list[np.ndarray], side: int = 256) -> np.ndarray:
@@ -66,7 +74,7 @@ def central_mean(images: list[np.ndarray], side: int = 256) -> np.ndarray:
     total = np.zeros((side, side, 3), np.int64)
     for a in images:
         y, x = (a.shape[0] - side) // 2, (a.shape[1] - side) // 2
-        total += a[y:y + side, x:x + side]
+        total += a[y : y + side, x : x + side]
     return total / len(images)
 
 
@@ -126,8 +134,9 @@ def write_tree(root, images: dict[str, list[np.ndarray]]):
 def test_known_pixels_exact(tmp_path):
     half = np.zeros((4, 6, 3), np.uint8)
     half[:, 3:] = 255  # half black, half white: mean 127.5, every covariance entry 127.5**2
-    tree = write_tree(tmp_path / "bw", {"a": [half], "b": [np.full((5, 2, 3), 0, np.uint8),
-                                                            np.full((5, 2, 3), 255, np.uint8)]})
+    tree = write_tree(
+        tmp_path / "bw", {"a": [half], "b": [np.full((5, 2, 3), 0, np.uint8), np.full((5, 2, 3), 255, np.uint8)]}
+    )
     rec = compute_stats(tree, threads=1)
     assert rec["images"] == 3 and rec["pixels"] == 44
     assert rec["mean"] == [127.5] * 3 and rec["cov"] == [[127.5**2] * 3] * 3 and rec["std"] == [127.5] * 3
@@ -153,8 +162,7 @@ def test_mean_image_of_a_raw_tree(tmp_path):
     tree = write_tree(tmp_path / "t", {"a": noisy[:2] + flat[:1], "b": noisy[2:] + flat[1:]})
     files = select(open_split(tree)).files  # the order DALI reads them in does not matter to a sum
     decoded = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-    ref = central_mean([a if min(a.shape[:2]) == 256 else np.full((256, 256, 3), a[0, 0], np.uint8)
-                        for a in decoded])
+    ref = central_mean([a if min(a.shape[:2]) == 256 else np.full((256, 256, 3), a[0, 0], np.uint8) for a in decoded])
     rec = compute_stats(tree, batch_size=2, threads=2)
     assert np.array_equal(rec["mean_image"], ref)
     check_against(rec, reference(decoded), 5)  # the per-channel sums: over the pixels as stored, not resized
@@ -262,8 +270,11 @@ def test_cli_bad_input(tmp_path):
     (tmp_path / "empty" / "n01").mkdir(parents=True)
     (tmp_path / "random").mkdir()
     (tmp_path / "random" / "notes.txt").write_text("not images")
-    for d, why in ((tmp_path / "missing", "no such directory"), (tmp_path / "empty", "no .JPEG"),
-                   (tmp_path / "random", "neither a prepare output")):
+    for d, why in (
+        (tmp_path / "missing", "no such directory"),
+        (tmp_path / "empty", "no .JPEG"),
+        (tmp_path / "random", "neither a prepare output"),
+    ):
         r = run_cli("stats", d, check=False)
         assert r.returncode != 0 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
         assert why in r.stderr
@@ -288,10 +299,10 @@ def test_gpu_pass_matches_numpy(prepared):
     while len(images) < sel.images:
         (batch,) = pipe.run()
         images += [np.array(x) for x in batch.as_cpu()]
-    ref = reference(images[:sel.images])  # the reader wraps around to fill the last batch
+    ref = reference(images[: sel.images])  # the reader wraps around to fill the last batch
     rec = compute_stats(prepared, device="gpu", batch_size=5)
     check_against(rec, ref, split.images)
-    assert np.array_equal(rec["mean_image"], central_mean(images[:sel.images]))  # summed on the GPU
+    assert np.array_equal(rec["mean_image"], central_mean(images[: sel.images]))  # summed on the GPU
 
 
 def test_sum_images_exact():
@@ -299,8 +310,11 @@ def test_sum_images_exact():
     from alexdata.stats import sum_images
 
     rng = np.random.default_rng(3)
-    images = [np.full((700, 900, 3), 255, np.uint8), rng.integers(0, 256, (257, 3, 3), dtype=np.uint8),
-              rng.integers(250, 256, (1, 255, 3), dtype=np.uint8)]
+    images = [
+        np.full((700, 900, 3), 255, np.uint8),
+        rng.integers(0, 256, (257, 3, 3), dtype=np.uint8),
+        rng.integers(250, 256, (1, 255, 3), dtype=np.uint8),
+    ]
     px, s1, s2 = sum_images(images)
     ref = reference(images)
     assert px == ref["pixels"] and (s1 == ref["s1"]).all() and (s2 == ref["s2"]).all()

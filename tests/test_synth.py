@@ -7,10 +7,10 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import ROOT, SYNTH, env_with_path
 from PIL import Image
 
 from alexdata.synth import SynthConfig, _image_size, make_synth, render, wnid
-from conftest import ROOT, SYNTH, env_with_path
 
 
 def test_layout_and_labels(synth_tree):
@@ -50,8 +50,13 @@ def test_sizes_and_file_sizes_are_imagenet_like():
 
 def test_classes_differ_in_colour():
     """The learnable signal: mean hue separates classes far beyond the within-class spread."""
-    means = [[np.asarray(render(k, 4, np.random.default_rng([k, i]), size=(64, 48)), np.float64).mean((0, 1))
-              for i in range(6)] for k in range(4)]
+    means = [
+        [
+            np.asarray(render(k, 4, np.random.default_rng([k, i]), size=(64, 48)), np.float64).mean((0, 1))
+            for i in range(6)
+        ]
+        for k in range(4)
+    ]
     means = np.array(means)  # (class, image, rgb)
     centroid = means.mean(1)
     within = np.linalg.norm(means - centroid[:, None], axis=2).max()
@@ -60,8 +65,12 @@ def test_classes_differ_in_colour():
 
 
 def test_archives_layout(tmp_path):
-    make_synth(tmp_path, SynthConfig(classes=2, train_per_class=4, val_per_class=2, layout="archives"),
-               workers=1, progress=False)
+    make_synth(
+        tmp_path,
+        SynthConfig(classes=2, train_per_class=4, val_per_class=2, layout="archives"),
+        workers=1,
+        progress=False,
+    )
     with tarfile.open(tmp_path / "ILSVRC2012_img_train.tar") as outer:
         names = outer.getnames()
         assert names == [f"{wnid(0)}.tar", f"{wnid(1)}.tar"]
@@ -70,8 +79,10 @@ def test_archives_layout(tmp_path):
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar") as tf:
         assert len(tf.getnames()) == 4
     with tarfile.open(tmp_path / "ILSVRC2012_devkit_t12.tar.gz") as tf:
-        assert sorted(tf.getnames()) == ["ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
-                                         "ILSVRC2012_devkit_t12/data/meta.mat"]
+        assert sorted(tf.getnames()) == [
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+            "ILSVRC2012_devkit_t12/data/meta.mat",
+        ]
         truth = tf.extractfile("ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt").read().split()
     assert sorted(map(int, truth)) == [1, 1, 2, 2]  # two val images per class, IDs 1..2
     assert not (tmp_path / "train").exists() and not (tmp_path / "LOC_val_solution.csv").exists()
@@ -88,6 +99,10 @@ def test_train_per_class_counts_the_planted_files_in(tmp_path):
     assert per_class == {wnid(0): 4, wnid(1): 4}
     with pytest.raises(ValueError, match="--no-oddities"):
         SynthConfig(classes=1, train_per_class=5)  # five planted files would leave no good image
-    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "synth", str(tmp_path / "s")], capture_output=True,
-                       text=True, env=env_with_path(ROOT))
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "synth", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        env=env_with_path(ROOT),
+    )
     assert r.returncode == 1 and "is not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

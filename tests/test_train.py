@@ -1,5 +1,6 @@
 """The trainer on tiny data and a 1/16-width AlexNet on the CPU: the run record, learning, exact resume after
 SIGKILL, data parallelism under torchrun/gloo, bad states, and ten-crop evaluation against a direct computation."""
+
 import json
 import math
 import shutil
@@ -11,15 +12,29 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
-from alexdata.stats import compute_stats, write_stats
-from alexmodel.train import (COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, evaluate_checkpoint,
-                             recipe, train)
 from conftest import ROOT, env_with_path, run_cli
 
+from alexdata.stats import compute_stats, write_stats
+from alexmodel.train import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, evaluate_checkpoint, recipe, train
+
 WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
-TINY = ["--recipe", "modern", "--width", WIDTH, "--batch-size", 8, "--device", "cpu", "--torch-threads", 1,
-        "--threads", 1, "--no-progress", "--warmup-epochs", 0.5]
+TINY = [
+    "--recipe",
+    "modern",
+    "--width",
+    WIDTH,
+    "--batch-size",
+    8,
+    "--device",
+    "cpu",
+    "--torch-threads",
+    1,
+    "--threads",
+    1,
+    "--no-progress",
+    "--warmup-epochs",
+    0.5,
+]
 ENV = env_with_path(ROOT, ROOT / "tests")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -51,8 +66,15 @@ def tiny(data, out, *, epochs=1, lr=None, batch_size=8, **run):
 
 def test_recipes_have_the_papers_defaults():
     _, aug, paper = recipe("paper")
-    assert (paper.batch_size, paper.lr, paper.momentum, paper.weight_decay, paper.epochs, paper.schedule,
-            paper.plateau_factor) == (128, 0.01, 0.9, 5e-4, 90, "plateau", 0.1)
+    assert (
+        paper.batch_size,
+        paper.lr,
+        paper.momentum,
+        paper.weight_decay,
+        paper.epochs,
+        paper.schedule,
+        paper.plateau_factor,
+    ) == (128, 0.01, 0.9, 5e-4, 90, "plateau", 0.1)
     assert aug.pca_std == 0.1 and not aug.divide_std
     model, _, modern = recipe("modern", batch_size=1024)
     assert model.init == "modern" and modern.schedule == "cosine" and modern.lr == pytest.approx(0.01 * 1024 / 128)
@@ -111,8 +133,16 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
     script.write_text(KILL_SCRIPT)
     steps = math.ceil(46 / 8)  # per epoch
     every, kill_at = steps + 2, steps + 3  # a checkpoint at the 2nd step of epoch 2; killed one step later
-    cmd = lambda out, log, kill, resume: [sys.executable, str(script), str(data), str(tmp_path / out),
-                                         str(tmp_path / log), str(kill), str(every), resume]
+    cmd = lambda out, log, kill, resume: [
+        sys.executable,
+        str(script),
+        str(data),
+        str(tmp_path / out),
+        str(tmp_path / log),
+        str(kill),
+        str(every),
+        resume,
+    ]
     ref = subprocess.Popen(cmd("ref", "ref.jsonl", -1, "0"), env=ENV, stderr=subprocess.PIPE, text=True)
     killed = subprocess.run(cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -160,8 +190,12 @@ def one_label_per_image(tmp_path_factory):
     from alexdata.synth import SynthConfig, make_synth
 
     root = tmp_path_factory.mktemp("unique")
-    make_synth(root / "raw", SynthConfig(classes=16, train_per_class=1, val_per_class=1, oddities=False),
-               workers=2, progress=False)
+    make_synth(
+        root / "raw",
+        SynthConfig(classes=16, train_per_class=1, val_per_class=1, oddities=False),
+        workers=2,
+        progress=False,
+    )
     prepare(root / "raw", root / "data", PrepareConfig(shard_size=4), workers=2, progress=False, log=lambda *a: None)
     write_stats(compute_stats(root / "data", threads=1), root / "data" / "stats.json")
     return root / "data"
@@ -171,9 +205,24 @@ def one_label_per_image(tmp_path_factory):
 def test_ddp_two_ranks_gloo_cover_the_epoch_disjointly_and_agree(one_label_per_image, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script), str(one_label_per_image), str(tmp_path / "run"), str(tmp_path)],
-                       env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(one_label_per_image),
+            str(tmp_path / "run"),
+            str(tmp_path),
+        ],
+        env={**ENV, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(x["world"] == 2 for x in ranks)
@@ -226,8 +275,14 @@ def test_option_rules_are_the_librarys(one_epoch, data, capsys):
     assert o == replace(OptimConfig(**saved["optim"]), epochs=2) and m.width == WIDTH and r.out == str(one_epoch)
     assert d.stats is None and d.threads == 2 and r.torch_threads == 1  # the checkpoint's statistics; --threads
     d, m, o, r = configs_from_options(str(data), "elsewhere", recipe="modern", epochs=1, momentum=0.8)
-    assert (o.recipe, o.epochs, o.momentum, o.warmup_epochs, m.init, r.device) == ("modern", 1, 0.8, 5.0, "modern",
-                                                                                   "auto")
+    assert (o.recipe, o.epochs, o.momentum, o.warmup_epochs, m.init, r.device) == (
+        "modern",
+        1,
+        0.8,
+        5.0,
+        "modern",
+        "auto",
+    )
     assert start_rules(o).warmup_epochs == 0.5 and "capped to 0.5" in capsys.readouterr().err
     # A resume asking what the run was started with: the warmup the cap made of it then, whatever the epochs now
     assert start_rules(replace(o, epochs=4), {"epochs": 1, "warmup_epochs": 0.5}).warmup_epochs == 0.5
@@ -253,8 +308,12 @@ def test_paper_recipe_checkpoint_carries_the_mean_image(data, tmp_path):
     model, aug, optim = recipe("paper", width=WIDTH, batch_size=8, epochs=1)
     assert aug.mean == "pixel" and aug.central_square
     out = tmp_path / "run"
-    train(DataConfig(str(data), threads=1, aug=aug), model, optim,
-          RunConfig(out=str(out), device="cpu", torch_threads=1, progress=False))
+    train(
+        DataConfig(str(data), threads=1, aug=aug),
+        model,
+        optim,
+        RunConfig(out=str(out), device="cpu", torch_threads=1, progress=False),
+    )
     image = load_stats(data / "stats.json")["mean_image"].astype(np.float32)
     saved = torch.load(out / "checkpoint.pt", weights_only=True)
     assert torch.equal(saved["mean_image_255"], torch.from_numpy(image))
@@ -287,15 +346,21 @@ def test_ten_crop_is_the_mean_softmax_of_the_ten_views(one_epoch, data):
     from alexmodel.model import AlexNet
     from pipelines.config import AugmentConfig, PipelineStats
 
-    got = evaluate_checkpoint(data, one_epoch / "checkpoint.pt", ten_crop=True, device="cpu", batch_size=5,
-                              threads=1)
+    got = evaluate_checkpoint(data, one_epoch / "checkpoint.pt", ten_crop=True, device="cpu", batch_size=5, threads=1)
     saved = torch.load(one_epoch / "checkpoint.pt", weights_only=False)
     net = AlexNet(3, width=WIDTH, init="modern")
     net.load_state_dict(saved["model"])
     net.eval()
     cfg = saved["config"]
-    loader = Loader(data, split="val", mode="tencrop", stats=PipelineStats(**cfg["stats_255"]),
-                    aug=AugmentConfig(**cfg["data"]["aug"]), batch_size=4, threads=1)
+    loader = Loader(
+        data,
+        split="val",
+        mode="tencrop",
+        stats=PipelineStats(**cfg["stats_255"]),
+        aug=AugmentConfig(**cfg["data"]["aug"]),
+        batch_size=4,
+        threads=1,
+    )
     probs, labels = [], []
     with torch.no_grad():
         for images, y in loader:  # (B, 10, 3, 227, 227): each view through the net on its own
@@ -309,8 +374,18 @@ def test_ten_crop_is_the_mean_softmax_of_the_ten_views(one_epoch, data):
     centre = evaluate_checkpoint(data, one_epoch / "checkpoint.pt", device="cpu", threads=1)
     assert centre["loss"] != pytest.approx(got["loss"], rel=1e-6)  # the views do change the prediction
 
-    r = run_cli("evaluate", data, "--checkpoint", one_epoch / "checkpoint.pt", "--ten-crop", "--json",
-                "--device", "cpu", "--threads", 1)
+    r = run_cli(
+        "evaluate",
+        data,
+        "--checkpoint",
+        one_epoch / "checkpoint.pt",
+        "--ten-crop",
+        "--json",
+        "--device",
+        "cpu",
+        "--threads",
+        1,
+    )
     cli = json.loads(r.stdout)
     assert cli["top1"] == got["top1"] and cli["loss"] == pytest.approx(got["loss"], rel=1e-6)
 
@@ -325,12 +400,21 @@ def test_bad_device_options_are_one_line(data, tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("precision,channels_last,compile", [("fp32", False, False), ("bf16", True, False),
-                                                             ("fp16", True, False), ("bf16", True, True)])
+@pytest.mark.parametrize(
+    "precision,channels_last,compile",
+    [("fp32", False, False), ("bf16", True, False), ("fp16", True, False), ("bf16", True, True)],
+)
 def test_gpu_epoch(data, tmp_path, precision, channels_last, compile):
     d, m, o, r = tiny(data, tmp_path / "run", epochs=2)
-    r = replace(r, device="gpu", torch_threads=None, precision=precision, channels_last=channels_last,
-                compile=compile, checkpoint_every=3)
+    r = replace(
+        r,
+        device="gpu",
+        torch_threads=None,
+        precision=precision,
+        channels_last=channels_last,
+        compile=compile,
+        checkpoint_every=3,
+    )
     h = train(d, m, o, r)["history"]
     assert len(h) == 2 and all(math.isfinite(x["train_loss"]) for x in h)
     ev = evaluate_checkpoint(data, tmp_path / "run" / "checkpoint.pt", device="gpu", ten_crop=True)
@@ -359,7 +443,7 @@ def test_gpu_steps_never_wait_for_the_device(data, precision):
         torch.cuda.set_sync_debug_mode("default")  # the epoch's closing read of the sums waits, by design
 
     try:
-        meter = train_one_epoch(model, opt, strict(), precision=precision, log_every=10 ** 6)
+        meter = train_one_epoch(model, opt, strict(), precision=precision, log_every=10**6)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert meter.steps == len(loader) > 2 and meter.host_syncs == 1 and meter.images == 46
@@ -409,8 +493,10 @@ def test_an_empty_last_batch_steps_without_nan():
     torch.manual_seed(0)
     model = AlexNet(3, width=0.0625)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [(torch.randn(2, 3, 227, 227), torch.tensor([0, 2])),
-               (torch.zeros(0, 3, 227, 227), torch.zeros(0, dtype=torch.int64))]
+    batches = [
+        (torch.randn(2, 3, 227, 227), torch.tensor([0, 2])),
+        (torch.zeros(0, 3, 227, 227), torch.zeros(0, dtype=torch.int64)),
+    ]
     meter = train_one_epoch(model, opt, batches)
     assert meter.steps == 2 and meter.images == 2 and math.isfinite(meter.loss_sum)
     assert all(torch.isfinite(p).all() for p in model.parameters())

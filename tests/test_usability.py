@@ -1,6 +1,6 @@
 """What a new user trips over: stats re-run then resume, checkpoints that know their classes, safe loading and
 `alexmodel.load`, `alexnet predict` against evaluate, unfinished or mistaken folders, training options."""
-import io
+
 import json
 import shutil
 import tarfile
@@ -8,11 +8,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
+from test_train import TINY, data, one_epoch  # noqa: F401  (fixtures)
 
 from alexmodel import load
 from alexmodel.train import evaluate_checkpoint
-from conftest import run_cli
-from test_train import TINY, data, one_epoch  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -138,19 +138,64 @@ def test_unfinished_and_mistaken_folders_are_named(prepared, synth_tree, tmp_pat
 
 def test_training_options_resume_edges_and_notices(data, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("train", data, "--out", out, "--recipe", "modern", "--width", 0.0625, "--batch-size", 8,
-                "--device", "cpu", "--torch-threads", 1, "--threads", 1, "--no-progress", "--epochs", 1,
-                "--momentum", 0.8, "--weight-decay", 1e-4, "--label-smoothing", 0.05)
+    r = run_cli(
+        "train",
+        data,
+        "--out",
+        out,
+        "--recipe",
+        "modern",
+        "--width",
+        0.0625,
+        "--batch-size",
+        8,
+        "--device",
+        "cpu",
+        "--torch-threads",
+        1,
+        "--threads",
+        1,
+        "--no-progress",
+        "--epochs",
+        1,
+        "--momentum",
+        0.8,
+        "--weight-decay",
+        1e-4,
+        "--label-smoothing",
+        0.05,
+    )
     assert "--warmup-epochs 5 capped to 0.5, half of the 1 epochs" in r.stderr
     optim = json.loads((out / "config.json").read_text())["config"]["optim"]
-    assert (optim["momentum"], optim["weight_decay"], optim["label_smoothing"], optim["warmup_epochs"]) == \
-        (0.8, 1e-4, 0.05, 0.5)
+    assert (optim["momentum"], optim["weight_decay"], optim["label_smoothing"], optim["warmup_epochs"]) == (
+        0.8,
+        1e-4,
+        0.05,
+        0.5,
+    )
     done = run_cli("train", data, "--out", out, "--resume")
     assert "nothing to do" in done.stderr
     fewer = run_cli("train", data, "--out", out, "--resume", "--epochs", 1, "--label-smoothing", 0.1, check=False)
     assert fewer.returncode == 1 and "label_smoothing" in fewer.stderr  # a changed optimiser setting: refused
-    paper = run_cli("train", data, "--out", tmp_path / "p", "--width", 0.0625, "--batch-size", 16, "--device",
-                    "cpu", "--torch-threads", 1, "--threads", 1, "--no-progress", "--epochs", 1)
+    paper = run_cli(
+        "train",
+        data,
+        "--out",
+        tmp_path / "p",
+        "--width",
+        0.0625,
+        "--batch-size",
+        16,
+        "--device",
+        "cpu",
+        "--torch-threads",
+        1,
+        "--threads",
+        1,
+        "--no-progress",
+        "--epochs",
+        1,
+    )
     assert "the paper recipe keeps lr 0.01 at --batch-size 16" in paper.stderr and "--lr 0.00125" in paper.stderr
     assert run_cli("--version").stdout.startswith("alexnet, version ")
 
@@ -187,15 +232,45 @@ def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
     monkeypatch.setattr(Loader, "__init__", spy)
     threads = torch.get_num_threads()  # TINY's --torch-threads 1 would stay with this process
     try:
-        r = CliRunner().invoke(cli.main, ["train", str(data), "--out", str(tmp_path / "r"), *map(str, TINY),
-                                          "--prefetch", "3", "--hw-decoder-load", "0.9", "--channels-last"])
+        r = CliRunner().invoke(
+            cli.main,
+            [
+                "train",
+                str(data),
+                "--out",
+                str(tmp_path / "r"),
+                *map(str, TINY),
+                "--prefetch",
+                "3",
+                "--hw-decoder-load",
+                "0.9",
+                "--channels-last",
+            ],
+        )
     finally:
         torch.set_num_threads(threads)
-    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"], seen[0]["layout"]) == \
-        (3, 0.9, "NHWC")
+    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"], seen[0]["layout"]) == (
+        3,
+        0.9,
+        "NHWC",
+    )
     seen.clear()
-    r = CliRunner().invoke(cli.main, ["bench", "loader", str(data), "--device", "cpu", "--threads", "1",
-                                      "--prefetch", "4", "--hw-decoder-load", "0.8"])
+    r = CliRunner().invoke(
+        cli.main,
+        [
+            "bench",
+            "loader",
+            str(data),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--prefetch",
+            "4",
+            "--hw-decoder-load",
+            "0.8",
+        ],
+    )
     assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"]) == (4, 0.8)
 
 
@@ -211,6 +286,7 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(data, tmp_path, 
     def fails_with(e):
         def run(*a, **kw):
             raise e
+
         return run
 
     args = ["train", str(data), "--out", str(tmp_path / "r")]
@@ -222,10 +298,13 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(data, tmp_path, 
     assert isinstance(r.exception, ValueError) and "Error:" not in r.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--hw-decoder-load", 1.5], "hw_decoder_load=1.5: expected a share in [0, 1]"),
-    (["--prefetch", 0], "prefetch=0: expected an int >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hw-decoder-load", 1.5], "hw_decoder_load=1.5: expected a share in [0, 1]"),
+        (["--prefetch", 0], "prefetch=0: expected an int >= 1"),
+    ],
+)
 def test_bad_speed_options_are_one_line(data, tmp_path, args, message):
     r = run_cli("train", data, "--out", tmp_path / "r", *TINY, *args, check=False)
     lines = r.stderr.strip().splitlines()
@@ -236,8 +315,22 @@ def test_bad_speed_options_are_one_line(data, tmp_path, args, message):
 
 
 def test_a_resume_may_change_the_speed_options(run, data):
-    run_cli("train", data, "--out", run, "--resume", "--epochs", 2, "--prefetch", 3, "--hw-decoder-load", 0.9,
-            "--channels-last", "--tf32", "--fused-sgd")
+    run_cli(
+        "train",
+        data,
+        "--out",
+        run,
+        "--resume",
+        "--epochs",
+        2,
+        "--prefetch",
+        3,
+        "--hw-decoder-load",
+        0.9,
+        "--channels-last",
+        "--tf32",
+        "--fused-sgd",
+    )
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     cfg = saved["config"]
     assert (cfg["data"]["prefetch"], cfg["data"]["hw_decoder_load"]) == (3, 0.9)

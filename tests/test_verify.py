@@ -1,13 +1,14 @@
 """`alexnet verify` and the Loader's quick check: shards copied elsewhere are the bytes prepare wrote."""
+
 import hashlib
 import json
 import shutil
 
 import pytest
+from conftest import run_cli
 
 from alexdata.dataset import DataError, open_split
 from alexdata.verify import verify
-from conftest import run_cli
 
 
 @pytest.fixture
@@ -70,8 +71,16 @@ def test_the_loader_refuses_a_partial_copy_before_any_step(copy):
     with open(shard, "r+b") as f:
         f.truncate(1024)
     with pytest.raises(DataError, match=rf"{shard.name}: 1024 bytes, manifest.json says \d+ .*alexnet verify") as e:
-        Loader(copy, stats={"mean": [1, 2, 3], "std": [1, 1, 1], "eigval": [1, 1, 1],
-                            "eigvec": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}, batch_size=4)
+        Loader(
+            copy,
+            stats={
+                "mean": [1, 2, 3],
+                "std": [1, 1, 1],
+                "eigval": [1, 1, 1],
+                "eigvec": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+            },
+            batch_size=4,
+        )
     assert "\n" not in str(e.value)
     r = run_cli("stats", copy, check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "alexnet verify" in r.stderr

@@ -1,5 +1,6 @@
 """Commands built on the library: `alexnet check` (check.py), `alexnet bench train` (bench.py) and `alexnet demo`
 (demo.py); and what more than one of them needs."""
+
 from __future__ import annotations
 
 import json

@@ -10,6 +10,7 @@ says what that sync costs (on a GPU it stops the host from queueing the next ste
 `TrainBench` holds the measurements; `bench_train` and `alexnet check`'s train stage (alexmodel/tools/check.py)
 both compose them. Figures go to docs/BENCHMARKS.md.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,11 +54,17 @@ class Take:
         return itertools.islice(batches, self.steps)
 
 
-def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: int, sync,
-              fused_sgd: bool = False) -> dict:
+def run_steps(
+    model, batches, *, precision: str, channels_last: bool, warmup: int, sync, fused_sgd: bool = False
+) -> dict:
     """The trainer's step timed after `warmup` batches; fused_sgd: SGD's one-kernel update (RunConfig.fused_sgd)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4,  # tiny lr: stays finite
-                          fused=fused_sgd or None)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=1e-4,
+        momentum=0.9,
+        weight_decay=5e-4,  # tiny lr: stays finite
+        fused=fused_sgd or None,
+    )
     batches_it = iter(batches)
     head = list(itertools.islice(batches_it, warmup))
     train_one_epoch(model, opt, head, precision=precision, channels_last=channels_last)  # cudnn autotune, caches
@@ -66,8 +73,11 @@ def run_steps(model, batches, *, precision: str, channels_last: bool, warmup: in
     meter = train_one_epoch(model, opt, batches_it, precision=precision, channels_last=channels_last)
     sync()
     dt = time.perf_counter() - t0
-    return {"images_per_s": meter.images / dt, "data_wait_frac": meter.data_s / max(meter.step_s, 1e-9),
-            "steps": meter.steps}
+    return {
+        "images_per_s": meter.images / dt,
+        "data_wait_frac": meter.data_s / max(meter.step_s, 1e-9),
+        "steps": meter.steps,
+    }
 
 
 def run_unsynced(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> float:
@@ -119,26 +129,45 @@ class TrainBench:
     def synthetic(self, model, precision: str, channels_last: bool, *, fused_sgd: bool = False) -> float:
         """Images/s of the trainer's step on Synthetic batches."""
         batches = Synthetic(self.batch_size, self.classes, self.dev, self.steps + self.warmup)
-        return run_steps(model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup,
-                         sync=self.sync, fused_sgd=fused_sgd)["images_per_s"]
+        return run_steps(
+            model,
+            batches,
+            precision=precision,
+            channels_last=channels_last,
+            warmup=self.warmup,
+            sync=self.sync,
+            fused_sgd=fused_sgd,
+        )["images_per_s"]
 
     def no_sync(self, model, precision: str, channels_last: bool) -> float:
         """Images/s of the same step without the trainer's host sync (run_unsynced) on Synthetic batches."""
         batches = Synthetic(self.batch_size, self.classes, self.dev, self.steps + self.warmup)
-        return run_unsynced(model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup,
-                            sync=self.sync)
+        return run_unsynced(
+            model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup, sync=self.sync
+        )
 
-    def end_to_end(self, model, loader, precision: str, channels_last: bool, *, steps: int | None = None,
-                   full_only: bool = False) -> dict:
+    def end_to_end(
+        self, model, loader, precision: str, channels_last: bool, *, steps: int | None = None, full_only: bool = False
+    ) -> dict:
         """{"images_per_s", "data_wait_frac", "steps"} of the trainer's step fed by `loader` (epochs chained)."""
         batches = Take(loader, (steps or self.steps) + self.warmup, full_only=full_only)
-        return run_steps(model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup,
-                         sync=self.sync)
+        return run_steps(
+            model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup, sync=self.sync
+        )
 
 
-def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_size: int = 128,
-                width: float = 1.0, precisions: tuple[str, ...] = ("fp32", "bf16"), threads: int | None = None,
-                stats=None, warmup: int = 3, sweep: bool = True) -> dict:
+def bench_train(
+    data: str | None,
+    device: str = "cpu",
+    steps: int = 20,
+    batch_size: int = 128,
+    width: float = 1.0,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+    threads: int | None = None,
+    stats=None,
+    warmup: int = 3,
+    sweep: bool = True,
+) -> dict:
     """The synthetic sweep (placement x precision x channels_last), the host-sync ratio of the fastest variant
     and, with DATA, that variant end to end through the Loader."""
     from alexdata.dataset import open_split
@@ -154,8 +183,15 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     classes = len(split.classes) if split else 1000
     tb = TrainBench(device, classes=classes, width=width, batch_size=batch_size, steps=steps, warmup=warmup)
     m = host.machine(device)
-    res = {"device": device, "batch_size": batch_size, "width": width, "steps": steps, "classes": classes,
-           "machine": m, "torch": m.get("torch")}
+    res = {
+        "device": device,
+        "batch_size": batch_size,
+        "width": width,
+        "steps": steps,
+        "classes": classes,
+        "machine": m,
+        "torch": m.get("torch"),
+    }
     if device == "gpu":
         res["gpu"] = m["gpu"]
     n_gpu = torch.cuda.device_count() if device == "gpu" else 0
@@ -168,21 +204,29 @@ def bench_train(data: str | None, device: str = "cpu", steps: int = 20, batch_si
     results = []
     for placement, precision, cl in variants:
         rate = tb.synthetic(tb.model(cl, towers[placement]), precision, cl)
-        results.append({"placement": placement, "precision": precision, "channels_last": cl,
-                        "synthetic_images_per_s": rate})
+        results.append(
+            {"placement": placement, "precision": precision, "channels_last": cl, "synthetic_images_per_s": rate}
+        )
     res["synthetic"] = results
     top = max(results, key=lambda r: r["synthetic_images_per_s"])
     kind = {k: top[k] for k in ("placement", "precision", "channels_last")}
     make_top = lambda: tb.model(top["channels_last"], towers[top["placement"]])
     unsynced = tb.no_sync(make_top(), top["precision"], top["channels_last"])
-    res["host_sync"] = {**kind, "trainer_images_per_s": top["synthetic_images_per_s"],
-                        "no_sync_images_per_s": unsynced,
-                        "trainer_vs_no_sync": top["synthetic_images_per_s"] / unsynced}
+    res["host_sync"] = {
+        **kind,
+        "trainer_images_per_s": top["synthetic_images_per_s"],
+        "no_sync_images_per_s": unsynced,
+        "trainer_vs_no_sync": top["synthetic_images_per_s"] / unsynced,
+    }
     if data:
         loader = Loader(data, batch_size=batch_size, device=device, threads=threads, stats=stats, opened=split)
         r = tb.end_to_end(make_top(), loader, top["precision"], top["channels_last"])
-        res["end_to_end"] = {**kind, "images_per_s": r["images_per_s"], "data_wait_frac": r["data_wait_frac"],
-                             "synthetic_images_per_s": top["synthetic_images_per_s"],
-                             "end_to_end_vs_synthetic": r["images_per_s"] / top["synthetic_images_per_s"]}
+        res["end_to_end"] = {
+            **kind,
+            "images_per_s": r["images_per_s"],
+            "data_wait_frac": r["data_wait_frac"],
+            "synthetic_images_per_s": top["synthetic_images_per_s"],
+            "end_to_end_vs_synthetic": r["images_per_s"] / top["synthetic_images_per_s"],
+        }
     res["python"] = m["python"]
     return res

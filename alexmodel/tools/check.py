@@ -29,6 +29,7 @@ Figures are plain numbers: images/s as floats, shares as fractions in [0, 1]. OU
 printed at the end. The time boxes are kept between measurements: a single step (synthesising the data, one
 pytest run) is never cut short, except pytest, which is stopped at its box.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,11 +45,27 @@ from typing import Callable
 from alexdata import host
 from alexdata.errors import ConfigError
 from alexdata.files import atomic_write
+
 # The stages, and what callers name through this module (check.Context, check.GPU_TESTS, check.sweep_default)
-from alexmodel.tools.check_stages import (GPU_KNOBS, GPU_TESTS, QUICK_TESTS, ROOT, CheckSize, Context,
-                                          StageSkipped, StageTimeout, _finished_data, _one_line, stage_data,
-                                          stage_loader, stage_paper_init, stage_stats, stage_tests, stage_train,
-                                          sweep_default)
+from alexmodel.tools.check_stages import (  # noqa: F401
+    GPU_KNOBS,
+    GPU_TESTS,
+    QUICK_TESTS,
+    ROOT,
+    CheckSize,
+    Context,
+    StageSkipped,
+    StageTimeout,
+    _finished_data,
+    _one_line,
+    stage_data,
+    stage_loader,
+    stage_paper_init,
+    stage_stats,
+    stage_tests,
+    stage_train,
+    sweep_default,  # noqa: F401
+)
 
 STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
 # Shares of the budget: a stage's box is its weight over the weights of the stages still to run, times the time
@@ -58,11 +75,30 @@ WEIGHTS = {"data": 0.2, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.2
 SIZES = {
     # ~20k distinct ImageNet-sized JPEGs (~2.2 GB raw, ~0.6 GB of shards): the loader is not timing a tiny cache.
     # ~13 sweep points of ~5 s each (3 timed, the rest building and warming up): the loader stage's box on a GPU.
-    "full": CheckSize(classes=100, train_per_class=200, val_per_class=10, shard_size=1024, width=1.0,
-                      batch_size=256, loader_seconds=3.0, train_steps=200, paper_init_s=60.0),
+    "full": CheckSize(
+        classes=100,
+        train_per_class=200,
+        val_per_class=10,
+        shard_size=1024,
+        width=1.0,
+        batch_size=256,
+        loader_seconds=3.0,
+        train_steps=200,
+        paper_init_s=60.0,
+    ),
     # A few hundred images: every stage in a minute or two on 2 CPU cores (docs/BENCHMARKS.md, the CPU rehearsal).
-    "tiny": CheckSize(classes=4, train_per_class=60, val_per_class=5, shard_size=64, width=0.125, batch_size=32,
-                      loader_seconds=1.5, train_steps=4, paper_init_s=15.0, prefetch=(2, 3)),
+    "tiny": CheckSize(
+        classes=4,
+        train_per_class=60,
+        val_per_class=5,
+        shard_size=64,
+        width=0.125,
+        batch_size=32,
+        loader_seconds=1.5,
+        train_steps=4,
+        paper_init_s=15.0,
+        prefetch=(2, 3),
+    ),
 }
 
 
@@ -76,7 +112,7 @@ def gpu_slug(name: str) -> str:
     "NVIDIA A100-SXM4-80GB" -> "a100", "NVIDIA GeForce RTX 4090" -> "rtx-4090"."""
     words = [w for w in re.split(r"[\s_-]+", name.lower()) if w and w not in ("nvidia", "tesla", "geforce")]
     end = next((i for i, w in enumerate(words) if any(c.isdigit() for c in w)), len(words) - 1)
-    return "-".join(words[:end + 1]) or "gpu"
+    return "-".join(words[: end + 1]) or "gpu"
 
 
 def result_name(machine: dict, size: str) -> str:
@@ -86,27 +122,53 @@ def result_name(machine: dict, size: str) -> str:
 
 
 STAGE_FNS: dict[str, Callable[[Context, dict], None]] = {
-    "data": stage_data, "tests": stage_tests, "loader": stage_loader, "stats": stage_stats, "train": stage_train,
-    "paper_init": stage_paper_init}
+    "data": stage_data,
+    "tests": stage_tests,
+    "loader": stage_loader,
+    "stats": stage_stats,
+    "train": stage_train,
+    "paper_init": stage_paper_init,
+}
 
 # The figures of each stage's summary line and table row: (key path, label, format).
 HEADLINES = {
-    "data": [("synth_img_s", "synth", "{:.0f} img/s"), ("prepare_img_s", "prepare", "{:.0f} img/s"),
-             ("stats_img_s", "stats", "{:.0f} img/s"), ("train_images", "train images", "{}")],
-    "tests": [("passed", "passed", "{}"), ("failed", "failed", "{}"), ("error", "errors", "{}"),
-              ("skipped", "skipped", "{}")],
-    "loader": [("decode_only", "decode only", "{:.0f} img/s"), ("pipeline", "pipeline", "{:.0f} img/s"),
-               ("baseline", "baseline", "{:.0f} img/s"), ("best.img_s", "best", "{:.0f} img/s"),
-               ("hw_decoder.used", "hardware decoder used", "{}")],
+    "data": [
+        ("synth_img_s", "synth", "{:.0f} img/s"),
+        ("prepare_img_s", "prepare", "{:.0f} img/s"),
+        ("stats_img_s", "stats", "{:.0f} img/s"),
+        ("train_images", "train images", "{}"),
+    ],
+    "tests": [
+        ("passed", "passed", "{}"),
+        ("failed", "failed", "{}"),
+        ("error", "errors", "{}"),
+        ("skipped", "skipped", "{}"),
+    ],
+    "loader": [
+        ("decode_only", "decode only", "{:.0f} img/s"),
+        ("pipeline", "pipeline", "{:.0f} img/s"),
+        ("baseline", "baseline", "{:.0f} img/s"),
+        ("best.img_s", "best", "{:.0f} img/s"),
+        ("hw_decoder.used", "hardware decoder used", "{}"),
+    ],
     "stats": [("stats_img_s", "stats", "{:.0f} img/s"), ("stats_vs_decode_only", "of decode only", "{:.0%}")],
-    "train": [("synthetic_img_s.fp32", "fp32", "{:.0f} img/s"), ("synthetic_img_s.bf16_channels_last",
-              "bf16 cl", "{:.0f} img/s"), ("end_to_end_img_s", "end to end", "{:.0f} img/s"),
-              ("data_wait_frac", "data wait", "{:.1%}"),
-              ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
-              ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}"), ("tf32.tf32_vs_plain", "tf32 vs plain",
-              "{:.2f}"), ("fused_sgd.fused_vs_plain", "fused SGD vs plain", "{:.2f}")],
-    "paper_init": [("steps", "steps", "{}"), ("first_loss", "loss from", "{:.3f}"), ("last_loss", "to", "{:.3f}"),
-                   ("chance_loss", "chance", "{:.3f}"), ("left_chance_step", "left chance at step", "{}")],
+    "train": [
+        ("synthetic_img_s.fp32", "fp32", "{:.0f} img/s"),
+        ("synthetic_img_s.bf16_channels_last", "bf16 cl", "{:.0f} img/s"),
+        ("end_to_end_img_s", "end to end", "{:.0f} img/s"),
+        ("data_wait_frac", "data wait", "{:.1%}"),
+        ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
+        ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}"),
+        ("tf32.tf32_vs_plain", "tf32 vs plain", "{:.2f}"),
+        ("fused_sgd.fused_vs_plain", "fused SGD vs plain", "{:.2f}"),
+    ],
+    "paper_init": [
+        ("steps", "steps", "{}"),
+        ("first_loss", "loss from", "{:.3f}"),
+        ("last_loss", "to", "{:.3f}"),
+        ("chance_loss", "chance", "{:.3f}"),
+        ("left_chance_step", "left chance at step", "{}"),
+    ],
 }
 
 
@@ -119,8 +181,7 @@ def _get(d: dict, path: str):
 
 
 def headline(name: str, rec: dict) -> str:
-    parts = [f"{label} {fmt.format(v)}" for key, label, fmt in HEADLINES[name]
-             if (v := _get(rec, key)) is not None]
+    parts = [f"{label} {fmt.format(v)}" for key, label, fmt in HEADLINES[name] if (v := _get(rec, key)) is not None]
     if rec.get("error"):
         parts.append(rec["error"])
     return "; ".join(parts)
@@ -130,11 +191,16 @@ def table(report: dict) -> str:
     """check.md: the machine, then one row per stage."""
     m = report["machine"]
     what = m.get("gpu") or f"{m.get('cpu')} ({m.get('cores')} cores)"
-    lines = [f"# alexnet check: {what}, {m.get('date')}", "",
-             f"size {report['size']}, device {report['device']}, budget {report['budget_s']:.0f} s; torch "
-             f"{m.get('torch')}, DALI {m.get('dali')}, Python {m.get('python')}, {m.get('cores')} cores"
-             + (f", driver {m.get('driver')}, CUDA {m.get('cuda')}" if m.get("gpu") else ""), "",
-             "| stage | status | seconds | figures |", "|---|---|---|---|"]
+    lines = [
+        f"# alexnet check: {what}, {m.get('date')}",
+        "",
+        f"size {report['size']}, device {report['device']}, budget {report['budget_s']:.0f} s; torch "
+        f"{m.get('torch')}, DALI {m.get('dali')}, Python {m.get('python')}, {m.get('cores')} cores"
+        + (f", driver {m.get('driver')}, CUDA {m.get('cuda')}" if m.get("gpu") else ""),
+        "",
+        "| stage | status | seconds | figures |",
+        "|---|---|---|---|",
+    ]
     for name, rec in report["stages"].items():
         lines.append(f"| {name} | {rec['status']} | {rec['seconds']:.1f} | {headline(name, rec)} |")
     return "\n".join(lines) + "\n"
@@ -145,10 +211,17 @@ def _write(out: Path, report: dict) -> None:
     atomic_write(out / "check.md", table(report))
 
 
-def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | CheckSize = "tiny",
-              budget_s: float = 420.0, work: str | os.PathLike | None = None,
-              stages: tuple[str, ...] = STAGES, tests: tuple[str, ...] | None = None,
-              log: Callable[[str], None] = print) -> dict:
+def run_check(
+    out: str | os.PathLike,
+    *,
+    device: str = "auto",
+    size: str | CheckSize = "tiny",
+    budget_s: float = 420.0,
+    work: str | os.PathLike | None = None,
+    stages: tuple[str, ...] = STAGES,
+    tests: tuple[str, ...] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Runs the stages (all of them, in STAGES order; those not in `stages` are recorded as skipped) and returns
     the report also written to OUT/check.json and OUT/check.md.
 
@@ -176,8 +249,15 @@ def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | Check
     tests = tuple(tests) if tests is not None else (GPU_TESTS if device == "gpu" else QUICK_TESTS)
     ctx = Context(device=device, size=size, work=work, cores=cores, tests=tests)
     machine = machine_info(device)
-    report = {"machine": machine, "result_name": result_name(machine, size_name), "size": size_name,
-              "sizes": asdict(size), "device": device, "budget_s": budget_s, "stages": {}}
+    report = {
+        "machine": machine,
+        "result_name": result_name(machine, size_name),
+        "size": size_name,
+        "sizes": asdict(size),
+        "device": device,
+        "budget_s": budget_s,
+        "stages": {},
+    }
     t_end = time.perf_counter() + budget_s
     try:
         for i, name in enumerate(STAGES):
@@ -200,13 +280,21 @@ def run_check(out: str | os.PathLike, *, device: str = "auto", size: str | Check
             except StageTimeout as e:
                 status, error = "timeout", str(e)
             except KeyboardInterrupt:
-                report["stages"][name] = {"status": "failed", "seconds": time.perf_counter() - t0,
-                                          "error": "interrupted", **fig}
+                report["stages"][name] = {
+                    "status": "failed",
+                    "seconds": time.perf_counter() - t0,
+                    "error": "interrupted",
+                    **fig,
+                }
                 raise
             except Exception as e:  # one stage's failure must not stop the others
                 status, error = "failed", _one_line(e)
-            rec = {"status": status, "seconds": round(time.perf_counter() - t0, 2),
-                   **({"error": error} if error else {}), **fig}
+            rec = {
+                "status": status,
+                "seconds": round(time.perf_counter() - t0, 2),
+                **({"error": error} if error else {}),
+                **fig,
+            }
             if name in stages:
                 rec["time_box_s"] = round(ctx.deadline - t0, 3)
             report["stages"][name] = rec

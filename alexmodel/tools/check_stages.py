@@ -2,6 +2,7 @@
 function stage_NAME(ctx, fig) that adds its figures to `fig` as it measures, and raises StageSkipped or
 StageTimeout (what it measured so far is kept) or fails with any other exception.
 """
+
 from __future__ import annotations
 
 import gc
@@ -31,6 +32,7 @@ GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_
 @dataclass(frozen=True)
 class CheckSize:
     """How much data and work each stage gets."""
+
     classes: int
     train_per_class: int
     val_per_class: int
@@ -49,7 +51,6 @@ class CheckSize:
     hybrid_huffman_threshold: tuple[int, ...] = (1_000_000, 0)
 
 
-
 class StageSkipped(Exception):
     """A stage that cannot run here (no data, no budget left): its reason is the stage's one-line error."""
 
@@ -61,6 +62,7 @@ class StageTimeout(Exception):
 @dataclass
 class Context:
     """What the stages share: settings, and what earlier stages found (the data, the best loader settings)."""
+
     device: str  # "cpu" or "gpu"
     size: CheckSize
     work: Path  # raw/ and data/ live here
@@ -84,7 +86,6 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
-
 def stage_data(ctx: Context, fig: dict) -> None:
     """synth -> prepare -> stats under ctx.work, reusing what an earlier check left there."""
     from alexdata.prepare import PrepareConfig, prepare
@@ -102,16 +103,19 @@ def stage_data(ctx: Context, fig: dict) -> None:
         t = time.perf_counter()
         d = make_synth(raw, cfg, workers=ctx.cores)
         n = d["train_images"] + d["val_images"]
-        fig.update(synth_images=n, synth_img_s=n / (time.perf_counter() - t),
-                   synth_mean_kb=d["mean_jpeg_bytes"] / 1e3)
+        fig.update(synth_images=n, synth_img_s=n / (time.perf_counter() - t), synth_mean_kb=d["mean_jpeg_bytes"] / 1e3)
         fig["reused"] = 0
     t = time.perf_counter()
     man = prepare(raw, data, PrepareConfig(shard_size=s.shard_size), workers=ctx.cores, log=lambda *a: None)
     if not fig["reused"]:
         n = man["train"]["images"] + man["val"]["images"]
         fig.update(prepare_images=n, prepare_img_s=n / (time.perf_counter() - t))
-    fig.update(train_images=man["train"]["images"], val_images=man["val"]["images"], classes=len(man["classes"]),
-               skipped=len(man["skipped"]))
+    fig.update(
+        train_images=man["train"]["images"],
+        val_images=man["val"]["images"],
+        classes=len(man["classes"]),
+        skipped=len(man["skipped"]),
+    )
     if not (data / "stats.json").is_file():
         try:
             rec = compute_stats(data, device=ctx.device, progress=True)
@@ -145,16 +149,23 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     if not (ROOT / "tests").is_dir():
         raise StageSkipped(f"no tests/ folder beside the package ({ROOT}); run check from a source checkout")
     old = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([old] if old else [])]),
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *([old] if old else [])]), "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pytest", "-v", "--tb=line", "-p", "no:cacheprovider", *ctx.tests]
     fig["command"] = " ".join(["pytest", *cmd[3:]])
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     failing: list[str] = []
     result = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
     # A session of its own: at the box, the whole group goes (a grandchild holding the pipe would block the read).
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
 
     def kill() -> None:
         try:
@@ -165,6 +176,7 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     bar = tqdm(desc="tests", unit="test", leave=False)
     timed_out = False
     try:
+
         def kill_at_deadline():
             nonlocal timed_out
             while proc.poll() is None:
@@ -196,8 +208,9 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     if timed_out:
         raise StageTimeout(f"pytest stopped at its time box after {sum(counts.values())} results")
     if failing or proc.returncode not in (0, 5):
-        raise RuntimeError(f"{len(failing)} failing: {', '.join(failing[:5])}" if failing
-                           else f"pytest exited with {proc.returncode}")
+        raise RuntimeError(
+            f"{len(failing)} failing: {', '.join(failing[:5])}" if failing else f"pytest exited with {proc.returncode}"
+        )
     if sum(counts.values()) == 0:
         raise RuntimeError("pytest ran no tests")
 
@@ -222,15 +235,22 @@ def _sweep_points(ctx: Context, default: dict, split) -> tuple[list[tuple[str, l
     s = ctx.size
     threads = s.threads or tuple(sorted({max(1, ctx.cores // 2), ctx.cores}, reverse=True))
     batches = s.batches or (s.batch_size, 2 * s.batch_size)
-    knobs = [("hw_decoder_load", list(s.hw_decoder_load)),
-             ("hybrid_huffman_threshold", list(s.hybrid_huffman_threshold)), ("preallocate", [True]),
-             ("threads", list(threads)), ("batch_size", list(batches)), ("prefetch", list(s.prefetch)),
-             ("layout", ["NHWC"])]  # channels_last batches (HWC from DALI): what --channels-last trains on
+    knobs = [
+        ("hw_decoder_load", list(s.hw_decoder_load)),
+        ("hybrid_huffman_threshold", list(s.hybrid_huffman_threshold)),
+        ("preallocate", [True]),
+        ("threads", list(threads)),
+        ("batch_size", list(batches)),
+        ("prefetch", list(s.prefetch)),
+        ("layout", ["NHWC"]),
+    ]  # channels_last batches (HWC from DALI): what --channels-last trains on
     if ctx.device != "gpu":
         skipped = dict.fromkeys(GPU_KNOBS, "GPU only: an argument of the mixed decoder; the CPU one ignores it")
     elif split.max_hw is None:
-        skipped = {"preallocate": "manifest.json records no largest image (prepare wrote it before it did); "
-                                  "re-run `alexnet prepare` for the hints"}
+        skipped = {
+            "preallocate": "manifest.json records no largest image (prepare wrote it before it did); "
+            "re-run `alexnet prepare` for the hints"
+        }
     else:
         skipped = {}
     return [(k, [default[k]] + [v for v in vals if v != default[k]]) for k, vals in knobs if k not in skipped], skipped
@@ -255,8 +275,9 @@ def stage_loader(ctx: Context, fig: dict) -> None:
     split, stats = open_split(data, "train"), resolve_stats(None, data)
     if ctx.device == "gpu":
         try:
-            fig["hw_decoder"] = hw_decoder_check(data, s.loader_seconds, batch_size=s.batch_size,
-                                                 threads=ctx.cores, opened=split)
+            fig["hw_decoder"] = hw_decoder_check(
+                data, s.loader_seconds, batch_size=s.batch_size, threads=ctx.cores, opened=split
+            )
         except Exception as e:  # the sweep below is worth more than this verdict: record it and go on
             fig["hw_decoder"] = {"used": None, "why": f"not measured: {_one_line(e)}"}
         gc.collect()
@@ -273,8 +294,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
                 point = {**best, knob: v}
                 bar.update()
                 try:
-                    rate = loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split,
-                                       **point)
+                    rate = loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split, **point)
                 except Exception as e:  # a setting DALI refuses must not cost the sweep's other points
                     if not sweep:
                         raise  # the defaults themselves
@@ -301,8 +321,12 @@ def stage_stats(ctx: Context, fig: dict) -> None:
     from alexdata.bench import bench_stats
 
     r = bench_stats(_need_data(ctx), ctx.device, threads=ctx.cores, rounds=1)
-    fig.update(decode_img_s=r["decode_img_s"], stats_img_s=r["stats_img_s"], stats_vs_decode_only=r["ratio"],
-               images=r["images"])
+    fig.update(
+        decode_img_s=r["decode_img_s"],
+        stats_img_s=r["stats_img_s"],
+        stats_vs_decode_only=r["ratio"],
+        images=r["images"],
+    )
 
 
 def stage_train(ctx: Context, fig: dict) -> None:
@@ -332,19 +356,30 @@ def stage_train(ctx: Context, fig: dict) -> None:
             tf32 = tb.synthetic(tb.model(False), "fp32", False)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = plain  # as the fp32 variant ran (torch's default: off)
-        fig["tf32"] = {"plain_img_s": syn["fp32"], "tf32_img_s": tf32, "tf32_vs_plain": tf32 / syn["fp32"],
-                       "wins": "tf32" if tf32 > syn["fp32"] else "plain"}
+        fig["tf32"] = {
+            "plain_img_s": syn["fp32"],
+            "tf32_img_s": tf32,
+            "tf32_vs_plain": tf32 / syn["fp32"],
+            "wins": "tf32" if tf32 > syn["fp32"] else "plain",
+        }
     else:
         fig["tf32"] = {"wins": None, "why": "no GPU: TF32 is a tensor-core mode of fp32 matmuls"}
     ctx.check_time()
     fused = tb.synthetic(tb.model(cl), precision, cl, fused_sgd=True)
-    fig["fused_sgd"] = {"variant": best_name, "plain_img_s": syn[best_name], "fused_img_s": fused,
-                        "fused_vs_plain": fused / syn[best_name],
-                        "wins": "fused" if fused > syn[best_name] else "plain"}
+    fig["fused_sgd"] = {
+        "variant": best_name,
+        "plain_img_s": syn[best_name],
+        "fused_img_s": fused,
+        "fused_vs_plain": fused / syn[best_name],
+        "wins": "fused" if fused > syn[best_name] else "plain",
+    }
     ctx.check_time()
     unsynced = tb.no_sync(tb.model(cl), precision, cl)
-    fig["host_sync"] = {"trainer_img_s": syn[best_name], "no_sync_img_s": unsynced,
-                        "trainer_vs_no_sync": syn[best_name] / unsynced}
+    fig["host_sync"] = {
+        "trainer_img_s": syn[best_name],
+        "no_sync_img_s": unsynced,
+        "trainer_vs_no_sync": syn[best_name] / unsynced,
+    }
     ctx.check_time()
     # The paper's two-tower code path (§3.2) with both towers on this one device: a second GPU is not lent here.
     fig["two_tower_one_device_img_s"] = tb.synthetic(tb.model(cl, devices=(tb.dev, tb.dev)), precision, cl)
@@ -364,18 +399,23 @@ def stage_train(ctx: Context, fig: dict) -> None:
             fig.setdefault("notes", []).append("end to end once: the loader's best setting is its default")
         for name, kw in runs.items():
             ctx.check_time()
-            loader = Loader(str(ctx.data), stats=stats, batch_size=s.batch_size, device=ctx.device, opened=split,
-                            **kw)
+            loader = Loader(str(ctx.data), stats=stats, batch_size=s.batch_size, device=ctx.device, opened=split, **kw)
             e2e[name] = tb.end_to_end(tb.model(cl), loader, precision, cl, steps=2 * s.train_steps, full_only=True)
             del loader
             gc.collect()
         r = e2e["best"]
-        fig.update(end_to_end_img_s=r["images_per_s"], data_wait_frac=r["data_wait_frac"],
-                   end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name], end_to_end_loader=best)
+        fig.update(
+            end_to_end_img_s=r["images_per_s"],
+            data_wait_frac=r["data_wait_frac"],
+            end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name],
+            end_to_end_loader=best,
+        )
         if "default" in e2e:
-            fig.update(end_to_end_default_img_s=e2e["default"]["images_per_s"],
-                       end_to_end_default_data_wait_frac=e2e["default"]["data_wait_frac"],
-                       end_to_end_best_vs_default=r["images_per_s"] / e2e["default"]["images_per_s"])
+            fig.update(
+                end_to_end_default_img_s=e2e["default"]["images_per_s"],
+                end_to_end_default_data_wait_frac=e2e["default"]["data_wait_frac"],
+                end_to_end_best_vs_default=r["images_per_s"] / e2e["default"]["images_per_s"],
+            )
     else:
         fig["notes"] = ["end to end skipped: the data stage did not finish"]
     # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
@@ -389,8 +429,13 @@ def stage_train(ctx: Context, fig: dict) -> None:
             fig["compile_error"] = _one_line(e)
     else:
         fig.setdefault("notes", []).append(
-            "compile not timed: " + ("a GPU run only (inductor takes minutes on a few CPU cores)"
-                                     if ctx.device == "cpu" else f"{ctx.left():.0f} s left in the box, 90 needed"))
+            "compile not timed: "
+            + (
+                "a GPU run only (inductor takes minutes on a few CPU cores)"
+                if ctx.device == "cpu"
+                else f"{ctx.left():.0f} s left in the box, 90 needed"
+            )
+        )
 
 
 def stage_paper_init(ctx: Context, fig: dict) -> None:
@@ -409,26 +454,52 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     split = open_split(data, "train")
     classes = len(split.classes)
     dev = host.torch_device(ctx.device)
-    precision, cl = (ctx.best_train.get("precision", "bf16"), ctx.best_train.get("channels_last", True)) \
-        if ctx.device == "gpu" else ("fp32", False)
+    precision, cl = (
+        (ctx.best_train.get("precision", "bf16"), ctx.best_train.get("channels_last", True))
+        if ctx.device == "gpu"
+        else ("fp32", False)
+    )
     torch.manual_seed(0)
     net = AlexNet(classes, width=s.width, init="paper").to(dev)
     net = net.to(memory_format=torch.channels_last) if cl else net
     opt = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    kw = {"threads": ctx.cores, **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"},
-          "layout": "NHWC" if cl else "NCHW"}
-    loader = Loader(data, stats=resolve_stats(None, data), aug=aug, batch_size=optim.batch_size, device=ctx.device,
-                    opened=split, **kw)
+    kw = {
+        "threads": ctx.cores,
+        **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"},
+        "layout": "NHWC" if cl else "NCHW",
+    }
+    loader = Loader(
+        data,
+        stats=resolve_stats(None, data),
+        aug=aug,
+        batch_size=optim.batch_size,
+        device=ctx.device,
+        opened=split,
+        **kw,
+    )
     chance = math.log(classes)
     per_epoch = len(loader)
     every = max(1, min(20, per_epoch // 4))  # a point every few steps, several per epoch
-    fig.update(width=s.width, classes=classes, batch_size=optim.batch_size, lr=optim.lr, precision=precision,
-               channels_last=cl, chance_loss=chance, log_every=every, loss_log=[])
+    fig.update(
+        width=s.width,
+        classes=classes,
+        batch_size=optim.batch_size,
+        lr=optim.lr,
+        precision=precision,
+        channels_last=cl,
+        chance_loss=chance,
+        log_every=every,
+        loss_log=[],
+    )
     seconds = min(s.paper_init_s, max(0.0, ctx.left()))
     state = {"steps": 0, "images": 0}
     t0 = time.perf_counter()
-    bar = tqdm(total=round(seconds), desc="paper init", leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}")
+    bar = tqdm(
+        total=round(seconds),
+        desc="paper init",
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s{postfix}",
+    )
 
     def on_window(meter, w):  # the trainer's own logging window: its loss is the mean over `every` steps
         state["steps"] += w["steps"]
@@ -442,8 +513,16 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
 
     try:
         while True:
-            train_one_epoch(net, opt, loader, precision=precision, channels_last=cl, log_every=every,
-                            on_window=on_window, stop=lambda: time.perf_counter() - t0 >= seconds)
+            train_one_epoch(
+                net,
+                opt,
+                loader,
+                precision=precision,
+                channels_last=cl,
+                log_every=every,
+                on_window=on_window,
+                stop=lambda: time.perf_counter() - t0 >= seconds,
+            )
     except StopRequested:
         pass
     finally:
@@ -452,7 +531,13 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
         gc.collect()
     dt = time.perf_counter() - t0
     log = fig["loss_log"]
-    fig.update(steps=state["steps"], seconds_trained=dt, epochs=state["steps"] / per_epoch,
-               img_s=state["images"] / dt, first_loss=log[0][1] if log else None,
-               last_loss=log[-1][1] if log else None, min_loss=min(v for _, v in log) if log else None,
-               left_chance=int("left_chance_step" in fig))
+    fig.update(
+        steps=state["steps"],
+        seconds_trained=dt,
+        epochs=state["steps"] / per_epoch,
+        img_s=state["images"] / dt,
+        first_loss=log[0][1] if log else None,
+        last_loss=log[-1][1] if log else None,
+        min_loss=min(v for _, v in log) if log else None,
+        left_chance=int("left_chance_step" in fig),
+    )

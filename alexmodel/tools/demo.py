@@ -9,6 +9,7 @@ width the paper's N(0, 0.01) init sits at chance for many epochs.
 
 How long it takes and what it reaches on a laptop-sized CPU: docs/BENCHMARKS.md, "The demo".
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ class DemoConfig:
     seed: int = 0
 
 
-def run_demo(out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *, device: str = "auto",
-             log=print) -> dict:
+def run_demo(
+    out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *, device: str = "auto", log=print
+) -> dict:
     """Runs every stage (skipping those already done under `out`); returns the results and where they are."""
     from alexdata.prepare import PrepareConfig, prepare
     from alexdata.stats import compute_stats, write_stats
@@ -71,14 +73,16 @@ def run_demo(out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *,
     times["stats_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    model, aug, optim = recipe(cfg.recipe, width=cfg.width, batch_size=cfg.batch_size, epochs=cfg.epochs,
-                               lr=cfg.lr)
+    model, aug, optim = recipe(cfg.recipe, width=cfg.width, batch_size=cfg.batch_size, epochs=cfg.epochs, lr=cfg.lr)
     optim = replace(optim, warmup_epochs=cfg.warmup_epochs)
-    log(f"demo 4/5 train: AlexNet width {cfg.width}, {cfg.recipe} recipe, {cfg.epochs} epochs on {device} -> "
-        f"{run_dir}")
-    result = train(DataConfig(str(data), aug=aug), model, optim,
-                   RunConfig(out=str(run_dir), device=device, seed=cfg.seed, log_every=cfg.log_every),
-                   resume="auto")  # run again, the demo finds its finished run: nothing to train
+    log(f"demo 4/5 train: AlexNet width {cfg.width}, {cfg.recipe} recipe, {cfg.epochs} epochs on {device} -> {run_dir}")
+    result = train(
+        DataConfig(str(data), aug=aug),
+        model,
+        optim,
+        RunConfig(out=str(run_dir), device=device, seed=cfg.seed, log_every=cfg.log_every),
+        resume="auto",
+    )  # run again, the demo finds its finished run: nothing to train
     times["train_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -87,6 +91,15 @@ def run_demo(out: str | os.PathLike = "demo", cfg: DemoConfig = DemoConfig(), *,
     ten = evaluate_checkpoint(data, result["checkpoint"], device=device, ten_crop=True)
     times["evaluate_s"] = time.perf_counter() - t
     times["total_s"] = time.perf_counter() - t_all
-    return {"val_top1": centre["top1"], "val_top5": centre["top5"], "ten_crop_top1": ten["top1"],
-            "ten_crop_top5": ten["top5"], "val_images": centre["images"], "device": device, **times,
-            "run_dir": str(run_dir), "metrics": str(run_dir / runlog.METRICS), "plot": str(run_dir / runlog.PLOT)}
+    return {
+        "val_top1": centre["top1"],
+        "val_top5": centre["top5"],
+        "ten_crop_top1": ten["top1"],
+        "ten_crop_top5": ten["top5"],
+        "val_images": centre["images"],
+        "device": device,
+        **times,
+        "run_dir": str(run_dir),
+        "metrics": str(run_dir / runlog.METRICS),
+        "plot": str(run_dir / runlog.PLOT),
+    }
