@@ -500,3 +500,20 @@ def test_an_empty_last_batch_steps_without_nan():
     meter = train_one_epoch(model, opt, batches)
     assert meter.steps == 2 and meter.images == 2 and math.isfinite(meter.loss_sum)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_loader_position_from_another_pipeline_resumes_at_the_epoch_boundary(one_epoch, data, tmp_path, capsys):
+    """DALI names a graph's operators: a loader position saved by another version of the pipeline cannot be
+    taken up, so the run says so in one line and goes on from the next epoch boundary with a fresh loader."""
+    from alexdata.loader import Loader
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    other = Loader(data, mode="center", batch_size=8, threads=1).state_dict()["dali"]  # another graph
+    ckpt["ranks"][0]["loader"]["dali"] = other
+    torch.save(ckpt, run / "checkpoint.pt")
+    data_cfg, model, optim, run_cfg = tiny(data, run, epochs=2)
+    h = train(data_cfg, model, replace(optim, warmup_epochs=0.5), run_cfg, resume=True)["history"]  # as TINY
+    assert [m["epoch"] for m in h] == [1, 2]
+    assert "does not load here" in capsys.readouterr().err
