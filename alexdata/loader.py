@@ -72,31 +72,6 @@ class StaleLoaderState(ValueError):
     """A saved loader position that this version's pipeline cannot take up; the loader starts afresh."""
 
 
-class _InFlight:
-    """Keeps DALI's output buffers alive while the GPU may still read them. The dynamic executor hands batches
-    over without a copy (DLPack), and DALI may reuse a buffer once its tensor is dropped, which the consumer can
-    do while the kernels it queued on the batch have not run yet. Each batch is held until an event recorded on
-    the consumer's stream, when it asked for the next batch, has passed; `query()` never waits. The Loader owns
-    it, so batches still in flight at an epoch's end (or a `break`) stay held into the next epoch."""
-
-    def __init__(self, device: torch.device):
-        self._device = device
-        self._held: list = []  # [(event, DALI outputs)], oldest first
-        self._last = None
-
-    def hold(self, out) -> None:
-        self._last = out
-
-    def handed_back(self) -> None:
-        if self._last is not None:
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(self._device))  # after the consumer's work on the last batch
-            self._held.append((event, self._last))
-            self._last = None
-        while self._held and self._held[0][0].query():
-            self._held.pop(0)
-
-
 class Loader:
     def __init__(
         self,
@@ -173,7 +148,6 @@ class Loader:
         if problem:
             raise ConfigError(problem)
         self.mode, self.aug, self.layout = mode, aug, layout
-        self._in_flight = _InFlight(host.torch_device(device, device_id)) if device == "gpu" else None
         self._build(None)
 
     @property
@@ -213,10 +187,7 @@ class Loader:
 
     def __iter__(self):
         it = iter(self._it)
-        keep = self._in_flight
         while True:
-            if keep is not None:
-                keep.handed_back()  # the consumer has queued all its work on the last batch by now
             try:
                 out = next(it)
             except StopIteration:
@@ -235,10 +206,12 @@ class Loader:
                     raise ValueError(f"label {int(labels.max())} is past the {len(self.split.classes)} classes")
             except ValueError as e:
                 raise DataError(f"{self._where}: {e} (re-run `alexnet prepare` into a fresh directory)") from None
-            if keep is not None:
-                keep.hold(out)
+            if images.is_cuda:
                 # From pinned memory, non-blocking: a copy from pageable memory waits for the stream to drain,
-                # which would also bill the previous step's backward to data_wait_frac.
+                # which would also bill the previous step's backward to data_wait_frac. (The images are DALI's
+                # own buffers, handed over through DLPack without a copy; DALI frees a released one only after a
+                # device synchronization, dali/pipeline/data/dltensor.h `EnqueueForDeletion`, so kernels still
+                # queued on a batch the consumer dropped read valid memory.)
                 labels = labels.pin_memory().to(images.device, non_blocking=True)
             if self.aug.dtype == "bfloat16":
                 images = images.to(torch.bfloat16)

@@ -194,7 +194,9 @@ class _Run:
             lr=optim.lr,
             momentum=optim.momentum,
             weight_decay=optim.weight_decay,
-            fused=run.fused_sgd or None,
+            # fp16 on the GPU: fused, so GradScaler skips an overflowing step on the device; with the default
+            # (foreach) SGD it reads the inf check on the host every step
+            fused=run.fused_sgd or (run.precision == "fp16" and run.device == "gpu") or None,
         )
         self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
