@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -35,3 +36,64 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     with atomic_open(path) as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+LOCK = ".lock"  # in a directory one process writes at a time: the holder's "host pid", removed on release
+
+
+class DirLock:
+    """An exclusive lock on a directory for one writer (`lock_dir`): an open lock file with `flock` on it, which
+    the kernel releases when the process ends, however it ends (kill -9 too), so a stale file never blocks.
+    `close` removes the file (a run directory or prepare output is left as without the lock)."""
+
+    def __init__(self, fd: int, path: Path):
+        self.fd, self.path = fd, path
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.path.unlink(missing_ok=True)  # still held: a process that opened it now sees another inode, retries
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = -1
+
+    __del__ = close
+
+    def __enter__(self) -> DirLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def lock_dir(directory: str | os.PathLike, *, what: str, error: type[Exception], name: str = LOCK) -> DirLock:
+    """Takes `directory/name` exclusively (creating the directory) for the caller's whole run, or raises `error`
+    with one line naming the holder's host and pid. what: the writer, for that line ("train", "prepare")."""
+    import fcntl
+    import socket
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)  # e.g. Lustre mounted without flock: say so rather than blame another process
+                raise error(f"{path}: cannot lock ({e.strerror}); this file system does not support flock") from None
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            who = f"pid {holder[1]} on {holder[0]}" if len(holder) >= 2 else "another process"
+            raise error(
+                f"{directory} is in use by another {what} ({who}, holding {path.name}); wait for it to end, or "
+                f"choose another directory"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder released and removed this file between our open and flock: take the new one
+    os.ftruncate(fd, 0)  # a holder killed by -9 left its line
+    os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+    return DirLock(fd, path)

@@ -29,8 +29,9 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from alexdata.errors import PrepareError
-from alexdata.files import atomic_write, temporary
+from alexdata.files import atomic_write, lock_dir, temporary
 from alexdata.host import cores
+from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
 
 # Moved to alexdata/shards.py and alexdata/sources.py; importable from here as before.
 from alexdata.shards import (  # noqa: F401
@@ -40,6 +41,8 @@ from alexdata.shards import (  # noqa: F401
     add_to_tar,
     index_path,
     make_manifest,
+    printable,
+    safe_key,
     shard_name,
     wds_index,
     write_manifest,
@@ -140,6 +143,8 @@ def _reason(e: Exception, data: bytes | None) -> str:
         return "empty file"
     if isinstance(e, UnidentifiedImageError):
         return "not an image PIL can identify"
+    if isinstance(e, DamagedJPEG):
+        return f"truncated or corrupt JPEG data (libjpeg: {e})"
     return f"{type(e).__name__}: {e}"
 
 
@@ -155,24 +160,33 @@ def _init_worker(counter) -> None:
 def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
     """Processes and writes one shard (record, index, then the tar last: the tar's presence means done)."""
     shard = ShardWriter()
-    skipped, upscaled = [], []
+    skipped, upscaled, renamed, warned = [], [], [], []
     for it in spec.items:
         data = None
         try:
             data = it.read()
+            warning = jpeg_warning(data)  # PIL decodes a JPEG with missing data as grey, without an error
+            if is_damaged(warning):
+                raise DamagedJPEG(warning)
             jpg, up = resize_to_jpeg(data, cfg.shorter_side, cfg.quality)
         except Exception as e:  # unreadable, truncated, empty, not an image: left out and listed
-            skipped.append({"file": it.name, "reason": _reason(e, data)})
+            skipped.append({"file": printable(it.name), "reason": _reason(e, data)})
         else:
-            shard.add(it.key, jpg, it.label)
+            if warning:  # stray bytes between segments: the image is whole, kept and listed
+                warned.append({"file": printable(it.name), "warning": warning})
+            key = safe_key(it.key)
+            shard.add(key, jpg, it.label)
+            if key != it.key:
+                renamed.append({"file": printable(it.name), "key": key})
             if up:
-                upscaled.append(it.name)
+                upscaled.append(printable(it.name))
         if _progress is not None:
             with _progress.get_lock():
                 _progress.value += 1
     data, idx, facts = shard.finish()
     n = shard.images
     record = {"file": f"{spec.name}.tar", "images": n, "skipped": skipped, "upscaled": upscaled}
+    record.update(renamed=renamed, decoder_warnings=warned)
     if n:
         record.update(facts)
     _write(_record_path(out, spec), json.dumps(record, indent=1).encode())
@@ -218,7 +232,7 @@ def _is_done(out: Path, spec: ShardSpec) -> bool:
 def _fingerprint(classes: list[str], train: list[Item], val: list[Item]) -> str:
     h = hashlib.sha256(json.dumps(classes).encode())
     for it in train + val:
-        h.update(f"{it.key} {it.label} {it.size}\n".encode())
+        h.update(f"{it.key} {it.label} {it.size}\n".encode("utf-8", "surrogateescape"))  # non-UTF-8 names too
     return h.hexdigest()[:16]
 
 
@@ -256,6 +270,12 @@ def prepare(
                 f"{out} holds other files ({', '.join(others[:3])}{' ...' if len(others) > 3 else ''})"
                 f"; prepare writes into an empty folder or into its own earlier output"
             )
+    # one prepare per part of OUT, until this function returns or raises (the kernel frees it on a kill)
+    with lock_dir(out / PREPARE_DIR, what="prepare", error=PrepareError, name=f"lock.part-{part_i}-of-{part_n}"):
+        return _prepare(src, out, cfg, workers, part_i, part_n, progress, log, val_labels)
+
+
+def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: int, progress: bool, log, val_labels):
     classes, train, val, notes = scan(
         src, val_labels=val_labels, index_dir=out / PREPARE_DIR / "gzindex", workers=workers
     )
@@ -323,12 +343,13 @@ def prepare(
     records = [(s.split, json.loads(_record_path(out, s).read_text())) for s in specs]
     manifest = make_manifest(classes, asdict(cfg), records, notes)
     path = write_manifest(out, manifest)
-    sk, up = len(manifest["skipped"]), len(manifest["upscaled"])
+    sk, up, warned = len(manifest["skipped"]), len(manifest["upscaled"]), len(manifest["decoder_warnings"])
     rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
     log(
         f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
         f"{len(manifest['train']['shards']) + len(manifest['val']['shards'])} shards{rate}; "
         f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}"
+        + (f"; {warned} kept with a harmless decoder warning" if warned else "")
         + "".join(f"; left out {n['file']} ({n['reason'].replace(': left out', '')})" for n in manifest["left_out"])
         + f"; -> {path}"
     )

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -32,6 +33,27 @@ MANIFEST = "manifest.json"
 PREPARE_DIR = ".prepare"  # prepare's records, beside the shards
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"  # `shard_name` + ".tar"
 ENTRY_KEYS = ("file", "images", "bytes", "sha256", "idx_bytes", "idx_sha256")  # a shard in manifest.json
+
+
+SAFE_KEY = re.compile(r"[A-Za-z0-9_+-]{1,90}")  # every ImageNet stem; 90 + ".jpg" fits a tar header's 100 bytes
+
+
+def safe_key(key: str) -> str:
+    """The name a sample is stored under: its key when that is plain ASCII without dots or spaces and short enough
+    for a tar header (every ImageNet file name), else the key's safe characters and a hash of it. The index
+    `fn.readers.webdataset` reads splits lines at spaces and names at the first dot, and a USTAR header holds 100
+    bytes of name, so a space, a newline, a dot, a long or a non-UTF-8 name cannot be stored as it is; the
+    original stays in manifest.json's "renamed"."""
+    if SAFE_KEY.fullmatch(key):
+        return key
+    raw = key.encode("utf-8", "surrogateescape")  # a non-UTF-8 file name arrives as surrogate escapes
+    plain = re.sub(r"[^A-Za-z0-9_+-]+", "_", key)[:48]
+    return f"{plain}-{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
+def printable(name: str) -> str:
+    """`name` as manifest.json records it: the bytes of a non-UTF-8 file name as \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def shard_name(split: str, index: int) -> str:
@@ -78,6 +100,24 @@ def read_index(idx: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
     return samples
 
 
+def index_problem(idx: Path, images: int) -> str | None:
+    """One line when the index `idx` is not one DALI's webdataset reader parses to `images` samples of one .jpg and
+    one .cls each (an output of an older prepare stored names with spaces or newlines as they were); else None."""
+    try:
+        lines = idx.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{idx}: unreadable index ({type(e).__name__})"
+    head = lines[0].split()
+    body = [ln for ln in lines[1:] if ln]
+    if head != ["v1.2", str(images)] or len(body) != images:
+        return f"{idx}: index header {lines[0][:40]!r} with {len(body)} sample lines, manifest.json says {images}"
+    for n, line in enumerate(body, 2):
+        f = line.split(" ")
+        if len(f) != 8 or sorted(f[0::4]) != ["cls", "jpg"]:
+            return f"{idx}: line {n} does not list one .jpg and one .cls ({line[:60]!r}); prepare again"
+    return None
+
+
 def read_samples(tar: str | os.PathLike) -> list[tuple[int, int, int]]:
     """(offset, size) of each sample's JPEG in the shard `tar`, and its label, in stored order (from its index)."""
     out = []
@@ -97,6 +137,7 @@ class ShardWriter:
         self.images, self.max_hw = 0, [0, 0]
 
     def add(self, key: str, jpg: bytes, label: int) -> None:
+        """Adds one sample; `key` must be a `safe_key`."""
         add_to_tar(self._tar, f"{key}.jpg", jpg)
         w, h = Image.open(io.BytesIO(jpg)).size  # the header only
         self.max_hw = [max(self.max_hw[0], h), max(self.max_hw[1], w)]
@@ -127,8 +168,9 @@ class ShardWriter:
 
 def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dict]], notes: list[dict]) -> dict:
     """manifest.json's record from (split, shard record) pairs in shard order; a shard record holds `ENTRY_KEYS`
-    and "max_hw" from `ShardWriter.finish`, with its "skipped" and "upscaled" inputs. `notes`: inputs left out
-    (those with "left_out": on purpose, the rest skipped)."""
+    and "max_hw" from `ShardWriter.finish`, with its "skipped", "upscaled", "renamed" (stored under a `safe_key`)
+    and "decoder_warnings" inputs (kept with a harmless libjpeg warning). `notes`: inputs left out (those with
+    "left_out": on purpose, the rest skipped)."""
     man = {
         "format_version": FORMAT_VERSION,
         "classes": classes,
@@ -137,12 +179,16 @@ def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dic
         "val": {"images": 0, "shards": []},
         "skipped": [n for n in notes if not n.get("left_out")],
         "upscaled": [],
+        "renamed": [],
+        "decoder_warnings": [],
         "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")],
     }
     largest = {"train": [0, 0], "val": [0, 0]}  # None once a shard record predates them (a resumed old run)
     for split, rec in records:
         man["skipped"] += rec["skipped"]
         man["upscaled"] += rec["upscaled"]
+        man["renamed"] += rec.get("renamed", [])  # these two are absent in the records of an older prepare
+        man["decoder_warnings"] += rec.get("decoder_warnings", [])
         if rec["images"]:
             man[split]["images"] += rec["images"]
             man[split]["shards"].append({k: rec[k] for k in ENTRY_KEYS if k in rec})

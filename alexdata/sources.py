@@ -38,6 +38,7 @@ from pathlib import Path
 from alexdata.errors import PrepareError
 from alexdata.files import atomic_write, temporary
 from alexdata.host import cores
+from alexdata.shards import printable, safe_key
 from pipelines.config import MAX_LABEL_DIGITS
 
 TRAIN_TAR, VAL_TAR, VAL_LABELS = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "LOC_val_solution.csv"
@@ -77,29 +78,37 @@ class GzIndex:
         """The member listing and the seek index of `archive`."""
         return self.folder / (archive.name + ".json"), self.folder / (archive.name + ".rgidx")
 
-    def members(self, archive: str) -> list[tuple[str, int, int]]:
-        """(name, offset, size) of the regular files in one .tar.gz, offsets in the decompressed stream."""
+    def members(self, archive: str) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+        """(name, offset, size) of the regular files in one .tar.gz, offsets in the decompressed stream, and (name,
+        reason) of its links and special files (`_not_regular`)."""
         path = Path(archive)
         st = path.stat()
         listing, index = self._paths(path)
         stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         if listing.is_file() and index.is_file():
             rec = json.loads(listing.read_text())
-            if rec.get("archive") == stamp:
-                return [tuple(m) for m in rec["members"]]
+            if rec.get("archive") == stamp and "not_regular" in rec:  # a listing from before lacks them: rescan
+                return [tuple(m) for m in rec["members"]], [tuple(m) for m in rec["not_regular"]]
         rg = _rapidgzip()
+        members, other = [], []
         try:
             with rg.RapidgzipFile(str(path), parallelization=1) as f:
                 with tarfile.open(fileobj=f, mode="r:") as tf:
-                    members = [(m.name, m.offset_data, m.size) for m in tf if m.isfile()]
+                    for m in tf:
+                        if m.isfile():
+                            members.append((m.name, m.offset_data, m.size))
+                        elif why := _not_regular(m):
+                            other.append((m.name, why))
                 f.export_index(str(temporary(index)))
         except (tarfile.TarError, OSError, RuntimeError, ValueError) as e:
             raise PrepareError(f"{path}: not a readable .tar.gz ({_first_line(e)})") from None
         os.replace(temporary(index), index)
-        atomic_write(listing, json.dumps({"archive": stamp, "members": members}))
-        return members
+        atomic_write(listing, json.dumps({"archive": stamp, "members": members, "not_regular": other}))
+        return members, other
 
-    def scan(self, archives: list[Path], workers: int | None) -> list[list[tuple[str, int, int]]]:
+    def scan(
+        self, archives: list[Path], workers: int | None
+    ) -> list[tuple[list[tuple[str, int, int]], list[tuple[str, str]]]]:
         """`members` of every archive, one process per archive: the decompression is not serialised on one core."""
         from concurrent.futures import ProcessPoolExecutor
 
@@ -169,14 +178,28 @@ class Item:
 
 
 def _key(name: str, where: str) -> str:
+    """The sample key of a file name: its stem. Shards store it as `safe_key(key)` (alexdata/shards.py)."""
     key = name.rsplit(".", 1)[0]
-    if "." in key or "/" in key or not key:
-        raise PrepareError(f"{where}: key {key!r} may not contain '.' (webdataset splits sample names at dots)")
+    if "/" in key or not key:
+        raise PrepareError(f"{where}: no sample key in the file name {key!r}")
     return key
 
 
-def _tar_members(path: Path, offset: int = 0):
-    """(name, absolute data offset, size) of the regular files in the tar starting at `offset` in `path`."""
+def _not_regular(m: tarfile.TarInfo) -> str | None:
+    """Why the tar member `m` is not read as an image (a link or a device has no image bytes of its own, and
+    following a link could read outside the archive); None for a regular file or a folder."""
+    if m.isfile() or m.isdir():
+        return None
+    if m.issym():
+        return f"a symbolic link (to {m.linkname!r}) in the archive: not followed"
+    if m.islnk():
+        return f"a hard link (to {m.linkname!r}) in the archive: not followed"
+    return "a device, FIFO or other special file in the archive: not a regular file"
+
+
+def _tar_members(path: Path, notes: list[dict], offset: int = 0, where: str | None = None):
+    """(name, absolute data offset, size) of the regular files in the tar starting at `offset` in `path`; links and
+    special files go to `notes` as skipped, named `where:member` (`where` defaults to `path`)."""
     with open(path, "rb") as f:
         f.seek(offset)
         try:
@@ -184,6 +207,8 @@ def _tar_members(path: Path, offset: int = 0):
                 for m in tf:
                     if m.isfile():
                         yield m.name, m.offset_data, m.size
+                    elif why := _not_regular(m):
+                        notes.append({"file": f"{where or path}:{m.name}", "reason": why})
         except tarfile.TarError as e:
             raise PrepareError(f"{path}: not a readable tar archive ({e})") from None
 
@@ -208,14 +233,14 @@ def _scan_train(src: Path, notes: list[dict]) -> tuple[list[str], list[tuple[str
     tar = src / TRAIN_TAR
     if tar.is_file():
         wnids = []
-        for name, off, _ in list(_tar_members(tar)):
+        for name, off, _ in list(_tar_members(tar, notes)):
             if not name.endswith(".tar"):
                 notes.append({"file": f"{tar}:{name}", "reason": "not a per-class tar"})
                 continue
             w = Path(name).stem
             inner = [
                 (w, Path(n).name, str(tar), o, s)
-                for n, o, s in _tar_members(tar, off)
+                for n, o, s in _tar_members(tar, notes, off, f"{tar}:{name}")
                 if not Path(n).name.startswith(".")
             ]
             if not inner:
@@ -250,6 +275,9 @@ def _scan_hf(data: Path, gz: GzIndex, workers: int | None, notes: list[dict]):
     if (data / HF_TEST).is_file():
         notes.append({"file": str(data / HF_TEST), "reason": "unlabelled test images: left out", "left_out": True})
     listed = gz.scan(archives + ([val] if val.is_file() else []), workers)
+    for a, (_, other) in zip(archives + [val], listed):
+        notes += [{"file": f"{a}:{name}", "reason": why} for name, why in other]
+    listed = [members for members, _ in listed]
     found, wnids = [], set()
     for a, members in zip(archives, listed):
         for name, off, size in members:
@@ -268,17 +296,18 @@ def _scan_hf(data: Path, gz: GzIndex, workers: int | None, notes: list[dict]):
     return sorted(wnids), found, val_entries
 
 
-def _label_file(p: Path) -> tuple[Path, dict[str, str]]:
-    """{val key: wnid} from `--val-labels`: a Kaggle CSV, the devkit (.tar.gz or folder), or `<stem> <wnid>` lines."""
+def _label_file(p: Path) -> tuple[Path, dict[str, str], bool]:
+    """(where, {val key: wnid}, whether line n labels val image n) from `--val-labels`: a Kaggle CSV, the devkit
+    (.tar.gz or folder), or `<stem> <wnid>` lines."""
     if p.is_dir() or p.name.endswith(".tar.gz"):
         found = _devkit_at(p)
         if found is None:
             raise PrepareError(f"{p}: no such devkit")
-        return found[0], devkit_labels(*found)
+        return found[0], devkit_labels(*found), True
     if not p.is_file():
         raise PrepareError(f"{p}: no such file (--val-labels)")
     if p.suffix.lower() == ".csv":
-        return p, _csv_labels(p)
+        return p, _csv_labels(p), False
     labels = {}
     for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
         f = line.split()
@@ -286,22 +315,26 @@ def _label_file(p: Path) -> tuple[Path, dict[str, str]]:
             continue
         if len(f) != 2:
             raise PrepareError(f"{p}: line {n} is {line.strip()[:60]!r}, expected '<stem> <wnid>'")
-        labels[f[0].rsplit(".", 1)[0] if f[0].lower().endswith((".jpeg", ".jpg", ".png")) else f[0]] = f[1]
+        key = f[0].rsplit(".", 1)[0] if f[0].lower().endswith((".jpeg", ".jpg", ".png")) else f[0]
+        if key in labels:  # two labels for one image: neither can be trusted
+            raise PrepareError(f"{p}: line {n} labels {key!r} a second time")
+        labels[key] = f[1]
     if not labels:
         raise PrepareError(f"{p}: no '<stem> <wnid>' lines")
-    return p, labels
+    return p, labels, False
 
 
-def _read_val_labels(dirs: list[Path]) -> tuple[Path, dict[str, str]]:
-    """(where the labels came from, {val key: wnid}) from the Kaggle CSV or the official devkit in `dirs`."""
+def _read_val_labels(dirs: list[Path]) -> tuple[Path, dict[str, str], bool]:
+    """(where the labels came from, {val key: wnid}, whether they are the devkit's: one line per val image) from
+    the Kaggle CSV or the official devkit in `dirs`."""
     for d in dirs:
         for p in (d / VAL_LABELS, d / "val" / VAL_LABELS):
             if p.is_file():
-                return p, _csv_labels(p)
+                return p, _csv_labels(p), False
     for d in dirs:
         found = _devkit_files(d)
         if found:
-            return found[0], devkit_labels(*found)
+            return found[0], devkit_labels(*found), True
     raise PrepareError(
         f"{dirs[0]}: flat val images need labels: {VAL_LABELS} (in {dirs[-1]} or its val/), the "
         f"devkit {DEVKIT}.tar.gz (or its extracted folder), or --val-labels FILE"
@@ -310,15 +343,20 @@ def _read_val_labels(dirs: list[Path]) -> tuple[Path, dict[str, str]]:
 
 def _csv_labels(p: Path) -> dict[str, str]:
     labels = {}
-    with open(p, newline="") as f:
-        rd = csv.DictReader(f)
-        if not rd.fieldnames or not {"ImageId", "PredictionString"} <= set(rd.fieldnames):
-            raise PrepareError(f"{p}: expected columns ImageId,PredictionString, got {rd.fieldnames}")
-        for row in rd:
-            pred = (row["PredictionString"] or "").split()
-            if not pred:
-                raise PrepareError(f"{p}: {row['ImageId']} has an empty PredictionString")
-            labels[row["ImageId"]] = pred[0]
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rd = csv.DictReader(f)
+            if not rd.fieldnames or not {"ImageId", "PredictionString"} <= set(rd.fieldnames):
+                raise PrepareError(f"{p}: expected columns ImageId,PredictionString, got {rd.fieldnames}")
+            for row in rd:
+                pred = (row["PredictionString"] or "").split()
+                if not pred:
+                    raise PrepareError(f"{p}: {row['ImageId']} has an empty PredictionString")
+                if row["ImageId"] in labels:  # a later row would silently win: neither can be trusted
+                    raise PrepareError(f"{p}: ImageId {row['ImageId']!r} appears twice (line {rd.line_num})")
+                labels[row["ImageId"]] = pred[0]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise PrepareError(f"{p}: not a UTF-8 CSV file ({_first_line(e)})") from None
     return labels
 
 
@@ -420,16 +458,23 @@ def _scan_val(
             if p.is_file() and not p.name.startswith(".") and p.name != VAL_LABELS
         ]
     elif vtar.is_file():
-        listed = [(_key(Path(n).name, f"{vtar}:{n}"), str(vtar), o, s) for n, o, s in _tar_members(vtar)]
+        listed = [(_key(Path(n).name, f"{vtar}:{n}"), str(vtar), o, s) for n, o, s in _tar_members(vtar, notes)]
     else:
         notes.append({"file": str(src), "reason": "no val/ or ILSVRC2012_img_val.tar: no val split written"})
         return []
     if val_labels is not None:
-        label_path, labels = _label_file(val_labels)
+        label_path, labels, by_line = _label_file(val_labels)
     elif named:
-        label_path, labels = Path(listed[0][1]), named
+        label_path, labels, by_line = Path(listed[0][1]), named, False
     else:
-        label_path, labels = _read_val_labels(label_dirs)
+        label_path, labels, by_line = _read_val_labels(label_dirs)
+    if by_line and len(labels) != len(listed):
+        # Line n labels val image n: a line too many or too few means the file is not this val set's, or is
+        # damaged, and a missing line shifts every later label without a single lookup failing.
+        raise PrepareError(
+            f"{label_path}: {DEVKIT_TRUTH} has {len(labels)} lines, the val set {len(listed)} images; "
+            f"line n must label ILSVRC2012_val_<n> of exactly these images"
+        )
     items = []
     for key, path, off, size in listed:
         where = path if off < 0 else f"{path}:{key}"
@@ -500,7 +545,8 @@ def scan(
     for split, items in (("train", train), ("val", val)):
         seen: set[str] = set()
         for it in items:
-            if it.key in seen:
-                raise PrepareError(f"{it.name}: duplicate {split} key {it.key!r}")
-            seen.add(it.key)
+            stored = safe_key(it.key)
+            if it.key in seen or stored in seen:
+                raise PrepareError(f"{printable(it.name)}: duplicate {split} key {stored!r}")
+            seen.update((it.key, stored))
     return wnids, train, val, notes

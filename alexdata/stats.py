@@ -54,6 +54,7 @@ from alexdata.errors import StatsError
 
 # Moved to alexdata/host.py, alexdata/statsfile.py and pipelines/stats.py; importable from here as before.
 from alexdata.host import default_device  # noqa: F401
+from alexdata.jpegcheck import is_damaged, jpeg_warning
 from alexdata.statsfile import MEAN_IMAGE_SUFFIX, SCALE, load_stats, mean_image_path, same_stats, write_stats  # noqa: F401
 from pipelines.common import READER
 from pipelines.config import SHORTER_SIDE, RunSpec, Split
@@ -404,6 +405,21 @@ def derive(m: Moments) -> dict:
     }
 
 
+def check_jpegs(files: tuple[str, ...], threads: int | None = None) -> None:
+    """Stops with one line at a raw JPEG whose decoder warns of missing or corrupt data: DALI, like PIL, decodes
+    it as grey without an error, which would bias the mean (prepare leaves such files out of its shards)."""
+
+    def warning(path: str) -> str | None:
+        with open(path, "rb") as f:
+            w = jpeg_warning(f.read())
+        return w if is_damaged(w) else None
+
+    with ThreadPoolExecutor(threads or host.cores()) as pool:  # simplejpeg decodes without the GIL
+        for path, w in zip(files, pool.map(warning, files)):
+            if w:
+                raise StatsError(f"{path}: {w} (a damaged JPEG; `alexnet prepare` leaves such files out)")
+
+
 def compute_stats(
     data: str | os.PathLike,
     *,
@@ -422,6 +438,8 @@ def compute_stats(
     _check_max_images(max_images)  # before scanning DATA, which may hold a million files
     split = open_split(data, "train")
     sel = select(split, max_images, seed)
+    if sel.kind == "files":
+        check_jpegs(sel.files, threads)
     pas = StatsPass(sel, device=device, batch_size=batch_size, threads=threads, device_id=device_id)
     t0 = time.perf_counter()
     m = pas.run(progress)

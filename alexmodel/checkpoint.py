@@ -15,8 +15,10 @@ In a run directory (`save`, `load_latest`):
     checkpoint.prev.pt        the one before it (the spare), moved aside only once the new one is complete
     checkpoint.pt.new         a save cut between its two renames: the newest complete checkpoint
     *.tmp                     a save cut short (a kill, a power loss); removed when a run starts
-    checkpoint.unreadable.pt  a latest checkpoint that did not load, set aside for a look once the run went on
-                              from the spare (so the next save does not make it the spare)
+    checkpoint.unreadable.pt  a latest checkpoint that did not load (or failed its CRC or NaN check), set aside
+                              for a look once the run went on from the spare (so the next save does not make it
+                              the spare)
+    .lock                     held by the run writing the directory (alexdata.files.lock_dir): "host pid"
 Every file is written to `NAME.tmp` and renamed over NAME (`os.replace` is atomic on POSIX), so a name on disk
 always holds a complete checkpoint.
 """
@@ -27,6 +29,8 @@ import os
 import pickle
 import random
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +127,16 @@ def start(run_dir: Path, saved: dict | None) -> None:
 
 def load(path: str | os.PathLike) -> dict:
     """A checkpoint written by the trainer, on the CPU, loaded with weights_only=True (no pickled code runs);
-    TrainError with one line when it cannot be read."""
+    TrainError with one line when it cannot be read, is damaged, or holds NaN/inf weights or statistics.
+
+    torch.load reads the zip archive torch.save writes without checking its CRCs, so a flipped byte in tensor data
+    would load; every member's CRC is checked first (zipfile's testzip: one extra read of the file)."""
+    try:
+        bad = _damaged_member(path)
+    except FileNotFoundError:
+        raise TrainError(f"{path}: no such checkpoint") from None
+    if bad:
+        raise TrainError(f"{path}: damaged ({bad} fails its CRC check)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -141,7 +154,38 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else None
         raise TrainError(f"{path}: not a trainer checkpoint of format {FORMAT}" + (f" (format {got})" if got else ""))
+    bad = _non_finite(ckpt)
+    if bad:
+        raise TrainError(f"{path}: {bad} holds NaN or inf values; the checkpoint is damaged")
     return ckpt
+
+
+def _damaged_member(path: str | os.PathLike) -> str | None:
+    """The first member of the zip archive at `path` whose CRC does not match its data (or that does not read),
+    None when all match; None too for a file that is no zip archive (torch.load then says what it is)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged directory or header
+        return f"the archive ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _non_finite(ckpt: dict) -> str | None:
+    """The first model tensor or statistic of a loaded checkpoint that holds NaN or inf, named; None if none."""
+    model = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else {}
+    for name, t in model.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"weight {name}"
+    m = ckpt.get("mean_image_255")
+    if isinstance(m, torch.Tensor) and not bool(torch.isfinite(m.double()).all()):
+        return "the mean image"
+    stats = (ckpt.get("config") or {}).get("stats_255") or {}
+    for k, v in stats.items():
+        if not np.isfinite(np.asarray(v, dtype=np.float64)).all():
+            return f"statistic {k}"
+    return None
 
 
 def load_run(path: str | os.PathLike) -> dict:
@@ -180,9 +224,29 @@ def load_latest(run_dir: Path, rank: int = 0) -> dict:
 def model_from_checkpoint(saved: dict, device: str | torch.device = "cpu") -> AlexNet:
     """The trained network of a loaded checkpoint, in eval mode on `device` (both towers on it)."""
     cfg = saved["config"]["model"]
+    check_shapes(saved)
     net = AlexNet(cfg["num_classes"], width=cfg["width"], init=cfg["init"])
     net.load_state_dict(saved["model"])
     return net.to(device).eval()
+
+
+def check_shapes(saved: dict) -> None:
+    """Refuses a checkpoint whose tensors are not the shapes its model config builds, before a model is built
+    (a damaged config claiming a huge width would otherwise allocate it): the model is laid out on the meta
+    device, which allocates nothing."""
+    cfg = saved["config"]["model"]
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in AlexNet(cfg["num_classes"], width=cfg["width"]).state_dict().items()}
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise TrainError(f"the checkpoint's model config does not build ({e})") from None
+    have = {k: tuple(v.shape) for k, v in saved["model"].items()}
+    for k in sorted(want.keys() | have.keys()):
+        if want.get(k) != have.get(k):
+            raise TrainError(
+                f"the checkpoint's {k} has shape {have.get(k)} but its config (width {cfg['width']}, "
+                f"{cfg['num_classes']} classes) makes {want.get(k)}; the checkpoint is damaged"
+            )
 
 
 def stats_from_checkpoint(saved: dict) -> PipelineStats:

@@ -24,7 +24,8 @@ import torch.distributed as dist
 from alexdata import host
 from alexdata.errors import TrainError
 
-STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")  # Slurm's preemption, its early warning (--signal), Ctrl-C
+# Slurm's preemption, its early warning (--signal), Ctrl-C, a closed terminal or ssh session (unless nohup ignores it)
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP")
 STOPPED_EXIT = 75  # the exit status after a stop on a signal (EX_TEMPFAIL: try again later, i.e. resume)
 
 
@@ -121,6 +122,8 @@ class Signals:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for name in STOP_SIGNALS:
                 sig = getattr(signal, name)
+                if signal.getsignal(sig) is signal.SIG_IGN and name == "SIGHUP":
+                    continue  # nohup asked for the run to outlive its terminal
                 self.old[sig] = signal.signal(sig, self._handle)
         return self
 

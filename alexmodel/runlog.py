@@ -86,6 +86,17 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in history))
 
 
+def restore_record(run_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl and plot.png again from the checkpoint's history where they do not hold it (a kill between
+    the last checkpoint and writing them)."""
+    text = "".join(json.dumps(m) + "\n" for m in history)
+    metrics = run_dir / METRICS
+    if metrics.is_file() and metrics.read_text() == text and (run_dir / PLOT).is_file():
+        return
+    write_metrics(run_dir, history)
+    plot(run_dir, history, read_steps(run_dir))
+
+
 def append_step(run_dir: Path, rec: dict) -> None:
     """One line of steps.jsonl (appended: a line per window, never rewritten while the run goes on)."""
     with open(run_dir / STEPS, "a") as f:

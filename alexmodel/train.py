@@ -26,6 +26,7 @@ import torch
 
 from alexdata.dataset import open_split
 from alexdata.errors import TrainError
+from alexdata.files import lock_dir
 from alexmodel import checkpoint, distributed, runlog
 from alexmodel.checkpoint import model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import (
@@ -77,22 +78,26 @@ def train(
     device = resolve_device(run.device)
     run = replace(run, device=device)
     refuse_on_cpu(device, precision=run.precision, placement=run.placement)
-    if resume == "auto":
-        resume = checkpoint.holds_run(run.out)
-    if not resume and checkpoint.holds_run(run.out):
-        raise TrainError(
-            f"{run.out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume to continue "
-            f"it, or choose another --out"
-        )
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = distributed.init(device, run.placement)
+    # One writer per run directory (rank 0 writes it), held until train returns; the kernel frees it on a kill
+    lock = lock_dir(run.out, what="train", error=TrainError) if d.rank == 0 else None
     try:
+        if resume == "auto":
+            resume = checkpoint.holds_run(run.out)
+        if not resume and checkpoint.holds_run(run.out):
+            raise TrainError(
+                f"{run.out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume to continue "
+                f"it, or choose another --out"
+            )
         saved = checkpoint.load_latest(Path(run.out), d.rank) if resume else None
         optim = start_rules(optim, None if saved is None else saved["config"]["optim"], say=d.rank == 0)
         with Signals() as signals:
             return _Run(data, model, optim, run, d, signals, on_step, saved).fit()
     finally:
+        if lock is not None:
+            lock.close()
         distributed.close(d)
 
 
@@ -147,6 +152,11 @@ class _Run:
         self.per_rank = optim.batch_size // d.world
         splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
         self.classes = splits["train"].classes
+        if optim.batch_size > splits["train"].images:
+            raise TrainError(
+                f"--batch-size {optim.batch_size} is more than the {splits['train'].images} images of {data.data}'s "
+                f"train split; use at most {splits['train'].images}"
+            )
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
         self.saved = saved
         if saved is not None and data.stats is None:  # a resume keeps the statistics it trained with
@@ -386,7 +396,8 @@ class _Run:
                     f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs"
                 )
             if self.optim.epochs == done and start_epoch >= self.optim.epochs:
-                if self.d.rank == 0:
+                if self.d.rank == 0:  # a kill after the last checkpoint may have cut the record: write it again
+                    runlog.restore_record(self.run_dir, self.history)
                     print(
                         f"train: nothing to do: {self.run_dir} finished its {done} epochs (give --epochs N to "
                         f"train longer)",

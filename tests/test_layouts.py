@@ -173,3 +173,70 @@ def test_an_archive_member_reads_the_same_in_a_fresh_process(tmp_path):
     assert all(it.path.endswith(".tar.gz") and it.gz is not None for it in items)
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         assert list(pool.map(_read, items)) == [it.read() for it in items]
+
+
+def _add_specials(tar_bytes: bytes, gz: bool = False) -> bytes:
+    """`tar_bytes` (a tar, or a .tar.gz with `gz`) with a symbolic link, a hard link and a character device added."""
+    import gzip
+    import io
+    import tarfile
+
+    raw = gzip.decompress(tar_bytes) if gz else tar_bytes
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(raw)) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+        first = None
+        for m in src:
+            dst.addfile(m, src.extractfile(m))
+            first = first or m.name
+        for name, kind in (
+            ("sym.JPEG", tarfile.SYMTYPE),
+            ("hard.JPEG", tarfile.LNKTYPE),
+            ("dev.JPEG", tarfile.CHRTYPE),
+        ):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, first if kind != tarfile.CHRTYPE else ""
+            dst.addfile(info)
+    return gzip.compress(buf.getvalue(), mtime=0) if gz else buf.getvalue()
+
+
+@pytest.mark.parametrize("layout", ["archives", "hf"])
+def test_links_and_devices_in_archives_are_listed_as_skipped(tmp_path, layout):
+    """Tar members that are links or devices (and a per-class tar that is a link) carry no image bytes of their
+    own: each is named in manifest.json's skipped entries with its reason and counted in the summary line."""
+    import io
+    import tarfile
+
+    raw = tmp_path / "raw"
+    cfg = SynthConfig(classes=2, train_per_class=3, val_per_class=1, oddities=False, layout=layout)
+    make_synth(raw, cfg, workers=2, progress=False)
+    if layout == "archives":
+        train = raw / "ILSVRC2012_img_train.tar"
+        buf = io.BytesIO()
+        with tarfile.open(train) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+            for j, m in enumerate(src):
+                blob = src.extractfile(m).read()
+                if j == 0:
+                    blob = _add_specials(blob)
+                    m.size = len(blob)
+                dst.addfile(m, io.BytesIO(blob))
+            link = tarfile.TarInfo("n99999999.tar")  # a symlinked class archive
+            link.type, link.linkname = tarfile.SYMTYPE, m.name
+            dst.addfile(link)
+        train.write_bytes(buf.getvalue())
+        val = raw / "ILSVRC2012_img_val.tar"
+        val.write_bytes(_add_specials(val.read_bytes()))
+        want = 3 + 1 + 3
+    else:
+        val = raw / "data" / "val_images.tar.gz"
+        val.write_bytes(_add_specials(val.read_bytes(), gz=True))
+        want = 3
+    lines = []
+    man = prepare(raw, tmp_path / "out", PREP, workers=1, progress=False, log=lines.append)
+    reasons = [s["reason"] for s in man["skipped"]]
+    assert len(reasons) == want, man["skipped"]
+    assert sum("symbolic link" in r for r in reasons) == (3 if layout == "archives" else 1)
+    assert sum("hard link" in r for r in reasons) == want // 3 and sum("device" in r for r in reasons) == want // 3
+    if layout == "archives":
+        assert any(s["file"].endswith(":n99999999.tar") for s in man["skipped"])
+    assert man["train"]["images"] == 6 and man["val"]["images"] == 2
+    assert f"skipped {want} (listed in manifest.json)" in lines[-1]

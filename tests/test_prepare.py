@@ -169,7 +169,9 @@ def test_devkit_labels_equal_the_csv(synth_tree, tmp_path, devkit):
     assert _val_labels(_src_with_devkit(synth_tree, tmp_path, devkit)) == _val_labels(synth_tree)
 
 
-@pytest.mark.parametrize("case", ["unknown_id", "blank_line", "not_mat", "no_labels", "corrupt_gzip"])
+@pytest.mark.parametrize(
+    "case", ["unknown_id", "blank_line", "extra_line", "missing_line", "not_mat", "no_labels", "corrupt_gzip"]
+)
 def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
     devkit = {"no_labels": "none", "corrupt_gzip": "gz"}.get(case, "extracted")
     src = _src_with_devkit(synth_tree, tmp_path, devkit)
@@ -186,6 +188,13 @@ def test_bad_devkit_is_one_line_error(synth_tree, tmp_path, case):
         lines[2] = "977" if case == "unknown_id" else ""  # a blank line must not shift the later labels
         (data / "ILSVRC2012_validation_ground_truth.txt").write_text("\n".join(lines) + "\n")
         culprit = "line 3"
+    elif case in ("extra_line", "missing_line"):  # line n labels image n: one line more or less shifts them all
+        truth = data / "ILSVRC2012_validation_ground_truth.txt"
+        lines = truth.read_text().splitlines()
+        n = len(lines)
+        lines = lines + lines[:1] if case == "extra_line" else lines[:1] + lines[2:]
+        truth.write_text("\n".join(lines) + "\n")
+        culprit = f"{len(lines)} lines, the val set {n} images"
     elif case == "not_mat":
         (data / "meta.mat").write_bytes(b"not a MAT file")
         culprit = "meta.mat"
@@ -283,7 +292,9 @@ def _no_shards(out):
     return not out.exists() or not list(out.glob("*.tar"))
 
 
-@pytest.mark.parametrize("case", ["missing_src", "empty_class", "unlabelled_val", "unknown_wnid", "bad_part"])
+@pytest.mark.parametrize(
+    "case", ["missing_src", "empty_class", "unlabelled_val", "unknown_wnid", "repeated_id", "binary_csv", "bad_part"]
+)
 def test_bad_input_is_one_line_error(synth_tree, tmp_path, case):
     src, out = tmp_path / "src", tmp_path / "out"
     if case != "missing_src":
@@ -299,6 +310,13 @@ def test_bad_input_is_one_line_error(synth_tree, tmp_path, case):
         text = (src / "LOC_val_solution.csv").read_text().replace(wnid(1), "n12345678", 1)
         (src / "LOC_val_solution.csv").write_text(text)
         culprit = "n12345678"
+    elif case == "repeated_id":  # a second row for one image: today the last row would silently win
+        rows = (src / "LOC_val_solution.csv").read_text().splitlines()
+        (src / "LOC_val_solution.csv").write_text("\n".join(rows + [rows[1].replace(wnid(0), wnid(1))]) + "\n")
+        culprit = f"{rows[1].split(',')[0]}' appears twice"
+    elif case == "binary_csv":
+        (src / "LOC_val_solution.csv").write_bytes(b"ImageId,PredictionString\n\xff\xfe\x00\x81,n0 1 2 3 4\n")
+        culprit = "not a UTF-8 CSV"
     elif case == "bad_part":
         extra, culprit = ["--part", "3/3"], "--part"
     else:
@@ -368,3 +386,106 @@ def test_manifest_records_each_splits_largest_image(prepared, tmp_path):
         del man[split]["max_height"], man[split]["max_width"]
     (old / "manifest.json").write_text(json.dumps(man))
     assert open_split(old, "train").max_hw is None  # a manifest from before: no hints, the data still loads
+
+
+ODD_NAMES = ["with space", "new\nline", "x" * 120, os.fsdecode(b"caf\xe9"), "two.dots", "ok_name"]
+
+
+def test_odd_file_names_are_stored_under_safe_keys(tmp_path):
+    """Names a tar header or DALI's index cannot hold as they are (a space or newline splits an index line, a
+    name over 100 bytes does not fit a USTAR header, non-UTF-8 bytes, a dot splits the key) are stored under a
+    safe key, their originals in manifest.json's "renamed"; DALI's webdataset reader reads every sample back."""
+    import nvidia.dali.fn as fn
+    from nvidia.dali import pipeline_def
+
+    from alexdata.shards import read_index
+
+    src = tmp_path / "src"
+    for c, names in (("a", ODD_NAMES[:3]), ("b", ODD_NAMES[3:])):
+        (src / "train" / c).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB", (40, 30), (len(name), 9, 9)).save(src / "train" / c / f"{name}.JPEG")
+    (src / "val" / "b").mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(src / "val" / "b" / "v al.JPEG")
+    man = prepare(src, tmp_path / "out", PREP, workers=1, **QUIET)
+    assert man["train"]["images"] == len(ODD_NAMES) and man["val"]["images"] == 1 and not man["skipped"]
+    renamed = {r["file"].rsplit("/", 1)[-1]: r["key"] for r in man["renamed"] if "/val/" not in r["file"]}
+    want = [f"{n}.JPEG" for n in ODD_NAMES[:-1] if n != ODD_NAMES[3]] + ["caf\\xe9.JPEG"]  # bytes as \x escapes
+    assert sorted(renamed) == sorted(want)
+    assert len(man["renamed"]) == len(renamed) + 1
+    keys = [k for s in man["train"]["shards"] for k in _stored_keys(tmp_path / "out" / s["file"])]
+    assert sorted(keys) == sorted([*renamed.values(), "ok_name"])
+    assert all(len(k) <= 90 and "." not in k and k.isascii() and k.isprintable() and " " not in k for k in keys)
+    tars = [str(tmp_path / "out" / s["file"]) for s in man["train"]["shards"]]
+    assert sum(len(read_index(t[:-4] + ".idx")) for t in tars) == len(ODD_NAMES)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def p():
+        jpg, cls = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + ".idx" for t in tars], ext=["jpg", "cls"])
+        return cls
+
+    pipe = p()
+    pipe.build()
+    labels = sorted(int(bytes(np.array(pipe.run()[0][0]))) for _ in ODD_NAMES)
+    assert labels == [0, 0, 0, 1, 1, 1]
+
+
+def _stored_keys(tar):
+    with tarfile.open(tar) as tf:
+        return [m.name[:-4] for m in tf.getmembers() if m.name.endswith(".jpg")]
+
+
+def _damaged_jpegs() -> dict[str, bytes]:
+    """JPEGs PIL decodes without an error: cut short but ending in an end-of-image marker (grey lower half), a
+    3 KB file whose header claims 12000x12000 (flat grey), and one with stray bytes between segments (whole)."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    whole = buf.getvalue()
+    sof = whole.find(b"\xff\xc0")
+    big = bytearray(whole[:3000])
+    big[sof + 5 : sof + 9] = (12000).to_bytes(2, "big") * 2  # height, width
+    return {
+        "cut": whole[: len(whole) // 2] + b"\xff\xd9",
+        "huge": bytes(big) + b"\xff\xd9",
+        "stray": whole[:sof] + b"\x12\x34\x56" + whole[sof:],
+    }
+
+
+def test_jpegs_with_missing_data_are_skipped_and_harmless_warnings_kept(tmp_path):
+    from alexdata.jpegcheck import is_damaged, jpeg_warning
+
+    bad = _damaged_jpegs()
+    for data in bad.values():
+        Image.open(io.BytesIO(data)).load()  # PIL alone finds nothing wrong
+    assert [is_damaged(jpeg_warning(d)) for d in bad.values()] == [True, True, False]
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        (src / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 30)).save(src / "train" / c / f"fine_{c}.JPEG")
+    for name, data in bad.items():
+        (src / "train" / "a" / f"{name}.JPEG").write_bytes(data)
+    (src / "val").mkdir()
+    shutil.copytree(src / "train" / "b", src / "val" / "b")
+    lines = []
+    man = prepare(src, tmp_path / "out", PREP, workers=1, progress=False, log=lines.append)
+    skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in man["skipped"]}
+    assert sorted(skipped) == ["cut.JPEG", "huge.JPEG"]
+    assert all(r.startswith("truncated or corrupt JPEG data") for r in skipped.values())
+    assert man["train"]["images"] == 3  # fine x2, stray
+    assert [w["file"].rsplit("/", 1)[-1] for w in man["decoder_warnings"]] == ["stray.JPEG"]
+    assert "skipped 2 " in lines[-1] and "1 kept with a harmless decoder warning" in lines[-1]
+
+
+def test_raw_tree_stats_refuse_a_jpeg_with_missing_data(tmp_path):
+    from alexdata.errors import StatsError
+    from alexdata.stats import compute_stats
+
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "train" / c / f"fine_{c}.JPEG")
+    compute_stats(tmp_path / "train", threads=1)
+    (tmp_path / "train" / "a" / "cut.JPEG").write_bytes(_damaged_jpegs()["cut"])
+    with pytest.raises(StatsError, match=r"cut\.JPEG: Corrupt JPEG data") as e:
+        compute_stats(tmp_path / "train", threads=1)
+    assert "\n" not in str(e.value)

@@ -84,3 +84,22 @@ def test_the_loader_refuses_a_partial_copy_before_any_step(copy):
     assert "\n" not in str(e.value)
     r = run_cli("stats", copy, check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "alexnet verify" in r.stderr
+
+
+def test_an_index_dali_cannot_parse_fails_even_when_its_hash_matches(copy):
+    """An older prepare stored a name with a space as it was: its index line splits into too many fields, which
+    DALI's reader cannot parse, yet the manifest's hash is of those very bytes."""
+    man = json.loads((copy / "manifest.json").read_text())
+    shard = man["train"]["shards"][0]
+    idx = (copy / shard["file"]).with_suffix(".idx")
+    lines = idx.read_text().splitlines()
+    f = lines[1].split(" ")
+    f[3], f[7] = "a b.jpg", "a b.cls"  # what `wds_index` wrote for the key "a b"
+    lines[1] = " ".join(f)
+    data = ("\n".join(lines) + "\n").encode()
+    idx.write_bytes(data)
+    shard.update(idx_bytes=len(data), idx_sha256=hashlib.sha256(data).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(man))
+    for quick in (True, False):
+        problems = verify(copy, quick=quick)["problems"]
+        assert len(problems) == 1 and problems[0].startswith(f"{idx}: line 2 does not list one .jpg and one .cls")
