@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from alexdata.errors import UserError
+from alexdata.errors import StatsMissing, UserError, os_error_line, plural
 
 POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
@@ -23,8 +23,16 @@ class _Commands(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (UserError, OSError) as e:
+        except StatsMissing as e:  # the library names the file; pointing at another one is this command line's
+            raise click.ClickException(f"{e}, or pass --stats FILE") from None
+        except UserError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # the file whole, what the system said, and for a full disk what to do
+            raise click.ClickException(os_error_line(e)) from None
+        except ModuleNotFoundError as e:  # a broken install: name the package, not a traceback per worker
+            raise click.ClickException(
+                f"{e.name or e}: not installed in this Python ({sys.executable}); pip install -e . installs it"
+            ) from None
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,8 +74,8 @@ def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, 
 
     d = make_synth(out, SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout), workers=workers)
     click.echo(
-        f"synth: {d['train_images']} train + {d['val_images']} val images of {len(d['classes'])} classes "
-        f"({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}"
+        f"synth: {d['train_images']} train + {d['val_images']} val images of "
+        f"{plural(len(d['classes']), 'class', 'classes')} ({layout}, mean {d['mean_jpeg_bytes'] // 1000} KB) -> {out}"
     )
 
 
@@ -144,11 +152,11 @@ def verify(data, quick, workers):
         click.echo(f"verify: {r['note']}", err=True)
     dt = time.perf_counter() - t0
     what = (
-        f"sizes of {r['files']} files"
+        f"sizes of {plural(r['files'], 'file')}"
         if quick or not r["hashed"]
-        else f"sha256 of {r['files']} files ({r['bytes'] / 1e9:.2f} GB, {r['bytes'] / 1e6 / dt:.0f} MB/s)"
+        else f"sha256 of {plural(r['files'], 'file')} ({r['bytes'] / 1e9:.2f} GB, {r['bytes'] / 1e6 / dt:.0f} MB/s)"
     )
-    click.echo(f"verify: {len(r['problems'])} bad files; checked {what} in {dt:.1f} s")
+    click.echo(f"verify: {plural(len(r['problems']), 'bad file')}; checked {what} in {dt:.1f} s")
     sys.exit(1 if r["problems"] else 0)
 
 
@@ -163,6 +171,8 @@ def _unit(key: str) -> str:
     if k.endswith(("_frac", "_pct")) or k == "ratio_pct":
         return "%"
     if k in ("decode_only", "pipeline", "baseline", "default_img_s") or k.endswith(("per_s", "img_s", "per_core")):
+        return "img/s"
+    if k.startswith("pipeline_echo") and k[len("pipeline_echo") :].isdigit():
         return "img/s"
     if k.endswith("_kb"):
         return "KB"
@@ -227,6 +237,23 @@ def bench_prepare(src, images, rounds, as_json):
     _report(run(src, images, rounds), as_json)
 
 
+class _IntList(click.ParamType):
+    """Comma-separated ints >= 1: `--echo 1,2`."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(v) for v in str(value).split(","))
+        except ValueError:
+            out = ()
+        if not out or min(out) < 1 or len(set(out)) != len(out):
+            self.fail(f"{value!r}: expected distinct ints >= 1 separated by commas, e.g. 1,2", param, ctx)
+        return out
+
+
 @bench.command("loader")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
 @click.option(
@@ -234,7 +261,13 @@ def bench_prepare(src, images, rounds, as_json):
 )
 @click.option("--batch-size", type=POS_INT, default=128, show_default=True)
 @click.option(
-    "--seconds", type=POS_FLOAT, default=10.0, show_default=True, help="Timed seconds per contender and round."
+    "--seconds",
+    type=POS_FLOAT,
+    default=10.0,
+    show_default=True,
+    help="Timed seconds per contender and round. The run takes 3 contenders x --rounds x this (90 s by default), "
+    "plus the warm-up batches before each timing (3 for DALI, 3 + 2 x threads for the DataLoader) and building "
+    "the pipelines once.",
 )
 @click.option("--rounds", type=POS_INT, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads = DataLoader workers (default: all cores).")
@@ -246,9 +279,27 @@ def bench_prepare(src, images, rounds, as_json):
     show_default=True,
     help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] (gpu only).",
 )
+@click.option(
+    "--echo",
+    "echoes",
+    type=_IntList(),
+    default="1",
+    show_default=True,
+    help="Data echoing: the pipeline with each of these copies per decoded image, side by side (e.g. 1,2).",
+)
+@click.option(
+    "--augment",
+    type=click.Choice(["paper", "inception"]),
+    default="paper",
+    show_default=True,
+    help="paper: random crops of the 256 image (§4.1); inception: torchvision's RandomResizedCrop.",
+)
+@click.option("--crop", type=POS_INT, default=None, help="Output size in pixels, square [default: 227].")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_loader(data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, stats, rounds, as_json):
+def bench_loader(
+    data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, echoes, augment, crop, stats, rounds, as_json
+):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
 
@@ -263,6 +314,8 @@ def bench_loader(data, device, batch_size, seconds, threads, prefetch, hw_decode
             rounds,
             prefetch=prefetch,
             hw_decoder_load=hw_decoder_load,
+            echoes=echoes,
+            aug={"augment": augment, **({"crop": crop} if crop else {})},
         ),
         as_json,
     )
@@ -377,6 +430,13 @@ class _ResumeValue(click.ParamType):
     show_default=True,
     help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, Kaiming init.",
 )
+@click.option(
+    "--augment",
+    type=click.Choice(["paper", "inception"]),
+    default=None,
+    help="Training crops. paper: random 227 crops of the 256 image (§4.1). inception: torchvision's "
+    "RandomResizedCrop to AlexNet's 227, evaluated at shorter side 259 [default: paper].",
+)
 @click.option("--epochs", type=POS_INT, default=None, help="[default: 90, paper §5]")
 @click.option(
     "--batch-size",
@@ -444,8 +504,21 @@ class _ResumeValue(click.ParamType):
     help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] [default: 0.65, DALI's].",
 )
 @click.option(
+    "--echo",
+    type=POS_INT,
+    default=None,
+    help="Data echoing: N differently augmented copies of each decoded image, in different batches; an epoch "
+    "then has N x the steps [default: 1, none].",
+)
+@click.option(
+    "--gpu-cache-gb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="GiB of GPU memory for DALI's cache of decoded images (GPU only) [default: 0, none].",
+)
+@click.option(
     "--tf32/--no-tf32",
-    default=False,
+    default=True,
     show_default=True,
     help="fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way.",
 )
@@ -481,6 +554,14 @@ class _ResumeValue(click.ParamType):
 @click.option(
     "--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard (pip install tensorboard)."
 )
+@click.option(
+    "--val/--no-val",
+    "validate",
+    default=True,
+    show_default=True,
+    help="Evaluate on DATA's val split after every epoch. --no-val: data without one, train metrics only "
+    "(with --recipe modern: the paper's lr cuts watch the val error).",
+)
 @click.pass_context
 def train(ctx, data, out, resume, **options):
     """Train AlexNet on DATA; data parallel under torchrun.
@@ -492,7 +573,10 @@ def train(ctx, data, out, resume, **options):
     time spent waiting for data, to OUT/metrics.jsonl and OUT/plot.png; every --log-every steps a line to
     OUT/steps.jsonl. SIGTERM, SIGUSR1 or Ctrl-C stops after the current step with an exact checkpoint (exit
     status 75); a second one exits at once."""
+    import shlex
+
     from alexmodel import runlog
+    from alexmodel.distributed import end_on_signal
     from alexmodel.train import STOPPED_EXIT, TrainStopped, train_from_options
 
     # The options given on this command line, by config field name (--compile arrives as compile_); a resume
@@ -502,19 +586,23 @@ def train(ctx, data, out, resume, **options):
         for name, value in options.items()
         if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
     }
+    again = f"alexnet train {shlex.quote(data)} --out {shlex.quote(out)} --resume"  # a path may hold spaces
     try:
         result = train_from_options(data, out, resume={"yes": True, "auto": "auto", None: False}[resume], **given)
     except TrainStopped as e:
+        end_on_signal(STOPPED_EXIT)  # the checkpoint is written: another signal while DALI shuts down ends it at once
         if e.rank == 0:
-            click.echo(f"train: {e}; continue with: alexnet train {data} --out {out} --resume", err=True)
+            click.echo(f"train: {e}; continue with: {again}", err=True)
         sys.exit(STOPPED_EXIT)
     except KeyboardInterrupt:  # before training started (the trainer handles signals once it runs)
-        click.echo(f"\ntrain: interrupted; continue with: alexnet train {data} --out {out} --resume", err=True)
+        click.echo(f"\ntrain: interrupted; continue with: {again}", err=True)
         sys.exit(130)
     if result["rank"] == 0:
         h = result["history"]
         last = (
             f"epoch {h[-1]['epoch']}: val top-1 {100 * h[-1]['val_top1']:.1f}%, top-5 {100 * h[-1]['val_top5']:.1f}%; "
+            if h and h[-1]["val_top1"] is not None
+            else f"epoch {h[-1]['epoch']}: train top-1 {100 * h[-1]['train_top1']:.1f}% (no val split); "
             if h
             else ""
         )
@@ -585,9 +673,11 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
 def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, threads):
-    """The most likely classes of IMAGES (JPEG/PNG files) under a trained checkpoint.
+    """The most likely classes of IMAGES (JPEG/PNG files, or directories of them, read recursively) under a
+    trained checkpoint: `wnid (name) probability`, the name where prepare found the class names.
 
-    The evaluation preprocessing: shorter side 256, the centre 227 crop (or --ten-crop), minus the run's mean."""
+    The evaluation preprocessing: shorter side 256, the centre 227 crop (or --ten-crop), minus the run's mean.
+    A file that cannot be read gives one line on stderr, the others their classes; the exit status is then 1."""
     import json
 
     from alexmodel.predict import predict as run
@@ -602,10 +692,17 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
         top=top,
     )
     for r in results:
-        if as_json:
-            click.echo(json.dumps({"image": r["image"], "top": [{"class": c, "probability": p} for c, p in r["top"]]}))
+        if "error" in r:
+            click.echo(f"predict: {r['image']}: {r['error']}", err=True)
+        elif as_json:
+            top = [{"class": c, "name": n, "probability": p} for (c, p), n in zip(r["top"], r["names"])]
+            click.echo(json.dumps({"image": r["image"], "top": top}))
         else:
-            click.echo(f"{r['image']}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in r["top"]))
+            click.echo(
+                f"{r['image']}: "
+                + ", ".join(f"{c}{f' ({n})' if n else ''} {100 * p:.1f}%" for (c, p), n in zip(r["top"], r["names"]))
+            )
+    sys.exit(1 if any("error" in r for r in results) else 0)
 
 
 @main.command()
@@ -692,7 +789,7 @@ def bench_train(data, device, steps, batch_size, width, precisions, threads, sta
 @click.option(
     "--budget-s",
     type=POS_FLOAT,
-    default=420.0,
+    default=450.0,
     show_default=True,
     help="Seconds for all stages together; each stage is time-boxed to its share of what is left.",
 )

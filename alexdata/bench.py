@@ -70,23 +70,39 @@ def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -
 # ---------------------------------------------------------------- the loader
 
 
+def random_resized_window(h: int, w: int, rng, scale, ratio) -> tuple[int, int, int, int]:
+    """(top, left, height, width): torchvision's RandomResizedCrop.get_params with a numpy Generator."""
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        area = h * w * rng.uniform(*scale)
+        r = np.exp(rng.uniform(*log_ratio))
+        cw, ch = round(np.sqrt(area * r)), round(np.sqrt(area / r))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    cw, ch = min(w, round(h * ratio[1])), min(h, round(w / ratio[0]))  # the whole image cut to the ratio range
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
 class PilAugmentDataset:
     """The baseline users would otherwise write: a torch Dataset doing the train pipeline's work with PIL and
-    numpy (decode, resize unless prepared, random 227 crop, flip, PCA lighting + mean), read from the same data."""
+    numpy (decode, resize unless prepared, random 227 crop, flip, PCA lighting + mean), read from the same data.
+    aug.augment "inception": decode, torchvision's RandomResizedCrop window resized to crop x crop (bilinear,
+    antialiased), flip, lighting + mean."""
 
     def __init__(self, split, stats, aug, seed: int = 0):
         from alexdata.shards import read_samples
         from pipelines.common import needs_resize
 
         self.split, self.stats, self.aug, self.seed = split, stats, aug, seed
-        self.resize = needs_resize(split, aug.shorter_side)
+        self.resize = aug.augment == "paper" and needs_resize(split, aug.shorter_side)
         self.entries = []  # (tar path, offset, size, label) or (file, -1, -1, label)
         if split.prepared:
             self.entries = [(tar, *sample) for tar in split.tars for sample in read_samples(tar)]
         else:
             self.entries = [(f, -1, -1, lab) for f, lab in zip(split.files, split.labels)]
         self.mean = np.array(stats.mean_255, np.float32)
-        self.eigvec, self.eigval = np.array(stats.eigvec, np.float32), np.array(stats.eigval_255, np.float32)
+        if aug.pca_std:
+            self.eigvec, self.eigval = np.array(stats.eigvec, np.float32), np.array(stats.eigval_255, np.float32)
 
     def __len__(self):
         return len(self.entries)
@@ -105,22 +121,31 @@ class PilAugmentDataset:
             s = a.shorter_side / min(w, h)
             im = im.resize((round(w * s), round(h * s)), Image.Resampling.BILINEAR)
         w, h = im.size
-        x, y = int(rng.integers(0, w - a.crop + 1)), int(rng.integers(0, h - a.crop + 1))
-        im = im.crop((x, y, x + a.crop, y + a.crop))
+        if a.augment == "inception":
+            y, x, ch, cw = random_resized_window(h, w, rng, a.scale, a.ratio)
+            im = im.resize((a.crop, a.crop), Image.Resampling.BILINEAR, box=(x, y, x + cw, y + ch))
+        else:
+            x, y = int(rng.integers(0, w - a.crop + 1)), int(rng.integers(0, h - a.crop + 1))
+            im = im.crop((x, y, x + a.crop, y + a.crop))
         if rng.random() < a.flip_prob:
             im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        offset = self.eigvec @ (rng.normal(0, a.pca_std, 3).astype(np.float32) * self.eigval / 255)  # see common.py
+        offset = 0.0
+        if a.pca_std:  # see common.py
+            offset = self.eigvec @ (rng.normal(0, a.pca_std, 3).astype(np.float32) * self.eigval / 255)
         arr = np.asarray(im, np.float32) - (self.mean - offset)
         return torch.from_numpy(arr.transpose(2, 0, 1).copy()), label
 
 
-def _timed(batches, seconds: float, warmup: int = 3) -> float:
-    """Images/s over `seconds` after `warmup` batches; `batches` is an endless iterator of batch sizes."""
+def _timed(batches, seconds: float, warmup: int = 3, cpu: list | None = None) -> float:
+    """Images/s over `seconds` after `warmup` batches; `batches` is an endless iterator of batch sizes. `cpu`: a
+    list to append this process's CPU microseconds per image of the timed window to (all its threads)."""
     for _ in range(warmup):
         next(batches)
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - t0 < seconds:
         n += next(batches)
+    if cpu is not None:
+        cpu.append((time.process_time() - c0) / max(n, 1) * 1e6)
     return n / (time.perf_counter() - t0)
 
 
@@ -225,17 +250,23 @@ def bench_loader(
     prefetch: int = 2,
     hw_decoder_load: float = 0.65,
     contenders: tuple[str, ...] = CONTENDERS,
+    echoes: tuple[int, ...] = (1,),
+    aug=None,
 ) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
     Each is timed `seconds` per round over interleaved `rounds`; the medians are reported. prefetch and
-    hw_decoder_load go to both DALI contenders; `contenders`: some of CONTENDERS."""
+    hw_decoder_load go to both DALI contenders; `contenders`: some of CONTENDERS. `echoes`: the pipeline once per
+    data-echoing factor (alexdata/echo.py; images/s counts every copy handed out): "pipeline" is echo 1,
+    "pipeline_echoN" echo N, and "echoN_vs_echo1" their ratio. `aug`: the augmentation of the pipeline and the
+    baseline alike, an AugmentConfig or a dict of its fields (default: the paper's, AugmentConfig())."""
     import torch
 
     from alexdata.dataset import open_split
-    from alexdata.loader import Loader, resolve_stats
+    from alexdata.loader import Loader, augment_config, resolve_stats
     from pipelines.config import AugmentConfig
 
+    aug = augment_config(AugmentConfig() if aug is None else aug)
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or not contenders:
         raise ConfigError(f"contenders {list(contenders)}: expected some of {', '.join(CONTENDERS)}")
@@ -246,7 +277,7 @@ def bench_loader(
     sync = host.synchronizer(device)
 
     def baseline():
-        ds = PilAugmentDataset(split, st, AugmentConfig())
+        ds = PilAugmentDataset(split, st, aug)
         dl = torch.utils.data.DataLoader(
             ds,
             batch_size=batch_size,
@@ -268,42 +299,62 @@ def bench_loader(
         "hw_decoder_load": hw_decoder_load,
         "seconds": seconds,
         "rounds": rounds,
+        "augment": aug.augment,
+        "crop": aug.crop,
     }
+
+    def pipeline(echo: int):
+        loader = Loader(
+            data,
+            stats=st,
+            batch_size=batch_size,
+            device=device,
+            threads=threads,
+            prefetch=prefetch,
+            hw_decoder_load=hw_decoder_load,
+            opened=split,
+            echo=echo,
+            aug=aug,
+        )
+        return lambda: endless(loader, sync)
+
+    pipelines = {}  # the Loaders first: they check prefetch, the load and echo
+    if "pipeline" in contenders:
+        res["echoes"] = list(echoes)
+        pipelines = {("pipeline" if e == 1 else f"pipeline_echo{e}"): pipeline(e) for e in echoes}
     make = {
-        "pipeline": lambda: endless(
-            Loader(
-                data,
-                stats=st,
-                batch_size=batch_size,
-                device=device,
-                threads=threads,
-                prefetch=prefetch,
-                hw_decoder_load=hw_decoder_load,
-                opened=split,
-            ),
-            sync,
-        ),
         "decode_only": lambda: pipe_batches(
             decode_only_pipeline(split, device, batch_size, threads, prefetch, hw_decoder_load=hw_decoder_load), sync
         ),
+        **pipelines,
         "baseline": baseline,
     }
-    made = {k: make[k]() for k in make if k in contenders}  # the Loader first: it checks prefetch and the load
+    contenders = tuple(k for k in make if k in contenders or k.startswith("pipeline_echo"))
+    made = {k: make[k]() for k in contenders}
     # Each contender's queue fills while the others are timed: the DataLoader's workers hold up to
     # workers * prefetch_factor (2) finished batches, DALI prefetch (2) batches. Warm-up batches drain that
     # backlog, so every timed window starts from the steady state rather than from a head start.
-    warmup = {"decode_only": 3, "pipeline": 3, "baseline": 3 + 2 * threads}
+    warmup = {"decode_only": 3, "baseline": 3 + 2 * threads}
     rates = {k: [] for k in contenders}
+    # CPU time per image of the DALI contenders (this process's threads; the baseline's workers are processes of
+    # their own): what a contender costs, steadier than its images/s when other jobs share the cores
+    cpu = {k: [] for k in contenders if k != "baseline"}
     for _ in range(rounds):  # interleaved rounds: drift on a shared machine hits every contender alike
         for k in contenders:
-            rates[k].append(_timed(made[k], seconds, warmup[k]))
+            rates[k].append(_timed(made[k], seconds, warmup.get(k, 3), cpu.get(k)))
     for k, v in rates.items():
         res[k] = float(np.median(v))
         res[k + "_rounds"] = [round(x, 1) for x in v]
+    for k, v in cpu.items():
+        res[k + "_cpu_us_per_img"] = float(np.median(v))
     if "baseline" in res and "pipeline" in res:
         res["pipeline_vs_baseline"] = res["pipeline"] / res["baseline"]
     if "decode_only" in res and "pipeline" in res:
         res["pipeline_vs_decode_only"] = res["pipeline"] / res["decode_only"]
+    for e in echoes:
+        if e != 1 and "pipeline" in res and f"pipeline_echo{e}" in res:
+            res[f"echo{e}_vs_echo1"] = res[f"pipeline_echo{e}"] / res["pipeline"]
+            res[f"echo{e}_vs_echo1_cpu"] = res["pipeline_cpu_us_per_img"] / res[f"pipeline_echo{e}_cpu_us_per_img"]
     res["machine"] = host.machine()
     res["torch"] = torch.__version__
     return res

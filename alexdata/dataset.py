@@ -7,29 +7,39 @@ or `fn.readers.file` files + labels), the class names and the image count."""
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
-from alexdata.errors import DataError
+from alexdata.errors import ConfigError, DataError
+from alexdata.host import cores
 
 # Moved to alexdata/shards.py; importable from here as before.
 from alexdata.shards import (  # noqa: F401
     MANIFEST,
     is_unfinished,
     load_manifest,
+    manifest_shards,
     open_shards,
     quick_problems,
     shard_files,
     unfinished_prepare,
 )
+from alexdata.sources import layout
 from pipelines.config import Split
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+SPLITS = ("train", "val")  # the splits `prepare` writes and a raw tree holds
+JPEG_SOI, JPEG_EOI, PNG_SIGNATURE = b"\xff\xd8", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
+EOI_WINDOW = 4096  # bytes at a JPEG's end searched for its end-of-image marker: some files carry padding after it
+DOWNLOADS = {"kaggle": "Kaggle", "hf": "Hugging Face", "archives": "image-net.org archives"}  # sources.layout names
 
 
 def open_split(data: str | os.PathLike, split: str = "train") -> Split:
     """The `split` ("train" or "val") of DATA: a prepare output (manifest.json) or a tree DATA/<split>/<wnid>/*
     (for "train", DATA itself may be the class-folder tree; labels always follow the training classes).
-    Raises DataError on anything else."""
+    Raises DataError on anything else, ConfigError on a split name not in SPLITS."""
+    if split not in SPLITS:
+        raise ConfigError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
     data = Path(data)
     if not data.is_dir():
         raise DataError(f"{data}: no such directory")
@@ -37,6 +47,12 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
         return open_shards(data, split)
     if is_unfinished(data):
         raise DataError(unfinished_prepare(data))
+    kind = layout(data)[0]
+    if kind in DOWNLOADS and not (data / "train").is_dir():  # its train/ is no class-folder tree of DATA
+        raise DataError(
+            f"{data}: this looks like a raw {DOWNLOADS[kind]} download: run "
+            f"`alexnet prepare {shlex.quote(str(data))} OUT` first, then use OUT"
+        )
     if (data / split).is_dir():
         root = data / split
     elif split == "train":
@@ -64,3 +80,70 @@ def open_split(data: str | os.PathLike, split: str = "train") -> Split:
             )
         raise DataError(f"{root}: class folders hold no .JPEG/.jpg/.png files")
     return Split("files", classes, len(files), files=tuple(files), labels=tuple(labels))
+
+
+def has_split(data: str | os.PathLike, split: str) -> bool:
+    """Whether DATA holds any `split` at all: images of it in a prepare output's manifest, or a DATA/<split>/
+    folder (for "train", DATA itself may be the class-folder tree). `open_split` says what is wrong with one."""
+    data = Path(data)
+    if (data / MANIFEST).is_file():
+        part = load_manifest(data).get(split)
+        return isinstance(part, dict) and bool(part.get("images"))
+    return (data / split).is_dir() or (split == "train" and data.is_dir())
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why the file at `path` is not a whole JPEG or PNG by its first and last bytes (a few bytes read, no
+    decode): empty, another format, or a JPEG without its end-of-image marker (cut short); None when it looks
+    whole. DALI's decoders stop a running pipeline at such a file; `alexnet prepare` leaves them out."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(PNG_SIGNATURE))
+            if not head:
+                return "empty file"
+            if head.startswith(PNG_SIGNATURE):
+                return None
+            if not head.startswith(JPEG_SOI):
+                return "neither a JPEG nor a PNG file (by its first bytes)"
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - EOI_WINDOW))
+            if JPEG_EOI not in f.read():
+                return "a JPEG cut short (no end-of-image marker)"
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    return None
+
+
+def check_images(data: str | os.PathLike, split: Split, threads: int | None = None) -> None:
+    """DataError with one line when files of a raw-tree `split` are not whole images (`image_problem`), before any
+    of them reaches DALI, which would stop at the first mid-epoch; a prepare output's images were checked by
+    `prepare`. Reads a few bytes per file, on `threads` threads (default: all cores): I/O, not decoding."""
+    if split.prepared:
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads or cores()) as pool:
+        bad = [(p, why) for p, why in zip(split.files, pool.map(image_problem, split.files)) if why]
+    if bad:
+        (first, why), more = bad[0], f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise DataError(
+            f"{first}: {why}{more}: {len(bad)} of {split.images} files of {data} are not whole JPEG/PNG images and "
+            f"would stop training mid-epoch; run `alexnet prepare {shlex.quote(str(data))} OUT` (it leaves such files "
+            f"out and lists them) and use OUT, or remove them"
+        )
+
+
+def fingerprint(data: str | os.PathLike, split: Split) -> str:
+    """16 hex digits that change with the samples of `split` or their order in its files (data prepared again with
+    another --shard-size or --seed, files added or removed), not when the same files move (shards copied to a node's
+    disk): each shard's file name, image count and sha256 (manifest.json's), or each raw file's class folder, name
+    and label. A resume compares them: a loader position inside an epoch only fits the files it was taken on."""
+    import hashlib
+    import json
+
+    if split.kind == "shards":
+        sha = {s["file"]: s.get("sha256") for s in manifest_shards(load_manifest(data))}
+        rows = [[Path(t).name, n, sha.get(Path(t).name)] for t, n in zip(split.tars, split.shard_images)]
+    else:
+        rows = [[*Path(f).parts[-2:], label] for f, label in zip(split.files, split.labels)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]

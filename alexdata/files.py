@@ -8,18 +8,20 @@ import os
 from pathlib import Path
 
 
-def temporary(path: str | os.PathLike) -> Path:
-    """The name `path` is written under until it is complete: `path.tmp`, beside it."""
+def temporary(path: str | os.PathLike, tag: str = "") -> Path:
+    """The name `path` is written under until it is complete: `path.tmp` beside it, or `path.TAG.tmp` for a writer
+    that shares the directory with others writing the same names at once (`prepare --part i/n`: part-i-of-n), so
+    one never renames or truncates another's half-written file."""
     path = Path(path)
-    return path.with_name(path.name + ".tmp")
+    return path.with_name(path.name + (f".{tag}" if tag else "") + ".tmp")
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike):
-    """A binary file to write `path` through: written as `temporary(path)`, flushed to disk, then renamed over
+def atomic_open(path: str | os.PathLike, tag: str = ""):
+    """A binary file to write `path` through: written as `temporary(path, tag)`, flushed to disk, then renamed over
     `path` (atomic on POSIX) when the block ends without an error."""
     path = Path(path)
-    tmp = temporary(path)
+    tmp = temporary(path, tag)
     try:
         with open(tmp, "wb") as f:
             yield f
@@ -31,11 +33,35 @@ def atomic_open(path: str | os.PathLike):
         raise
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str, tag: str = "") -> Path:
     """Write `data` to `path` through `atomic_open`."""
-    with atomic_open(path) as f:
+    with atomic_open(path, tag) as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return Path(path)
+
+
+def process_tag() -> str:
+    """A `temporary` tag no other live process shares, on any host of a shared file system: "HOST-PID"."""
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def remove_dead_temporaries(path: str | os.PathLike) -> None:
+    """Removes the `temporary(path, process_tag())` files that processes of this host left when they were killed
+    (their pid runs no more); those of live processes, and of other hosts, stay."""
+    import socket
+
+    path, host = Path(path), socket.gethostname()
+    for tmp in path.parent.glob(f"{path.name}.{host}-*.tmp"):
+        pid = tmp.name[len(f"{path.name}.{host}-") : -len(".tmp")]
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                tmp.unlink(missing_ok=True)
+            except PermissionError:  # alive, another user's
+                pass
 
 
 LOCK = ".lock"  # in a directory one process writes at a time: the holder's "host pid", removed on release
@@ -71,10 +97,15 @@ def lock_dir(directory: str | os.PathLike, *, what: str, error: type[Exception],
     import socket
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # the first write of a run into its directory: a read-only or full one is refused here, in one line
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise error(
+                f"{directory}: {what} cannot write there ({e.strerror or e}); choose another directory"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -10,6 +10,8 @@ IDCT work.
 
 from __future__ import annotations
 
+import simplejpeg  # imported here: a missing install fails at start, not as one skip per image
+
 # libjpeg's JWRN_EXTRANEOUS_DATA: stray bytes between two segments; the image data itself is whole.
 HARMLESS = "extraneous bytes before marker"
 # libjpeg's warnings of missing or damaged image data (jerror.h: JWRN_JPEG_EOF, JWRN_HIT_MARKER, JWRN_MUST_RESYNC,
@@ -26,8 +28,6 @@ def jpeg_warning(data: bytes) -> str | None:
     one TurboJPEG cannot decode at all: PIL judges those)."""
     if not data.startswith(b"\xff\xd8"):
         return None
-    import simplejpeg
-
     try:
         colorspace = simplejpeg.decode_jpeg_header(data)[2]
         out = "CMYK" if colorspace in ("CMYK", "YCCK") else "GRAY"  # GRAY: the luma plane alone, the least work

@@ -6,9 +6,13 @@
             ...
     state = loader.state_dict()             # mid-epoch too; Loader(...).load_state_dict(state) resumes exactly
 
-- images: (B, 3, 227, 227) float32 (float16/bfloat16 options), or (B, 10, 3, 227, 227) in mode "tencrop";
-  labels: (B,) int64; both on the pipeline's device (CPU, or the GPU `device_id`). layout="NHWC": the same
-  values in channels_last memory (DALI writes HWC; the NCHW view of it costs no copy), for a channels_last model.
+- images: (B, 3, 227, 227) float32, or (B, 10, 3, 227, 227) in mode "tencrop"; AugmentConfig's `crop` sets the
+  size, its `dtype` the type: float16 (DALI's output), bfloat16 (cast here), or uint8, the pixels as decoded
+  without mean, std or lighting, for a model that normalises on the GPU. labels: (B,) int64; both on the
+  pipeline's device (CPU, or the GPU `device_id`). layout="NHWC": the same values in channels_last memory (DALI
+  writes HWC; the NCHW view of it costs no copy), for a channels_last model.
+- aug: an AugmentConfig or a dict of its fields; augment="inception" trains on torchvision's RandomResizedCrop
+  (pipelines/inception.py) and evaluates at shorter side round(crop / 0.875), for models other than AlexNet.
 - `len(loader)` is the number of batches in one epoch on this rank. Across `num_shards` ranks an epoch reads each
   image exactly once: shards are disjoint, and DALI pads every shard to the same length (so all ranks run the
   same number of steps) while the iterator strips the padding. The last batch of an epoch is therefore
@@ -24,17 +28,18 @@
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import asdict, replace
+import shlex
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
 from alexdata import host
 from alexdata.dataset import open_split
-from alexdata.errors import ConfigError, DataError
+from alexdata.echo import Echo, image_key
+from alexdata.errors import ConfigError, DataError, StatsError, StatsMissing, dali_reason
 from alexdata.host import cores_per_rank as default_threads  # the name it had here
-from pipelines.common import READER, labels_from_digits, mean_image_problem
+from pipelines.common import READER, labels_from_digits, lighting_problem, mean_image_problem
 from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
 
 MODES = ("train", "center", "tencrop")
@@ -46,18 +51,43 @@ def resolve_stats(stats, data) -> PipelineStats:
     if isinstance(stats, PipelineStats):
         return stats
     if isinstance(stats, dict):
-        return PipelineStats.from_dict(stats)
+        try:
+            return PipelineStats.from_dict(stats)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"stats: a dict needs 'mean' and 'std' (0-255, 3 each), optionally 'eigval' (3) and 'eigvec' (3x3) "
+                f"for PCA lighting; {type(e).__name__}: {e}"
+            ) from None
     from alexdata.statsfile import load_stats
 
     path = Path(stats) if stats is not None else Path(data) / "stats.json"
+    if not path.is_file() and stats is not None:
+        raise StatsError(f"{path}: no stats file there")
     if not path.is_file():
-        raise DataError(f"{path}: no stats file (run `alexnet stats {data}` first, or pass --stats)")
+        raise StatsMissing(f"{path}: no stats file; run `alexnet stats {data}` to write it")
     try:
         return PipelineStats.from_dict(load_stats(path))
     except DataError:
         raise
     except Exception as e:  # a malformed file: one line naming it
         raise DataError(f"{path}: not a valid stats file ({e})") from None
+
+
+def augment_config(aug) -> AugmentConfig:
+    """An AugmentConfig from itself or a dict of its fields; a bad field or value raised as ConfigError."""
+    if isinstance(aug, AugmentConfig):
+        return aug
+    if not isinstance(aug, dict):
+        raise ConfigError(f"aug must be an AugmentConfig or a dict of its fields, got {type(aug).__name__}")
+    unknown = sorted(set(aug) - {f.name for f in fields(AugmentConfig)})
+    if unknown:
+        raise ConfigError(
+            f"aug: unknown field {unknown[0]!r}; AugmentConfig has {', '.join(f.name for f in fields(AugmentConfig))}"
+        )
+    try:
+        return AugmentConfig(**aug)
+    except ValueError as e:
+        raise ConfigError(f"aug: {e}") from None
 
 
 def run_spec(**kw) -> RunSpec:
@@ -80,7 +110,7 @@ class Loader:
         split: str = "train",
         mode: str = "train",
         stats=None,
-        aug: AugmentConfig = AugmentConfig(),
+        aug: AugmentConfig | dict = AugmentConfig(),
         batch_size: int = 128,
         device: str = "cpu",
         device_id: int = 0,
@@ -96,6 +126,8 @@ class Loader:
         layout: str = "NCHW",
         drop_last: bool = False,
         opened: Split | None = None,
+        echo: int = 1,
+        gpu_cache_gb: float = 0.0,
     ):
         """`opened`: what `open_split(data, split)` returned, when the caller has it already (on a raw ImageNet
         tree that call lists 1.28 M files). prefetch: batches DALI prepares ahead. hw_decoder_load,
@@ -103,7 +135,21 @@ class Loader:
         decoder's tuning, see pipelines/common.py `decoder_kw`; the CPU decoder ignores them. drop_last: hand out
         only full batches, the same number on every rank (split images // (num_shards * batch_size)); the rest of
         each epoch is read and dropped, other images each epoch as the order changes (torch.compile'd steps then
-        see one shape)."""
+        see one shape). echo: data echoing (alexdata/echo.py), mode "train" only: each decoded image handed out
+        `echo` times, differently augmented, in different batches; an epoch reads each image once and gives
+        `echo` x the batches. gpu_cache_gb: GiB of GPU memory for DALI's cache of decoded images (GPU only;
+        pipelines/common.py `cache_kw`)."""
+        if not (isinstance(echo, int) and echo >= 1):
+            raise ConfigError(f"echo must be an int >= 1 (augmented copies of each decoded image), got {echo!r}")
+        if echo > 1 and mode != "train":
+            raise ConfigError(f"echo {echo}: data echoing is for training (mode 'train'), not mode {mode!r}")
+        if not gpu_cache_gb >= 0:
+            raise ConfigError(f"gpu_cache_gb must be >= 0 (GiB of GPU memory), got {gpu_cache_gb!r}")
+        if gpu_cache_gb and device != "gpu":
+            raise ConfigError(
+                f"gpu_cache_gb {gpu_cache_gb:g}: the decoded-image cache is GPU-only (DALI's mixed decoder); "
+                f"leave it off on the CPU"
+            )
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if layout not in LAYOUTS:
@@ -120,11 +166,18 @@ class Loader:
             prefetch=prefetch,
             hw_decoder_load=hw_decoder_load,
             hybrid_huffman_threshold=hybrid_huffman_threshold,
+            decoder_cache_mb=round(gpu_cache_gb * 1024),
         )
         if device == "gpu" and not host.has_gpu():
             raise ConfigError("device 'gpu' asked for, but torch sees no CUDA GPU")
-        if aug.dtype == "float16" and device == "cpu":
-            raise ConfigError("float16 output is for the GPU; use float32 on the CPU")
+        aug = augment_config(aug)
+        if echo > 1 and aug.augment != "paper":
+            raise ConfigError(f"echo {echo}: data echoing takes augment='paper', not {aug.augment!r}")
+        if gpu_cache_gb and mode == "train" and aug.augment != "paper":
+            raise ConfigError(
+                f"gpu_cache_gb {gpu_cache_gb:g}: augment {aug.augment!r} decodes only each crop's window, and DALI "
+                f"caches whole images only; use augment='paper'"
+            )
         self.split = opened if opened is not None else open_split(data, split)
         if preallocate:
             if self.split.max_hw is None:
@@ -133,10 +186,11 @@ class Loader:
                     f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off"
                 )
             self.spec = replace(self.spec, preallocate_hw=self.split.max_hw)
-        self._where = f"{data} ({split} split)"
+        self._data, self._where = str(data), f"{data} ({split} split)"
         if self.split.images < num_shards:
             raise ConfigError(f"{self.split.images} images cannot be split over {num_shards} shards")
-        self.drop_last, self._full = drop_last, self.split.images // (num_shards * batch_size)
+        self.echo = Echo(echo, seed) if echo > 1 else None
+        self.drop_last, self._full = drop_last, echo * (self.split.images // (num_shards * batch_size))
         if drop_last and self._full == 0:
             raise ConfigError(
                 f"drop_last: {self.split.images} images make no full batch of {batch_size} on each of "
@@ -144,7 +198,7 @@ class Loader:
             )
         self._served = 0  # batches handed out in the epoch in progress
         self.stats = resolve_stats(stats, data)
-        problem = mean_image_problem(self.stats, aug)
+        problem = mean_image_problem(self.stats, aug) or lighting_problem(self.stats, aug.pca_std)
         if problem:
             raise ConfigError(problem)
         self.mode, self.aug, self.layout = mode, aug, layout
@@ -165,8 +219,9 @@ class Loader:
         from pipelines.train import build_train_pipeline
 
         out = dict(output_layout=LAYOUTS[self.layout], checkpoint=checkpoint)
+        copies = self.echo.copies if self.echo else 1
         if self.mode == "train":
-            pipe = build_train_pipeline(self.split, self.stats, self.aug, self.spec, **out)
+            pipe = build_train_pipeline(self.split, self.stats, self.aug, self.spec, echo=copies, **out)
         else:
             pipe = build_eval_pipeline(
                 self.split, self.stats, self.aug, self.spec, ten_crop=self.mode == "tencrop", **out
@@ -174,7 +229,7 @@ class Loader:
         try:
             self._it = DALIGenericIterator(
                 [pipe],
-                ["images", "labels"],
+                [image_key(c) for c in range(copies)] + ["labels"] if self.echo else ["images", "labels"],
                 reader_name=READER,
                 last_batch_policy=LastBatchPolicy.PARTIAL,
                 auto_reset=True,
@@ -183,10 +238,12 @@ class Loader:
             raise self._data_error(e) from None
 
     def __len__(self) -> int:
-        return self._full if self.drop_last else len(self._it)
+        return self._full if self.drop_last else len(self._it) * (self.echo.copies if self.echo else 1)
 
     def __iter__(self):
         it = iter(self._it)
+        if self.echo:  # each DALI batch's copies, handed out in mixed batches
+            it = self.echo.epoch(it, lambda: self._it.checkpoints()[0])
         while True:
             try:
                 out = next(it)
@@ -195,8 +252,9 @@ class Loader:
                 return
             except RuntimeError as e:
                 raise self._data_error(e) from None
-            if self.drop_last and self._served == self._full:
-                continue  # the epoch's last, partial batches: read (so the next epoch starts right), not handed out
+            if self.drop_last and (self._served == self._full or len(out[0]["labels"]) < self.batch_size):
+                # the epoch's partial batches (with echo one per copy, inside the last group) and those past
+                continue  # the full ones every rank has: read (so the next epoch starts right), not handed out
             images = out[0]["images"]
             if self.layout == "NHWC":  # (..., H, W, C) -> an NCHW view, channels_last in memory: no copy
                 images = images.movedim(-1, -3)
@@ -219,24 +277,22 @@ class Loader:
             yield images, labels
 
     def _data_error(self, e: RuntimeError) -> DataError:
-        """DALI's multi-line error -> one line: the sample (from DALI's message, when it names one) and why."""
-        msg = str(e)
-        detail = msg.split("encountered:", 1)[-1]
-        reason = next((ln.strip() for ln in detail.splitlines() if ln.strip()), "unknown error")
-        where = re.search(r"(\S+\.(?:tar|idx|jpe?g|JPE?G|png|PNG)(?::\S+)?)", detail)
-        place = where.group(1) if where else f"the {self.split.kind} of this split"
-        fix = (
-            "re-run `alexnet prepare` into a fresh directory"
-            if self.split.prepared
-            else "remove or repair it, or use `alexnet prepare`, which lists and skips unreadable files"
-        )
-        return DataError(f"unreadable sample in {place}: {reason[:200]} ({fix}); this loader can not continue")
+        """DALI's multi-line error -> one line: the sample, whole, when DALI names it (`dali_reason`), and why."""
+        place, why = dali_reason(e)
+        if self.split.prepared:  # prepare decoded every sample it stored: a shard changed after it was written
+            fix = f"a shard changed since prepare wrote it: `alexnet verify {shlex.quote(self._data)}` names it"
+        else:
+            fix = "use `alexnet prepare`, which lists and skips unreadable files"
+            fix = f"remove or repair it, or {fix}" if place else fix
+        what = f"{place}: {why}" if place else f"in {self._where}: {why}"
+        return DataError(f"unreadable sample {what} ({fix}); this loader can not continue")
 
     def state_dict(self) -> dict:
         """The pipeline's position (reader, random generators) after the batches handed out so far."""
         spec = self.spec
+        dali, where = self.echo.position(lambda: self._it.checkpoints()[0]) if self.echo else (None, None)
         return {
-            "dali": self._it.checkpoints()[0],
+            "dali": dali or self._it.checkpoints()[0],
             "mode": self.mode,
             "seed": spec.seed,
             "shuffle_seed": spec.shuffle_seed,
@@ -244,20 +300,28 @@ class Loader:
             "batch_size": spec.batch_size,
             "aug": asdict(self.aug),
             "served": self._served,
+            "echo": self.echo.copies if self.echo else 1,
+            **({"echo_position": where} if where else {}),
         }  # drop_last is not compared: it changes what is handed out, not the reader
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("dali"), (bytes, str)):
+            raise StaleLoaderState("the loader's saved position holds no DALI checkpoint (damaged?)")
         mine = self.state_dict()
         if isinstance(state.get("aug"), dict):  # AugmentConfig fields added since it was saved: their defaults
             state = {**state, "aug": asdict(AugmentConfig(**state["aug"]))}
-        for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug"):
+        state = {"echo": 1, **state}  # saved before data echoing existed
+        for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug", "echo"):
             if state.get(k) != mine[k]:
                 raise ConfigError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")
         try:
             self._build(state["dali"])
-        except DataError:  # DALI names the graph's operators: a state saved by another version of it won't load
-            self._build(None)  # a real data error raises again here
+        except (DataError, ValueError, TypeError):  # DALI names the graph's operators: a state saved by another
+            self._build(None)  # version of it won't load, nor will damaged bytes; a real data error raises again here
             raise StaleLoaderState(
-                "the loader's saved position comes from another version of the pipeline (saved before an upgrade?)"
+                "the loader's saved position does not load (from another version of the pipeline, saved before an "
+                "upgrade, or damaged)"
             ) from None
         self._served = state.get("served", 0)
+        if self.echo:
+            self.echo.resume(state.get("echo_position", {"group": 0, "done": 0}))

@@ -13,7 +13,7 @@ estimates the output's size and stops when OUT's file system clearly lacks the s
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import io
 import json
@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from alexdata.errors import PrepareError
+from alexdata.errors import PrepareError, disk_full, plural
 from alexdata.files import atomic_write, lock_dir, temporary
 from alexdata.host import cores
 from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
@@ -36,6 +37,7 @@ from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
 # Moved to alexdata/shards.py and alexdata/sources.py; importable from here as before.
 from alexdata.shards import (  # noqa: F401
     FORMAT_VERSION,
+    MANIFEST,
     PREPARE_DIR,
     ShardWriter,
     add_to_tar,
@@ -61,7 +63,9 @@ from alexdata.sources import (  # noqa: F401
     GzIndex,
     Item,
     devkit_labels,
+    find_class_names,
     layout,
+    looks_like_source,
     scan,
 )
 from pipelines.config import (
@@ -155,10 +159,12 @@ def _init_worker(counter) -> None:
     global _progress
     _progress = counter
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: the pool's terminate ends it quietly
 
 
-def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
-    """Processes and writes one shard (record, index, then the tar last: the tar's presence means done)."""
+def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig, tag: str = "") -> dict:
+    """Processes and writes one shard (record, index, then the tar last: the tar's presence means done). tag: the
+    writer's mark in its temporary names (`_part_tag`)."""
     shard = ShardWriter()
     skipped, upscaled, renamed, warned = [], [], [], []
     for it in spec.items:
@@ -169,6 +175,8 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
             if is_damaged(warning):
                 raise DamagedJPEG(warning)
             jpg, up = resize_to_jpeg(data, cfg.shorter_side, cfg.quality)
+        except (ImportError, MemoryError):  # the machine, not the image: never a skip per image
+            raise
         except Exception as e:  # unreadable, truncated, empty, not an image: left out and listed
             skipped.append({"file": printable(it.name), "reason": _reason(e, data)})
         else:
@@ -189,11 +197,11 @@ def write_shard(spec: ShardSpec, out: Path, cfg: PrepareConfig) -> dict:
     record.update(renamed=renamed, decoder_warnings=warned)
     if n:
         record.update(facts)
-    _write(_record_path(out, spec), json.dumps(record, indent=1).encode())
+    _write(_record_path(out, spec), json.dumps(record, indent=1).encode(), tag)
     if n:
         tar = out / f"{spec.name}.tar"
-        _write(index_path(tar), idx)
-        _write(tar, data)
+        _write(index_path(tar), idx, tag)
+        _write(tar, data, tag)
     return record
 
 
@@ -207,12 +215,12 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def _write(path: Path, data: bytes) -> None:
+def _write(path: Path, data: bytes, tag: str = "") -> None:
     """atomic_write, with a full disk (or quota) reported as one line naming the file and the space left."""
     try:
-        atomic_write(path, data)
+        atomic_write(path, data, tag)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not disk_full(e):
             raise
         raise PrepareError(
             f"{path}: disk full while writing {_size(len(data))} ({_size(free_bytes(path.parent))} "
@@ -263,6 +271,11 @@ def prepare(
     val_labels: a label file that overrides discovery (see the module docstring)."""
     part_i, part_n = parse_part(part)
     out = Path(out)
+    if not (Path(src).is_dir() and any(Path(src).iterdir())) and out.is_dir() and looks_like_source(out):
+        raise PrepareError(
+            f"{src} is {'empty' if Path(src).is_dir() else 'missing'} and {out} holds raw ImageNet: did you swap "
+            f"SRC and OUT? (alexnet prepare SRC OUT)"
+        )
     if out.is_dir() and not (out / PREPARE_DIR).is_dir():
         others = sorted(p.name for p in out.iterdir())
         if others:  # shards mixed into a raw tree (or anything else) could not be told apart from it
@@ -271,8 +284,43 @@ def prepare(
                 f"; prepare writes into an empty folder or into its own earlier output"
             )
     # one prepare per part of OUT, until this function returns or raises (the kernel frees it on a kill)
-    with lock_dir(out / PREPARE_DIR, what="prepare", error=PrepareError, name=f"lock.part-{part_i}-of-{part_n}"):
+    with (
+        _stop_on_sigterm(),
+        lock_dir(out / PREPARE_DIR, what="prepare", error=PrepareError, name=f"lock.{_part_tag(part_i, part_n)}"),
+    ):
         return _prepare(src, out, cfg, workers, part_i, part_n, progress, log, val_labels)
+
+
+def _part_tag(part_i: int, part_n: int) -> str:
+    """The name of a part's lock, and its mark in the temporary names it writes, so parts writing one OUT at once
+    (params.json, manifest.json, or the same shard when their n differ) never share one."""
+    return f"part-{part_i}-of-{part_n}"
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (kill, a batch system's stop) stops prepare as Ctrl-C does, with KeyboardInterrupt: the pool is
+    terminated (its workers die quietly: `_init_worker`), the shards written so far are kept. After the first,
+    SIGINT and SIGTERM are swallowed until prepare returns, so a second one cannot cut the pool's shutdown into a
+    traceback. Main thread only (Python sets signal handlers there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = False
+
+    def handle(signum, frame) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise KeyboardInterrupt
+
+    mine = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    old = {sig: signal.signal(sig, handle) for sig in mine}  # one ignored (nohup, a background job) stays so
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: int, progress: bool, log, val_labels):
@@ -281,6 +329,10 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
     )
     if not train:
         raise PrepareError(f"{src}: no training images")
+    tag = _part_tag(part_i, part_n)
+    names, names_note = find_class_names(src, classes)
+    if names_note:
+        log(f"prepare: {names_note}")
     params = {"format_version": FORMAT_VERSION, **asdict(cfg), "inputs": _fingerprint(classes, train, val)}
     out.mkdir(parents=True, exist_ok=True)
     (out / PREPARE_DIR).mkdir(exist_ok=True)
@@ -291,7 +343,7 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
             diff = ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in params.items() if old.get(k) != v)
             raise PrepareError(f"{out} holds a prepare run with other parameters or inputs ({diff}); use an empty OUT")
     else:
-        atomic_write(pfile, json.dumps(params, indent=1).encode())
+        _write(pfile, json.dumps(params, indent=1).encode(), tag)
 
     specs = plan(train, val, cfg)
     mine = [s for g, s in enumerate(specs) if g % part_n == part_i]
@@ -299,15 +351,14 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
     for s in mine:  # leftovers of a killed run
         tar = out / f"{s.name}.tar"
         for path in (tar, index_path(tar), _record_path(out, s)):
-            temporary(path).unlink(missing_ok=True)
+            temporary(path, tag).unlink(missing_ok=True)
+            temporary(path).unlink(missing_ok=True)  # a prepare from before the tags
     n_imgs = sum(len(s.items) for s in todo)
-    for n in notes:
-        if n.get("left_out"):
-            log(f"prepare: {n['file']}: {n['reason']}")
     if todo:
         _check_space(out, [s for s in mine if s not in todo], todo, cfg)
     log(
-        f"prepare: {len(classes)} classes, {len(train)} train + {len(val)} val inputs -> {len(specs)} shards"
+        f"prepare: {plural(len(classes), 'class', 'classes')}, {len(train)} train + {len(val)} val inputs -> "
+        f"{plural(len(specs), 'shard')}"
         + (f" (part {part_i}/{part_n}: {len(mine)})" if part_n > 1 else "")
         + (f"; {len(mine) - len(todo)} already written, resuming" if len(todo) < len(mine) else "")
     )
@@ -318,7 +369,7 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
         pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
         try:
             with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:
-                results = [pool.apply_async(write_shard, (s, out, cfg)) for s in todo]
+                results = [pool.apply_async(write_shard, (s, out, cfg, tag)) for s in todo]
                 while not all(r.ready() for r in results):
                     time.sleep(0.2)
                     bar.update(counter.value - bar.n)
@@ -336,18 +387,27 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
     missing = [s.name for s in specs if not _is_done(out, s)]
     if missing:
         log(
-            f"prepare: part {part_i}/{part_n} done in {dt:.0f} s; {len(missing)} shards of other parts missing, "
+            f"prepare: part {part_i}/{part_n} done in {dt:.0f} s; {plural(len(missing), 'shard')} of other parts "
+            f"missing, "
             f"the last part to finish writes manifest.json"
         )
         return None
     records = [(s.split, json.loads(_record_path(out, s).read_text())) for s in specs]
-    manifest = make_manifest(classes, asdict(cfg), records, notes)
-    path = write_manifest(out, manifest)
+    manifest = make_manifest(classes, asdict(cfg), records, notes, names)
+    try:
+        path = write_manifest(out, manifest, tag)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        raise PrepareError(
+            f"{out / MANIFEST}: disk full while writing it ({_size(free_bytes(out))} free); every shard is written: "
+            f"free some space and run the same command again to write it"
+        ) from None
     sk, up, warned = len(manifest["skipped"]), len(manifest["upscaled"]), len(manifest["decoder_warnings"])
-    rate = f", {n_imgs / dt:.0f} img/s with {workers} workers" if n_imgs else ""
+    rate = f", {n_imgs / dt:.0f} img/s with {plural(workers, 'worker')}" if n_imgs else ""
     log(
         f"prepare: {manifest['train']['images']} train + {manifest['val']['images']} val images in "
-        f"{len(manifest['train']['shards']) + len(manifest['val']['shards'])} shards{rate}; "
+        f"{plural(len(manifest['train']['shards']) + len(manifest['val']['shards']), 'shard')}{rate}; "
         f"skipped {sk}{' (listed in manifest.json)' if sk else ''}; upscaled {up}"
         + (f"; {warned} kept with a harmless decoder warning" if warned else "")
         + "".join(f"; left out {n['file']} ({n['reason'].replace(': left out', '')})" for n in manifest["left_out"])
@@ -364,7 +424,7 @@ def _check_space(out: Path, done: list[ShardSpec], todo: list[ShardSpec], cfg: P
     written = [r for r in written if r.get("bytes")]
     if written:
         per_image = sum(r["bytes"] + r["idx_bytes"] for r in written) / max(1, sum(r["images"] for r in written))
-        how = f"as in the {len(written)} shards written"
+        how = f"as in the {plural(len(written), 'shard')} written"
     else:
         items = [it for s in todo for it in s.items]
         sizes = []

@@ -19,12 +19,13 @@ import io
 import json
 import os
 import re
+import shlex
 import tarfile
 from pathlib import Path
 
 from PIL import Image
 
-from alexdata.errors import DataError
+from alexdata.errors import DataError, plural
 from alexdata.files import atomic_write
 from pipelines.config import Split
 
@@ -166,14 +167,22 @@ class ShardWriter:
 # ---------------------------------------------------------------- manifest.json
 
 
-def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dict]], notes: list[dict]) -> dict:
+def make_manifest(
+    classes: list[str],
+    params: dict,
+    records: list[tuple[str, dict]],
+    notes: list[dict],
+    class_names: list[str | None] | None = None,
+) -> dict:
     """manifest.json's record from (split, shard record) pairs in shard order; a shard record holds `ENTRY_KEYS`
     and "max_hw" from `ShardWriter.finish`, with its "skipped", "upscaled", "renamed" (stored under a `safe_key`)
     and "decoder_warnings" inputs (kept with a harmless libjpeg warning). `notes`: inputs left out (those with
-    "left_out": on purpose, the rest skipped)."""
+    "left_out": on purpose, the rest skipped). `class_names`: a human-readable name per class (None where the
+    source names none), recorded when given."""
     man = {
         "format_version": FORMAT_VERSION,
         "classes": classes,
+        **({"class_names": class_names} if class_names else {}),
         "params": params,
         "train": {"images": 0, "shards": []},
         "val": {"images": 0, "shards": []},
@@ -200,18 +209,100 @@ def make_manifest(classes: list[str], params: dict, records: list[tuple[str, dic
     return man
 
 
-def write_manifest(out: Path, manifest: dict) -> Path:
-    return atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+def write_manifest(out: Path, manifest: dict, tag: str = "") -> Path:
+    """OUT/manifest.json, written atomically (tag: the writer's mark in the temporary name, alexdata/files.py)."""
+    return atomic_write(out / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), tag)
 
 
-def load_manifest(data: str | os.PathLike) -> dict:
+def load_manifest(data: str | os.PathLike, *, check: bool = True) -> dict:
+    """DATA/manifest.json; DataError with one line when it is missing, not JSON, or (check) its fields are not what
+    `make_manifest` writes (`manifest_problems`: a hand edit, a damaged copy), naming the first bad field."""
     p = Path(data) / MANIFEST
     try:
-        return json.loads(p.read_text())
+        man = json.loads(p.read_text())
     except FileNotFoundError:
         raise DataError(f"{p}: not found (is {data} a `alexnet prepare` output?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: not valid JSON ({e})") from None
+    bad = manifest_problems(man) if check else []
+    if bad:
+        more = f" (and {len(bad) - 1} more: `alexnet verify` lists them)" if len(bad) > 1 else ""
+        raise DataError(f"{p}: {bad[0]}{more}; copy it again from the prepare output, or prepare again")
+    return man
+
+
+def _count(x, least: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= least
+
+
+def manifest_problems(man) -> list[str]:
+    """One line per field of a loaded manifest.json that is not what `make_manifest` writes, naming it by its path
+    ("train.shards[3].file"): classes a list of distinct strings, params.shorter_side a count, per split a count of
+    images equal to the sum of its shards', and per shard a plain `.tar` file name (inside DATA: no folder, no
+    "..", not absolute) and a count of images. Fields older manifests lack (sizes, hashes, largest image) may be
+    absent."""
+    if not isinstance(man, dict):
+        return [f"not a JSON object but a {type(man).__name__}"]
+    bad = []
+    classes = man.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
+        bad.append(f"classes must be a list of class names (wnids), got {_short(classes)}")
+    elif len(set(classes)) < len(classes):
+        twice = next(c for i, c in enumerate(classes) if c in classes[:i])
+        bad.append(f"classes lists {twice!r} more than once")
+    side = man.get("params", {}).get("shorter_side") if isinstance(man.get("params"), dict) else None
+    if not _count(side, 1):
+        bad.append(f"params.shorter_side must be a whole number of pixels, got {_short(side)}")
+    for split in ("train", "val"):
+        part = man.get(split)
+        if part is None and split == "val":
+            continue
+        if not isinstance(part, dict):
+            bad.append(f"{split} must be an object with images and shards, got {_short(part)}")
+            continue
+        shards = part.get("shards")
+        if not isinstance(shards, list):
+            bad.append(f"{split}.shards must be a list of shard entries, got {_short(shards)}")
+            shards = []
+        for i, sh in enumerate(shards):
+            where = f"{split}.shards[{i}]"
+            if not isinstance(sh, dict):
+                bad.append(f"{where} must be an object with file and images, got {_short(sh)}")
+                continue
+            f = sh.get("file")
+            if not (isinstance(f, str) and f.endswith(".tar") and f == Path(f).name and f not in (".tar", "..")):
+                bad.append(f"{where}.file must be a .tar file name inside DATA (no folder, no '..'), got {_short(f)}")
+            if not _count(sh.get("images"), 1):
+                bad.append(f"{where}.images must be a whole number >= 1, got {_short(sh.get('images'))}")
+            for k in ("bytes", "idx_bytes"):
+                if k in sh and not _count(sh[k]):
+                    bad.append(f"{where}.{k} must be a whole number, got {_short(sh[k])}")
+            for k in ("sha256", "idx_sha256"):
+                if k in sh and not isinstance(sh[k], str):
+                    bad.append(f"{where}.{k} must be a hex string, got {_short(sh[k])}")
+        images = part.get("images")
+        if not _count(images):
+            bad.append(f"{split}.images must be a whole number, got {_short(images)}")
+        elif all(isinstance(sh, dict) and _count(sh.get("images"), 1) for sh in shards):
+            held = sum(sh["images"] for sh in shards)
+            if images != held:
+                bad.append(f"{split}.images is {images} but its shards hold {held}")
+    return bad
+
+
+def _short(x) -> str:
+    """A value for a one-line message: its repr, cut to 40 characters."""
+    r = repr(x)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def class_names(data: str | os.PathLike) -> list[str | None] | None:
+    """The human-readable class names a prepare output's manifest.json records, in class order; None when it
+    records none or DATA is not a prepare output (a raw tree)."""
+    if not (Path(data) / MANIFEST).is_file():
+        return None
+    names = load_manifest(data).get("class_names")
+    return list(names) if isinstance(names, list) else None
 
 
 def manifest_shards(manifest: dict) -> list[dict]:
@@ -259,8 +350,8 @@ def unfinished_prepare(data: Path) -> str:
     missing = f"; missing at least {', '.join(gaps[:4])}{' ...' if len(gaps) > 4 else ''}" if gaps else ""
     n = sum(map(len, have.values()))
     return (
-        f"{data}: prepare has not finished ({n} shards written, no manifest.json yet{missing}); run the same "
-        f"`alexnet prepare SRC {data}` again (every --part of it) to finish"
+        f"{data}: prepare has not finished ({plural(n, 'shard')} written, no manifest.json yet{missing}); run the same "
+        f"`alexnet prepare SRC {shlex.quote(str(data))}` again (every --part of it) to finish"
     )
 
 
@@ -278,7 +369,8 @@ def open_shards(data: Path, split: str) -> Split:
     bad = quick_problems(data, shards)
     if bad:
         raise DataError(
-            f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; run `alexnet verify {data}`"
+            f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; run "
+            f"`alexnet verify {shlex.quote(str(data))}`"
         )
     if not tars:
         raise DataError(f"{data}: the '{split}' split has no images")

@@ -35,8 +35,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alexdata.errors import PrepareError
-from alexdata.files import atomic_write, temporary
+from alexdata.errors import PrepareError, plural
+from alexdata.files import atomic_write, process_tag, remove_dead_temporaries, temporary
 from alexdata.host import cores
 from alexdata.shards import printable, safe_key
 from pipelines.config import MAX_LABEL_DIGITS
@@ -46,6 +46,7 @@ DEVKIT = "ILSVRC2012_devkit_t12"  # the development kit: DEVKIT.tar.gz as distri
 DEVKIT_TRUTH, DEVKIT_META = "data/ILSVRC2012_validation_ground_truth.txt", "data/meta.mat"
 KAGGLE_ROOT = Path("ILSVRC/Data/CLS-LOC")  # inside Kaggle's download; the labels sit three folders up
 HF_TRAIN, HF_VAL, HF_TEST = "train_images_*.tar.gz", "val_images.tar.gz", "test_images.tar.gz"  # SRC/data/
+SYNSET_MAPPING = "LOC_synset_mapping.txt"  # Kaggle's class names: "n01440764 tench, Tinca tinca" per line
 
 
 # ---------------------------------------------------------------- .tar.gz archives, read in place
@@ -91,6 +92,9 @@ class GzIndex:
                 return [tuple(m) for m in rec["members"]], [tuple(m) for m in rec["not_regular"]]
         rg = _rapidgzip()
         members, other = [], []
+        tag = process_tag()  # the parts of one prepare may index an archive at once: each under its own name
+        for leftover in (index, listing):
+            remove_dead_temporaries(leftover)
         try:
             with rg.RapidgzipFile(str(path), parallelization=1) as f:
                 with tarfile.open(fileobj=f, mode="r:") as tf:
@@ -99,11 +103,12 @@ class GzIndex:
                             members.append((m.name, m.offset_data, m.size))
                         elif why := _not_regular(m):
                             other.append((m.name, why))
-                f.export_index(str(temporary(index)))
+                f.export_index(str(temporary(index, tag)))
         except (tarfile.TarError, OSError, RuntimeError, ValueError) as e:
+            temporary(index, tag).unlink(missing_ok=True)
             raise PrepareError(f"{path}: not a readable .tar.gz ({_first_line(e)})") from None
-        os.replace(temporary(index), index)
-        atomic_write(listing, json.dumps({"archive": stamp, "members": members, "not_regular": other}))
+        os.replace(temporary(index, tag), index)
+        atomic_write(listing, json.dumps({"archive": stamp, "members": members, "not_regular": other}), tag)
         return members, other
 
     def scan(
@@ -420,6 +425,40 @@ def devkit_labels(where: Path, truth: bytes, meta: bytes) -> dict[str, str]:
     return labels
 
 
+def find_class_names(src: str | os.PathLike, wnids: list[str]) -> tuple[list[str | None] | None, str | None]:
+    """(a human-readable name per wnid, in their order, None where the source names none; a note when the names are
+    there but cannot be read), from Kaggle's LOC_synset_mapping.txt or else the devkit's meta.mat (its `words`,
+    read with scipy when it is installed). (None, None) when the source has neither (the Hugging Face layout)."""
+    dirs = layout(Path(src))[2]
+    for d in dirs:
+        p = d / SYNSET_MAPPING
+        if p.is_file():
+            pairs = (line.strip().partition(" ") for line in p.read_text(errors="replace").splitlines())
+            return _in_order({w: name.strip() for w, _, name in pairs if w and name.strip()}, wnids), None
+    for d in dirs:
+        try:
+            found = _devkit_files(d)
+        except PrepareError:  # a damaged devkit: the val labels say so when they need it
+            found = None
+        if found is None:
+            continue
+        try:
+            import scipy.io
+        except ImportError:
+            return None, f"{found[0]}: class names not recorded (reading its meta.mat needs scipy: pip install scipy)"
+        try:
+            syn = scipy.io.loadmat(io.BytesIO(found[2]), squeeze_me=True)["synsets"]
+            return _in_order({str(w): str(t) for w, t in zip(syn["WNID"], syn["words"])}, wnids), None
+        except Exception as e:  # scipy raises many kinds on a file that is not a MAT file
+            return None, f"{found[0]}: class names not recorded ({DEVKIT_META}: {type(e).__name__})"
+    return None, None
+
+
+def _in_order(names: dict[str, str], wnids: list[str]) -> list[str | None] | None:
+    got = [names.get(w) for w in wnids]
+    return got if any(got) else None
+
+
 def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -499,6 +538,12 @@ def layout(src: Path) -> tuple[str, Path, list[Path]]:
     return ("archives" if (src / TRAIN_TAR).is_file() and not (src / "train").is_dir() else "tree"), src, [src]
 
 
+def looks_like_source(path: Path) -> bool:
+    """Whether `path` holds raw ImageNet in one of the layouts `layout` knows (a hint for swapped arguments)."""
+    kind, root, _ = layout(path)
+    return kind != "tree" or (root / "train").is_dir()
+
+
 def scan(
     src: str | os.PathLike,
     *,
@@ -528,9 +573,8 @@ def scan(
         wnids, found = _scan_train(root, notes)
         if kind == "kaggle" and (root / "test").is_dir():
             n = sum(1 for p in (root / "test").iterdir() if p.is_file())
-            notes.append(
-                {"file": str(root / "test"), "reason": f"{n} unlabelled test images: left out", "left_out": True}
-            )
+            why = f"{plural(n, 'unlabelled test image')}: left out"
+            notes.append({"file": str(root / "test"), "reason": why, "left_out": True})
     if len(wnids) > 10**MAX_LABEL_DIGITS:
         raise PrepareError(f"{src}: {len(wnids)} classes; labels are stored as at most {MAX_LABEL_DIGITS} digits")
     classes = {w: i for i, w in enumerate(wnids)}  # class index = position of the wnid in sorted order

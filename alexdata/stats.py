@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +49,7 @@ import numpy as np
 
 from alexdata import host
 from alexdata.dataset import open_split
-from alexdata.errors import StatsError
+from alexdata.errors import StatsError, dali_reason
 
 # Moved to alexdata/host.py, alexdata/statsfile.py and pipelines/stats.py; importable from here as before.
 from alexdata.host import default_device  # noqa: F401
@@ -245,21 +244,9 @@ def build_pipeline(
 
 
 def _dali_reason(e: Exception) -> str:
-    """One line from a DALI error: the file it could not read or decode, not the pipeline traceback."""
-    text = str(e)
-    for pat, what in (
-        (r"Failed to decode sample #\d+ : (\S+)", "cannot be decoded"),
-        (r"File mapping failed: (\S+)", "cannot be read (an empty file?)"),
-    ):
-        m = re.search(pat, text)
-        if m:
-            return f"{m.group(1)}: {what}"
-    lines = [
-        ln.strip()
-        for ln in text.splitlines()
-        if ln.strip() and not ln.strip().startswith(("Critical error", "Current pipeline", "File ", "Error in"))
-    ]
-    return re.sub(r"\s*C\+\+ context:.*", "", lines[0] if lines else type(e).__name__)
+    """One line from a DALI error: the file it could not read or decode, whole, not the pipeline traceback."""
+    place, why = dali_reason(e)
+    return f"{place}: {why}" if place else why
 
 
 def _runs(pipe, n: int, batch_size: int):

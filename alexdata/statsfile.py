@@ -15,6 +15,8 @@ stats.json (indent 1; every value on the 0-255 pixel scale, `scale`: 255):
                               float64 (256, 256, 3), RGB, each pixel's exact sum over the images / images
   mean_image_sha256           of that file's bytes: `load_stats` refuses a file that is not the one written
 A stats.json without the two (written before the mean image existed) loads with mean_image None.
+A stats.json of `mean` and `std` alone (statistics from elsewhere, written by hand; `scale` 255 may be left out)
+loads with eigval and eigvec None: it serves every augmentation but PCA lighting (pca_std=0).
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def _load_mean_image(path: Path, rec: dict) -> np.ndarray | None:
 def load_stats(path: str | os.PathLike) -> dict:
     """A validated stats.json: the record with mean, std, eigval as float64 arrays (3,) and cov, eigvec as (3, 3)
     (eigvec[:, j] is eigenvector j), on the 0-255 scale, and mean_image, float64 (256, 256, 3) from the file it
-    names, or None. Raises StatsError with one line naming the problem."""
+    names, or None. A file of the mean and std alone gives eigval and eigvec None. Raises StatsError with one
+    line naming the problem."""
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -141,27 +144,44 @@ def load_stats(path: str | os.PathLike) -> dict:
         raise StatsError(f"{path}: not a readable JSON file ({e})") from None
     if not isinstance(rec, dict):
         raise StatsError(f"{path}: expected a JSON object, got {type(rec).__name__}")
-    missing = [k for k in (*VEC3, *MAT3, "images", "pixels", "scale") if k not in rec]
+    missing = [k for k in ("mean", "std") if k not in rec]
     if missing:
         raise StatsError(f"{path}: missing {', '.join(missing)} (not an `alexnet stats` output?)")
-    if rec["scale"] != SCALE:
+    eigen = [k for k in ("eigval", "eigvec") if k in rec]
+    if len(eigen) == 1:
+        raise StatsError(
+            f"{path}: {eigen[0]} without {({'eigval', 'eigvec'} - set(eigen)).pop()}: give both or neither"
+        )
+    if rec.get("scale", SCALE) != SCALE:
         raise StatsError(
             f"{path}: scale is {rec['scale']!r}; only {SCALE} (values on the 0-255 pixel scale) is supported"
         )
     for k in ("images", "pixels"):
-        if not isinstance(rec[k], int) or isinstance(rec[k], bool) or rec[k] < 1:
+        if k in rec and (not isinstance(rec[k], int) or isinstance(rec[k], bool) or rec[k] < 1):
             raise StatsError(f"{path}: '{k}' must be a positive integer, got {rec[k]!r}")
-    out = dict(rec)
+    out = {**rec, "eigval": None, "eigvec": None}
     for k in VEC3:
-        out[k] = _array(rec, k, (3,), path)
+        if k in rec:
+            out[k] = _array(rec, k, (3,), path)
     for k in MAT3:
-        out[k] = _array(rec, k, (3, 3), path)
+        if k in rec:
+            out[k] = _array(rec, k, (3, 3), path)
+    if "scale" not in rec and out["mean"].max() <= 1 and out["std"].max() <= 1:  # torchvision's 0.485, ... say
+        raise StatsError(
+            f"{path}: mean {out['mean'].tolist()} looks like the 0-1 pixel scale; stats.json holds 0-{SCALE} values "
+            f'(multiply by {SCALE}, and add "scale": {SCALE})'
+        )
     w, v = out["eigval"], out["eigvec"]
-    if (w < 0).any() or (np.diff(w) > 0).any():
+    if w is not None and ((w < 0).any() or (np.diff(w) > 0).any()):
         raise StatsError(f"{path}: eigval must be non-negative and descending, got {w.tolist()}")
-    if not np.allclose(v.T @ v, np.eye(3), atol=1e-6):
+    if v is not None and not np.allclose(v.T @ v, np.eye(3), atol=1e-6):
         raise StatsError(f"{path}: eigvec's columns are not orthonormal unit vectors")
-    if (out["std"] < 0).any() or not ((out["mean"] >= 0) & (out["mean"] <= SCALE)).all():
-        raise StatsError(f"{path}: mean must lie in 0..{SCALE} and std be >= 0")
+    if not ((out["mean"] >= 0) & (out["mean"] <= SCALE)).all():
+        raise StatsError(f"{path}: mean must lie in 0..{SCALE}, got {out['mean'].tolist()}")
+    if (out["std"] <= 0).any():  # 0: one value in every pixel; inputs divided by it would be inf, the loss NaN
+        raise StatsError(
+            f"{path}: std must be > 0 in every channel, got {out['std'].tolist()} (0: every pixel of the channel has "
+            f"one value, as in blank images); run `alexnet stats` on the training data"
+        )
     out["mean_image"] = _load_mean_image(path, rec)
     return out

@@ -4,8 +4,9 @@ local disk, a cluster file system or a bucket.
 manifest.json records every shard's and index's size and sha256, hashed as prepare wrote them. `--quick` checks
 presence and sizes (stat calls: seconds for ImageNet's ~1,300 shards); the default also hashes every file with
 all cores. Both parse every index as DALI's webdataset reader would (a hash that matches proves only that the
-bytes are the ones written). The Loader makes the quick check whenever it opens a prepare output
-(alexdata/shards.py)."""
+bytes are the ones written). First of all the manifest's own fields are checked (`manifest_problems`: classes,
+counts, shard file names inside DATA), one line per bad field. The Loader makes the quick check whenever it opens a
+prepare output (alexdata/shards.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from alexdata.errors import DataError
 from alexdata.host import cores
-from alexdata.shards import index_path, index_problem, load_manifest, manifest_shards, quick_problems, shard_files
+from alexdata.shards import (
+    MANIFEST,
+    index_path,
+    index_problem,
+    is_unfinished,
+    load_manifest,
+    manifest_problems,
+    manifest_shards,
+    quick_problems,
+    shard_files,
+    unfinished_prepare,
+)
 
 CHUNK = 1 << 22  # bytes read per call while hashing
 
@@ -33,7 +46,14 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     from tqdm import tqdm
 
     data = Path(data)
-    shards = manifest_shards(load_manifest(data))
+    if is_unfinished(data):  # shards but no manifest.json yet: say so, as train and stats do
+        raise DataError(unfinished_prepare(data))
+    man = load_manifest(data, check=False)
+    broken = manifest_problems(man)
+    if broken:  # the manifest's own fields first: with them wrong, which files to check is not known
+        where = data / MANIFEST
+        return {"problems": [f"{where}: {b}" for b in broken], "files": 0, "bytes": 0, "hashed": False, "note": None}
+    shards = manifest_shards(man)
     files = [f for s in shards for f in shard_files(data, s)]
     found = quick_problems(data, shards)
     problems, bad = [line for _, line in found], {path for path, _ in found}

@@ -15,7 +15,7 @@ In a run directory (`save`, `load_latest`):
     checkpoint.prev.pt        the one before it (the spare), moved aside only once the new one is complete
     checkpoint.pt.new         a save cut between its two renames: the newest complete checkpoint
     *.tmp                     a save cut short (a kill, a power loss); removed when a run starts
-    checkpoint.unreadable.pt  a latest checkpoint that did not load (or failed its CRC or NaN check), set aside
+    checkpoint.unreadable.pt  a latest checkpoint that did not load (or failed its CRC, NaN or layout check), set aside
                               for a look once the run went on from the spare (so the next save does not make it
                               the spare)
     .lock                     held by the run writing the directory (alexdata.files.lock_dir): "host pid"
@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 import sys
 import zipfile
 import zlib
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alexdata.errors import TrainError
+from alexdata.errors import TrainError, disk_full
 from alexdata.files import atomic_open
 from alexmodel.model import AlexNet
 from pipelines.config import PipelineStats
@@ -44,6 +45,7 @@ from pipelines.config import PipelineStats
 FORMAT = 2  # bump when the layout below changes; 2: loadable with weights_only=True, classes in the config
 CHECKPOINT, PREVIOUS, UNREADABLE = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.unreadable.pt"
 NEW = CHECKPOINT + ".new"  # save_atomic's complete new file, before it is renamed over CHECKPOINT
+PARTS = ("config", "model", "epoch", "step", "meter", "optimizer", "plateau", "scaler", "ranks", "history")  # `save`'s
 LEFTOVERS = (CHECKPOINT + ".tmp", NEW, NEW + ".tmp")  # the names of a save cut short
 
 
@@ -91,25 +93,38 @@ def save(
     """run_dir/checkpoint.pt after `step` global steps, the one it replaces kept as the spare.
 
     epoch: epochs finished (meter None) or the one in progress (meter: its EpochMeter's fields); ranks: per rank
-    {"loader": Loader.state_dict(), "rng": rng_state()}; the rest are state_dicts, and the run's history."""
-    save_atomic(
-        {
-            "format": FORMAT,
-            "config": config,
-            "mean_image_255": mean_image_255,
-            "epoch": epoch,
-            "step": step,
-            "meter": meter,
-            "model": model,
-            "optimizer": optimizer,
-            "plateau": plateau,
-            "scaler": scaler,
-            "ranks": ranks,
-            "history": history,
-        },
-        run_dir / CHECKPOINT,
-        previous=run_dir / PREVIOUS,
-    )
+    {"loader": Loader.state_dict(), "rng": rng_state()}; the rest are state_dicts, and the run's history.
+    A full disk (or quota) raises TrainError in one line: the new file is removed, the ones before it stay whole."""
+    try:
+        save_atomic(
+            {
+                "format": FORMAT,
+                "config": config,
+                "mean_image_255": mean_image_255,
+                "epoch": epoch,
+                "step": step,
+                "meter": meter,
+                "model": model,
+                "optimizer": optimizer,
+                "plateau": plateau,
+                "scaler": scaler,
+                "ranks": ranks,
+                "history": history,
+            },
+            run_dir / CHECKPOINT,
+            previous=run_dir / PREVIOUS,
+        )
+    except (OSError, RuntimeError) as e:  # torch.save's stream writer wraps a failed write in a RuntimeError
+        if not disk_full(e):
+            raise
+        kept = [n for n in (CHECKPOINT, PREVIOUS) if (run_dir / n).is_file()]
+        then = (
+            f"{' and '.join(kept)} (the checkpoints before it) are intact; free some space and continue with --resume"
+            if kept
+            else "no checkpoint was written yet; free some space and start again"
+        )
+        free = shutil.disk_usage(run_dir).free / 1e6
+        raise TrainError(f"{run_dir}: disk full while writing a checkpoint ({free:.0f} MB free); {then}") from None
 
 
 def start(run_dir: Path, saved: dict | None) -> None:
@@ -154,10 +169,28 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else None
         raise TrainError(f"{path}: not a trainer checkpoint of format {FORMAT}" + (f" (format {got})" if got else ""))
+    bad = _missing(ckpt)
+    if bad:
+        raise TrainError(f"{path}: {bad}; the checkpoint is damaged")
     bad = _non_finite(ckpt)
     if bad:
         raise TrainError(f"{path}: {bad} holds NaN or inf values; the checkpoint is damaged")
     return ckpt
+
+
+def _missing(ckpt: dict) -> str | None:
+    """What a loaded checkpoint lacks of the parts `save` writes (or has in another type than a dict), named; None."""
+    gone = [k for k in PARTS if k not in ckpt]
+    if gone:
+        return f"no {', '.join(gone)} in it"
+    cfg = ckpt["config"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("stats_255"), dict):
+        return "its config holds no statistics (stats_255)"
+    if not isinstance(cfg.get("model"), dict) or not {"num_classes", "width", "init"} <= cfg["model"].keys():
+        return "its config holds no model (num_classes, width, init)"
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(t, torch.Tensor) for t in ckpt["model"].values()):
+        return "its model is not a dict of tensors"
+    return None
 
 
 def _damaged_member(path: str | os.PathLike) -> str | None:
@@ -203,17 +236,17 @@ def load_latest(run_dir: Path, rank: int = 0) -> dict:
     if not ckpt.is_file() and not prev.is_file():
         raise TrainError(f"--resume: {ckpt} not found (no run to continue in {run_dir})")
     try:
-        return load(ckpt)
+        return check_resumable(load(ckpt), ckpt)
     except TrainError as e:
         if not prev.is_file():
             raise
         try:
-            saved = load(prev)
+            saved = check_resumable(load(prev), prev)
         except TrainError as e2:
             raise TrainError(f"{e}; the spare {prev.name} too: {e2}") from None
         if rank == 0:
             print(
-                f"train: {ckpt.name} is unreadable ({str(e).split(': ', 1)[-1][:120]}); resuming from the spare "
+                f"train: {ckpt.name} is unreadable ({str(e).removeprefix(f'{ckpt}: ')[:120]}); resuming from the spare "
                 f"{prev.name} (epoch {saved['epoch']}, step {saved['step']})",
                 file=sys.stderr,
             )
@@ -247,6 +280,74 @@ def check_shapes(saved: dict) -> None:
                 f"the checkpoint's {k} has shape {have.get(k)} but its config (width {cfg['width']}, "
                 f"{cfg['num_classes']} classes) makes {want.get(k)}; the checkpoint is damaged"
             )
+
+
+def check_resumable(saved: dict, path: str | os.PathLike) -> dict:
+    """`saved` (a loaded checkpoint at `path`) when every part a resume loads fits what its config builds, else
+    TrainError in one line naming the part: the model's tensors (`check_shapes`), the optimizer's parameters and
+    momentum buffers, the scheduler, scaler and meter, and every rank's loader position and random generators (tried
+    on fresh generators: the process's own stay as they are)."""
+    try:
+        check_shapes(saved)
+    except TrainError as e:
+        raise TrainError(f"{path}: {e}") from None
+    bad = _unresumable(saved)
+    if bad:
+        raise TrainError(f"{path}: {bad}; the checkpoint is damaged")
+    return saved
+
+
+def _unresumable(saved: dict) -> str | None:
+    cfg = saved["config"]["model"]
+    with torch.device("meta"):
+        params = [(n, tuple(p.shape)) for n, p in AlexNet(cfg["num_classes"], width=cfg["width"]).named_parameters()]
+    opt = saved["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)):
+        return "its optimizer state is not torch.optim.SGD's (state, param_groups)"
+    ids = [
+        i for g in opt["param_groups"] if isinstance(g, dict) and isinstance(g.get("params"), list) for i in g["params"]
+    ]
+    if not all(isinstance(i, int) for i in ids) or sorted(ids) != list(range(len(params))):
+        held = f"{ids[:4]}{'...' if len(ids) > 4 else ''}"
+        return f"its optimizer's groups hold parameters {held} but the model has {len(params)}"
+    for i, st in opt["state"].items():
+        if not (isinstance(i, int) and 0 <= i < len(params)):
+            return f"its optimizer's state names parameter {i!r}, the model has {len(params)}"
+        buf = st.get("momentum_buffer") if isinstance(st, dict) else None
+        if buf is not None and (not isinstance(buf, torch.Tensor) or tuple(buf.shape) != params[i][1]):
+            got = tuple(buf.shape) if isinstance(buf, torch.Tensor) else type(buf).__name__
+            return f"its optimizer's momentum buffer of {params[i][0]} is {got}, not {params[i][1]}"
+    for k in ("plateau", "scaler"):
+        if not isinstance(saved[k], dict):
+            return f"its {k} state is not a dict"
+    if not (isinstance(saved["meter"], dict) or saved["meter"] is None) or not isinstance(saved["history"], list):
+        return "its epoch meter or history is malformed"
+    if not isinstance(saved["ranks"], list) or not saved["ranks"]:
+        return "it holds no ranks' states"
+    for r, rank in enumerate(saved["ranks"]):
+        if not isinstance(rank, dict) or not isinstance(rank.get("loader"), dict):
+            return f"rank {r}'s loader position is missing"
+        why = _rng_problem(rank.get("rng"))
+        if why:
+            return f"rank {r}'s random generator states do not load ({why})"
+    return None
+
+
+def _rng_problem(state) -> str | None:
+    """Why `state` (an `rng_state()`) would not load, tried on new generators; None when it loads. CUDA states are
+    only type-checked: setting one would open a context on that GPU."""
+    try:
+        torch.Generator().set_state(state["torch"])
+        if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in (state["cuda"] or {}).values()):
+            raise TypeError("a CUDA state is not a byte tensor")
+        n = state["numpy"]
+        np.random.RandomState().set_state(
+            (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+        )
+        random.Random().setstate(_python_state(state["python"]))
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:100]}"
+    return None
 
 
 def stats_from_checkpoint(saved: dict) -> PipelineStats:
@@ -311,4 +412,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(st, dev)
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
+    random.setstate(_python_state(state["python"]))
+
+
+def _python_state(saved) -> tuple:
+    return tuple(saved) if not isinstance(saved, tuple) else saved

@@ -11,6 +11,8 @@ Recipes (`recipe()`):
             epochs (ibid. §2.2), cosine decay to 0 (Loshchilov & Hutter 2017), label smoothing 0.1 (Szegedy et
             al. 2016 §7), Kaiming init (He et al. 2015) on inputs divided by the per-channel std, no PCA lighting
             noise. Not the paper; it starts learning at once where the paper's init can sit at chance for epochs.
+Either recipe takes augment="inception" (`with_augment`): torchvision's RandomResizedCrop at AlexNet's 227 input
+instead of the paper's crops; `--recipe modern --augment inception` is then torchvision's AlexNet recipe of crops.
 
 Every bad value raises ConfigError (a ValueError too) with one line naming it and what is allowed.
 """
@@ -23,10 +25,10 @@ import sys
 from dataclasses import asdict, dataclass, fields, replace
 
 from alexdata import host
-from alexdata.errors import ConfigError, TrainError
+from alexdata.errors import ConfigError, TrainError, plural
 from alexmodel import checkpoint, runlog
 from alexmodel.model import ModelConfig
-from pipelines.config import AugmentConfig
+from pipelines.config import AUGMENTS, AugmentConfig
 
 RECIPES = ("paper", "modern")
 SCHEDULES = ("plateau", "cosine")
@@ -34,6 +36,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 PLACEMENTS = ("single", "two-tower")
 DEVICES = ("auto", *host.DEVICES)
 PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
+FEW_STEPS = 10  # optimizer steps per epoch under which the recipe's batch is too big for the data (README: Small data)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class DataConfig:
     aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
     prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
     hw_decoder_load: float = 0.65  # share of JPEGs for the GPU's hardware decoder, DALI's default; speed only
+    # Data echoing (Choi et al. 2019, arXiv:1907.05550; alexdata/echo.py): augmented copies of each decoded image,
+    # in different batches. An epoch still reads each image once and so has `echo` x the steps. Not speed only:
+    # each step sees fewer fresh images (README, "Data echoing").
+    echo: int = 1
+    gpu_cache_gb: float = 0.0  # GiB of GPU memory for DALI's cache of decoded images (GPU only); speed only
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -52,6 +60,10 @@ class DataConfig:
             raise ConfigError(f"prefetch={self.prefetch!r}: expected an int >= 1 (batches prepared ahead)")
         if not 0 <= self.hw_decoder_load <= 1:
             raise ConfigError(f"hw_decoder_load={self.hw_decoder_load}: expected a share in [0, 1]")
+        if not (isinstance(self.echo, int) and self.echo >= 1):
+            raise ConfigError(f"echo={self.echo!r}: expected an int >= 1 (augmented copies of each decoded image)")
+        if not self.gpu_cache_gb >= 0:
+            raise ConfigError(f"gpu_cache_gb={self.gpu_cache_gb!r}: expected GiB >= 0 (0: no cache)")
 
 
 @dataclass(frozen=True)
@@ -109,8 +121,10 @@ class RunConfig:
     progress: bool = True  # rank 0: a live bar on a terminal, plain lines per logging window otherwise
     log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
     tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
-    # Speed only, off as before until `alexnet check` on a GPU says they win (its train stage: tf32, fused_sgd).
-    tf32: bool = False  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
+    validate: bool = True  # evaluate on the val split after every epoch; False (--no-val): train metrics only
+    # Speed only, set by `alexnet check` on a GPU (its train stage: tf32, fused_sgd). H200, 2026-11-30: TF32 1.06x
+    # the plain fp32 step in two runs (on); fused SGD 1.02x with bf16, within the noise (off).
+    tf32: bool = True  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
 
     def __post_init__(self):
@@ -141,6 +155,7 @@ COMPAT_KEYS = [
     "model.width",
     "model.init",
     "data.aug",
+    "data.echo",
     "run.seed",
     "run.device",
     "run.placement",
@@ -162,6 +177,7 @@ def recipe(
     batch_size: int | None = None,
     epochs: int | None = None,
     lr: float | None = None,
+    augment: str = "paper",
 ) -> tuple[ModelConfig, AugmentConfig, OptimConfig]:
     """The model, augmentation and optimisation settings of a recipe (see the module docstring), with overrides.
 
@@ -182,7 +198,23 @@ def recipe(
     bs = optim.batch_size if batch_size is None else batch_size
     if lr is None:
         lr = optim.lr * bs / PAPER_LR_BATCH if name == "modern" else optim.lr
+    aug = with_augment(aug, augment)
     return model, aug, replace(optim, batch_size=bs, epochs=optim.epochs if epochs is None else epochs, lr=lr)
+
+
+def with_augment(aug: AugmentConfig, augment: str) -> AugmentConfig:
+    """`aug` with the training crops `augment`: "paper" (§4.1, as the recipe sets them) or "inception"
+    (torchvision's RandomResizedCrop, pipelines/inception.py) at AlexNet's 227 input: the layer arithmetic needs
+    227 (model.py), where torchvision's AlexNet pools adaptively and trains at 224. Inception's windows range over
+    the whole image, so it drops the paper's central 256x256 patch and mean image (§2) for one mean per channel;
+    its evaluation resizes the shorter side to round(227 / 0.875) = 259, then takes the centre 227."""
+    if augment not in AUGMENTS:
+        raise ConfigError(f"augment={augment!r}: expected one of {', '.join(AUGMENTS)}")
+    if augment == aug.augment:
+        return aug
+    if augment == "inception":
+        return replace(aug, augment=augment, central_square=False, mean="channel")
+    return replace(aug, augment=augment)
 
 
 def resolve_device(device: str) -> str:
@@ -216,6 +248,7 @@ def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, 
 _OPTIONS = {
     "data": {f.name for f in fields(DataConfig)} - {"data", "aug"},
     "model": {"width"},
+    "aug": {"augment"},
     "optim": {f.name for f in fields(OptimConfig)},
     "run": {f.name for f in fields(RunConfig)} - {"out"},
 }
@@ -231,21 +264,23 @@ def configs_from_options(
     unknown = sorted(set(options) - set().union(*_OPTIONS.values()))
     if unknown:
         raise ConfigError(
-            f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or RunConfig, or width"
+            f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or RunConfig, width or augment"
         )
     given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
     if resume == "auto":
         resume = checkpoint.holds_run(out)
     if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
         data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
+        # another augment than the run's is refused when it starts (COMPAT_KEYS: data.aug)
+        aug = with_augment(data_cfg.aug, given["aug"].get("augment", data_cfg.aug.augment))
         return (
-            replace(data_cfg, data=data, **{"stats": None, **given["data"]}),
+            replace(data_cfg, data=data, aug=aug, **{"stats": None, **given["data"]}),
             model_config(**{**asdict(model), **given["model"]}),
             replace(optim, **given["optim"]),
             replace(run, out=out, **given["run"]),
         )
     first = {k: given["optim"].pop(k) for k in ("recipe", "batch_size", "epochs", "lr") if k in given["optim"]}
-    model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **first)
+    model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **given["aug"], **first)
     return (
         DataConfig(data, aug=aug, **given["data"]),
         model,
@@ -277,8 +312,29 @@ def start_rules(optim: OptimConfig, resumed: dict | None = None, *, say: bool = 
     if optim.warmup_epochs > epochs / 2:
         if resumed is None and say:
             print(
-                f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the {epochs} epochs",
+                f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the "
+                f"{plural(epochs, 'epoch')}",
                 file=sys.stderr,
             )
         optim = replace(optim, warmup_epochs=epochs / 2)
     return optim
+
+
+def small_data_batch(images: int) -> int:
+    """A batch size for `images` training images: the largest power of two giving at least FEW_STEPS steps an
+    epoch (the demo's 64 for 1,000 images); README, "Small data"."""
+    return 2 ** max(0, int(math.log2(max(1, images // FEW_STEPS))))
+
+
+def few_steps_notice(optim: OptimConfig, images: int, steps_per_epoch: int) -> str | None:
+    """One line when the recipe's own batch makes fewer than FEW_STEPS steps an epoch on `images` training images
+    (the modern recipe's 512 on a few hundred images: one step an epoch at an lr scaled for 512); None otherwise,
+    and for a batch size chosen by hand."""
+    if steps_per_epoch >= FEW_STEPS or optim.batch_size != recipe(optim.recipe)[2].batch_size:
+        return None
+    return (
+        f"train: {images} training images at the {optim.recipe} recipe's --batch-size {optim.batch_size} make "
+        f"{plural(steps_per_epoch, 'step')} an epoch (lr {optim.lr:g}, set for "
+        f"{optim.batch_size} images a step); on data this small try --batch-size {small_data_batch(images)} "
+        f"(README: Small data)"
+    )

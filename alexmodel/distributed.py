@@ -7,7 +7,8 @@ answers without a collective.
 
 A stop: the first of STOP_SIGNALS on any rank asks the run to stop; the ranks agree on the step inside the
 all-reduce each step makes already (alexmodel/loop.py), the run checkpoints there and raises TrainStopped, and
-the command exits with STOPPED_EXIT. A second signal exits at once.
+the command exits with STOPPED_EXIT. A second signal exits at once, during the run (Signals) or while the process
+ends after it (end_on_signal).
 """
 
 from __future__ import annotations
@@ -164,3 +165,23 @@ class Signals:
             self.saving = False
             if self.pending:
                 self._exit(self.pending)
+
+
+def end_on_signal(status: int) -> None:
+    """Once a stopped run's checkpoint is written the process only has to end, and that can take seconds (DALI joins
+    its threads at exit): from now on a STOP_SIGNALS signal exits at once with `status`, in one line, instead of a
+    KeyboardInterrupt traceback from wherever the shutdown was. For a command ending its process; main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        try:
+            os.write(2, f"train: {name}: exiting at once; the checkpoint is written\n".encode())
+        finally:
+            os._exit(status)
+
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name)
+        if not (name == "SIGHUP" and signal.getsignal(sig) is signal.SIG_IGN):  # nohup's choice stays
+            signal.signal(sig, handle)

@@ -3,6 +3,10 @@
 Each JPEG or PNG goes through the same DALI graph as `alexnet evaluate` (pipelines/eval.py): decode, shorter side
 to 256, the central 227 crop (or the ten crops of paper §4.1 with `ten_crop`), minus the mean the run trained
 with. So predict and evaluate give the same probabilities for the same image (tests/test_usability.py).
+
+A file that is missing, empty, not a JPEG/PNG or cut short is reported in its place ({"image", "error"}) and
+the others are predicted: DALI would stop the whole batch at it. A directory stands for its image files, found
+by extension, recursively.
 """
 
 from __future__ import annotations
@@ -13,11 +17,31 @@ from pathlib import Path
 import torch
 
 from alexdata import host
-from alexdata.dataset import IMAGE_EXTS, DataError, Split
+from alexdata.dataset import IMAGE_EXTS, DataError, Split, image_problem
 from alexmodel.checkpoint import load_run, model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import resolve_device
 from alexmodel.loop import evaluate_views
 from pipelines.config import AugmentConfig
+
+
+def image_files(images: list[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """(path, why it cannot be read or None) of every image `images` names, in order: a file as it is, a
+    directory as its .JPEG/.jpg/.png files (recursively, sorted). `why` from the path and the first and last
+    bytes (alexdata/dataset.py `image_problem`)."""
+    out: list[tuple[str, str | None]] = []
+    for p in map(Path, images):
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+            out += [(str(q), image_problem(q)) for q in found]
+            if not found:
+                out.append((str(p), "a directory without .JPEG/.jpg/.png files"))
+        elif not p.is_file():
+            out.append((str(p), "no such file"))
+        elif p.suffix.lower() not in IMAGE_EXTS:
+            out.append((str(p), "not a .JPEG/.jpg/.png file"))
+        else:
+            out.append((str(p), image_problem(p)))
+    return out
 
 
 def predict(
@@ -30,24 +54,68 @@ def predict(
     threads: int | None = None,
     top: int = 5,
 ) -> list[dict]:
-    """[{"image": path, "top": [(wnid, probability), ...]}] in the order of `images`, the `top` most likely."""
+    """One dict per image, in the order of `images` (a directory: its image files, sorted): {"image": path,
+    "top": [(wnid, probability), ...], "names": [class name or None, ...]} with the `top` most likely classes,
+    or {"image": path, "error": why} for a file that cannot be read; the others are predicted all the same."""
+    device = resolve_device(device)
+    found = image_files(images)
+    if not found:
+        raise DataError("no images given")
+    good = [p for p, why in found if why is None]
+    probs, failed = {}, {}
+    if good:
+        saved = load_run(checkpoint)
+        classes = saved["config"]["classes"]
+        names = saved["config"].get("class_names") or [None] * len(classes)  # absent before issue 20
+        index = torch.cuda.current_device() if device == "gpu" else 0
+        model = model_from_checkpoint(saved, host.torch_device(device, index))
+        kw = dict(
+            classes=tuple(classes),
+            stats=stats_from_checkpoint(saved),
+            aug=AugmentConfig(**saved["config"]["data"]["aug"]),
+            ten_crop=ten_crop,
+            batch_size=batch_size,
+            device=device,
+            index=index,
+            threads=threads,
+        )
+        _predict_isolating(model, good, probs, failed, **kw)
+    out = []
+    for path, why in found:
+        why = why or failed.get(path)
+        if why:
+            out.append({"image": path, "error": why})
+            continue
+        values, idx = probs[path].topk(min(top, len(classes)))
+        out.append(
+            {
+                "image": path,
+                "top": [(classes[int(i)], float(v)) for v, i in zip(values, idx)],
+                "names": [names[int(i)] for i in idx],
+            }
+        )
+    return out
+
+
+def _predict_isolating(model, paths: list[str], probs: dict, failed: dict, **kw) -> None:
+    """probs[path] = the mean softmax of each path's views; a batch that DALI cannot decode (a file damaged
+    inside, which its first and last bytes did not show) is halved until the bad files stand alone in failed."""
+    try:
+        probs.update(zip(paths, _probabilities(model, paths, **kw)))
+    except DataError as e:
+        if len(paths) == 1:
+            failed[paths[0]] = str(e)
+            return
+        half = len(paths) // 2
+        _predict_isolating(model, paths[:half], probs, failed, **kw)
+        _predict_isolating(model, paths[half:], probs, failed, **kw)
+
+
+def _probabilities(model, paths, *, classes, stats, aug, ten_crop, batch_size, device, index, threads):
+    """(len(paths), classes) probabilities through the evaluation pipeline: `evaluate`'s, on these files."""
     from alexdata.loader import Loader
 
-    device = resolve_device(device)
-    paths = [str(Path(p)) for p in images]
-    for p in paths:
-        if not os.path.isfile(p):
-            raise DataError(f"{p}: no such file")
-        if Path(p).suffix.lower() not in IMAGE_EXTS:
-            raise DataError(f"{p}: not a .JPEG/.jpg/.png file")
-    if not paths:
-        raise DataError("no images given")
-    saved = load_run(checkpoint)
-    classes = saved["config"]["classes"]
-    index = torch.cuda.current_device() if device == "gpu" else 0
-    model = model_from_checkpoint(saved, host.torch_device(device, index))
-    stats, aug = stats_from_checkpoint(saved), AugmentConfig(**saved["config"]["data"]["aug"])
-    split = Split("files", tuple(classes), len(paths), files=tuple(paths), labels=(0,) * len(paths))
+    split = Split("files", classes, len(paths), files=tuple(paths), labels=(0,) * len(paths))
     loader = Loader(
         "(images)",
         split="val",
@@ -60,14 +128,8 @@ def predict(
         device_id=index,
         threads=threads,
     )
-    probs = []
+    out = []
     with torch.no_grad():
         for x, _ in loader:
-            probs.append(evaluate_views(model, x).exp().cpu())  # (B, classes): the mean softmax of the views
-    p = torch.cat(probs)
-    k = min(top, p.shape[1])
-    values, idx = p.topk(k, dim=1)
-    return [
-        {"image": path, "top": [(classes[int(i)], float(v)) for v, i in zip(values[n], idx[n])]}
-        for n, path in enumerate(paths)
-    ]
+            out.append(evaluate_views(model, x).exp().cpu())  # (B, classes): the mean softmax of the views
+    return torch.cat(out)

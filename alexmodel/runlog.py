@@ -136,11 +136,14 @@ def plot(run_dir: Path, history: list[dict], steps: list[dict] | None = None) ->
         ax_step.plot([r["step"] for r in steps], [r["loss"] for r in steps], "-", lw=1)
     ax_step.set(xlabel="optimizer step", ylabel="cross-entropy", title="train loss per logging window")
     ax_step.grid(alpha=0.3)
+    val = any(m["val_loss"] is not None for m in history)  # None: a run without a val split (--no-val)
     ax_loss.plot(ep, [m["train_loss"] for m in history], "o-", ms=3, label="train")
-    ax_loss.plot(ep, [m["val_loss"] for m in history], "o-", ms=3, label="val (centre crop)")
+    if val:
+        ax_loss.plot(ep, [_nan(m["val_loss"]) for m in history], "o-", ms=3, label="val (centre crop)")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     for key, label in (("train_top1", "train top-1 (running)"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
-        ax_acc.plot(ep, [100 * m[key] for m in history], "o-", ms=3, label=label)
+        if val or key == "train_top1":
+            ax_acc.plot(ep, [100 * _nan(m[key]) for m in history], "o-", ms=3, label=label)
     ax_acc.set(xlabel="epoch", ylabel="%", title="accuracy", ylim=(0, 100))
     ax_lr.plot(ep, [m["lr"] for m in history], "o-", ms=3)
     ax_lr.set(xlabel="epoch", title="learning rate (last step of the epoch)")
@@ -154,3 +157,8 @@ def plot(run_dir: Path, history: list[dict], steps: list[dict] | None = None) ->
     fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
     atomic_write(run_dir / PLOT, buf.getvalue())
+
+
+def _nan(x: float | None) -> float:
+    """A metric for a curve: None (no val split in that epoch) as a gap."""
+    return float("nan") if x is None else x

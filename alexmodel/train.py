@@ -13,7 +13,6 @@ evaluate.py. The names users import from here (`from alexmodel.train import trai
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -24,9 +23,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from alexdata.dataset import open_split
-from alexdata.errors import TrainError
+from alexdata.dataset import check_images, fingerprint, has_split, open_split
+from alexdata.errors import TrainError, plural
 from alexdata.files import lock_dir
+from alexdata.shards import class_names
 from alexmodel import checkpoint, distributed, runlog
 from alexmodel.checkpoint import model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import (
@@ -38,15 +38,18 @@ from alexmodel.config import (
     RunConfig,
     configs_from_dict,
     configs_from_options,
+    few_steps_notice,
     recipe,
     refuse_on_cpu,
     resolve_device,
+    small_data_batch,
     start_rules,
 )
 from alexmodel.distributed import STOPPED_EXIT, Dist, Signals, TrainStopped
 from alexmodel.evaluate import evaluate_checkpoint
 from alexmodel.loop import EpochMeter, NonFiniteLoss, StopRequested, evaluate, evaluate_views, train_one_epoch
 from alexmodel.model import AlexNet, ModelConfig
+from alexmodel.schedule import cosine_lr
 from pipelines.config import AugmentConfig, PipelineStats
 
 load_checkpoint = checkpoint.load_run  # the name before issue 18
@@ -78,6 +81,8 @@ def train(
     device = resolve_device(run.device)
     run = replace(run, device=device)
     refuse_on_cpu(device, precision=run.precision, placement=run.placement)
+    if Path(run.out).resolve().is_relative_to(Path(data.data).resolve()):  # a raw tree would take it for a class
+        raise TrainError(f"--out {run.out} is inside DATA {data.data}: choose a run directory outside the data")
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = distributed.init(device, run.placement)
@@ -150,12 +155,27 @@ class _Run:
             )
         self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
         self.per_rank = optim.batch_size // d.world
-        splits = {s: open_split(data.data, s) for s in ("train", "val")}  # val now: the schedule needs its error
-        self.classes = splits["train"].classes
-        if optim.batch_size > splits["train"].images:
+        splits = {"train": open_split(data.data, "train")}
+        if run.validate:  # val now: the schedule needs its error
+            if not has_split(data.data, "val"):
+                raise TrainError(
+                    f"{data.data} has no val split: give data with one, or train without validation with --no-val "
+                    f"(train metrics only; with --recipe modern, whose cosine schedule needs no val error)"
+                )
+            splits["val"] = open_split(data.data, "val")
+        elif optim.schedule == "plateau":
             raise TrainError(
-                f"--batch-size {optim.batch_size} is more than the {splits['train'].images} images of {data.data}'s "
-                f"train split; use at most {splits['train'].images}"
+                "--no-val: the plateau schedule (--recipe paper) cuts the lr when the val error stops improving; "
+                "use --recipe modern (a cosine schedule), or data with a val split"
+            )
+        for split in splits.values():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
+            check_images(data.data, split, data.threads)
+        self.classes = splits["train"].classes
+        images = splits["train"].images
+        if optim.batch_size > images:
+            raise TrainError(
+                f"--batch-size {optim.batch_size} is more than the {images} images of {data.data}'s train split; "
+                f"on data this small try --batch-size {small_data_batch(images)} (README: Small data)"
             )
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
         self.saved = saved
@@ -176,7 +196,9 @@ class _Run:
             "world_size": d.world,
             "stats_255": stats.per_channel(),
             "classes": list(self.classes),
+            "class_names": class_names(data.data),  # human-readable, as prepare found them; None when it did not
             "data_inputs": _data_inputs(data.data),
+            "data_fingerprint": fingerprint(data.data, splits["train"]),  # the files a loader position fits
         }
         self.run_dir = Path(run.out)
         self.ckpt_path = self.run_dir / checkpoint.CHECKPOINT
@@ -230,10 +252,21 @@ class _Run:
         # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
         # empty one, would recompile it)
         self.train_loader = Loader(
-            data.data, split="train", mode="train", opened=splits["train"], drop_last=run.compile, **kw
+            data.data,
+            split="train",
+            mode="train",
+            opened=splits["train"],
+            drop_last=run.compile,
+            echo=data.echo,
+            gpu_cache_gb=data.gpu_cache_gb,
+            **kw,
         )
-        self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
+        self.val_loader = None
+        if run.validate:
+            self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
         self.steps_per_epoch = len(self.train_loader)
+        if saved is None and d.rank == 0 and (line := few_steps_notice(optim, images, self.steps_per_epoch)):
+            print(line, file=sys.stderr)
         self.cuda_devices = sorted({p.device for p in self.net.parameters() if p.device.type == "cuda"}, key=str)
         self.history: list[dict] = []
         self.last_saved: tuple[int, int] | None = None
@@ -256,13 +289,25 @@ class _Run:
         # AugmentConfig fields added since the checkpoint was written take their defaults (mean: "channel")
         then = {
             **saved["config"],
-            "data": {**saved["config"]["data"], "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"]))},
+            "data": {
+                "echo": 1,  # saved before data echoing existed
+                **saved["config"]["data"],
+                "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"])),
+            },
         }
         why = checkpoint.incompatibility(then, self.config, COMPAT_KEYS)
         if why:
             raise TrainError(
                 f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
                 f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out"
+            )
+        files_then = saved["config"].get("data_fingerprint")  # absent in checkpoints written before it
+        files_changed = files_then not in (None, self.config["data_fingerprint"])
+        if files_changed and saved["meter"]:  # a loader position inside an epoch fits only the files it was on
+            raise TrainError(
+                f"cannot resume {self.ckpt_path} mid-epoch on {self.data.data}: its train files are not the ones the "
+                f"run was reading (prepared again with another --shard-size or --seed?), so the saved position would "
+                f"point at other samples; resume on the data the run was trained on"
             )
         self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -281,7 +326,9 @@ class _Run:
 
         saved_world = len(saved["ranks"])
         why = f"a run checkpointed on {saved_world}"
-        if saved_world == self.d.world:
+        if files_changed:
+            why = "a run whose train data changed since its checkpoint (prepared again?)"
+        if saved_world == self.d.world and not files_changed:
             try:
                 self.train_loader.load_state_dict(saved["ranks"][self.d.rank]["loader"])
                 checkpoint.set_rng_state(saved["ranks"][self.d.rank]["rng"])  # last: building the model drew from them
@@ -371,15 +418,7 @@ class _Run:
         o, spe = self.optim, self.steps_per_epoch
         if o.schedule != "cosine":
             return None
-        total, warm = o.epochs * spe, o.warmup_epochs * spe
-
-        def at(i: int) -> float:
-            step = epoch * spe + i  # 0-based global step
-            if step < warm:
-                return o.lr * (step + 1) / warm
-            return 0.5 * o.lr * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
-
-        return at
+        return lambda i: cosine_lr(o, spe, epoch * spe + i)
 
     # ------------------------------------------------------------------ the run
 
@@ -399,8 +438,8 @@ class _Run:
                 if self.d.rank == 0:  # a kill after the last checkpoint may have cut the record: write it again
                     runlog.restore_record(self.run_dir, self.history)
                     print(
-                        f"train: nothing to do: {self.run_dir} finished its {done} epochs (give --epochs N to "
-                        f"train longer)",
+                        f"train: nothing to do: {self.run_dir} finished its {plural(done, 'epoch')} (give --epochs "
+                        f"N to train longer)",
                         file=sys.stderr,
                     )
                 return self._result()
@@ -435,7 +474,9 @@ class _Run:
                 start_epoch, meter = epoch + 1, None
             for epoch in range(start_epoch, self.optim.epochs):
                 desc = f"epoch {epoch + 1}/{self.optim.epochs}" + (
-                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)" if self.history else ""
+                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)"
+                    if self.history and self.history[-1]["val_top1"] is not None
+                    else ""
                 )
                 bar = (
                     tqdm(
@@ -515,7 +556,11 @@ class _Run:
 
     def _end_epoch(self, epoch: int, meter: EpochMeter) -> None:
         t_eval = time.perf_counter()
-        val = evaluate(self.net, self.val_loader, precision=self.run.precision, channels_last=self.run.channels_last)
+        val = (
+            evaluate(self.net, self.val_loader, precision=self.run.precision, channels_last=self.run.channels_last)
+            if self.val_loader is not None
+            else dict.fromkeys(("loss", "top1", "top5"))  # --no-val: no val metrics (None in metrics.jsonl)
+        )
         lr = self.optimizer.param_groups[0]["lr"]
         if self.optim.schedule == "plateau":
             self.plateau.step(1.0 - val["top1"])  # paper §5: watches the validation error rate
@@ -541,13 +586,14 @@ class _Run:
             runlog.plot(self.run_dir, self.history, runlog.read_steps(self.run_dir))
             if self.writer is not None:
                 for k in ("val_loss", "val_top1", "val_top5", "train_loss", "train_top1"):
-                    self.writer.add_scalar(f"epoch/{k}", m[k], m["step"])
+                    if m[k] is not None:
+                        self.writer.add_scalar(f"epoch/{k}", m[k], m["step"])
             _print_epoch(m, self.optim.epochs)
 
     def _stopped_line(self, epoch: int, step: int) -> str:
         distributed.barrier(self.d)  # every rank is past the checkpoint before any exits (torchrun ends the rest)
         where = (
-            f"{step % self.steps_per_epoch} steps into epoch {epoch + 1}"
+            f"{plural(step % self.steps_per_epoch, 'step')} into epoch {epoch + 1}"
             if step % self.steps_per_epoch
             else f"after epoch {step // self.steps_per_epoch}"
         )
@@ -558,9 +604,14 @@ class _Run:
 def _print_epoch(m: dict, epochs: int) -> None:
     from tqdm import tqdm
 
+    val = (
+        f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%"
+        if m["val_top1"] is not None
+        else "no val split"
+    )
     tqdm.write(
         f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.3f}  train {100 * m['train_top1']:5.1f}%  "
-        f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%  lr {m['lr']:.3g}  "
+        f"{val}  lr {m['lr']:.3g}  "
         f"{m['images_per_s']:.0f} img/s  data wait {100 * m['data_wait_frac']:.0f}%"
     )
 
@@ -576,6 +627,7 @@ __all__ = [
     "train",
     "train_from_options",
     "train_one_epoch",
+    "cosine_lr",
     "evaluate",
     "evaluate_views",
     "evaluate_checkpoint",

@@ -119,13 +119,28 @@ def decoder_kw(spec: RunSpec) -> dict:
     return dict(output_type=types.RGB, device="cpu")
 
 
+def cache_kw(spec: RunSpec) -> dict:
+    """The GPU decoder's cache of decoded images (fn.decoders.image, "mixed" only; DALI docs: `cache_size` in MB,
+    `cache_type`): "threshold" with threshold 0 keeps every image it decodes until the cache is full, so the
+    first epoch fills it and later epochs decode only the rest (DALI's "largest" warms up over two epochs). DALI
+    caches whole images only: the ROI decoders (image_crop, image_slice) take no cache (dali/operators/imgcodec/
+    image_decoder.h: "we do not allow caching ROIs"). Images are keyed by the reader's source info (tar, offset,
+    member name). The reader still reads a cached image's bytes (`skip_cached_images` off): they are memory-mapped
+    and cheap, and `peek_image_shape` needs them to place the crop (it fails on the empty sample a skipping
+    reader gives)."""
+    if not spec.decoder_cache_mb:
+        return {}
+    return dict(cache_size=spec.decoder_cache_mb, cache_type="threshold", cache_threshold=0)
+
+
 def decode(jpg, spec: RunSpec, crop=None):
     """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100/H200,
     the hardware JPEG decoder (`decoder_kw`: spec's tuning). crop = (size, (pos_y, pos_x)) decodes only that
-    window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize)."""
+    window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize). A whole-image decode on the GPU
+    keeps `spec.decoder_cache_mb` of decoded images (`cache_kw`)."""
     kw = decoder_kw(spec)
     if crop is None:
-        return fn.decoders.image(jpg, **kw)
+        return fn.decoders.image(jpg, **kw, **cache_kw(spec))
     size, pos = crop
     return fn.decoders.image_crop(jpg, crop=(size, size), crop_pos_x=pos[1], crop_pos_y=pos[0], **kw)
 
@@ -189,12 +204,24 @@ def pca_lighting_mean(stats, pca_std: float, channel_mean: bool = True):
     mean = types.Constant(np.array(stats.mean_255 if channel_mean else (0.0, 0.0, 0.0), np.float32))
     if pca_std == 0:
         return mean
+    if stats.eigvec is None:
+        raise ValueError(lighting_problem(stats, pca_std))
     alpha = fn.random.normal(shape=[1, 3], stddev=pca_std, dtype=types.FLOAT)  # one draw per image
     eigval_01_times_255 = np.array(stats.eigval_255, np.float32).reshape(1, 3) / 255.0
     scaled = alpha * types.Constant(eigval_01_times_255)
     m = np.array(stats.eigvec, np.float32).reshape(-1).tolist()  # row-major: offset = eigvec @ scaled
     offset = fn.coord_transform(scaled, M=m)  # (1, 3), on the 0-255 scale
     return mean - fn.reshape(offset, shape=[3])
+
+
+def lighting_problem(stats, pca_std: float) -> str | None:
+    """Why `stats` cannot serve PCA lighting of strength `pca_std`, in one line; None when it can."""
+    if pca_std == 0 or stats.eigvec is not None:
+        return None
+    return (
+        f"PCA lighting (pca_std {pca_std:g}) needs the statistics' eigenvalues and eigenvectors, and these have "
+        f"the mean and std only: give statistics from `alexnet stats`, or pca_std=0"
+    )
 
 
 def mean_image_problem(stats, aug) -> str | None:
@@ -248,4 +275,6 @@ def output_dtype(dtype: str):
     """DALI has no bfloat16: it emits float32 and the loader casts on the device."""
     if dtype == "float16":
         return types.FLOAT16
+    if dtype == "uint8":
+        return types.UINT8
     return types.FLOAT

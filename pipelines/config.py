@@ -15,6 +15,11 @@ MAX_LABEL_DIGITS = 6  # a `.cls` label holds the class index in ASCII: up to 999
 # the buffer costs little memory and no time (docs/BENCHMARKS.md, "The loader")
 SHUFFLE_BUFFER = 4096
 DEVICES = ("cpu", "gpu")  # "gpu": decoding on the GPU (DALI's "mixed" operators), the rest on it too
+AUGMENTS = ("paper", "inception")  # AugmentConfig.augment: pipelines/train.py, pipelines/inception.py
+# torchvision's ImageNet evaluation resizes the shorter side to 256 and keeps the central 224 (224 / 256); the
+# inception augmentation's evaluation does the same at any crop: shorter side round(crop / 0.875)
+EVAL_CROP_FRACTION = 0.875
+DTYPES = ("float32", "float16", "bfloat16", "uint8")
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,9 @@ class Split:
 @dataclass(frozen=True)
 class AugmentConfig:
     crop: int = CROP  # pixels, square
-    shorter_side: int = SHORTER_SIDE  # pixels; skipped when the data is a prepare output of this size
+    # pixels; skipped when the data is a prepare output of this size. augment="paper" only: inception's windows
+    # come from the image as stored, and its evaluation resizes to `eval_side`
+    shorter_side: int = SHORTER_SIDE
     flip_prob: float = 0.5  # paper §4.1: horizontal reflections
     pca_std: float = 0.1  # paper §4.1: alpha ~ N(0, 0.1) along the RGB principal components
     divide_std: bool = False  # paper §2 subtracts the mean only
@@ -53,11 +60,39 @@ class AugmentConfig:
     # training set" of each pixel: the mean image of the central 256x256 patches (stats.json's mean image), the
     # window under each crop subtracted; it needs central_square, so every window lies inside that image.
     mean: str = "channel"
-    dtype: str = "float32"  # "float16"/"bfloat16" for GPU training
+    # "float16"/"bfloat16" for GPU training. "uint8": the pixels as decoded, cropped, resized and flipped, with no
+    # mean, std or lighting (for a model that normalises on the GPU); pca_std must then be 0 and divide_std off.
+    dtype: str = "float32"
+    # "paper": §4.1's random crop x crop windows of the image at shorter side `shorter_side` (pipelines/train.py).
+    # "inception": torchvision's RandomResizedCrop (Szegedy et al. 2015 §6), the augmentation of torchvision's
+    # and timm's ImageNet recipes: a window of `scale` of the image's area and width / height in `ratio`,
+    # resized to crop x crop (pipelines/inception.py); evaluation resizes the shorter side to `eval_side`.
+    augment: str = "paper"
+    scale: tuple[float, float] = (0.08, 1.0)  # inception: the window's share of the image's area (torchvision's)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # inception: the window's width / height, drawn log-uniform
 
     def __post_init__(self):
-        if not 1 <= self.crop <= self.shorter_side:
+        for name in ("scale", "ratio"):  # a run's config.json gives lists: equal configs stay equal
+            v = getattr(self, name)
+            if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)):
+                raise ValueError(f"{name} must be two numbers (low, high), got {v!r}")
+            object.__setattr__(self, name, (float(v[0]), float(v[1])))
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be 'paper' or 'inception', got {self.augment!r}")
+        if self.augment == "paper" and not 1 <= self.crop <= self.shorter_side:
             raise ValueError(f"crop {self.crop} must be in 1..shorter_side ({self.shorter_side})")
+        if self.crop < 1:
+            raise ValueError(f"crop must be >= 1 pixel, got {self.crop}")
+        if self.augment == "inception":
+            if self.central_square or self.mean == "pixel":
+                raise ValueError(
+                    "augment='inception' draws windows from the whole image: central_square and mean='pixel' "
+                    "(the paper's central 256x256 patch, §2) are for augment='paper'"
+                )
+            if not 0 < self.scale[0] <= self.scale[1] <= 1:
+                raise ValueError(f"scale must satisfy 0 < low <= high <= 1 (shares of the area), got {self.scale}")
+            if not 0 < self.ratio[0] <= self.ratio[1]:
+                raise ValueError(f"ratio must satisfy 0 < low <= high (width / height), got {self.ratio}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.pca_std < 0:
@@ -66,20 +101,31 @@ class AugmentConfig:
             raise ValueError(f"mean must be 'channel' or 'pixel', got {self.mean!r}")
         if self.mean == "pixel" and not self.central_square:
             raise ValueError("mean='pixel' needs central_square=True: the mean image covers the central square only")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.dtype == "uint8" and (self.pca_std or self.divide_std or self.mean == "pixel"):
+            raise ValueError(
+                "dtype='uint8' hands out the pixels as decoded, without mean, std or lighting: set pca_std=0 "
+                "and divide_std=False (and mean='channel'), or use float32"
+            )
+
+    @property
+    def eval_side(self) -> int:
+        """The shorter side evaluation resizes to before its centre (or ten) crops: shorter_side with the
+        paper's augmentation, round(crop / 0.875) with inception's (torchvision: 256 for a 224 crop)."""
+        return self.shorter_side if self.augment == "paper" else round(self.crop / EVAL_CROP_FRACTION)
 
 
 @dataclass(frozen=True)
 class PipelineStats:
     """Training-set statistics on the 0-255 scale (from `alexnet stats`): the mean subtracted from every pixel
     (per channel, or the mean image), the std optionally divided by, and the RGB covariance's eigen-decomposition
-    for PCA lighting."""
+    for PCA lighting (None in statistics of the mean and std alone: lighting then needs pca_std=0)."""
 
     mean_255: tuple[float, float, float]
     std_255: tuple[float, float, float]
-    eigval_255: tuple[float, float, float]  # variances, descending
-    eigvec: tuple[tuple[float, ...], ...]  # 3x3, columns are eigenvectors
+    eigval_255: tuple[float, float, float] | None = None  # variances, descending
+    eigvec: tuple[tuple[float, ...], ...] | None = None  # 3x3, columns are eigenvectors
     # (256, 256, 3) float32 RGB, the mean of the central 256x256 patches (paper §2; AugmentConfig.mean="pixel");
     # None when the stats have none. Left out of == (an array has no single truth value): compare it yourself.
     mean_image_255: np.ndarray | None = field(default=None, compare=False, repr=False)
@@ -93,11 +139,17 @@ class PipelineStats:
 
     @classmethod
     def from_dict(cls, s: dict) -> "PipelineStats":
-        """From a record in stats.json's format (`alexdata.stats.load_stats`: "mean_image" an array or None)."""
+        """From a record in stats.json's format (`alexdata.stats.load_stats`: "mean_image" an array or None;
+        "eigval" and "eigvec" may be absent, as in a file of the mean and std alone)."""
         f = lambda v: tuple(float(x) for x in np.asarray(v, np.float64).reshape(-1))
-        ev = np.asarray(s["eigvec"], np.float64).reshape(3, 3)
+        eig = s.get("eigval") is not None and s.get("eigvec") is not None
+        ev = np.asarray(s["eigvec"], np.float64).reshape(3, 3) if eig else None
         return cls(
-            f(s["mean"]), f(s["std"]), f(s["eigval"]), tuple(tuple(map(float, r)) for r in ev), s.get("mean_image")
+            f(s["mean"]),
+            f(s["std"]),
+            f(s["eigval"]) if eig else None,
+            tuple(tuple(map(float, r)) for r in ev) if eig else None,
+            s.get("mean_image"),
         )
 
     def per_channel(self) -> dict:
@@ -125,6 +177,9 @@ class RunSpec:
     hw_decoder_load: float = 0.65
     hybrid_huffman_threshold: int = 1_000_000
     preallocate_hw: tuple[int, int] | None = None
+    # The GPU decoder's cache of decoded images in MB (DALI's `cache_size`, fn.decoders.image "mixed" only; 0: off):
+    # a cached image is not decoded again (common.decode). GPU memory, on top of the pipeline's own.
+    decoder_cache_mb: int = 0
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -150,3 +205,7 @@ class RunSpec:
             raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {self.hybrid_huffman_threshold}")
         if self.preallocate_hw is not None and (len(self.preallocate_hw) != 2 or min(self.preallocate_hw) < 1):
             raise ValueError(f"preallocate_hw must be (height, width) in pixels, got {self.preallocate_hw!r}")
+        if not (isinstance(self.decoder_cache_mb, int) and self.decoder_cache_mb >= 0):
+            raise ValueError(f"decoder_cache_mb must be an int >= 0 (MB), got {self.decoder_cache_mb!r}")
+        if self.decoder_cache_mb and self.device != "gpu":
+            raise ValueError("the decoded-image cache is GPU-only (DALI's mixed decoder); the CPU has none")

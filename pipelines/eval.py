@@ -1,4 +1,5 @@
-"""Evaluation pipelines: read -> decode -> (resize to shorter side 256) -> crop(s) -> mean subtraction.
+"""Evaluation pipelines: read -> decode -> (resize to shorter side 256) -> crop(s) -> mean subtraction. With
+AugmentConfig(augment="inception") the shorter side is round(crop / 0.875) instead (torchvision: 256 for 224).
 
 centre   one central 227 crop per image -> (N, 3, 227, 227)
 tencrop  paper §4.1: the four corner crops and the centre crop, each with its mirror -> (N, 10, 3, 227, 227),
@@ -39,13 +40,13 @@ def build_eval_pipeline(
     def evaluate():
         jpg, label = common.read(split, spec, shuffle=False)
         img = common.decode(jpg, spec)
-        if common.needs_resize(split, aug.shorter_side):
-            img = common.resize_shorter(img, aug.shorter_side)
+        if common.needs_resize(split, aug.eval_side):  # eval_side: shorter_side, or inception's crop / 0.875
+            img = common.resize_shorter(img, aug.eval_side)
         pixel = aug.mean == "pixel"
         std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
         cmn = dict(
             crop=(aug.crop, aug.crop),
-            mean=[0.0] * 3 if pixel else list(stats.mean_255),
+            mean=[0.0] * 3 if pixel or aug.dtype == "uint8" else list(stats.mean_255),
             std=std,
             output_layout=output_layout,
             dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype),

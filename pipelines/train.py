@@ -14,6 +14,11 @@ meets them:
 
 Raw images take a shortcut: the 227 window is chosen in resized coordinates, only that region of the original is
 decoded (ROI decode) and resized straight to 227x227, instead of decoding and resizing the whole image.
+
+Data echoing (`echo` > 1, Choi et al. 2019, arXiv:1907.05550): steps 2-3 once, then 4-7 `echo` times with their
+own draws, so one decode gives `echo` differently augmented copies (alexdata/echo.py puts them in different
+batches). The whole image is then decoded, as on the GPU, where the decoder's cache (RunSpec.decoder_cache_mb)
+can keep it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from nvidia.dali import pipeline_def
 
 from pipelines import common
 from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
+from pipelines.inception import build_inception_pipeline
 
 ROI_MARGIN = 2  # original pixels decoded beyond the window: the resampling filter reaches past its edge
 
@@ -57,6 +63,38 @@ def roi_decode_crop(jpg, window, crop: int, spec: RunSpec):
     return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False, antialias=True)
 
 
+def draws(stats: PipelineStats, aug: AugmentConfig, output_layout: str) -> dict:
+    """5-7's random draws for one augmented image, as crop_mirror_normalize's arguments: a coin flip (5) and the
+    vector mean - lighting offset, alpha ~ N(0, pca_std) (6+7; without the mean with AugmentConfig.mean="pixel")."""
+    mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
+    pixel = aug.mean == "pixel"
+    # 6+7; the mean image is subtracted apart (minus_mean_window), and dtype uint8 hands out the pixels as decoded
+    mean = common.pca_lighting_mean(stats, aug.pca_std, channel_mean=not pixel and aug.dtype != "uint8")
+    std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
+    # float32 before the mean image's window is subtracted: a float16 difference of float16s loses levels
+    dtype = types.FLOAT if pixel else common.output_dtype(aug.dtype)
+    return dict(mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=output_layout)
+
+
+def minus_mean_window(out, offset, cmn: dict, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
+    """6 with AugmentConfig.mean="pixel": minus the mean image's window at the crop's offset, mirrored with it."""
+    if aug.mean != "pixel":
+        return out
+    mean_img = common.mean_image(stats, aug, spec.device)
+    return common.subtract_mean_window(out, mean_img, aug, offset, cmn["mirror"], cmn["std"], cmn["output_layout"])
+
+
+def augment_decoded(img, hw, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, output_layout: str):
+    """4-7 on a whole decoded image `img` of extents `hw` (floats, shape [2]) in one crop_mirror_normalize, with
+    draws of its own at every call: data echoing calls it once per copy of an image."""
+    cmn = draws(stats, aug, output_layout)
+    square = aug.shorter_side if aug.central_square else None
+    offset = common.crop_offset(hw, aug.crop, square)[1]  # 4
+    pos = common.crop_anchor_frac(hw, aug.crop, square, k=offset)  # (y, x)
+    out = fn.crop_mirror_normalize(img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn)
+    return minus_mean_window(out, offset, cmn, stats, aug, spec)
+
+
 def build_train_pipeline(
     split: Split,
     stats: PipelineStats,
@@ -65,48 +103,48 @@ def build_train_pipeline(
     *,
     output_layout: str = "CHW",
     checkpoint: str | None = None,
+    echo: int = 1,
 ):
     """A DALI pipeline yielding (images NCHW float, or NHWC with output_layout="HWC"; labels as read:
-    `common.labels_from_digits` makes them int64), run as `spec` says; `checkpoint`: a saved position."""
+    `common.labels_from_digits` makes them int64), run as `spec` says; `checkpoint`: a saved position.
+
+    echo > 1 (data echoing, Choi et al. 2019; alexdata/echo.py hands the copies out): each image is decoded once
+    and augmented `echo` times with independent draws; the pipeline yields `echo` image outputs, then the labels.
+    aug.augment "inception": torchvision's RandomResizedCrop instead (pipelines/inception.py; echo 1 only)."""
+    if aug.augment == "inception":
+        if echo != 1:
+            raise ValueError("echo > 1 takes augment='paper': the inception pipeline decodes only each crop's window")
+        return build_inception_pipeline(split, stats, aug, spec, output_layout=output_layout, checkpoint=checkpoint)
+    if not (isinstance(echo, int) and echo >= 1):
+        raise ValueError(f"echo must be an int >= 1 (augmented copies of each decoded image), got {echo!r}")
+    resize = common.needs_resize(split, aug.shorter_side)
+    # The whole image is decoded once: to echo it; on the GPU, where the hardware JPEG decoder serves a plain
+    # decode, and the decoder's cache keeps whole images only (common.cache_kw)
+    whole = echo > 1 or (spec.device == "gpu" and (not resize or spec.decoder_cache_mb > 0))
 
     @pipeline_def(enable_checkpointing=True)
     def train():
         jpg, label = common.read(split, spec, shuffle=True)  # 1
-        mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
-        pixel = aug.mean == "pixel"
-        mean = common.pca_lighting_mean(stats, aug.pca_std, channel_mean=not pixel)  # 6+7
-        std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
-        # float32 before the mean image's window is subtracted: a float16 difference of float16s loses levels
-        cmn = dict(
-            mirror=mirror,
-            mean=mean,
-            std=std,
-            dtype=types.FLOAT if pixel else common.output_dtype(aug.dtype),
-            output_layout=output_layout,
-        )
-        if common.needs_resize(split, aug.shorter_side):  # raw images: ROI decode of the crop window (2-4)
+        if whole:
+            img = common.decode(jpg, spec)  # 2
+            if resize:
+                img = common.resize_shorter(img, aug.shorter_side)  # 3
+            hw = common.image_hw(jpg, aug.shorter_side if resize else None)
+            copies = [augment_decoded(img, hw, stats, aug, spec, output_layout) for _ in range(echo)]  # 4-7 each
+            return (*copies, label)  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
+        cmn = draws(stats, aug, output_layout)  # 5-7
+        if resize:  # raw images: ROI decode of the crop window (2-4)
             window, offset = roi_window(jpg, aug)
             img = roi_decode_crop(jpg, window, aug.crop, spec)
-            out = fn.crop_mirror_normalize(img, **cmn)
         else:
+            # CPU, 2+4: the decoder emits the crop, so crop_mirror_normalize reads a small contiguous image
+            # (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
             square = aug.shorter_side if aug.central_square else None
             hw = common.image_hw(jpg)
             offset = common.crop_offset(hw, aug.crop, square)[1]
             pos = common.crop_anchor_frac(hw, aug.crop, square, k=offset)  # (y, x)
-            if spec.device == "cpu":
-                # 2+4: the decoder emits the crop, so crop_mirror_normalize reads a small contiguous image
-                # (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
-                img = common.decode(jpg, spec, crop=(aug.crop, pos))
-                out = fn.crop_mirror_normalize(img, **cmn)  # 5-7 in one pass over the pixels
-            else:
-                # 2, then 4-7 in one GPU pass: keep the plain decode, which the hardware JPEG decoder serves
-                img = common.decode(jpg, spec)
-                out = fn.crop_mirror_normalize(
-                    img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn
-                )
-        if pixel:  # 6: minus the mean image's window at the crop's offset, mirrored with the crop
-            mean_img = common.mean_image(stats, aug, spec.device)
-            out = common.subtract_mean_window(out, mean_img, aug, offset, mirror, std, output_layout)
-        return out, label  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
+            img = common.decode(jpg, spec, crop=(aug.crop, pos))
+        out = fn.crop_mirror_normalize(img, **cmn)  # 5-7 in one pass over the pixels
+        return minus_mean_window(out, offset, cmn, stats, aug, spec), label
 
     return train(**common.pipeline_kw(spec, checkpoint))

@@ -58,3 +58,25 @@ def test_bench_loader_times_only_the_contenders_asked_for(prepared):
 def test_hw_decoder_check_gives_a_verdict(prepared):
     r = hw_decoder_check(str(prepared), 0.5, batch_size=8, threads=2)
     assert r["load0"] > 0 and r["load1"] > 0 and isinstance(r["used"], bool) and "hw_decoder_load 1" in r["why"]
+
+
+def test_full_batches_of_a_split_smaller_than_a_batch_is_an_error_not_an_endless_loop():
+    # The first GPU check hung 280 s here: its data held one image, and Take(full_only) skipped every batch.
+
+    from alexdata.errors import ConfigError
+    from alexmodel.tools.bench import Take
+
+    class Short:  # one epoch = one partial batch of 3 with a batch size of 4
+        batch_size = 4
+
+        def __iter__(self):
+            return iter([(torch.zeros(3, 1), torch.zeros(3))])
+
+    with pytest.raises(ConfigError, match="no full batch of 4"):
+        list(Take(Short(), steps=5, full_only=True))
+
+    class Mixed(Short):  # full batches then a partial one: only the full ones, epochs chained
+        def __iter__(self):
+            return iter([(torch.zeros(4, 1), torch.zeros(4)), (torch.zeros(3, 1), torch.zeros(3))])
+
+    assert [len(b[1]) for b in Take(Mixed(), steps=3, full_only=True)] == [4, 4, 4]

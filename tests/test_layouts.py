@@ -131,10 +131,10 @@ def test_not_enough_space_is_refused_before_writing(synth_tree, tmp_path, monkey
 def test_a_full_disk_is_one_line_and_the_same_command_resumes(prepared, synth_tree, tmp_path, monkeypatch):
     real = prep.atomic_write
 
-    def fill_up(path, data):  # the disk fills on the third shard: workers are forked, so they see this too
+    def fill_up(path, data, *tag):  # the disk fills on the third shard: workers are forked, so they see this too
         if str(path).endswith(".tar") and "train-000002" in str(path):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, data)
+        return real(path, data, *tag)
 
     monkeypatch.setattr(prep, "atomic_write", fill_up)
     with pytest.raises(

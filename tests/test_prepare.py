@@ -489,3 +489,24 @@ def test_raw_tree_stats_refuse_a_jpeg_with_missing_data(tmp_path):
     with pytest.raises(StatsError, match=r"cut\.JPEG: Corrupt JPEG data") as e:
         compute_stats(tmp_path / "train", threads=1)
     assert "\n" not in str(e.value)
+
+
+def test_a_missing_decoder_library_stops_prepare_instead_of_skipping_every_image(synth_tree, tmp_path):
+    # The first GPU check ran on a machine without simplejpeg: prepare skipped 20999 of 21000 images, each
+    # "ModuleNotFoundError", and exited 0. A missing dependency is the machine's fault, not the images'.
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "simplejpeg.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'simplejpeg'\", name='simplejpeg')\n"
+    )
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "prepare", str(synth_tree), str(out)],
+        capture_output=True,
+        text=True,
+        env=env_with_path(block, ROOT),
+    )
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "simplejpeg" in lines[0] and "not installed" in lines[0], r.stderr
+    assert not (out / "manifest.json").exists()

@@ -1,24 +1,36 @@
-"""A run directory has one writer, and a damaged checkpoint is noticed (issue 19): the directory lock, zip CRCs
-checked on load, NaN/inf and mismatched shapes refused in one line, a finished run's record rewritten, SIGHUP."""
+"""A run directory has one writer, a damaged checkpoint is noticed, and every failure is one line (issue 19): the
+directory lock, zip CRCs checked on load, NaN/inf and mismatched shapes refused in one line, a finished run's record
+rewritten, SIGHUP; a full disk, an OUT that cannot be written, damaged checkpoint parts, a hand-edited manifest,
+signals to prepare, DALI's errors, a mid-epoch resume onto other shards, each part's own temporary names."""
 
+import errno
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
-from conftest import PREP, run_cli
+from conftest import PREP, ROOT, run_cli
 from test_preemption import _start, _wait_for
 from test_train import ENV, TINY, data, one_epoch, tiny  # noqa: F401  (fixtures)
 from test_usability import _val_images
 
-from alexdata.errors import PrepareError, TrainError
+from alexdata.dataset import open_split
+from alexdata.errors import DataError, PrepareError, StatsError, TrainError
 from alexdata.files import lock_dir
+from alexdata.loader import Loader, StaleLoaderState
 from alexdata.prepare import prepare
+from alexdata.stats import compute_stats
+from alexdata.statsfile import load_stats
+from alexdata.verify import verify
 from alexmodel import checkpoint
 from alexmodel.train import train
 
@@ -166,3 +178,375 @@ def test_the_lock_file_names_its_holder(tmp_path):
         host, pid = (tmp_path / ".lock").read_text().split()
         assert (host, int(pid)) == (socket.gethostname(), os.getpid()) and lock.path.name == ".lock"
     assert not (tmp_path / ".lock").exists()  # released
+
+
+# ---------------------------------------------------------------------------------- every failure is one line
+
+
+def _one_line(excinfo) -> str:
+    msg = str(excinfo.value)
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def _enospc(*a, **kw):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _torch_writer_on_a_full_disk(obj, f):
+    """What torch.save does when a write fails: its stream writer's RuntimeError, raised while handling the OSError."""
+    f.write(b"PK partial")
+    try:
+        _enospc()
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+
+def _a_message_naming_a_full_disk(obj, f):
+    raise RuntimeError("PytorchStreamWriter failed writing file data/0: No space left on device")
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        _torch_writer_on_a_full_disk,
+        _a_message_naming_a_full_disk,
+        _enospc,
+    ],
+    ids=["torch-writer", "message", "oserror"],
+)
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_checkpoints(tmp_path, monkeypatch, save):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / checkpoint.CHECKPOINT).write_bytes(b"latest")
+    (run / checkpoint.PREVIOUS).write_bytes(b"spare")
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    parts = dict(config={}, mean_image_255=None, epoch=1, step=6, meter=None, model={}, optimizer={})
+    with pytest.raises(TrainError, match="disk full") as e:
+        checkpoint.save(run, **parts, plateau={}, scaler={}, ranks=[], history=[])
+    assert "checkpoint.pt and checkpoint.prev.pt" in _one_line(e) and "intact" in str(e.value)
+    assert set(os.listdir(run)) == {checkpoint.CHECKPOINT, checkpoint.PREVIOUS}  # no temporary left behind
+    assert (run / checkpoint.CHECKPOINT).read_bytes() == b"latest" and (
+        run / checkpoint.PREVIOUS
+    ).read_bytes() == b"spare"
+
+
+def _read_only(directory, monkeypatch):
+    """Makes `directory` refuse new entries: chmod 0o555, or, for root (whom permissions do not stop), os.mkdir and
+    os.open raising EACCES below it, as the kernel would."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        return
+
+    def refusing(real):
+        def call(path, *a, **kw):
+            if os.path.abspath(path).startswith(str(directory) + os.sep):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, *a, **kw)
+
+        return call
+
+    monkeypatch.setattr(os, "mkdir", refusing(os.mkdir))
+    monkeypatch.setattr(os, "open", refusing(os.open))
+
+
+@pytest.mark.parametrize("command", ["train", "prepare"])
+def test_an_out_that_cannot_be_written_is_one_line(data, synth_tree, tmp_path, monkeypatch, command):
+    ro = tmp_path / "read only"
+    ro.mkdir()
+    _read_only(ro, monkeypatch)
+    try:
+        with pytest.raises(TrainError if command == "train" else PrepareError, match="cannot write") as e:
+            if command == "train":
+                train(*tiny(data, ro / "run"))
+            else:
+                prepare(synth_tree, ro / "out", PREP, workers=1, progress=False, log=lambda *a: None)
+        assert str(ro) in _one_line(e)
+    finally:
+        ro.chmod(0o755)
+
+
+def _with_bad_rng(saved):
+    saved["ranks"][0]["rng"]["torch"] = torch.zeros(7, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    "damage, change",
+    [
+        ("fc8.bias has shape", lambda s: s["model"].update({"fc8.bias": torch.zeros(5)})),
+        ("conv1.weight has shape None", lambda s: s["model"].pop("conv1.weight")),
+        ("no optimizer", lambda s: s.pop("optimizer")),
+        ("no model", lambda s: s.pop("model")),
+        ("momentum buffer", lambda s: s["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(2))),
+        ("optimizer", lambda s: s["optimizer"]["param_groups"][0].update(params=[0])),
+        ("random generator", _with_bad_rng),
+        ("random generator", lambda s: s["ranks"][0]["rng"]["numpy"].update(keys=torch.zeros(3, dtype=torch.int64))),
+        ("loader", lambda s: s["ranks"][0].pop("loader")),
+    ],
+    ids=[
+        "shape",
+        "missing-tensor",
+        "no-optimizer",
+        "no-model",
+        "momentum",
+        "groups",
+        "torch-rng",
+        "numpy-rng",
+        "loader",
+    ],
+)
+def test_a_damaged_checkpoint_part_is_one_line_on_resume(run, data, damage, change):
+    _damage(run, change)
+    with pytest.raises(TrainError, match=damage) as e:
+        train(*tiny(data, run, epochs=2), resume=True)
+    assert "damaged" in _one_line(e)
+
+
+def test_a_checkpoint_without_its_model_is_one_line_for_evaluate(run):
+    _damage(run, lambda s: s.pop("model"))
+    with pytest.raises(TrainError, match="no model") as e:
+        checkpoint.model_from_checkpoint(checkpoint.load_run(run))
+    _one_line(e)
+
+
+def _edit_manifest(prepared, tmp_path, edit):
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    man = json.loads((data / "manifest.json").read_text())
+    edit(man)
+    (data / "manifest.json").write_text(json.dumps(man))
+    return data
+
+
+@pytest.mark.parametrize(
+    "field, edit",
+    [
+        ("train.images", lambda m: m["train"].update(images="ten")),
+        ("train.images", lambda m: m["train"].update(images=m["train"]["images"] + 1)),  # not its shards' sum
+        ("classes", lambda m: m.update(classes="n01440764 n01443537")),
+        ("classes", lambda m: m.update(classes=[m["classes"][0]] * len(m["classes"]))),
+        ("train.shards", lambda m: m["train"].pop("shards")),
+        ("train.shards[0].file", lambda m: m["train"]["shards"][0].update(file="../elsewhere/train-000000.tar")),
+        ("train.shards[1].file", lambda m: m["train"]["shards"][1].update(file="/data/train-000001.tar")),
+        ("train.shards[0].images", lambda m: m["train"]["shards"][0].update(images=None)),
+        ("val", lambda m: m.update(val=[1, 2])),
+        ("params.shorter_side", lambda m: m["params"].update(shorter_side="256px")),
+    ],
+    ids=[
+        "type",
+        "sum",
+        "classes-str",
+        "classes-twice",
+        "no-shards",
+        "dotdot",
+        "absolute",
+        "shard-images",
+        "val",
+        "side",
+    ],
+)
+def test_a_hand_edited_manifest_is_one_line_naming_the_field(prepared, tmp_path, field, edit):
+    data = _edit_manifest(prepared, tmp_path, edit)
+    with pytest.raises(DataError, match="manifest.json") as e:  # what train, evaluate, stats and the loader open
+        open_split(data, "train")
+        open_split(data, "val")
+    assert field in _one_line(e)
+    problems = verify(data, quick=True)["problems"]  # verify lists it among its lines
+    assert problems and any(field in p and "manifest.json" in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+
+
+SLOW_PREPARE = """
+import sys, time
+import alexdata.prepare as p
+real = p.resize_to_jpeg
+def slow(*a, **kw):  # a worker busy long enough for the signals to arrive mid-run
+    time.sleep(0.1)
+    return real(*a, **kw)
+p.resize_to_jpeg = slow
+sys.argv = ["alexnet", "prepare", *sys.argv[1:]]
+from cli import main
+main()
+"""
+
+
+def test_sigterm_to_prepare_stops_it_in_one_line_and_a_second_signal_changes_nothing(synth_tree, tmp_path):
+    out = tmp_path / "out"
+    script = tmp_path / "slow_prepare.py"
+    script.write_text(SLOW_PREPARE)
+    args = [synth_tree, out, "--workers", 2, "--shard-size", 4]
+    p = subprocess.Popen(
+        [sys.executable, str(script), *map(str, args)], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while p.poll() is None and time.time() < deadline and not list((out / ".prepare").glob("train-*.json")):
+        time.sleep(0.02)  # a worker has written its first shard: the pool is busy
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    p.send_signal(signal.SIGINT)  # a second one during the pool's shutdown
+    _, err = p.communicate(timeout=60)
+    lines = [ln for ln in err.split("\n") if ln.strip() and "img/s" not in ln]  # the progress bar aside
+    assert p.returncode not in (0, None) and "Traceback" not in err and "Error" not in err, err
+    assert len(lines) == 1 and "prepare: interrupted" in lines[0], err
+    assert not list(out.glob("*.tmp")) or p.returncode  # leftovers are removed by the next run
+
+
+def test_a_signal_while_a_stopped_run_shuts_down_exits_at_once_in_one_line(capfd):
+    from alexmodel.distributed import end_on_signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: a command whose run stopped with its checkpoint written, ending its process
+        try:
+            end_on_signal(75)
+            os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while DALI shuts down
+            time.sleep(30)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    err = capfd.readouterr().err
+    assert os.waitstatus_to_exitcode(status) == 75 and "Traceback" not in err, err
+    assert err.strip().count("\n") == 0 and "SIGINT" in err, err
+
+
+@pytest.mark.parametrize(
+    "text, place, why",
+    [
+        (
+            'Error in CPU operator `nvidia.dali.fn.decoders.image`,\n  File "x.py", line 3\nencountered:\n\n'
+            "Failed to decode sample #0 : /data/my runs/train-000000.tar:512:n01442764_16.jpg\n"
+            "Current pipeline object is no longer valid.",
+            "/data/my runs/train-000000.tar:512:n01442764_16.jpg",
+            "cannot be decoded",
+        ),
+        (
+            "Critical error in pipeline:\nencountered:\n\nFile mapping failed: /raw tree/n01/im 1.JPEG\n",
+            "/raw tree/n01/im 1.JPEG",
+            "cannot be read",
+        ),
+        ("Critical error in pipeline:\nencountered:\n\nnvImageCodec failure: '#4'\nCurrent pipeline", None, "#4"),
+    ],
+    ids=["decode", "mapping", "unnamed"],
+)
+def test_dali_errors_are_read_whole(text, place, why):
+    from alexdata.errors import dali_reason
+
+    got_place, got_why = dali_reason(RuntimeError(text))
+    assert got_place == place and why in got_why and "\n" not in got_why
+
+
+def test_a_sample_that_does_not_decode_is_named_with_its_whole_path(tmp_path):
+    import io
+
+    from PIL import Image
+
+    tree = tmp_path / "raw tree"
+    for c in ("n01", "n02"):
+        (tree / "train" / c).mkdir(parents=True)
+        for i in range(2):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(buf, "JPEG")
+            (tree / "train" / c / f"im {i}.JPEG").write_bytes(buf.getvalue())
+    bad = tree / "train" / "n01" / "im 1.JPEG"
+    bad.write_bytes(bad.read_bytes().replace(b"\xff\xc0", b"\xff\xc7", 1))  # a JPEG process no decoder has
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "eigval": [1, 1, 1], "eigvec": np.eye(3).tolist()}
+    with pytest.raises(DataError) as e:
+        for _ in Loader(tree, mode="center", stats=stats, batch_size=2, threads=1):
+            pass
+    assert f"{bad}: " in _one_line(e) and "prepare" in str(e.value)  # the file whole, not from "1.JPEG" on
+    with pytest.raises(StatsError) as e:
+        compute_stats(tree, threads=1)
+    assert f"{bad}: " in _one_line(e)
+
+
+def test_a_zero_std_is_refused_when_stats_json_is_read(data, tmp_path):
+    rec = json.loads((data / "stats.json").read_text())
+    rec["std"][1] = 0.0
+    rec.pop("mean_image_file", None), rec.pop("mean_image_sha256", None)
+    (tmp_path / "stats.json").write_text(json.dumps(rec))
+    with pytest.raises(StatsError, match=r"std .* 0") as e:  # not a NaN loss blamed on the learning rate later
+        load_stats(tmp_path / "stats.json")
+    assert "stats.json" in _one_line(e)
+
+
+@pytest.mark.parametrize(
+    "garble",
+    [
+        lambda st: {**st, "dali": 5},
+        lambda st: {**st, "dali": st["dali"][:7] + b"\xff" + st["dali"][8:]},
+        lambda st: {k: v for k, v in st.items() if k != "dali"},
+        lambda st: "not a loader state",
+    ],
+    ids=["not-bytes", "garbled-bytes", "no-dali", "not-a-dict"],
+)
+def test_a_garbled_loader_state_is_stale_not_a_data_error(prepared, garble):
+    stats = {"mean": [0, 0, 0], "std": [1, 1, 1], "eigval": [1, 1, 1], "eigvec": np.eye(3).tolist()}
+    loader = Loader(prepared, mode="train", stats=stats, batch_size=4, threads=1)
+    state = loader.state_dict()
+    with pytest.raises(StaleLoaderState) as e:
+        Loader(prepared, mode="train", stats=stats, batch_size=4, threads=1).load_state_dict(garble(state))
+    assert "prepare" not in _one_line(e)
+
+
+def test_a_full_disk_at_the_manifest_write_is_one_line(prepared, synth_tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    (out / "manifest.json").unlink()  # every shard written: the rerun writes the manifest only
+    monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(PrepareError, match="disk full") as e:
+        prepare(synth_tree, out, PREP, workers=1, progress=False, log=lambda *a: None)
+    assert "manifest.json" in _one_line(e) and "Errno" not in str(e.value)
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.tmp"))
+
+
+def test_an_os_error_line_keeps_the_whole_path():
+    from alexdata.errors import os_error_line
+
+    e = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/my runs/metrics.jsonl")
+    line = os_error_line(e)
+    assert "/data/my runs/metrics.jsonl" in line and "disk is full" in line and "Errno" not in line
+
+
+class _Enough(Exception):
+    pass
+
+
+def _stop_at(step):
+    def on_step(epoch, at, images, labels):
+        if at == step:
+            raise _Enough
+
+    return on_step
+
+
+def test_a_mid_epoch_resume_onto_re_prepared_data_is_refused_and_a_boundary_one_noticed(
+    data, run, synth_tree, tmp_path, capsys
+):
+    other = tmp_path / "other"  # the same images, prepared again with another shard size
+    prepare(synth_tree, other, replace(PREP, shard_size=4), workers=2, progress=False, log=lambda *a: None)
+    for f in ("stats.json", "stats.mean_image.npy"):
+        shutil.copy(data / f, other / f)
+    mid = tmp_path / "mid"
+    with pytest.raises(_Enough):  # checkpointed at step 2 of 6, then stopped
+        train(*tiny(data, mid, checkpoint_every=2), on_step=_stop_at(2))
+    with pytest.raises(TrainError, match="mid-epoch") as e:
+        train(*tiny(other, mid), resume=True)
+    assert str(other) in _one_line(e)
+    capsys.readouterr()
+    h = train(*tiny(other, run, epochs=2), resume=True)["history"]  # `run` stopped at an epoch's end
+    assert [m["epoch"] for m in h] == [1, 2]
+    notice = [ln for ln in capsys.readouterr().err.splitlines() if "train data" in ln]
+    assert len(notice) == 1 and "epoch boundary" in notice[0], notice
+
+
+def test_parts_write_shared_files_under_their_own_temporary_names(prepared, synth_tree, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(prepared, out)
+    (out / "manifest.json").unlink()
+    (out / ".prepare" / "params.json").unlink()
+    renamed, real = [], os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (renamed.append((os.path.basename(a), os.path.basename(b))), real(a, b))[1]
+    )
+    prepare(synth_tree, out, PREP, workers=1, part="1/2", progress=False, log=lambda *a: None)
+    assert {b for _, b in renamed} == {"params.json", "manifest.json"}
+    assert all(a == f"{b}.part-1-of-2.tmp" for a, b in renamed), renamed

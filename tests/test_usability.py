@@ -165,7 +165,7 @@ def test_training_options_resume_edges_and_notices(data, tmp_path):
         "--label-smoothing",
         0.05,
     )
-    assert "--warmup-epochs 5 capped to 0.5, half of the 1 epochs" in r.stderr
+    assert "--warmup-epochs 5 capped to 0.5, half of the 1 epoch" in r.stderr
     optim = json.loads((out / "config.json").read_text())["config"]["optim"]
     assert (optim["momentum"], optim["weight_decay"], optim["label_smoothing"], optim["warmup_epochs"]) == (
         0.8,
@@ -328,11 +328,11 @@ def test_a_resume_may_change_the_speed_options(run, data):
         "--hw-decoder-load",
         0.9,
         "--channels-last",
-        "--tf32",
+        "--no-tf32",
         "--fused-sgd",
     )
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     cfg = saved["config"]
     assert (cfg["data"]["prefetch"], cfg["data"]["hw_decoder_load"]) == (3, 0.9)
-    assert cfg["run"]["channels_last"] and cfg["run"]["tf32"] and cfg["run"]["fused_sgd"]
+    assert cfg["run"]["channels_last"] and not cfg["run"]["tf32"] and cfg["run"]["fused_sgd"]
     assert all(g["fused"] for g in saved["optimizer"]["param_groups"])  # not the plain SGD the run started with

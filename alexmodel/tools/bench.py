@@ -48,10 +48,23 @@ class Take:
         self.loader, self.steps, self.full_only = loader, steps, full_only
 
     def __iter__(self):
-        batches = itertools.chain.from_iterable(itertools.repeat(self.loader))
-        if self.full_only:
-            batches = (b for b in batches if len(b[1]) == self.loader.batch_size)
+        batches = (
+            self._full_batches() if self.full_only else itertools.chain.from_iterable(itertools.repeat(self.loader))
+        )
         return itertools.islice(batches, self.steps)
+
+    def _full_batches(self):
+        while True:  # an epoch without one full batch would make this loop forever (a split smaller than a batch)
+            full = 0
+            for b in self.loader:
+                if len(b[1]) == self.loader.batch_size:
+                    full += 1
+                    yield b
+            if not full:
+                raise ConfigError(
+                    f"an epoch of this loader holds no full batch of {self.loader.batch_size}: "
+                    "the split has fewer images (per rank) than one batch"
+                )
 
 
 def run_steps(
@@ -125,6 +138,36 @@ class TrainBench:
         net = AlexNet(self.classes, width=self.width, devices=devices)
         net = net if devices else net.to(self.dev)
         return net.to(memory_format=torch.channels_last) if channels_last else net
+
+    def profile(self, model, precision: str, channels_last: bool, steps: int = 5, top: int = 10) -> dict:
+        """Where a synthetic step's time goes: the `top` operators by their own time on the device (the GPU's
+        kernels, or the CPU's), each {"name", "ms_per_step", "share"}, and the step's total. Names the limit
+        when the model, not the data, sets the speed."""
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        batches = list(Synthetic(self.batch_size, self.classes, self.dev, self.warmup + steps))
+        train_one_epoch(model, opt, batches[: self.warmup], precision=precision, channels_last=channels_last)
+        self.sync()
+        gpu = self.dev.type == "cuda"
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with torch_profile(activities=acts) as prof:
+            train_one_epoch(model, opt, batches[self.warmup :], precision=precision, channels_last=channels_last)
+            self.sync()
+        attr = "self_device_time_total" if gpu else "self_cpu_time_total"
+        ops = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+        total = sum(getattr(e, attr) for e in ops)  # microseconds, over `steps` steps
+        ops.sort(key=lambda e: getattr(e, attr), reverse=True)
+        return {
+            "on": "gpu kernels" if gpu else "cpu operators",
+            "ms_per_step": total / 1e3 / steps,
+            "heaviest": f"{ops[0].key[:60]} {getattr(ops[0], attr) / total:.0%}" if ops else None,
+            "top": [
+                {"name": e.key[:120], "ms_per_step": getattr(e, attr) / 1e3 / steps, "share": getattr(e, attr) / total}
+                for e in ops[:top]
+            ],
+        }
 
     def synthetic(self, model, precision: str, channels_last: bool, *, fused_sgd: bool = False) -> float:
         """Images/s of the trainer's step on Synthetic batches."""
