@@ -560,7 +560,7 @@ class _ResumeValue(click.ParamType):
     default=True,
     show_default=True,
     help="Evaluate on DATA's val split after every epoch. --no-val: data without one, train metrics only "
-    "(with --recipe modern: the paper's lr cuts watch the val error).",
+    "(needs --recipe modern: the paper recipe's lr cuts watch the val error).",
 )
 @click.pass_context
 def train(ctx, data, out, resume, **options):

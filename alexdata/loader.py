@@ -143,8 +143,8 @@ class Loader:
             raise ConfigError(f"echo must be an int >= 1 (augmented copies of each decoded image), got {echo!r}")
         if echo > 1 and mode != "train":
             raise ConfigError(f"echo {echo}: data echoing is for training (mode 'train'), not mode {mode!r}")
-        if not gpu_cache_gb >= 0:
-            raise ConfigError(f"gpu_cache_gb must be >= 0 (GiB of GPU memory), got {gpu_cache_gb!r}")
+        if not (gpu_cache_gb >= 0 and (gpu_cache_gb == 0 or round(gpu_cache_gb * 1024) >= 1)):
+            raise ConfigError(f"gpu_cache_gb must be 0 or at least 1 MiB of GPU memory (in GiB), got {gpu_cache_gb!r}")
         if gpu_cache_gb and device != "gpu":
             raise ConfigError(
                 f"gpu_cache_gb {gpu_cache_gb:g}: the decoded-image cache is GPU-only (DALI's mixed decoder); "

@@ -16,7 +16,9 @@ loop.py         train_one_epoch, evaluate: the step loop and evaluation; schedul
 distributed.py  ranks under torchrun, and the stop on a signal that every rank agrees on
 checkpoint.py   the checkpoint file and its names in a run directory, written and read here only
 runlog.py       config.json, metrics.jsonl, steps.jsonl, plot.png
-train.py        train(): one run, built from the configs, epoch by epoch
+loaders.py      the run's splits checked and its train/val Loaders made; build.py the net and its optimizer
+resume.py       a resume: which checkpoint, whether it fits these options and data, its states restored
+train.py        train(): one run, built from the configs, epoch by epoch; progress.py its bar and lines
 evaluate.py     `alexnet evaluate`; predict.py `alexnet predict`; preprocess.py the same preprocessing in torch
 tools/          `alexnet check`, `alexnet bench train`, `alexnet demo`
 """

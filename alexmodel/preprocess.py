@@ -48,13 +48,14 @@ class Preprocess:
     def of(cls, stats: PipelineStats, aug: AugmentConfig) -> Preprocess:
         """The preprocessing of a run that trained with `aug` on `stats`."""
         pixel = aug.mean == "pixel"
+        raw = aug.dtype == "uint8"  # the pipelines hand out the pixels as they are: no mean, no std
         return cls(
-            mean_255=(0.0, 0.0, 0.0) if pixel else tuple(stats.mean_255),
+            mean_255=(0.0, 0.0, 0.0) if pixel or raw else tuple(stats.mean_255),
             std_255=tuple(stats.std_255) if aug.divide_std else (1.0, 1.0, 1.0),
             crop=aug.crop,
             shorter_side=getattr(aug, "eval_side", aug.shorter_side),  # the pipeline's evaluation side
             central_square=aug.central_square,
-            mean_image_255=stats.mean_image_255 if pixel else None,
+            mean_image_255=stats.mean_image_255 if pixel and not raw else None,
         )
 
     def __call__(self, images) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The modern recipe's learning-rate schedule, step by step: a linear warmup, then cosine decay (the paper's
-recipe cuts the lr on a plateau of the val error instead: torch's ReduceLROnPlateau, in train.py)."""
+recipe cuts the lr on a plateau of the val error instead: torch's ReduceLROnPlateau, made in build.py)."""
 
 from __future__ import annotations
 

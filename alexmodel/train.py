@@ -4,30 +4,30 @@ epoch by epoch, checkpoints, and records the run in its directory.
     alexnet train DATA --out runs/paper                                   # the paper's recipe, one GPU
     python -m torch.distributed.run --nproc_per_node 8 cli.py train DATA --out runs/ddp   # data parallel
 
-Where the parts live: the configs, recipes and option rules in alexmodel/config.py; the step loop and evaluation
-in loop.py; ranks and the stop on a signal in distributed.py; the checkpoint file and its names in
-checkpoint.py; config.json, metrics.jsonl, steps.jsonl and plot.png in runlog.py; `alexnet evaluate` in
-evaluate.py. The names users import from here (`from alexmodel.train import train, RunConfig, ...`) stay.
+Where the parts live: the configs, recipes and option rules in alexmodel/config.py; the splits' checks and
+the loaders in loaders.py; the network, SGD, schedule and scaler in build.py; the step loop and evaluation in
+loop.py; ranks and the stop on a signal in distributed.py; the checkpoint file and its names in checkpoint.py;
+what a resume restores and refuses in resume.py; config.json, metrics.jsonl, steps.jsonl and plot.png in
+runlog.py; the bar and lines printed in progress.py; `alexnet evaluate` in evaluate.py. The names users import
+from here (`from alexmodel.train import train, RunConfig, ...`) stay.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
-from alexdata.dataset import check_images, fingerprint, has_split, open_split
+from alexdata.dataset import fingerprint
 from alexdata.errors import TrainError, plural
 from alexdata.files import lock_dir
 from alexdata.shards import class_names
 from alexmodel import checkpoint, distributed, runlog
+from alexmodel.build import build_net, build_optimizer
 from alexmodel.checkpoint import model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import (
     COMPAT_KEYS,
@@ -42,15 +42,17 @@ from alexmodel.config import (
     recipe,
     refuse_on_cpu,
     resolve_device,
-    small_data_batch,
     start_rules,
 )
 from alexmodel.distributed import STOPPED_EXIT, Dist, Signals, TrainStopped
 from alexmodel.evaluate import evaluate_checkpoint
+from alexmodel.loaders import data_inputs, make_loaders, open_splits
 from alexmodel.loop import EpochMeter, NonFiniteLoss, StopRequested, evaluate, evaluate_views, train_one_epoch
-from alexmodel.model import AlexNet, ModelConfig
+from alexmodel.model import ModelConfig
+from alexmodel.progress import epoch_bar, print_epoch, window_line
+from alexmodel.resume import check_compatible, load_state, refuse_fewer_epochs, restore_loader, run_stats, saved_run
 from alexmodel.schedule import cosine_lr
-from pipelines.config import AugmentConfig, PipelineStats
+from pipelines.config import AugmentConfig
 
 load_checkpoint = checkpoint.load_run  # the name before issue 18
 
@@ -89,14 +91,7 @@ def train(
     # One writer per run directory (rank 0 writes it), held until train returns; the kernel frees it on a kill
     lock = lock_dir(run.out, what="train", error=TrainError) if d.rank == 0 else None
     try:
-        if resume == "auto":
-            resume = checkpoint.holds_run(run.out)
-        if not resume and checkpoint.holds_run(run.out):
-            raise TrainError(
-                f"{run.out} already holds a run ({checkpoint.CHECKPOINT}); pass --resume to continue "
-                f"it, or choose another --out"
-            )
-        saved = checkpoint.load_latest(Path(run.out), d.rank) if resume else None
+        saved = saved_run(run.out, resume, d.rank)
         optim = start_rules(optim, None if saved is None else saved["config"]["optim"], say=d.rank == 0)
         with Signals() as signals:
             return _Run(data, model, optim, run, d, signals, on_step, saved).fit()
@@ -113,20 +108,6 @@ def train_from_options(
     batch_size, width, precision, ...); those not given are the run's own on a resume, the recipe's otherwise
     (config.configs_from_options). Returns what train() returns."""
     return train(*configs_from_options(data, out, resume=resume, **options), resume=resume, on_step=on_step)
-
-
-def _data_inputs(data: str) -> str | None:
-    """The prepare inputs' fingerprint (.prepare/params.json), recorded with the run: which raw data it came from."""
-    p = Path(data) / ".prepare" / "params.json"
-    try:
-        return json.loads(p.read_text()).get("inputs")
-    except (OSError, ValueError):
-        return None
-
-
-def _same_image(a: PipelineStats, b: PipelineStats) -> bool:
-    x, y = a.mean_image_255, b.mean_image_255
-    return (x is None) == (y is None) and (x is None or np.array_equal(x, y))
 
 
 def _all_finite(model) -> bool:
@@ -147,45 +128,14 @@ class _Run:
         on_step: Callable | None,
         saved: dict | None,
     ):
-        from alexdata.loader import Loader, resolve_stats
-
-        if optim.batch_size % d.world:
-            raise TrainError(
-                f"--batch-size {optim.batch_size} does not split over {d.world} ranks; use a multiple of {d.world}"
-            )
+        splits = open_splits(data, optim, validate=run.validate, world=d.world)
         self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
         self.per_rank = optim.batch_size // d.world
-        splits = {"train": open_split(data.data, "train")}
-        if run.validate:  # val now: the schedule needs its error
-            if not has_split(data.data, "val"):
-                raise TrainError(
-                    f"{data.data} has no val split: give data with one, or train without validation with --no-val "
-                    f"(train metrics only; with --recipe modern, whose cosine schedule needs no val error)"
-                )
-            splits["val"] = open_split(data.data, "val")
-        elif optim.schedule == "plateau":
-            raise TrainError(
-                "--no-val: the plateau schedule (--recipe paper) cuts the lr when the val error stops improving; "
-                "use --recipe modern (a cosine schedule), or data with a val split"
-            )
-        for split in splits.values():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
-            check_images(data.data, split, data.threads)
         self.classes = splits["train"].classes
         images = splits["train"].images
-        if optim.batch_size > images:
-            raise TrainError(
-                f"--batch-size {optim.batch_size} is more than the {images} images of {data.data}'s train split; "
-                f"on data this small try --batch-size {small_data_batch(images)} (README: Small data)"
-            )
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
         self.saved = saved
-        if saved is not None and data.stats is None:  # a resume keeps the statistics it trained with
-            stats = stats_from_checkpoint(saved)
-        else:
-            stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
-            old = None if saved is None else stats_from_checkpoint(saved)
-            if old is not None and d.rank == 0 and (stats != old or not _same_image(stats, old)):
-                print(f"train: using --stats {data.stats}, not the statistics the run trained with", file=sys.stderr)
+        stats = run_stats(data, saved, d.rank)  # a resume keeps the statistics it trained with
         # The mean image goes into the checkpoint beside the config (a tensor), not into config.json (768 KB)
         self.mean_image = None if stats.mean_image_255 is None else torch.from_numpy(stats.mean_image_255)
         self.config = {
@@ -197,73 +147,17 @@ class _Run:
             "stats_255": stats.per_channel(),
             "classes": list(self.classes),
             "class_names": class_names(data.data),  # human-readable, as prepare found them; None when it did not
-            "data_inputs": _data_inputs(data.data),
+            "data_inputs": data_inputs(data.data),
             "data_fingerprint": fingerprint(data.data, splits["train"]),  # the files a loader position fits
         }
         self.run_dir = Path(run.out)
         self.ckpt_path = self.run_dir / checkpoint.CHECKPOINT
 
-        # Same init on every rank (DDP also broadcasts rank 0's weights), then a different dropout stream per rank.
-        torch.manual_seed(run.seed)
-        np.random.seed(run.seed)
-        random.seed(run.seed)
-        devices = distributed.tower_devices(run.device, run.placement, d.local_rank)
-        net = AlexNet(
-            self.model_cfg.num_classes,
-            width=self.model_cfg.width,
-            init=self.model_cfg.init,
-            devices=devices if len(devices) == 2 else None,
+        self.net, devices = build_net(self.model_cfg, run, d)
+        self.optimizer, self.plateau, self.scaler = build_optimizer(self.net, optim, run)
+        self.train_loader, self.val_loader = make_loaders(
+            data, run, splits, stats=stats, batch_size=self.per_rank, device_id=devices[0].index or 0, d=d
         )
-        if len(devices) == 1:
-            net = net.to(devices[0])
-        self.net = net.to(memory_format=torch.channels_last) if run.channels_last else net
-        torch.manual_seed(run.seed + 1 + d.rank)
-        if run.device == "gpu":
-            torch.backends.cudnn.benchmark = True  # fixed 227x227 inputs: pick the fastest conv algorithms once
-            torch.backends.cuda.matmul.allow_tf32 = run.tf32  # process-wide, as cudnn.benchmark
-        self.optimizer = torch.optim.SGD(
-            self.net.parameters(),
-            lr=optim.lr,
-            momentum=optim.momentum,
-            weight_decay=optim.weight_decay,
-            # fp16 on the GPU: fused, so GradScaler skips an overflowing step on the device; with the default
-            # (foreach) SGD it reads the inf check on the host every step
-            fused=run.fused_sgd or (run.precision == "fp16" and run.device == "gpu") or None,
-        )
-        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=optim.plateau_factor, patience=optim.plateau_patience
-        )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=run.precision == "fp16")
-        kw = dict(
-            stats=stats,
-            aug=data.aug,
-            batch_size=self.per_rank,
-            device=run.device,
-            device_id=devices[0].index or 0,
-            threads=data.threads,
-            seed=run.seed + d.rank,
-            shuffle_seed=run.seed,
-            shard_id=d.rank,
-            num_shards=d.world,
-            prefetch=data.prefetch,
-            hw_decoder_load=data.hw_decoder_load,
-            layout="NHWC" if run.channels_last else "NCHW",
-        )  # channels_last batches: the step copies none
-        # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
-        # empty one, would recompile it)
-        self.train_loader = Loader(
-            data.data,
-            split="train",
-            mode="train",
-            opened=splits["train"],
-            drop_last=run.compile,
-            echo=data.echo,
-            gpu_cache_gb=data.gpu_cache_gb,
-            **kw,
-        )
-        self.val_loader = None
-        if run.validate:
-            self.val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
         self.steps_per_epoch = len(self.train_loader)
         if saved is None and d.rank == 0 and (line := few_steps_notice(optim, images, self.steps_per_epoch)):
             print(line, file=sys.stderr)
@@ -286,70 +180,17 @@ class _Run:
 
     def _restore(self, saved: dict) -> tuple[int, EpochMeter | None]:
         """Loads a checkpoint; returns (epoch to start at, the meter of an epoch in progress)."""
-        # AugmentConfig fields added since the checkpoint was written take their defaults (mean: "channel")
-        then = {
-            **saved["config"],
-            "data": {
-                "echo": 1,  # saved before data echoing existed
-                **saved["config"]["data"],
-                "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"])),
-            },
-        }
-        why = checkpoint.incompatibility(then, self.config, COMPAT_KEYS)
-        if why:
-            raise TrainError(
-                f"cannot resume {self.ckpt_path}: {why}; resume with the run's options "
-                f"(see {self.run_dir / runlog.CONFIG}) or train into a new --out"
-            )
-        files_then = saved["config"].get("data_fingerprint")  # absent in checkpoints written before it
-        files_changed = files_then not in (None, self.config["data_fingerprint"])
-        if files_changed and saved["meter"]:  # a loader position inside an epoch fits only the files it was on
-            raise TrainError(
-                f"cannot resume {self.ckpt_path} mid-epoch on {self.data.data}: its train files are not the ones the "
-                f"run was reading (prepared again with another --shard-size or --seed?), so the saved position would "
-                f"point at other samples; resume on the data the run was trained on"
-            )
-        self.net.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        for group in self.optimizer.param_groups:  # the saved groups carry the run's old fused flag: speed only
-            group["fused"] = self.optimizer.defaults["fused"]
-        if self.optim.lr != saved["config"]["optim"]["lr"]:  # a new initial lr: keep the plateau cuts made so far
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.optim.lr / saved["config"]["optim"]["lr"]
-        self.plateau.load_state_dict(saved["plateau"])
-        if saved["scaler"]:  # a run without fp16 saved a disabled scaler's empty state
-            self.scaler.load_state_dict(saved["scaler"])
+        files_changed = check_compatible(
+            saved, self.config, ckpt_path=self.ckpt_path, run_dir=self.run_dir, data=self.data.data
+        )
+        load_state(
+            saved, net=self.net, optimizer=self.optimizer, plateau=self.plateau, scaler=self.scaler, lr=self.optim.lr
+        )
         self.history = saved["history"]
         self.last_saved = (saved["epoch"], saved["step"])
         epoch, meter = saved["epoch"], EpochMeter(**saved["meter"]) if saved["meter"] else None
-        from alexdata.loader import StaleLoaderState
-
-        saved_world = len(saved["ranks"])
-        why = f"a run checkpointed on {saved_world}"
-        if files_changed:
-            why = "a run whose train data changed since its checkpoint (prepared again?)"
-        if saved_world == self.d.world and not files_changed:
-            try:
-                self.train_loader.load_state_dict(saved["ranks"][self.d.rank]["loader"])
-                checkpoint.set_rng_state(saved["ranks"][self.d.rank]["rng"])  # last: building the model drew from them
-                return epoch, meter
-            except StaleLoaderState as e:  # the same on every rank: the same code reads the same checkpoint
-                why = f"a run whose loader position does not load here ({e})"
-        # Another number of ranks (or a loader position from another version): each rank's shard of the epoch is
-        # another set of samples, so the positions do not carry over; the run goes on from the next epoch
-        # boundary with fresh loaders.
-        if self.d.rank == 0:
-            skipped = (
-                f"; the rest of epoch {epoch + 1} is skipped ({self.train_loader.split.images - meter.images}"
-                f" of {self.train_loader.split.images} samples) and the epoch evaluated as it stands"
-                if meter
-                else ""
-            )
-            print(
-                f"train: resuming on {self.d.world} rank(s) {why}, from the next epoch boundary{skipped}",
-                file=sys.stderr,
-            )
-        self.finish_partial = meter is not None
+        if not restore_loader(saved, self.train_loader, self.d, files_changed=files_changed, meter=meter):
+            self.finish_partial = meter is not None  # the epoch in progress ends where it stands
         return epoch, meter
 
     def save(self, epoch: int, meter: EpochMeter | None, step: int) -> None:
@@ -394,11 +235,7 @@ class _Run:
                 for k in ("loss", "top1", "lr", "images_per_s", "data_wait_frac"):
                     self.writer.add_scalar(f"train/{k}", w[k], step)
             if self.run.progress and not self.interactive:
-                print(
-                    f"epoch {rec['epoch']:.2f}  step {step}  loss {w['loss']:.3f}  top-1 {100 * w['top1']:.1f}%  "
-                    f"lr {w['lr']:.3g}  {w['images_per_s']:.0f} img/s  data wait {100 * w['data_wait_frac']:.0f}%",
-                    flush=True,
-                )
+                print(window_line(rec, w), flush=True)
 
         return log
 
@@ -423,17 +260,11 @@ class _Run:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict:
-        from tqdm import tqdm
-
         saved = self.saved
         start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
         if saved is not None:
+            refuse_fewer_epochs(saved, self.optim.epochs)
             done = saved["epoch"]
-            if self.optim.epochs < done or (self.optim.epochs == done and saved["meter"]):
-                raise TrainError(
-                    f"--epochs {self.optim.epochs}: the run has done {done} epoch(s) "
-                    f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs"
-                )
             if self.optim.epochs == done and start_epoch >= self.optim.epochs:
                 if self.d.rank == 0:  # a kill after the last checkpoint may have cut the record: write it again
                     runlog.restore_record(self.run_dir, self.history)
@@ -473,19 +304,13 @@ class _Run:
                 self._end_epoch(epoch, meter)
                 start_epoch, meter = epoch + 1, None
             for epoch in range(start_epoch, self.optim.epochs):
-                desc = f"epoch {epoch + 1}/{self.optim.epochs}" + (
-                    f" (val top-1 {100 * self.history[-1]['val_top1']:.1f}%)"
-                    if self.history and self.history[-1]["val_top1"] is not None
-                    else ""
-                )
                 bar = (
-                    tqdm(
+                    epoch_bar(
+                        epoch,
+                        self.optim.epochs,
+                        self.history,
                         total=self.steps_per_epoch,
                         initial=meter.steps if meter else 0,
-                        unit="step",
-                        leave=False,
-                        desc=desc,
-                        dynamic_ncols=True,
                     )
                     if show
                     else None
@@ -588,7 +413,7 @@ class _Run:
                 for k in ("val_loss", "val_top1", "val_top5", "train_loss", "train_top1"):
                     if m[k] is not None:
                         self.writer.add_scalar(f"epoch/{k}", m[k], m["step"])
-            _print_epoch(m, self.optim.epochs)
+            print_epoch(m, self.optim.epochs)
 
     def _stopped_line(self, epoch: int, step: int) -> str:
         distributed.barrier(self.d)  # every rank is past the checkpoint before any exits (torchrun ends the rest)
@@ -599,21 +424,6 @@ class _Run:
         )
         by = self.signals.received or "a signal to another rank"
         return f"stopped by {by} at step {step} ({where}); checkpoint {self.ckpt_path}"
-
-
-def _print_epoch(m: dict, epochs: int) -> None:
-    from tqdm import tqdm
-
-    val = (
-        f"val top-1 {100 * m['val_top1']:5.1f}%  top-5 {100 * m['val_top5']:5.1f}%"
-        if m["val_top1"] is not None
-        else "no val split"
-    )
-    tqdm.write(
-        f"epoch {m['epoch']:>3}/{epochs}  loss {m['train_loss']:.3f}  train {100 * m['train_top1']:5.1f}%  "
-        f"{val}  lr {m['lr']:.3g}  "
-        f"{m['images_per_s']:.0f} img/s  data wait {100 * m['data_wait_frac']:.0f}%"
-    )
 
 
 __all__ = [

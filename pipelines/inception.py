@@ -7,7 +7,8 @@ One definition for the GPU and the CPU. The ops, in the order an image meets the
   2. window   torchvision's RandomResizedCrop.get_params, drawn in the graph from the header's (H, W): up to 10
               draws of (area share ~ U(scale), width / height ~ log-U(ratio)), the first window that fits; when
               none does, the whole image cut to the nearest ratio in range, centred
-  3. decode   only that window (ROI decode, `fn.decoders.image_slice`; nvJPEG + hardware decoder on the GPU)
+  3. decode   only that window (ROI decode, `fn.decoders.image_slice`; whether the GPU's hardware
+              decoder takes window decodes is not measured yet)
   4. resize   window -> crop x crop, bilinear with antialiasing (torchvision's default)
   5. flip     horizontal, probability aug.flip_prob
   6+7. lighting + mean (and std)   one fused op, as in pipelines/train.py; none with dtype "uint8"

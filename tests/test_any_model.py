@@ -374,3 +374,15 @@ def test_a_small_model_learns_through_the_loader(tmp_path):
             losses.append(loss.item())
     assert len(losses) == 3 * 4
     assert abs(losses[0] - math.log(2)) < 0.3 and np.mean(losses[-4:]) < 0.25, losses
+
+
+def test_preprocessing_of_a_uint8_run_hands_out_the_pixels_as_they_are():
+    # The pipelines subtract no mean for dtype uint8 (the model normalises on the GPU): model.preprocess must
+    # not either.
+    from alexmodel.preprocess import Preprocess
+    from pipelines.config import AugmentConfig, PipelineStats
+
+    stats = PipelineStats(mean_255=(120.0, 110.0, 100.0), std_255=(60.0, 60.0, 60.0))
+    raw = Preprocess.of(stats, AugmentConfig(dtype="uint8", pca_std=0.0))
+    assert raw.mean_255 == (0.0, 0.0, 0.0) and raw.std_255 == (1.0, 1.0, 1.0)
+    assert Preprocess.of(stats, AugmentConfig(pca_std=0.0)).mean_255 == (120.0, 110.0, 100.0)  # float32: minus it

@@ -113,6 +113,8 @@ def test_echo_and_the_cache_are_refused_where_they_do_not_apply(ramps20):
     with pytest.raises(ConfigError, match="gpu_cache_gb 2: the decoded-image cache is GPU-only") as e:
         Loader(ramps20, stats=STATS, gpu_cache_gb=2)
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="at least 1 MiB"):  # would round to no cache at all, silently
+        Loader(ramps20, stats=STATS, gpu_cache_gb=0.0001)
     old = Loader(ramps20, stats=STATS, batch_size=8).state_dict()
     with pytest.raises(ConfigError, match="loader state is for echo=1, this loader has 2"):
         Loader(ramps20, stats=STATS, batch_size=8, echo=2).load_state_dict(old)

@@ -156,7 +156,13 @@ class TrainBench:
             train_one_epoch(model, opt, batches[self.warmup :], precision=precision, channels_last=channels_last)
             self.sync()
         attr = "self_device_time_total" if gpu else "self_cpu_time_total"
-        ops = [e for e in prof.key_averages() if getattr(e, attr, 0) > 0]
+        # On the GPU only the kernels' own rows: torch also copies a kernel's time onto the CPU event that
+        # launched it (cudaLaunchKernel), which would count it twice (torch's own table filters the same way).
+        ops = [
+            e
+            for e in prof.key_averages()
+            if getattr(e, attr, 0) > 0 and (not gpu or e.device_type == torch.autograd.DeviceType.CUDA)
+        ]
         total = sum(getattr(e, attr) for e in ops)  # microseconds, over `steps` steps
         ops.sort(key=lambda e: getattr(e, attr), reverse=True)
         return {

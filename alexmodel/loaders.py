@@ -1,0 +1,95 @@
+"""The data a run reads: its splits, checked against the options before anything is built (the batch over the
+ranks, a val split where validation needs one, a raw tree's unreadable files, a batch larger than the train
+split); the train and val loaders over them; and which raw data a prepared directory came from, for the record.
+
+A refusal here is one line at the start; the same problem found by DALI would stop the run mid-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alexdata.dataset import check_images, has_split, open_split
+from alexdata.errors import TrainError
+from alexmodel.config import DataConfig, OptimConfig, RunConfig, small_data_batch
+from alexmodel.distributed import Dist
+from pipelines.config import PipelineStats
+
+
+def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, world: int) -> dict:
+    """{"train": Split, "val": Split (when `validate`)} of `data.data`, or a TrainError naming what does not fit."""
+    if optim.batch_size % world:
+        raise TrainError(
+            f"--batch-size {optim.batch_size} does not split over {world} ranks; use a multiple of {world}"
+        )
+    splits = {"train": open_split(data.data, "train")}
+    if validate:  # val now: the schedule needs its error
+        if not has_split(data.data, "val"):
+            raise TrainError(
+                f"{data.data} has no val split: give data with one, or train without validation with --no-val "
+                f"(train metrics only; with --recipe modern, whose cosine schedule needs no val error)"
+            )
+        splits["val"] = open_split(data.data, "val")
+    elif optim.schedule == "plateau":
+        raise TrainError(
+            "--no-val: the plateau schedule (--recipe paper) cuts the lr when the val error stops improving; "
+            "use --recipe modern (a cosine schedule), or data with a val split"
+        )
+    for split in splits.values():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
+        check_images(data.data, split, data.threads)
+    images = splits["train"].images
+    if optim.batch_size > images:
+        raise TrainError(
+            f"--batch-size {optim.batch_size} is more than the {images} images of {data.data}'s train split; "
+            f"on data this small try --batch-size {small_data_batch(images)} (README: Small data)"
+        )
+    return splits
+
+
+def make_loaders(
+    data: DataConfig, run: RunConfig, splits: dict, *, stats: PipelineStats, batch_size: int, device_id: int, d: Dist
+) -> tuple:
+    """(train loader, val loader or None) of this rank over `splits` (open_splits); batch_size: this rank's."""
+    from alexdata.loader import Loader
+
+    kw = dict(
+        stats=stats,
+        aug=data.aug,
+        batch_size=batch_size,
+        device=run.device,
+        device_id=device_id,
+        threads=data.threads,
+        seed=run.seed + d.rank,
+        shuffle_seed=run.seed,
+        shard_id=d.rank,
+        num_shards=d.world,
+        prefetch=data.prefetch,
+        hw_decoder_load=data.hw_decoder_load,
+        layout="NHWC" if run.channels_last else "NCHW",
+    )  # channels_last batches: the step copies none
+    # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
+    # empty one, would recompile it)
+    train_loader = Loader(
+        data.data,
+        split="train",
+        mode="train",
+        opened=splits["train"],
+        drop_last=run.compile,
+        echo=data.echo,
+        gpu_cache_gb=data.gpu_cache_gb,
+        **kw,
+    )
+    val_loader = None
+    if run.validate:
+        val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
+    return train_loader, val_loader
+
+
+def data_inputs(data: str) -> str | None:
+    """The prepare inputs' fingerprint (.prepare/params.json), recorded with the run: which raw data it came from."""
+    p = Path(data) / ".prepare" / "params.json"
+    try:
+        return json.loads(p.read_text()).get("inputs")
+    except (OSError, ValueError):
+        return None
