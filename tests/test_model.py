@@ -366,3 +366,22 @@ def test_lrn_on_towers_narrower_than_its_window():
     """A 1/16-width model has 3 maps per tower in layer 1, fewer than the window of 5."""
     a = 30 * np.random.default_rng(3).standard_normal((2, 6, 3, 4))
     np.testing.assert_allclose(within_towers(lrn(), torch.from_numpy(a)).numpy(), lrn_reference(a), rtol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [6, 2 * 7, 96])
+def test_the_shifted_window_sum_is_the_same_lrn(channels):
+    """LRN.window_sum "shifted" (the sum of shifted slices) against the paper's formula, and its gradient
+    against the avg_pool3d one's, within each tower and on towers narrower than the window."""
+    a = 30 * np.random.default_rng(4).standard_normal((2, channels, 3, 4))
+    fast = lrn()
+    fast.window_sum = "shifted"
+    x = torch.from_numpy(a).requires_grad_()
+    got = within_towers(fast, x)
+    np.testing.assert_allclose(got.detach().numpy(), lrn_reference(a), rtol=1e-12)
+    (g_fast,) = torch.autograd.grad(got.square().sum(), x)
+    x2 = torch.from_numpy(a).requires_grad_()
+    (g_pool,) = torch.autograd.grad(within_towers(lrn(), x2).square().sum(), x2)
+    torch.testing.assert_close(g_fast, g_pool, rtol=1e-10, atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = fast(torch.from_numpy(a).bfloat16())
+    assert half.dtype == torch.bfloat16

@@ -163,6 +163,7 @@ HEADLINES = {
         ("data_wait_frac", "data wait", "{:.1%}"),
         ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
         ("profile.heaviest", "heaviest op", "{}"),
+        ("lrn.shifted_vs_pool", "shifted LRN vs pool", "{:.2f}"),
         ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}"),
         ("tf32.tf32_vs_plain", "tf32 vs plain", "{:.2f}"),
         ("fused_sgd.fused_vs_plain", "fused SGD vs plain", "{:.2f}"),

@@ -400,6 +400,15 @@ def stage_train(ctx: Context, fig: dict) -> None:
     # Where the step's time goes (H200, 2026-11-30: bf16 synthetic 10.7k img/s, under the 15k end-to-end goal
     # with no data at all): the top kernels name the layer to work on.
     fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
+    ctx.check_time()
+    # The LRN's window sum as shifted slices beside avg_pool3d (LRN.window_sum): the profile's lead on 2 CPU
+    # cores, where avg_pool3d and its backward took a third of a tiny model's step.
+    fig["lrn"] = {
+        "pool_img_s": syn[best_name],
+        "shifted_img_s": tb.synthetic(tb.model(cl, lrn="shifted"), precision, cl),
+    }
+    fig["lrn"]["shifted_vs_pool"] = fig["lrn"]["shifted_img_s"] / syn[best_name]
+    fig["lrn"]["wins"] = "shifted" if fig["lrn"]["shifted_vs_pool"] > 1 else "pool"
     # The trainer's speed-only options, each beside the plain setting measured above: "wins" says which default
     # the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd).
     if ctx.device == "gpu":
