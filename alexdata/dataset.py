@@ -114,18 +114,32 @@ def image_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_images(data: str | os.PathLike, split: Split, threads: int | None = None) -> None:
-    """DataError with one line when files of a raw-tree `split` are not whole images (`image_problem`), before any
-    of them reaches DALI, which would stop at the first mid-epoch; a prepare output's images were checked by
-    `prepare`. Reads a few bytes per file, on `threads` threads (default: all cores): I/O, not decoding."""
+def image_problems(
+    split: Split, threads: int | None = None, rank: int = 0, world: int = 1
+) -> list[tuple[int, str, str]]:
+    """(index, path, why) of the files of a raw-tree `split` that are not whole images (`image_problem`), of the
+    share of rank `rank` of `world` (every world-th file from `rank`): ranks check their shares and gather the
+    verdicts, instead of each reading every file. Reads a few bytes per file, on `threads` threads (default: all
+    cores): I/O, not decoding. A prepare output's images were checked by `prepare`: none."""
     if split.prepared:
-        return
+        return []
     from concurrent.futures import ThreadPoolExecutor
 
+    files = split.files[rank::world]
     with ThreadPoolExecutor(threads or cores()) as pool:
-        bad = [(p, why) for p, why in zip(split.files, pool.map(image_problem, split.files)) if why]
+        whys = pool.map(image_problem, files)
+        return [(rank + i * world, p, why) for i, (p, why) in enumerate(zip(files, whys)) if why]
+
+
+def check_images(
+    data: str | os.PathLike, split: Split, threads: int | None = None, problems: list | None = None
+) -> None:
+    """DataError with one line when files of a raw-tree `split` are not whole images, before any of them reaches
+    DALI, which would stop at the first mid-epoch. problems: `image_problems` already gathered from every rank
+    (None: check every file here)."""
+    bad = sorted(image_problems(split, threads) if problems is None else problems)
     if bad:
-        (first, why), more = bad[0], f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        (_, first, why), more = bad[0], f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise DataError(
             f"{first}: {why}{more}: {len(bad)} of {split.images} files of {data} are not whole JPEG/PNG images and "
             f"would stop training mid-epoch; run `alexnet prepare {shlex.quote(str(data))} OUT` (it leaves such files "

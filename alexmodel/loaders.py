@@ -10,15 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from alexdata.dataset import check_images, has_split, open_split
+from alexdata.dataset import check_images, has_split, image_problems, open_split
 from alexdata.errors import TrainError
+from alexmodel import distributed
 from alexmodel.config import DataConfig, OptimConfig, RunConfig, small_data_batch
 from alexmodel.distributed import Dist
 from pipelines.config import PipelineStats
 
 
-def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, world: int) -> dict:
-    """{"train": Split, "val": Split (when `validate`)} of `data.data`, or a TrainError naming what does not fit."""
+def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, d: Dist) -> dict:
+    """{"train": Split, "val": Split (when `validate`)} of `data.data`, or a TrainError naming what does not fit
+    (the same on every rank of `d`)."""
+    world = d.world
     if optim.batch_size % world:
         raise TrainError(
             f"--batch-size {optim.batch_size} does not split over {world} ranks; use a multiple of {world}"
@@ -37,7 +40,8 @@ def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, world: 
             "use --recipe modern (a cosine schedule), or data with a val split"
         )
     for split in splits.values():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
-        check_images(data.data, split, data.threads)
+        mine = image_problems(split, data.threads, d.rank, world)  # each rank reads its share of the files
+        check_images(data.data, split, problems=[p for ps in distributed.gather(mine, d) for p in ps])
     images = splits["train"].images
     if optim.batch_size > images:
         raise TrainError(

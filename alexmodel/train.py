@@ -128,7 +128,7 @@ class _Run:
         on_step: Callable | None,
         saved: dict | None,
     ):
-        splits = open_splits(data, optim, validate=run.validate, world=d.world)
+        splits = open_splits(data, optim, validate=run.validate, d=d)
         self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
         self.per_rank = optim.batch_size // d.world
         self.classes = splits["train"].classes

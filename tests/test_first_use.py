@@ -146,6 +146,25 @@ def test_a_raw_tree_with_bad_files_is_refused_before_any_step(synth_tree, tmp_pa
     assert "\n" not in str(e.value) and not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+def test_ranks_check_their_shares_of_a_raw_tree_and_agree(synth_tree):
+    """Under torchrun each rank reads every world-th file, not all of them; the gathered verdicts are the
+    single-process check's, so every rank refuses with the same line."""
+    from alexdata.dataset import check_images, image_problems, open_split
+
+    split = open_split(synth_tree, "train")
+    whole = image_problems(split, threads=1)
+    assert len(whole) == 2 and all(split.files[i] == p for i, p, _ in whole)
+    for world in (2, 3):
+        shares = [image_problems(split, 1, rank, world) for rank in range(world)]
+        assert sorted(p for share in shares for p in share) == whole
+        assert all(i % world == rank for rank, share in enumerate(shares) for i, _, _ in share)
+        with pytest.raises(DataError) as gathered:
+            check_images(synth_tree, split, problems=[p for share in reversed(shares) for p in share])
+        with pytest.raises(DataError) as alone:
+            check_images(synth_tree, split, threads=1)
+        assert str(gathered.value) == str(alone.value)
+
+
 # ---------------------------------------------------------------- 5. the preprocessing
 
 
