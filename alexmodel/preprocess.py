@@ -75,14 +75,13 @@ class Preprocess:
             rows, cols = _resample(h, size[0], scale, x.device), _resample(w, size[1], scale, x.device)
             x = torch.einsum("oh,chw,pw->cop", rows, x.float(), cols).round().clamp(0, 255)  # uint8 values, as DALI's
         h, w = size
+        k = int((self.shorter_side - self.crop) / 2 + 0.5)  # the centre crop's offset in a shorter_side square
         if self.central_square:  # paper §2: the centre of the central square, 15 px in on a 256 one
-            k = int((self.shorter_side - self.crop) / 2 + 0.5)
             top, left = (h - self.shorter_side) // 2 + k, (w - self.shorter_side) // 2 + k
         else:
             top, left = _anchor(h, self.crop), _anchor(w, self.crop)
         x = x[:, top : top + self.crop, left : left + self.crop].float()
         if self.mean_image_255 is not None:  # the window of the mean image under the crop
-            k = int((self.shorter_side - self.crop) / 2 + 0.5)
             window = torch.as_tensor(self.mean_image_255[k : k + self.crop, k : k + self.crop], dtype=torch.float32)
             x = x - window.permute(2, 0, 1).to(x.device)
         mean = torch.tensor(self.mean_255, dtype=torch.float32, device=x.device)[:, None, None]

@@ -67,17 +67,17 @@ class Take:
                 )
 
 
+def bench_sgd(model, fused: bool = False) -> torch.optim.SGD:
+    """The timed steps' optimizer: the paper's momentum and weight decay at a tiny lr (the weights stay finite
+    over any number of steps); fused: SGD's one-kernel update (RunConfig.fused_sgd)."""
+    return torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4, fused=fused or None)
+
+
 def run_steps(
     model, batches, *, precision: str, channels_last: bool, warmup: int, sync, fused_sgd: bool = False
 ) -> dict:
     """The trainer's step timed after `warmup` batches; fused_sgd: SGD's one-kernel update (RunConfig.fused_sgd)."""
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=1e-4,
-        momentum=0.9,
-        weight_decay=5e-4,  # tiny lr: stays finite
-        fused=fused_sgd or None,
-    )
+    opt = bench_sgd(model, fused_sgd)
     batches_it = iter(batches)
     head = list(itertools.islice(batches_it, warmup))
     train_one_epoch(model, opt, head, precision=precision, channels_last=channels_last)  # cudnn autotune, caches
@@ -96,7 +96,7 @@ def run_steps(
 def run_unsynced(model, batches, *, precision: str, channels_last: bool, warmup: int, sync) -> float:
     """Images/s of the trainer's step without its host sync: forward, loss, backward, SGD; no .tolist(), no NaN
     check, no meters. The host can queue steps ahead of the device."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    opt = bench_sgd(model)
     model.train()
 
     def step(images, labels):
@@ -150,7 +150,7 @@ class TrainBench:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+        opt = bench_sgd(model)
         batches = list(Synthetic(self.batch_size, self.classes, self.dev, self.warmup + steps))
         train_one_epoch(model, opt, batches[: self.warmup], precision=precision, channels_last=channels_last)
         self.sync()
