@@ -223,7 +223,11 @@ def test_the_gpu_selection_names_real_tests():
 
     def collect(*args):
         r = subprocess.run(
-            [sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT, capture_output=True, text=True
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         return {ln for ln in r.stdout.splitlines() if "::" in ln}
 

@@ -624,7 +624,9 @@ def test_pipelines_import_nothing_of_the_project():
         "import sys; sys.modules['alexdata'] = sys.modules['alexmodel'] = None; "
         "import pipelines.train, pipelines.eval, pipelines.stats"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_with_path(ROOT), capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env_with_path(ROOT), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
 
 

@@ -84,7 +84,7 @@ def test_index_matches_dalis_wds2idx(prepared, tmp_path):
     if wds2idx is None:
         pytest.skip("DALI's wds2idx not installed beside this Python")
     for tar in sorted(prepared.glob("*.tar"))[:2]:
-        subprocess.run([wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True)
+        subprocess.run([wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True, timeout=300)
         assert (prepared / (tar.stem + ".idx")).read_text() == (tmp_path / "ref.idx").read_text()
 
 
@@ -505,6 +505,7 @@ def test_a_missing_decoder_library_stops_prepare_instead_of_skipping_every_image
         capture_output=True,
         text=True,
         env=env_with_path(block, ROOT),
+        timeout=300,
     )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -104,5 +104,6 @@ def test_train_per_class_counts_the_planted_files_in(tmp_path):
         capture_output=True,
         text=True,
         env=env_with_path(ROOT),
+        timeout=300,
     )
     assert r.returncode == 1 and "is not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -144,12 +144,15 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
         resume,
     ]
     ref = subprocess.Popen(cmd("ref", "ref.jsonl", -1, "0"), env=ENV, stderr=subprocess.PIPE, text=True)
-    killed = subprocess.run(cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True)
+    killed = subprocess.run(
+        cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert ref.wait() == 0, ref.stderr.read()
+    _, err = ref.communicate(timeout=300)  # read as it goes: a full stderr pipe would block the run forever
+    assert ref.returncode == 0, err
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"], ckpt["meter"]["steps"]) == (1, steps + 2, 2)  # mid-epoch
-    resumed = subprocess.run(cmd("run", "resumed.jsonl", -1, "1"), env=ENV, capture_output=True, text=True)
+    resumed = subprocess.run(cmd("run", "resumed.jsonl", -1, "1"), env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
 
     read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
