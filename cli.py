@@ -8,6 +8,7 @@ bug and keeps its traceback."""
 from __future__ import annotations
 
 import sys
+from concurrent.futures.process import BrokenProcessPool
 
 import click
 
@@ -29,6 +30,11 @@ class _Commands(click.Group):
             raise click.ClickException(str(e)) from None
         except OSError as e:  # the file whole, what the system said, and for a full disk what to do
             raise click.ClickException(os_error_line(e)) from None
+        except BrokenProcessPool:  # synth's or verify's worker killed (the out-of-memory killer, say)
+            raise click.ClickException(
+                "a worker process died (killed: out of memory? see `dmesg`); run the command again, with fewer "
+                "--workers if memory is short"
+            ) from None
         except ModuleNotFoundError as e:  # a broken install: name the package, not a traceback per worker
             raise click.ClickException(
                 f"{e.name or e}: not installed in this Python ({sys.executable}); pip install -e . installs it"

@@ -370,9 +370,16 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
         try:
             with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:
                 results = [pool.apply_async(write_shard, (s, out, cfg, tag)) for s in todo]
+                started = {w.pid for w in pool._pool}  # a worker that dies is replaced, and its shard never ends
                 while not all(r.ready() for r in results):
                     time.sleep(0.2)
                     bar.update(counter.value - bar.n)
+                    if {w.pid for w in pool._pool} - started:
+                        raise PrepareError(
+                            "a prepare worker process died (killed: out of memory? see `dmesg`); the shards written "
+                            "so far are kept: run the same command again to go on"
+                            + ("" if workers == 1 else f", with fewer --workers than {workers} if memory is short")
+                        )
                 bar.update(counter.value - bar.n)
                 for r in results:
                     r.get()  # re-raises a worker's error (e.g. disk full)

@@ -27,7 +27,7 @@ from alexdata.dataset import open_split
 from alexdata.errors import DataError, PrepareError, StatsError, TrainError
 from alexdata.files import lock_dir
 from alexdata.loader import Loader, StaleLoaderState
-from alexdata.prepare import prepare
+from alexdata.prepare import prepare, write_shard
 from alexdata.stats import compute_stats
 from alexdata.statsfile import load_stats
 from alexdata.verify import verify
@@ -368,6 +368,28 @@ sys.argv = ["alexnet", "prepare", *sys.argv[1:]]
 from cli import main
 main()
 """
+
+
+def _dies_on_its_second_shard(spec, out, cfg, tag=""):
+    """prepare's write_shard, in a worker that the system kills (the out-of-memory killer, say) on train shard 1."""
+    if (spec.split, spec.index) == ("train", 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write_shard(spec, out, cfg, tag)
+
+
+def test_a_prepare_worker_killed_by_the_system_stops_prepare_in_one_line(synth_tree, tmp_path, monkeypatch):
+    """multiprocessing replaces a dead worker and its shard never ends: prepare must not wait for it forever."""
+    import alexdata.prepare as p
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(p, "write_shard", _dies_on_its_second_shard)
+    t0 = time.time()
+    with pytest.raises(PrepareError, match=r"worker process died .* run the same command again") as e:
+        prepare(synth_tree, out, PREP, workers=2, progress=False, log=lambda *a: None)
+    assert "\n" not in str(e.value) and time.time() - t0 < 60
+    monkeypatch.undo()
+    manifest = prepare(synth_tree, out, PREP, workers=2, progress=False, log=lambda *a: None)
+    assert manifest["train"]["images"] == 46
 
 
 def test_sigterm_to_prepare_stops_it_in_one_line_and_a_second_signal_changes_nothing(synth_tree, tmp_path):

@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 
 import pytest
 from conftest import run_cli
@@ -103,3 +105,19 @@ def test_an_index_dali_cannot_parse_fails_even_when_its_hash_matches(copy):
     for quick in (True, False):
         problems = verify(copy, quick=quick)["problems"]
         assert len(problems) == 1 and problems[0].startswith(f"{idx}: line 2 does not list one .jpg and one .cls")
+
+
+def _killed(path):
+    os.kill(os.getpid(), signal.SIGKILL)  # the out-of-memory killer, say
+
+
+def test_a_verify_worker_killed_by_the_system_is_one_line(copy, monkeypatch):
+    from click.testing import CliRunner
+
+    import alexdata.verify
+    from cli import main
+
+    monkeypatch.setattr(alexdata.verify, "_sha256", _killed)
+    r = CliRunner().invoke(main, ["verify", str(copy), "--workers", "2"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert r.output.strip().splitlines()[-1].startswith("Error: a worker process died (killed: out of memory?")
