@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import gc
 import os
 import platform
 import subprocess
@@ -19,6 +21,21 @@ def cores_per_rank() -> int:
     """cores() shared among the ranks on this node (torchrun sets LOCAL_WORLD_SIZE): every rank with all cores
     would oversubscribe them LOCAL_WORLD_SIZE times."""
     return max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+@contextlib.contextmanager
+def forking():
+    """Around the start of forked worker processes. A forked child must never free what it inherited: a DALI
+    pipeline that was garbage in the parent (a reference cycle the collector had not reached) would be destroyed by
+    the child's collector, and its executor's destructor waits forever on threads that were not forked (seen: a
+    prepare after training in one process hung). So the garbage dies here, in the parent, and what is left is
+    frozen (gc.freeze): the children's collectors never look at it."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def has_gpu() -> bool:

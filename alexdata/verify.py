@@ -11,12 +11,13 @@ prepare output (alexdata/shards.py)."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from alexdata.errors import DataError
-from alexdata.host import cores
+from alexdata.host import cores, forking
 from alexdata.shards import (
     MANIFEST,
     index_path,
@@ -72,7 +73,8 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     total = sum(size for _, size, _ in todo)
     if todo:
         with (
-            ProcessPoolExecutor(workers or cores()) as pool,
+            forking(),
+            ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool,
             tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar,
         ):
             for (path, size, want), got in zip(todo, pool.map(_sha256, [str(p) for p, _, _ in todo])):

@@ -392,6 +392,44 @@ def test_a_prepare_worker_killed_by_the_system_stops_prepare_in_one_line(synth_t
     assert manifest["train"]["images"] == 46
 
 
+FORK_AFTER_DALI = r"""
+import gc, sys
+import alexdata.prepare as p
+from alexdata.prepare import PrepareConfig
+from nvidia.dali import fn, pipeline_def
+
+real = p.write_shard
+def write_shard(*a):
+    gc.collect()  # a worker's collector runs (allocations trigger it; here at once)
+    return real(*a)
+p.write_shard = write_shard
+
+@pipeline_def(batch_size=2, num_threads=2, device_id=None)
+def noise():
+    return fn.random.uniform(range=(0, 1), shape=(4,))
+
+pipe = noise(); pipe.build(); pipe.run()  # its threads now wait on the executor's condition variables
+cycle = [pipe]; cycle.append(cycle)  # garbage once dropped, freed only by the collector
+gc.disable()
+del pipe, cycle
+p.prepare(sys.argv[1], sys.argv[2], PrepareConfig(shard_size=8), workers=1, progress=False, log=lambda *a: None)
+print("prepared")
+"""
+
+
+def test_prepare_after_dali_in_one_process_does_not_hang(synth_tree, tmp_path):
+    """A forked worker's collector once freed a DALI pipeline that was garbage in the parent, and DALI's executor
+    destructor waited forever for threads the fork did not copy (a hang in CI: prepare after training)."""
+    r = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_DALI, str(synth_tree), str(tmp_path / "out")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "prepared", r.stderr[-2000:]
+
+
 def test_sigterm_to_prepare_stops_it_in_one_line_and_a_second_signal_changes_nothing(synth_tree, tmp_path):
     out = tmp_path / "out"
     script = tmp_path / "slow_prepare.py"
