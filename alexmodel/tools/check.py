@@ -98,9 +98,9 @@ SIZES = {
         shard_size=64,
         width=0.125,
         batch_size=32,
-        loader_seconds=1.5,
+        loader_seconds=1.0,
         train_steps=4,
-        paper_init_s=15.0,
+        paper_init_s=5.0,
         prefetch=(2, 3),
     ),
 }
