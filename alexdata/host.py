@@ -23,19 +23,21 @@ def cores_per_rank() -> int:
     return max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+# A forked child must never free what it inherited: a DALI pipeline that was garbage in the parent (a reference
+# cycle its collector had not reached yet) would be destroyed by the child's collector, and DALI's executor
+# destructor waits forever there on threads that a fork does not copy (seen in CI: a prepare in a process that had
+# trained hung). So every child of a process that imports the project, forked by us or by anyone (a torch
+# DataLoader's workers), freezes what it inherited (gc.freeze: its collector never looks at those objects) before
+# any of its own code runs. Objects the child creates are collected as usual.
+os.register_at_fork(after_in_child=gc.freeze)
+
+
 @contextlib.contextmanager
 def forking():
-    """Around the start of forked worker processes. A forked child must never free what it inherited: a DALI
-    pipeline that was garbage in the parent (a reference cycle the collector had not reached) would be destroyed by
-    the child's collector, and its executor's destructor waits forever on threads that were not forked (seen: a
-    prepare after training in one process hung). So the garbage dies here, in the parent, and what is left is
-    frozen (gc.freeze): the children's collectors never look at it."""
+    """Around the start of forked worker processes: the parent's garbage is collected first, so it is freed here,
+    where its threads live, rather than frozen for the children's lifetime (the fork hook above)."""
     gc.collect()
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
+    yield
 
 
 def has_gpu() -> bool:

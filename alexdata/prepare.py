@@ -368,14 +368,14 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
         counter = mp.Value("q", 0)
         with forking():
             pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
+        started = list(pool._pool)  # a worker that dies is replaced, and its shard never ends: watch these
         try:
             with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:
                 results = [pool.apply_async(write_shard, (s, out, cfg, tag)) for s in todo]
-                started = {w.pid for w in pool._pool}  # a worker that dies is replaced, and its shard never ends
                 while not all(r.ready() for r in results):
                     time.sleep(0.2)
                     bar.update(counter.value - bar.n)
-                    if {w.pid for w in pool._pool} - started:
+                    if any(w.exitcode is not None for w in started):
                         raise PrepareError(
                             "a prepare worker process died (killed: out of memory? see `dmesg`); the shards written "
                             "so far are kept: run the same command again to go on"

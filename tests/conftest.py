@@ -1,5 +1,6 @@
 """Shared fixtures: one small generated mini-ImageNet and its prepared shards, made once per session."""
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -17,30 +18,46 @@ SYNTH = SynthConfig(classes=3, train_per_class=16, val_per_class=4, seed=7)  # 4
 PREP = PrepareConfig(shard_size=8, seed=3)
 
 
-# A test that runs longer than this is taken for a hang: its worker prints every thread's stack and exits, so
-# the run goes on and names the test (pytest-xdist: "worker crashed while running ..."), instead of waiting for
-# CI's limit. The slowest test takes ~70 s on 2 cores.
+# A test phase (setup, call or teardown) that runs longer than this is taken for a hang: its process prints every
+# thread's stack and exits, instead of waiting for CI's limit. Under pytest-xdist (the README's command) the run
+# goes on and names the test ("worker crashed while running ..."); without xdist the run ends there, after the
+# stacks. The slowest test takes ~80 s on 2 busy cores.
 HANG_S = float(os.environ.get("ALEXNET_TEST_HANG_S", 300))
 CLI_TIMEOUT_S = 240  # one `alexnet` command in a test; the longest takes ~60 s on 2 cores
 
 
 def pytest_configure(config):
-    # The signal tests send SIGHUP and SIGINT to the commands they start, which inherit an ignored disposition:
-    # under nohup, or a shell's background job, those tests would see a run that never stops. Start them clean.
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    # fd 2 before pytest captures it: where a hung test's stacks go (a CI log shows them).
-    config._hang_stream = os.fdopen(os.dup(2), "w")
+    config._hang_stream = os.fdopen(os.dup(2), "w")  # fd 2 before pytest captures it: a CI log shows the stacks
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    stream = item.config._hang_stream
-    faulthandler.dump_traceback_later(HANG_S, exit=True, file=stream)
+def _watched(item):
+    faulthandler.dump_traceback_later(HANG_S, exit=True, file=item.config._hang_stream)
     try:
-        yield
+        return (yield)
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _watched(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _watched(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    return (yield from _watched(item))
+
+
+def default_signals() -> None:
+    """preexec_fn of a command that a test sends SIGHUP or SIGINT: under nohup, or as a shell's background job,
+    the test run hands down an ignored disposition, and the command would never stop."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def env_with_path(*paths) -> dict:
@@ -51,23 +68,42 @@ def env_with_path(*paths) -> dict:
     return {**os.environ, "PYTHONPATH": pythonpath, "PYTHONFAULTHANDLER": "1"}
 
 
+def _end_group(p: subprocess.Popen, sig: int) -> str:
+    """Sends `sig` to p's process group, then SIGKILL to what is left of it; returns the stderr p wrote meanwhile."""
+    err = ""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, sig)
+    with contextlib.suppress(subprocess.TimeoutExpired, ValueError):
+        err = p.communicate(timeout=30)[1] or ""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    return err
+
+
 def run_cli(*args, check=True, timeout=CLI_TIMEOUT_S, **kw):
     """Runs `alexnet ARGS` in a subprocess, as a user would; returns the CompletedProcess. A command still
-    running after `timeout` seconds fails the test with its stacks (SIGABRT to its fault handler)."""
+    running after `timeout` seconds fails the test with the stacks of its processes (its own process group, pool
+    workers included, gets SIGABRT, which their fault handlers print), and none of it is left running."""
     cmd = [sys.executable, str(ROOT / "cli.py"), *map(str, args)]
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env_with_path(ROOT), **kw
-    ) as p:
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.send_signal(signal.SIGABRT)
-            try:
-                out, err = p.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, err = p.communicate()
-            raise AssertionError(f"alexnet {' '.join(map(str, args))} hung for {timeout} s:\n{err[-4000:]}") from None
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env_with_path(ROOT),
+        start_new_session=True,
+        **kw,
+    )
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        err = _end_group(p, signal.SIGABRT)
+        raise AssertionError(f"alexnet {' '.join(map(str, args))} hung for {timeout} s:\n{err[-8000:]}") from None
+    except BaseException:  # Ctrl-C: nothing of the command is left running
+        _end_group(p, signal.SIGKILL)
+        raise
     r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     if check and r.returncode != 0:
         raise AssertionError(f"alexnet {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stderr}")

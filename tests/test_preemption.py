@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, default_signals, run_cli
 from test_train import ENV, TINY, data, one_label_per_image, tiny  # noqa: F401  (fixtures)
 
 from alexmodel.train import train
@@ -241,6 +241,7 @@ def _start(data, out, *extra):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,  # the test sends SIGHUP or SIGTERM; nohup would have SIGHUP ignored
     )
 
 
