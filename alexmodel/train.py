@@ -14,6 +14,7 @@ from here (`from alexmodel.train import train, RunConfig, ...`) stay.
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from dataclasses import asdict, replace
@@ -96,6 +97,9 @@ def train(
         with Signals() as signals:
             return _Run(data, model, optim, run, d, signals, on_step, saved).fit()
     finally:
+        # The run's loaders sit in reference cycles: their DALI pipelines, and threads, end here rather than at
+        # interpreter exit, where DALI's teardown once aborted a finished torchrun rank ("terminate called").
+        gc.collect()
         if lock is not None:
             lock.close()
         distributed.close(d)

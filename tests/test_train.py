@@ -102,8 +102,28 @@ def test_one_epoch_leaves_config_metrics_and_plot(one_epoch, data):
     assert (one_epoch / "checkpoint.pt").is_file() and not list(one_epoch.glob("*.tmp"))
 
 
-def test_loss_goes_down(data, tmp_path):
-    h = train(*tiny(data, tmp_path / "run", epochs=3, lr=0.02))["history"]
+def test_loss_goes_down_and_the_loaders_end_inside_train(data, tmp_path, monkeypatch):
+    """The loss falls over 3 epochs. The run's DALI pipelines end inside train(), not at interpreter exit (DALI's
+    teardown there once aborted a torchrun rank that had finished)."""
+    import gc
+    import weakref
+
+    from alexdata.loader import Loader
+
+    made, real = [], Loader.__init__
+
+    def recorded(self, *a, **kw):
+        made.append(weakref.ref(self))
+        real(self, *a, **kw)
+
+    monkeypatch.setattr(Loader, "__init__", recorded)
+    gc.disable()  # no collection by chance: only train's own
+    try:
+        h = train(*tiny(data, tmp_path / "run", epochs=3, lr=0.02))["history"]
+        alive = [r for r in made if r() is not None]
+    finally:
+        gc.enable()
+    assert len(made) == 2 and not alive  # train and val
     assert [m["epoch"] for m in h] == [1, 2, 3]
     assert h[-1]["train_loss"] < h[0]["train_loss"] - 0.05, [m["train_loss"] for m in h]
 
