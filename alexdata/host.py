@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import os
@@ -30,14 +29,6 @@ def cores_per_rank() -> int:
 # DataLoader's workers), freezes what it inherited (gc.freeze: its collector never looks at those objects) before
 # any of its own code runs. Objects the child creates are collected as usual.
 os.register_at_fork(after_in_child=gc.freeze)
-
-
-@contextlib.contextmanager
-def forking():
-    """Around the start of forked worker processes: the parent's garbage is collected first, so it is freed here,
-    where its threads live, rather than frozen for the children's lifetime (the fork hook above)."""
-    gc.collect()
-    yield
 
 
 def has_gpu() -> bool:

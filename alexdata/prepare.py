@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from alexdata.errors import PrepareError, disk_full, plural
 from alexdata.files import atomic_write, lock_dir, temporary
-from alexdata.host import cores, forking
+from alexdata.host import cores
 from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
 
 # Moved to alexdata/shards.py and alexdata/sources.py; importable from here as before.
@@ -366,8 +366,7 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
     t0 = time.perf_counter()
     if todo:
         counter = mp.Value("q", 0)
-        with forking():
-            pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
+        pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
         started = list(pool._pool)  # a worker that dies is replaced, and its shard never ends: watch these
         try:
             with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from alexdata.errors import PrepareError, plural
 from alexdata.files import atomic_write, process_tag, remove_dead_temporaries, temporary
-from alexdata.host import cores, forking
+from alexdata.host import cores
 from alexdata.shards import printable, safe_key
 from pipelines.config import MAX_LABEL_DIGITS
 
@@ -122,7 +122,7 @@ class GzIndex:
         n = max(1, min(len(jobs), workers or cores()))
         if n == 1:
             return [self.members(j) for j in jobs]
-        with forking(), ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
+        with ProcessPoolExecutor(n, mp_context=mp.get_context("fork")) as pool:
             return list(pool.map(self.members, jobs))
 
     def read(self, archive: str, offset: int, size: int) -> bytes:

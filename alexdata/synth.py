@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from alexdata.errors import ConfigError
-from alexdata.host import cores, forking
+from alexdata.host import cores
 from alexdata.shards import add_to_tar
 
 LAYOUTS = ("tree", "archives", "kaggle", "hf")
@@ -198,7 +198,7 @@ def make_synth(
         jobs.append((2, i % cfg.classes, i, "", f"test/ILSVRC2012_test_{i + 1:08d}.JPEG"))
 
     payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
-    with forking(), ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool:
+    with ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool:
         blobs = list(
             tqdm(
                 pool.map(_make_one, payloads, chunksize=8),

@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from alexdata.errors import DataError
-from alexdata.host import cores, forking
+from alexdata.host import cores
 from alexdata.shards import (
     MANIFEST,
     index_path,
@@ -73,7 +73,6 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     total = sum(size for _, size, _ in todo)
     if todo:
         with (
-            forking(),
             ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool,
             tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar,
         ):
