@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from alexmodel.lrn import IMPLS, LRN
+
 # Response normalisation constants, paper §3.3 ("k = 2, n = 5, alpha = 1e-4, beta = 0.75").
 LRN_K = 2.0
 LRN_N = 5
@@ -192,48 +194,19 @@ def within_towers(norm: "LRN", x: Towers) -> Towers:
     return tuple(norm(xt) for xt in x)
 
 
-class LRN(nn.LocalResponseNorm):
-    """The paper's LRN over `groups` independent channel groups, returned in the input's dtype.
-
-    Squares and their window sums are computed in float32 (float64 for a float64 input): in float16 an
-    activation above 256 (likely on 0-255 inputs) squares to inf and would zero the output without a NaN to
-    notice, and bfloat16 sums would keep ~3 digits. The result is cast back, so under bf16/fp16 autocast the
-    next layers get the autocast dtype (torch's own F.local_response_norm returns float32 there: `pow` is on
-    autocast's float32 list) without the padded 5-D copy F.local_response_norm makes."""
-
-    # How the window's squares are summed: "pool" (avg_pool3d over the channels) or "shifted" (the sum of
-    # `size` shifted slices of the zero-padded squares; on 2 CPU cores 1.2-2.9x faster forward and backward).
-    # The same formula either way (tests/test_model.py); `alexnet check` times both on a GPU (train.lrn).
-    window_sum = "pool"
-
-    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
-        b, c, h, w = x.shape
-        sq = x.to(torch.promote_types(x.dtype, torch.float32)).square()
-        # (B, groups, C/groups, H, W): the window runs along dim 2 and stops at each group's edges; zero padding
-        # counted in the mean (count_include_pad), so mean * size is the paper's sum over the clipped window.
-        sq, pad = sq.view(b, groups, c // groups, h, w), self.size // 2
-        if self.window_sum == "shifted":
-            n, padded = c // groups, F.pad(sq, (0, 0, 0, 0, pad, pad))
-            total = padded[:, :, :n]
-            for i in range(1, self.size):
-                total = total + padded[:, :, i : i + n]
-            scale = total.view(b, c, h, w).mul_(self.alpha / self.size).add_(self.k).pow_(-self.beta)
-            return x * scale.to(x.dtype)
-        if c // groups < self.size:  # avg_pool3d wants the unpadded depth >= the window (narrow test models)
-            sq, pad = F.pad(sq, (0, 0, 0, 0, pad, pad)), 0
-        mean = F.avg_pool3d(sq, (self.size, 1, 1), stride=1, padding=(pad, 0, 0))
-        scale = mean.view(b, c, h, w).mul_(self.alpha).add_(self.k).pow_(-self.beta)
-        return x * scale.to(x.dtype)
-
-
 def lrn() -> LRN:
-    """Paper §3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta.
+    """Paper §3.3: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta (alexmodel/lrn.py)."""
+    return LRN(LRN_N, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K)
 
-    nn.LocalResponseNorm divides alpha by the window size n (it averages the squares,
-    it does not sum them), so it is given alpha * n to compute the paper's sum.
-    It keeps a channels_last input channels_last (checked in tests/test_model.py).
-    """
-    return LRN(LRN_N, alpha=LRN_ALPHA * LRN_N, beta=LRN_BETA, k=LRN_K)
+
+def set_lrn(model: nn.Module, impl: str) -> nn.Module:
+    """`model` with every LRN computed by `impl` (alexmodel.lrn.IMPLS); returns the model."""
+    if impl not in IMPLS:
+        raise ValueError(f"LRN impl={impl!r}: expected one of {IMPLS}")
+    for m in model.modules():
+        if isinstance(m, LRN):
+            m.impl = impl
+    return model
 
 
 class AlexNet(nn.Module):
@@ -329,29 +302,41 @@ class AlexNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self._scatter(images)  # (B, 3, 227, 227), a copy per tower
-        # Layer 1: ReLU, then response normalisation, then pooling (§3.3, §3.5).
-        x = each_tower(F.relu, self.conv1(x))  # (B, 48, 55, 55) per tower
+        # Layer 1: ReLU, then response normalisation, then pooling (§3.3, §3.5). The ReLUs run in place: no
+        # convolution or linear layer keeps its output for its backward, so a second buffer would only cost memory.
+        x = each_tower(F.relu_, self.conv1(x))  # (B, 48, 55, 55) per tower
         x = within_towers(self.norm1, x)
         x = each_tower(self.pool1, x)  # (B, 48, 27, 27) per tower
         # Layer 2: each tower sees only its own 48 maps.
-        x = each_tower(F.relu, self.conv2(x))  # (B, 128, 27, 27) per tower
+        x = each_tower(F.relu_, self.conv2(x))  # (B, 128, 27, 27) per tower
         x = within_towers(self.norm2, x)
         x = each_tower(self.pool2, x)  # (B, 128, 13, 13) per tower
         # Layer 3: towers exchange; each tower's kernels see all 256 maps.
         x = self._exchange(x)  # (B, 256, 13, 13) on each tower
-        x = each_tower(F.relu, self.conv3(x))  # (B, 192, 13, 13) per tower
-        x = each_tower(F.relu, self.conv4(x))  # (B, 192, 13, 13) per tower
-        x = each_tower(F.relu, self.conv5(x))  # (B, 128, 13, 13) per tower
+        x = each_tower(F.relu_, self.conv3(x))  # (B, 192, 13, 13) per tower
+        x = each_tower(F.relu_, self.conv4(x))  # (B, 192, 13, 13) per tower
+        x = each_tower(F.relu_, self.conv5(x))  # (B, 128, 13, 13) per tower
         x = each_tower(self.pool5, x)  # (B, 128, 6, 6) per tower
         # Channel-major flatten: concatenating the towers' (B, 4608) gives the
         # one-device (B, 9216) order, so fc6's weight columns mean the same in both.
         x = each_tower(lambda t: torch.flatten(t, 1), x)  # (B, 4608) per tower
         x = self._exchange(x)  # (B, 9216) on each tower
-        x = each_tower(lambda t: self.drop6(F.relu(t)), self.fc6(x))  # (B, 2048) per tower
+        x = each_tower(lambda t: self.drop6(F.relu_(t)), self.fc6(x))  # (B, 2048) per tower
         x = self._exchange(x)  # (B, 4096) on each tower
-        x = each_tower(lambda t: self.drop7(F.relu(t)), self.fc7(x))  # (B, 2048) per tower
+        x = each_tower(lambda t: self.drop7(F.relu_(t)), self.fc7(x))  # (B, 2048) per tower
         x = self._gather(x)  # (B, 4096) on dev0: towers exchange into fc8
         return self.fc8(x)  # (B, num_classes)
 
 
-__all__ = ["AlexNet", "ModelConfig", "TowerConv2d", "TowerLinear", "lrn", "LRN_K", "LRN_N", "LRN_ALPHA", "LRN_BETA"]
+__all__ = [
+    "AlexNet",
+    "ModelConfig",
+    "TowerConv2d",
+    "TowerLinear",
+    "lrn",
+    "set_lrn",
+    "LRN_K",
+    "LRN_N",
+    "LRN_ALPHA",
+    "LRN_BETA",
+]

@@ -1,5 +1,5 @@
 """Properties of alexmodel.AlexNet, checked against independent references: the paper's
-layer table and LRN formula (Krizhevsky et al. 2012, Figure 2 and §3.3, §5), a
+layer table (Krizhevsky et al. 2012, Figure 2 and §5; the LRN: tests/test_lrn.py), a
 parameter count from the layer formula, and the one-device model for the two towers."""
 
 import re
@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from alexmodel import AlexNet, ModelConfig
-from alexmodel.model import LRN_ALPHA, LRN_BETA, LRN_K, LRN_N, lrn, within_towers
 
 TWO_CPU = ("cpu", "cpu")
 SMALL = 0.25  # width of the small test model: conv1 24, conv2 64, ..., fc 1024
@@ -102,62 +101,6 @@ def test_parameter_count_is_the_papers(devices):
     model = AlexNet(devices=devices)
     assert sum(p.numel() for p in model.parameters()) == 60_965_224
     assert sum(v.numel() for v in model.state_dict().values()) == 60_965_224
-
-
-# --- local response normalisation ------------------------------------------------------
-
-
-def lrn_reference(a, towers=2, k=2.0, n=5, alpha=1e-4, beta=0.75):
-    """Paper §3.3, literally: b_i = a_i / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta,
-    with N the maps of one tower and i, j counted within that tower."""
-    b = np.empty_like(a)
-    N = a.shape[1] // towers
-    for tower in range(towers):
-        for i in range(N):
-            lo, hi = max(0, i - n // 2), min(N - 1, i + n // 2)
-            s = sum(a[:, tower * N + j] ** 2 for j in range(lo, hi + 1))
-            b[:, tower * N + i] = a[:, tower * N + i] / (k + alpha * s) ** beta
-    return b
-
-
-def test_lrn_constants_are_the_papers():
-    assert (LRN_K, LRN_N, LRN_ALPHA, LRN_BETA) == (2.0, 5, 1e-4, 0.75)
-
-
-@pytest.mark.parametrize("channels", [2 * 7, 96])
-def test_lrn_matches_the_paper_formula_within_each_tower(channels):
-    # Scale 30 so that alpha * sum(a^2) (~0.5) is comparable with k = 2 and a wrong alpha shows.
-    a = 30 * np.random.default_rng(0).standard_normal((2, channels, 3, 4))
-    want = lrn_reference(a)
-    x = torch.from_numpy(a)
-    one_device = within_towers(lrn(), x)
-    two_towers = torch.cat(within_towers(lrn(), tuple(x.chunk(2, dim=1))), dim=1)
-    np.testing.assert_allclose(one_device.numpy(), want, rtol=1e-12)
-    np.testing.assert_allclose(two_towers.numpy(), want, rtol=1e-12)
-    # Sensitivity: normalising across the tower boundary changes the maps next to it.
-    across = lrn_reference(a, towers=1)
-    half = channels // 2
-    assert not np.allclose(across[:, half - 2 : half + 2], want[:, half - 2 : half + 2], rtol=1e-6)
-
-
-def test_lrn_in_float16_does_not_overflow():
-    """Activations of a few hundred (0-255 inputs) square past float16's 65504: the result must still be the
-    paper's formula, not 0 from an infinite divisor."""
-    a = np.random.default_rng(1).uniform(200, 400, (1, 10, 3, 3))
-    want = lrn_reference(a, towers=1)
-    got = lrn()(torch.from_numpy(a).half())
-    assert got.dtype == torch.float16
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=2e-3)  # float16 rounding of input and output
-
-
-def test_lrn_towers_do_not_mix():
-    x = torch.randn(1, 20, 5, 5, dtype=torch.float64) * 30
-    y = within_towers(lrn(), x)
-    x2 = x.clone()
-    x2[:, 10:] *= 5  # change only tower 1
-    y2 = within_towers(lrn(), x2)
-    assert torch.equal(y[:, :10], y2[:, :10])
-    assert not torch.allclose(y[:, 10:12], y2[:, 10:12] / 5)
 
 
 # --- initialisation ---------------------------------------------------------------------
@@ -347,41 +290,3 @@ def test_towers_on_gpus_match_cpu(monkeypatch):
     back.load_state_dict(towers.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(back(x), want)
-
-
-@pytest.mark.parametrize("towers", [1, 2])
-def test_lrn_under_bf16_autocast_stays_bf16_and_keeps_the_formula(towers):
-    """Under autocast the LRN hands the next layer bf16, as every other layer does, and still computes the
-    paper's formula (squares summed in float32) up to bf16 rounding of its input and output."""
-    a = 30 * np.random.default_rng(2).standard_normal((2, 12, 3, 4))
-    x = torch.from_numpy(a).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = within_towers(lrn(), x) if towers == 2 else lrn()(x)
-    assert got.dtype == torch.bfloat16
-    want = lrn_reference(x.double().numpy(), towers=towers)
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2, atol=1e-2)
-
-
-def test_lrn_on_towers_narrower_than_its_window():
-    """A 1/16-width model has 3 maps per tower in layer 1, fewer than the window of 5."""
-    a = 30 * np.random.default_rng(3).standard_normal((2, 6, 3, 4))
-    np.testing.assert_allclose(within_towers(lrn(), torch.from_numpy(a)).numpy(), lrn_reference(a), rtol=1e-12)
-
-
-@pytest.mark.parametrize("channels", [6, 2 * 7, 96])
-def test_the_shifted_window_sum_is_the_same_lrn(channels):
-    """LRN.window_sum "shifted" (the sum of shifted slices) against the paper's formula, and its gradient
-    against the avg_pool3d one's, within each tower and on towers narrower than the window."""
-    a = 30 * np.random.default_rng(4).standard_normal((2, channels, 3, 4))
-    fast = lrn()
-    fast.window_sum = "shifted"
-    x = torch.from_numpy(a).requires_grad_()
-    got = within_towers(fast, x)
-    np.testing.assert_allclose(got.detach().numpy(), lrn_reference(a), rtol=1e-12)
-    (g_fast,) = torch.autograd.grad(got.square().sum(), x)
-    x2 = torch.from_numpy(a).requires_grad_()
-    (g_pool,) = torch.autograd.grad(within_towers(lrn(), x2).square().sum(), x2)
-    torch.testing.assert_close(g_fast, g_pool, rtol=1e-10, atol=1e-12)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = fast(torch.from_numpy(a).bfloat16())
-    assert half.dtype == torch.bfloat16

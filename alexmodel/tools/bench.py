@@ -23,7 +23,7 @@ from alexdata import host
 from alexdata.errors import ConfigError
 from alexmodel.config import PRECISIONS, refuse_on_cpu, resolve_device
 from alexmodel.loop import autocast, train_one_epoch
-from alexmodel.model import LRN, AlexNet
+from alexmodel.model import AlexNet, set_lrn
 
 
 class Synthetic:
@@ -134,12 +134,11 @@ class TrainBench:
 
     def model(self, channels_last: bool, devices=None, lrn: str | None = None) -> AlexNet:
         """A fresh model, seeded: on this device, or split over `devices` (tower 0, tower 1); `lrn`: the LRNs'
-        window_sum ("pool", "shifted"; None: the default)."""
+        implementation (alexmodel.lrn.IMPLS; None: the default)."""
         torch.manual_seed(0)
         net = AlexNet(self.classes, width=self.width, devices=devices)
-        for m in net.modules():
-            if lrn is not None and isinstance(m, LRN):
-                m.window_sum = lrn
+        if lrn is not None:
+            set_lrn(net, lrn)
         net = net if devices else net.to(self.dev)
         return net.to(memory_format=torch.channels_last) if channels_last else net
 

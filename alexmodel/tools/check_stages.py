@@ -401,14 +401,15 @@ def stage_train(ctx: Context, fig: dict) -> None:
     # with no data at all): the top kernels name the layer to work on.
     fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
     ctx.check_time()
-    # The LRN's window sum as shifted slices beside avg_pool3d (LRN.window_sum): the profile's lead on 2 CPU
-    # cores, where avg_pool3d and its backward took a third of a tiny model's step.
+    # The LRN (alexmodel/lrn.py): the default analytic one beside the autograd-taped avg_pool3d one it replaced,
+    # and the net without LRN (identity), whose ratio is the LRN's true share of the step.
     fig["lrn"] = {
-        "pool_img_s": syn[best_name],
-        "shifted_img_s": tb.synthetic(tb.model(cl, lrn="shifted"), precision, cl),
+        "analytic_img_s": syn[best_name],
+        "pool_img_s": tb.synthetic(tb.model(cl, lrn="pool"), precision, cl),
+        "identity_img_s": tb.synthetic(tb.model(cl, lrn="identity"), precision, cl),
     }
-    fig["lrn"]["shifted_vs_pool"] = fig["lrn"]["shifted_img_s"] / syn[best_name]
-    fig["lrn"]["wins"] = "shifted" if fig["lrn"]["shifted_vs_pool"] > 1 else "pool"
+    fig["lrn"]["analytic_vs_pool"] = syn[best_name] / fig["lrn"]["pool_img_s"]
+    fig["lrn"]["share_of_step"] = 1 - syn[best_name] / fig["lrn"]["identity_img_s"]
     # The trainer's speed-only options, each beside the plain setting measured above: "wins" says which default
     # the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd).
     if ctx.device == "gpu":

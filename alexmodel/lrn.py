@@ -1,0 +1,141 @@
+"""Local response normalisation, paper §3.3, with the fewest bytes moved that eager PyTorch allows.
+
+    b_i = a_i / d_i^beta,   d_i = k + alpha * sum_{j in window(i)} a_j^2
+
+the window being the n maps centred on i, clipped at the edges of each tower's channels (so `groups` independent
+channel groups on one device). The backward is written out rather than taped by autograd:
+
+    da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in window(j)} g_i a_i d_i^(-beta-1)
+
+(the window is symmetric, so "i whose window holds j" is "i in j's window"). Each window sum is one convolution
+with a constant kernel of n taps over the channels of a one-channel view of the maps, zero-padded, which also
+adds k in the forward (its bias): no padded copy, no atomic-add backward, no in-place op on a view for autograd
+to copy around (`F.avg_pool3d` with padding and `mean.view(...).mul_()` did both: alexnet bench bytes,
+docs/BENCHMARKS.md). Squares and sums are float32 (float64 for a float64 input), the output keeps the input's
+dtype and memory format (channels_last stays channels_last), and autocast does not reach inside.
+
+`IMPLS` names the implementations `LRN.impl` takes: "analytic" (this file, the default), "pool" (autograd
+through avg_pool3d, kept as the reference the check measures against) and "identity" (no normalisation: the
+ablation that measures the LRN's share of a step). Under torch.compile "analytic" traces the plain formula
+(`lrn_functional`) instead, which the compiler fuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IMPLS = ("analytic", "pool", "identity")
+
+
+def _full_precision(device: torch.device):
+    """cuDNN sums float32 convolutions in TF32 by default (torch.backends.cudnn.allow_tf32): not the window's
+    squares, which stay float32."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
+
+
+def window_sum(t: torch.Tensor, groups: int, size: int, scale: float, bias: float | None = None) -> torch.Tensor:
+    """scale * (the sum of `t` over each channel's window of `size` maps inside its group) (+ bias), as one
+    convolution of a one-channel view: NCHW maps as (B*groups, 1, C/groups, H*W) with a (size, 1) kernel,
+    channels_last maps as (B*H*W*groups, 1, 1, C/groups) with a (1, size) kernel; both views need no copy, and
+    the result has t's shape and memory format."""
+    b, c, h, w = t.shape
+    n, pad = c // groups, size // 2
+    nhwc = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    shape = (1, 1, 1, size) if nhwc else (1, 1, size, 1)
+    kernel = torch.full(shape, scale, dtype=t.dtype, device=t.device)
+    bias_t = None if bias is None else torch.full((1,), bias, dtype=t.dtype, device=t.device)
+    with _full_precision(t.device):
+        if nhwc:
+            v = t.permute(0, 2, 3, 1).reshape(b * h * w * groups, 1, 1, n)
+            return F.conv2d(v, kernel, bias_t, padding=(0, pad)).view(b, h, w, c).permute(0, 3, 1, 2)
+        v = t.reshape(b * groups, 1, n, h * w)
+        return F.conv2d(v, kernel, bias_t, padding=(pad, 0)).view(b, c, h, w)
+
+
+class _AnalyticLRN(torch.autograd.Function):
+    """The module docstring's forward and backward; saves the input, d^-beta and d (float32)."""
+
+    @staticmethod
+    def forward(ctx, x, groups: int, size: int, alpha: float, beta: float, k: float):
+        with torch.autocast(x.device.type, enabled=False):
+            acc = torch.promote_types(x.dtype, torch.float32)
+            sq = x.to(acc)
+            sq = sq.square() if sq is x else sq.square_()
+            d = window_sum(sq, groups, size, alpha, bias=k)  # k + alpha * sum a^2
+            del sq
+            s = d.pow(-beta)
+            y = torch.mul(x, s, out=torch.empty_like(x))  # computed in float32, stored in x's dtype
+        ctx.save_for_backward(x, s, d)
+        ctx.conf = groups, size, alpha, beta
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, s, d = ctx.saved_tensors
+        groups, size, alpha, beta = ctx.conf
+        with torch.autocast(x.device.type, enabled=False):
+            gs = g * s  # g d^-beta, float32
+            u = (gs * x).div_(d)  # g a d^(-beta-1)
+            w = window_sum(u, groups, size, -2.0 * alpha * beta)
+            del u
+            dx = torch.addcmul(gs, x, w, out=torch.empty_like(x))
+        return dx, None, None, None, None, None
+
+
+def lrn_functional(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The formula as plain out-of-place tensor operations, for torch.compile: the window is a sum of `size`
+    shifted slices of the zero-padded squares, which inductor fuses with the squares, the power and the product
+    into a few kernels, and differentiates itself (in eager the same code moves more bytes than `_AnalyticLRN`)."""
+    b, c, h, w = x.shape
+    n, pad = c // groups, size // 2
+    sq = x.to(torch.promote_types(x.dtype, torch.float32)).square().view(b, groups, n, h, w)
+    padded = F.pad(sq, (0, 0, 0, 0, pad, pad))
+    total = sum(padded[:, :, i : i + n] for i in range(1, size)) + padded[:, :, :n]
+    return (x * (k + alpha * total.reshape(b, c, h, w)).pow(-beta)).to(x.dtype)
+
+
+def lrn_pool(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """The same formula taped by autograd through avg_pool3d (the implementation before "analytic"): the
+    reference the check and `alexnet bench bytes` measure the analytic one against."""
+    b, c, h, w = x.shape
+    sq = x.to(torch.promote_types(x.dtype, torch.float32)).square()
+    sq, pad = sq.view(b, groups, c // groups, h, w), size // 2
+    if c // groups < size:  # avg_pool3d wants the unpadded depth >= the window (narrow test models)
+        sq, pad = F.pad(sq, (0, 0, 0, 0, pad, pad)), 0
+    mean = F.avg_pool3d(sq, (size, 1, 1), stride=1, padding=(pad, 0, 0))
+    scale = mean.view(b, c, h, w).mul_(alpha * size).add_(k).pow_(-beta)
+    return x * scale.to(x.dtype)
+
+
+class LRN(nn.Module):
+    """The paper's LRN (module docstring) over `groups` independent channel groups: `alpha` multiplies the
+    window's sum of squares, as in the paper (nn.LocalResponseNorm divides its alpha by the window instead).
+    `impl`: one of IMPLS."""
+
+    def __init__(self, size: int, *, alpha: float, beta: float, k: float, impl: str = "analytic"):
+        super().__init__()
+        if impl not in IMPLS:
+            raise ValueError(f"LRN impl={impl!r}: expected one of {IMPLS}")
+        self.size, self.alpha, self.beta, self.k, self.impl = size, alpha, beta, k, impl
+
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        if self.impl == "identity":
+            return x
+        if x.shape[1] % groups:
+            raise ValueError(f"LRN: {x.shape[1]} channels do not split into {groups} groups")
+        if self.impl == "pool":
+            return lrn_pool(x, groups, self.size, self.alpha, self.beta, self.k)
+        if torch.compiler.is_compiling():  # torch.compile fuses the plain formula, forward and backward
+            return lrn_functional(x, groups, self.size, self.alpha, self.beta, self.k)
+        return _AnalyticLRN.apply(x, groups, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, impl={self.impl!r}"
