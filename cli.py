@@ -227,6 +227,34 @@ def _report(result: dict, as_json: bool) -> None:
         click.echo("\n".join(_table(result)))
 
 
+@bench.command("bytes")
+@click.option("--batch-size", type=POS_INT, default=256, show_default=True, help="The batch to extrapolate to.")
+@click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--width", type=POS_FLOAT, default=1.0, show_default=True, help="Model width (1.0: the paper's net).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+def bench_bytes(batch_size, precision, width, as_json):
+    """Bytes one training step reads and writes (every aten op traced on the CPU; holds on a GPU), for each LRN
+    implementation, NCHW and channels_last side by side."""
+    import dataclasses
+
+    from alexmodel.lrn import IMPLS
+    from alexmodel.tools.traffic import step_bytes
+
+    for lrn in IMPLS:
+        for cl in (False, True):
+            r = dataclasses.asdict(
+                step_bytes(batch_size=batch_size, channels_last=cl, lrn=lrn, precision=precision, width=width)
+            )
+            if as_json:
+                _report(r, True)
+            else:
+                fmt = "channels_last" if cl else "NCHW"
+                top = ", ".join(f"{k} {v:.2f}" for k, v in list(r["top_ops_gb"].items())[:4])
+                click.echo(
+                    f"lrn {lrn:<8} {fmt:<13} {r['total_gb']:6.2f} GB a step at batch {batch_size}  (top GB: {top})"
+                )
+
+
 @bench.command("prepare")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option(
