@@ -194,24 +194,56 @@ def crop_anchor_frac(hw, crop: int, square: int | None, k=None):
 
 def pca_lighting_mean(stats, pca_std: float, channel_mean: bool = True):
     """Per-sample vector to subtract: mean - eigvec @ (alpha * eigval_01) * 255, alpha ~ N(0, pca_std); mean is
-    the per-channel mean, or 0 with channel_mean=False (AugmentConfig.mean="pixel": `subtract_mean_window`).
+    the per-channel mean, or 0 with channel_mean=False (AugmentConfig.mean="pixel", subtracted apart).
 
     Paper §4.1 adds [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T to every pixel. That formula is not scale-free: l are
     variances, so it only means what the paper meant on the 0-1 pixel scale (as in fb.resnet.torch and its
     descendants, l ~ 0.22 on ImageNet: a shift of ~5 levels of 255). On our 0-255 statistics this is
     eigvec @ (alpha * eigval_255 / 255); using eigval_255 directly would shift colours by ~300 levels.
-    Subtracting the vector in crop_mirror_normalize adds the lighting offset and removes the mean in one pass."""
-    mean = types.Constant(np.array(stats.mean_255 if channel_mean else (0.0, 0.0, 0.0), np.float32))
+    Subtracting the vector in crop_mirror_normalize adds the lighting offset and removes the mean in one pass.
+    The vector is affine in alpha, so one coord_transform makes it (M = -eigvec diag(eigval_255 / 255),
+    T = mean), and a reshape gives crop_mirror_normalize the (3,) it takes: three CPU operators with the draw,
+    none without lighting (a constant argument)."""
+    mean = np.array(stats.mean_255 if channel_mean else (0.0, 0.0, 0.0), np.float32)
     if pca_std == 0:
-        return mean
+        return mean.tolist()
     if stats.eigvec is None:
         raise ValueError(lighting_problem(stats, pca_std))
     alpha = fn.random.normal(shape=[1, 3], stddev=pca_std, dtype=types.FLOAT)  # one draw per image
-    eigval_01_times_255 = np.array(stats.eigval_255, np.float32).reshape(1, 3) / 255.0
-    scaled = alpha * types.Constant(eigval_01_times_255)
-    m = np.array(stats.eigvec, np.float32).reshape(-1).tolist()  # row-major: offset = eigvec @ scaled
-    offset = fn.coord_transform(scaled, M=m)  # (1, 3), on the 0-255 scale
-    return mean - fn.reshape(offset, shape=[3])
+    m = -np.array(stats.eigvec, np.float64) * (np.array(stats.eigval_255, np.float64) / 255.0)[None, :]
+    vector = fn.coord_transform(alpha, M=m.astype(np.float32).reshape(-1).tolist(), T=mean.tolist())  # (1, 3)
+    return fn.reshape(vector, shape=[3])
+
+
+def random_anchor(shape_hwc, crop: int):
+    """(y, x, 0) int32: the top-left of a crop x crop window drawn uniformly over every valid position of an image
+    of `shape_hwc` (int32 (H, W, C), e.g. `fn.peek_image_shape`), both ends included. `fn.roi_random_crop`
+    draws std::uniform_int_distribution(0, extent - crop) per axis when the region of interest is the whole
+    image (dali/operators/segmentation/roi_random_crop.cc): two operators with the cast `fn.slice` wants, where
+    the same draw written as arithmetic took eleven."""
+    anchor = fn.roi_random_crop(crop_shape=[crop, crop, 3], roi_start=[0, 0, 0], roi_end=shape_hwc)
+    return fn.cast(anchor, dtype=types.INT32)
+
+
+# crop_pos that places a window at floor((extent - size) / 2), the central square's top-left (pipelines/stats.py):
+# the crop operators round crop_pos * (extent - size) to nearest (dali/operators/image/crop/crop_attr.h, roundf),
+# and 0.5 - 2^-16 stays below every .5 for extents up to 32,767 px past the size (tests/test_pipelines.py)
+FLOOR_HALF = 0.5 - 2.0**-16
+
+
+def central_square(img, side: int):
+    """The central side x side patch of a decoded HWC image node (top-left floor((H - side) / 2), ...): one crop
+    operator on the image's device, no arithmetic on the CPU."""
+    return fn.crop(img, crop=(side, side), crop_pos_x=FLOOR_HALF, crop_pos_y=FLOOR_HALF)
+
+
+def square_positions(aug):
+    """(crop_pos_x, crop_pos_y) of a crop x crop window at an offset drawn uniformly from 0..span (span =
+    shorter_side - crop, both ends included) of a shorter_side square: crop_pos k / span rounds back to exactly
+    k (tests/test_pipelines.py). The span is fixed, so the draw needs no image shape: one operator per axis."""
+    span = aug.shorter_side - aug.crop
+    values = [k / span for k in range(span + 1)] if span else [0.0]
+    return fn.random.uniform(values=values), fn.random.uniform(values=values)
 
 
 def lighting_problem(stats, pca_std: float) -> str | None:
@@ -278,3 +310,11 @@ def output_dtype(dtype: str):
     if dtype == "uint8":
         return types.UINT8
     return types.FLOAT
+
+
+def operators(pipe) -> list[tuple[str, str]]:
+    """(device, operator) of every operator in `pipe`'s graph, defined but not built, so a GPU pipeline can be
+    inspected on a machine without one: DALI runs a graph's CPU operators one after another, so their count is
+    the chain every batch waits for on the CPU (docs/BENCHMARKS.md, "The DALI graph")."""
+    pipe._build_graph()
+    return [(op._op.device, op._op.schema_name) for op in pipe._ops]

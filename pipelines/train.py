@@ -63,36 +63,49 @@ def roi_decode_crop(jpg, window, crop: int, spec: RunSpec):
     return fn.resize(img, size=[crop, crop], roi_start=roi_start, roi_end=roi_end, roi_relative=False, antialias=True)
 
 
-def draws(stats: PipelineStats, aug: AugmentConfig, output_layout: str) -> dict:
+def draws(stats: PipelineStats, aug: AugmentConfig, output_layout: str, *, mean_after: bool = False) -> dict:
     """5-7's random draws for one augmented image, as crop_mirror_normalize's arguments: a coin flip (5) and the
-    vector mean - lighting offset, alpha ~ N(0, pca_std) (6+7; without the mean with AugmentConfig.mean="pixel")."""
+    vector mean - lighting offset, alpha ~ N(0, pca_std) (6+7; without the mean with AugmentConfig.mean="pixel").
+    mean_after: the mean image's window is subtracted after crop_mirror_normalize (`minus_mean_window`), so it
+    hands out float32; otherwise the mean image is already off the image it gets (`square`)."""
     mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
     pixel = aug.mean == "pixel"
-    # 6+7; the mean image is subtracted apart (minus_mean_window), and dtype uint8 hands out the pixels as decoded
+    # 6+7; dtype uint8 hands out the pixels as decoded
     mean = common.pca_lighting_mean(stats, aug.pca_std, channel_mean=not pixel and aug.dtype != "uint8")
     std = list(stats.std_255) if aug.divide_std else [1.0, 1.0, 1.0]
     # float32 before the mean image's window is subtracted: a float16 difference of float16s loses levels
-    dtype = types.FLOAT if pixel else common.output_dtype(aug.dtype)
+    dtype = types.FLOAT if mean_after else common.output_dtype(aug.dtype)
     return dict(mirror=mirror, mean=mean, std=std, dtype=dtype, output_layout=output_layout)
 
 
 def minus_mean_window(out, offset, cmn: dict, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
-    """6 with AugmentConfig.mean="pixel": minus the mean image's window at the crop's offset, mirrored with it."""
+    """6 with AugmentConfig.mean="pixel" on raw images' ROI-decoded crops: minus the mean image's window at the
+    crop's offset, mirrored with it."""
     if aug.mean != "pixel":
         return out
     mean_img = common.mean_image(stats, aug, spec.device)
     return common.subtract_mean_window(out, mean_img, aug, offset, cmn["mirror"], cmn["std"], cmn["output_layout"])
 
 
-def augment_decoded(img, hw, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, output_layout: str):
-    """4-7 on a whole decoded image `img` of extents `hw` (floats, shape [2]) in one crop_mirror_normalize, with
-    draws of its own at every call: data echoing calls it once per copy of an image."""
+def square(img, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
+    """4 and 6 with central_square: the central shorter_side square of a decoded image, minus the mean image
+    with mean="pixel" (paper §2; float32, on the image's device): the window every crop of it then takes is the
+    mean image's window at the same place, so the crop needs no offset arithmetic."""
+    sq = common.central_square(img, aug.shorter_side)
+    return sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
+
+
+def augment_decoded(img, shape, stats: PipelineStats, aug: AugmentConfig, output_layout: str):
+    """4-7 on a decoded image `img` with draws of its own at every call (data echoing calls it once per copy):
+    with central_square `img` is already `square`'s output and the window's offset in it is drawn from the fixed
+    span; otherwise `shape` (int32 (H, W, C)) places a window anywhere in the image, cut out by `fn.slice`."""
     cmn = draws(stats, aug, output_layout)
-    square = aug.shorter_side if aug.central_square else None
-    offset = common.crop_offset(hw, aug.crop, square)[1]  # 4
-    pos = common.crop_anchor_frac(hw, aug.crop, square, k=offset)  # (y, x)
-    out = fn.crop_mirror_normalize(img, crop=(aug.crop, aug.crop), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn)
-    return minus_mean_window(out, offset, cmn, stats, aug, spec)
+    c = aug.crop
+    if aug.central_square:
+        pos_x, pos_y = common.square_positions(aug)  # 4
+        return fn.crop_mirror_normalize(img, crop=(c, c), crop_pos_x=pos_x, crop_pos_y=pos_y, **cmn)
+    window = fn.slice(img, start=common.random_anchor(shape, c), shape=[c, c, 3], axis_names="HWC")  # 4
+    return fn.crop_mirror_normalize(window, **cmn)
 
 
 def build_train_pipeline(
@@ -121,6 +134,7 @@ def build_train_pipeline(
     # The whole image is decoded once: to echo it; on the GPU, where the hardware JPEG decoder serves a plain
     # decode, and the decoder's cache keeps whole images only (common.cache_kw)
     whole = echo > 1 or (spec.device == "gpu" and (not resize or spec.decoder_cache_mb > 0))
+    c = aug.crop
 
     @pipeline_def(enable_checkpointing=True)
     def train():
@@ -129,22 +143,32 @@ def build_train_pipeline(
             img = common.decode(jpg, spec)  # 2
             if resize:
                 img = common.resize_shorter(img, aug.shorter_side)  # 3
-            hw = common.image_hw(jpg, aug.shorter_side if resize else None)
-            copies = [augment_decoded(img, hw, stats, aug, spec, output_layout) for _ in range(echo)]  # 4-7 each
+            if aug.central_square:
+                img, shape = square(img, stats, aug, spec), None
+            else:  # the header gives a prepared image's shape before it is decoded; a resized one's is known after
+                shape = (
+                    img.shape(dtype=types.INT32, device="cpu")
+                    if resize
+                    else fn.peek_image_shape(jpg, dtype=types.INT32)
+                )
+            copies = [augment_decoded(img, shape, stats, aug, output_layout) for _ in range(echo)]  # 4-7 each
             return (*copies, label)  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
-        cmn = draws(stats, aug, output_layout)  # 5-7
         if resize:  # raw images: ROI decode of the crop window (2-4)
+            cmn = draws(stats, aug, output_layout, mean_after=aug.mean == "pixel")  # 5-7
             window, offset = roi_window(jpg, aug)
-            img = roi_decode_crop(jpg, window, aug.crop, spec)
-        else:
-            # CPU, 2+4: the decoder emits the crop, so crop_mirror_normalize reads a small contiguous image
-            # (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
-            square = aug.shorter_side if aug.central_square else None
-            hw = common.image_hw(jpg)
-            offset = common.crop_offset(hw, aug.crop, square)[1]
-            pos = common.crop_anchor_frac(hw, aug.crop, square, k=offset)  # (y, x)
-            img = common.decode(jpg, spec, crop=(aug.crop, pos))
-        out = fn.crop_mirror_normalize(img, **cmn)  # 5-7 in one pass over the pixels
-        return minus_mean_window(out, offset, cmn, stats, aug, spec), label
+            img = roi_decode_crop(jpg, window, c, spec)
+            out = fn.crop_mirror_normalize(img, **cmn)  # 5-7 in one pass over the pixels
+            return minus_mean_window(out, offset, cmn, stats, aug, spec), label
+        # CPU, prepared images: the decoder emits only the region the crop needs, so crop_mirror_normalize reads
+        # a small contiguous image (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
+        if aug.central_square:
+            sq = common.decode(jpg, spec, crop=(aug.shorter_side, (common.FLOOR_HALF, common.FLOOR_HALF)))  # 2+4
+            sq = sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
+            return augment_decoded(sq, None, stats, aug, output_layout), label  # 4-7
+        shape = fn.peek_image_shape(jpg, dtype=types.INT32)
+        anchor = fn.roi_random_crop(crop_shape=[c, c], roi_start=[0, 0], roi_end=shape[0:2])  # 4: as random_anchor
+        start = fn.cast(anchor, dtype=types.INT32)
+        img = fn.decoders.image_slice(jpg, start=start, shape=[c, c], axis_names="HW", **common.decoder_kw(spec))
+        return fn.crop_mirror_normalize(img, **draws(stats, aug, output_layout)), label  # 5-7
 
     return train(**common.pipeline_kw(spec, checkpoint))

@@ -13,7 +13,9 @@ from PIL import Image
 from alexdata.dataset import DataError, open_split
 from alexdata.loader import Loader
 from alexdata.prepare import PrepareConfig, prepare
-from pipelines.config import AugmentConfig, PipelineStats
+from pipelines import common
+from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
+from pipelines.train import build_train_pipeline
 
 QUIET = dict(progress=False, log=lambda *a: None)
 ZERO = {"mean": [0, 0, 0], "std": [1, 1, 1], "eigval": [1, 1, 1], "eigvec": np.eye(3).tolist()}
@@ -62,14 +64,17 @@ def crop_readout(x):
     return ax.round().astype(int), ay.round().astype(int), size, mirrored
 
 
-def test_crop_positions_are_uniform_and_flips_half(ramps):
-    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=16, threads=2, seed=1)
-    rows = [np.stack(crop_readout(x), 1) for _ in range(25) for x, _ in loader]
-    rows = np.concatenate(rows)  # (N, 4)
-    assert len(rows) == 25 * 48
+@pytest.mark.parametrize("echo", [1, 2])
+def test_crop_positions_are_uniform_and_flips_half(ramps, echo):
+    """echo 1 on the CPU: the decoder cuts the window out; echo 2: a slice of the whole decoded image, as on the
+    GPU. Either way every valid anchor is equally likely, both ends included."""
+    loader = Loader(ramps, stats=ZERO, aug=AugmentConfig(pca_std=0.0), batch_size=16, threads=2, seed=1, echo=echo)
+    passes = 25 if echo == 1 else 13  # an echoed pass hands out every image `echo` times
+    rows = np.concatenate([np.stack(crop_readout(x), 1) for _ in range(passes) for x, _ in loader])  # (N, 4)
+    assert len(rows) == passes * echo * 48
     for k, (w, h) in enumerate(SIZES):
         mine = rows[rows[:, 2] == k]
-        assert len(mine) == 25 * 16
+        assert len(mine) == passes * echo * 16
         for axis, extent in ((0, w), (1, h)):
             span = extent - 227  # valid anchors 0..span
             counts = np.bincount(mine[:, axis], minlength=span + 1)
@@ -110,6 +115,50 @@ def test_ends_of_the_range_are_not_half_as_likely(ramps):
             n += 2 * int(square.sum())
     p = 2 / 30
     assert abs(ends - n * p) < 4 * math.sqrt(n * p * (1 - p)), (ends, n * p)
+
+
+def test_floor_half_places_the_central_square_as_floor_and_square_positions_round_back():
+    """The crop operators' anchor is roundf(crop_pos * (extent - size)) in float32 (crop_attr.h): FLOOR_HALF
+    gives floor(span / 2), the central square's top-left, for every span up to 32,767 px, and crop_pos k / span
+    gives back exactly k for every square span a crop can have; computed here as DALI computes it."""
+    span = np.arange(32768, dtype=np.float32)
+    anchor = np.floor(np.float32(common.FLOOR_HALF) * span + np.float32(0.5))  # roundf, positive arguments
+    assert np.array_equal(anchor, np.arange(32768) // 2)
+    for s in range(1, 256):
+        k = np.arange(s + 1)
+        pos = np.array([i / s for i in k], np.float32)
+        assert np.array_equal(np.floor(pos * np.float32(s) + np.float32(0.5)), k), s
+
+
+def test_the_central_square_of_an_odd_margin_starts_at_floor(tmp_path):
+    """A 259 x 256 image (margin 3, odd): the central square starts at x = 1 (floor), as stats' mean image does."""
+    a = ramp(259, 256, 60)
+    data = build(tmp_path, {"c0": [a] * 4})
+    aug = AugmentConfig(pca_std=0.0, central_square=True, flip_prob=0.0)
+    loader = Loader(data, stats=ZERO, aug=aug, batch_size=4, threads=1, seed=3)
+    xs = np.concatenate([crop_readout(x)[0] for _ in range(30) for x, _ in loader])
+    assert xs.min() == 1 and xs.max() == 1 + 29
+
+
+@pytest.mark.parametrize("recipe", ["paper", "modern"])
+def test_the_gpu_graph_runs_at_most_eight_cpu_operators(recipe):
+    """DALI runs a graph's CPU operators one after another, each ~0.3-0.5 ms a batch of 256: the GPU train graph
+    of either recipe, built (not run) without a GPU, keeps reader, label pad, random draws and crop placement to
+    8 CPU operators; decoding is "mixed" and the pixel work on the GPU."""
+    aug = (
+        AugmentConfig(central_square=True, mean="pixel")
+        if recipe == "paper"
+        else AugmentConfig(divide_std=True, pca_std=0.0)
+    )
+    split = Split(kind="shards", classes=("a",), images=8, tars=("a.tar",), indexes=("a.idx",), shorter_side=256)
+    st = PipelineStats.from_dict({**random_stats(), "mean_image": np.zeros((256, 256, 3), np.float32)})
+    ops = common.operators(
+        build_train_pipeline(split, st, aug, RunSpec(batch_size=8, threads=1, device="gpu", device_id=0))
+    )
+    cpu = [name for device, name in ops if device == "cpu"]
+    assert len(cpu) <= 8, cpu
+    assert [name for device, name in ops if device == "mixed"] == ["decoders__Image"]
+    assert "CropMirrorNormalize" in [name for device, name in ops if device == "gpu"]
 
 
 @pytest.fixture(scope="module")
