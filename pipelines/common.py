@@ -221,8 +221,12 @@ def random_anchor(shape_hwc, crop: int):
     draws std::uniform_int_distribution(0, extent - crop) per axis when the region of interest is the whole
     image (dali/operators/segmentation/roi_random_crop.cc): two operators with the cast `fn.slice` wants, where
     the same draw written as arithmetic took eleven."""
-    anchor = fn.roi_random_crop(crop_shape=[crop, crop, 3], roi_start=[0, 0, 0], roi_end=shape_hwc)
-    return fn.cast(anchor, dtype=types.INT32)
+    return fn.cast(random_anchor_int64(shape_hwc, crop), dtype=types.INT32)
+
+
+def random_anchor_int64(shape_hwc, crop: int):
+    """`random_anchor` as fn.roi_random_crop hands it out, int64."""
+    return fn.roi_random_crop(crop_shape=[crop, crop, 3], roi_start=[0, 0, 0], roi_end=shape_hwc)
 
 
 # crop_pos that places a window at floor((extent - size) / 2), the central square's top-left (pipelines/stats.py):

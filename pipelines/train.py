@@ -4,16 +4,24 @@ meets them:
   1. read        webdataset shards from `prepare` (or a raw class-folder tree), regrouped every epoch, sharded
   2. decode      JPEG -> RGB (nvJPEG + hardware decoder on the GPU; on the CPU the decoder also does step 4)
   3. resize      shorter side -> 256, skipped on prepare output (already 256)
-  4. crop        random 227x227, anchor uniform over all valid positions (or inside the central 256 square)
+  4. crop        random 227x227, anchor uniform over all valid positions (fn.roi_random_crop's integer draw), or
+                 inside the central 256 square (one crop at a fixed position, then k / 29 positions in it)
   5. flip        horizontal, probability 0.5
   6+7. lighting + mean   subtract (mean - 255 eigvec @ (alpha * eigval_01)), alpha ~ N(0, 0.1): one fused op
-       (AugmentConfig.mean="pixel", paper §2: the mean image's window under the crop, cropped and flipped with
-       it, is subtracted apart; the fused op then adds the lighting offset only)
+       (AugmentConfig.mean="pixel", paper §2: the mean image is subtracted from the central square before the
+       crop, on the GPU, so each crop loses the mean image's window under it; the fused op then adds the
+       lighting offset only)
   -> NCHW float (NHWC with output_layout="HWC": the loader's channels-last batch); labels as ASCII digits (the
      loader makes int64 of them)
 
+DALI runs a graph's CPU operators one after another, each ~0.3-0.5 ms a batch of 256 (docs/BENCHMARKS.md, "The
+DALI graph"): the draws are written so that no crop arithmetic runs on the CPU. The GPU graph of the paper recipe
+has 8 CPU operators (reader, label pad, two positions, flip, lighting draw, its transform and reshape), the
+modern recipe's 6; `common.operators` lists them.
+
 Raw images take a shortcut: the 227 window is chosen in resized coordinates, only that region of the original is
-decoded (ROI decode) and resized straight to 227x227, instead of decoding and resizing the whole image.
+decoded (ROI decode) and resized straight to 227x227, instead of decoding and resizing the whole image (more CPU
+arithmetic: the window is mapped back to the original's coordinates).
 
 Data echoing (`echo` > 1, Choi et al. 2019, arXiv:1907.05550): steps 2-3 once, then 4-7 `echo` times with their
 own draws, so one decode gives `echo` differently augmented copies (alexdata/echo.py puts them in different
@@ -95,17 +103,28 @@ def square(img, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
     return sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
 
 
-def augment_decoded(img, shape, stats: PipelineStats, aug: AugmentConfig, output_layout: str):
+def augment_decoded(img, shape, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, output_layout: str):
     """4-7 on a decoded image `img` with draws of its own at every call (data echoing calls it once per copy):
     with central_square `img` is already `square`'s output and the window's offset in it is drawn from the fixed
-    span; otherwise `shape` (int32 (H, W, C)) places a window anywhere in the image, cut out by `fn.slice`."""
+    span; otherwise `shape` (int32 (H, W, C)) places a window anywhere in the image. On the GPU `fn.slice` cuts
+    it out (a copy on the GPU, no CPU operator); on the CPU crop_mirror_normalize does, from crop_pos = anchor /
+    span, which saves the copy for three small operators (`span_inverse` is computed once per image)."""
     cmn = draws(stats, aug, output_layout)
     c = aug.crop
     if aug.central_square:
         pos_x, pos_y = common.square_positions(aug)  # 4
         return fn.crop_mirror_normalize(img, crop=(c, c), crop_pos_x=pos_x, crop_pos_y=pos_y, **cmn)
-    window = fn.slice(img, start=common.random_anchor(shape, c), shape=[c, c, 3], axis_names="HWC")  # 4
-    return fn.crop_mirror_normalize(window, **cmn)
+    if spec.device == "gpu":
+        window = fn.slice(img, start=common.random_anchor(shape, c), shape=[c, c, 3], axis_names="HWC")  # 4
+        return fn.crop_mirror_normalize(window, **cmn)
+    shape, inverse = shape
+    pos = common.random_anchor_int64(shape, c) * inverse  # 4: rounds back to the anchor (crop_attr.h: roundf)
+    return fn.crop_mirror_normalize(img, crop=(c, c), crop_pos_x=pos[1], crop_pos_y=pos[0], **cmn)
+
+
+def span_inverse(shape, crop: int):
+    """1 / max(extent - crop, 1) per axis of an int32 (H, W, C) shape, float32: anchor * this is crop_pos."""
+    return 1.0 / dmath.max(shape - crop, 1)
 
 
 def build_train_pipeline(
@@ -151,7 +170,8 @@ def build_train_pipeline(
                     if resize
                     else fn.peek_image_shape(jpg, dtype=types.INT32)
                 )
-            copies = [augment_decoded(img, shape, stats, aug, output_layout) for _ in range(echo)]  # 4-7 each
+                shape = shape if spec.device == "gpu" else (shape, span_inverse(shape, c))
+            copies = [augment_decoded(img, shape, stats, aug, spec, output_layout) for _ in range(echo)]  # 4-7 each
             return (*copies, label)  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
         if resize:  # raw images: ROI decode of the crop window (2-4)
             cmn = draws(stats, aug, output_layout, mean_after=aug.mean == "pixel")  # 5-7
@@ -164,7 +184,7 @@ def build_train_pipeline(
         if aug.central_square:
             sq = common.decode(jpg, spec, crop=(aug.shorter_side, (common.FLOOR_HALF, common.FLOOR_HALF)))  # 2+4
             sq = sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
-            return augment_decoded(sq, None, stats, aug, output_layout), label  # 4-7
+            return augment_decoded(sq, None, stats, aug, spec, output_layout), label  # 4-7
         shape = fn.peek_image_shape(jpg, dtype=types.INT32)
         anchor = fn.roi_random_crop(crop_shape=[c, c], roi_start=[0, 0], roi_end=shape[0:2])  # 4: as random_anchor
         start = fn.cast(anchor, dtype=types.INT32)

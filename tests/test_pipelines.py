@@ -140,6 +140,37 @@ def test_the_central_square_of_an_odd_margin_starts_at_floor(tmp_path):
     assert xs.min() == 1 and xs.max() == 1 + 29
 
 
+def test_the_gpu_graphs_window_is_uniform_and_cut_exactly():
+    """The GPU graph's crop (random_anchor, then fn.slice of the decoded image), run on the CPU: every anchor of
+    a 300 x 260 image equally likely, both ends included, and the slice the image's window at that anchor."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    img = np.random.default_rng(7).integers(0, 256, (260, 300, 3), dtype=np.uint8)
+
+    @pipeline_def(batch_size=256, num_threads=1, device_id=None, seed=5)
+    def pipe():
+        x = fn.external_source(source=lambda: [img] * 256, batch=True, layout="HWC")
+        anchor = common.random_anchor(fn.cast(x.shape(), dtype=types.INT32), 227)
+        return anchor, fn.slice(x, start=anchor, shape=[227, 227, 3], axis_names="HWC")
+
+    p = pipe()
+    p.build()
+    anchors = []
+    for _ in range(8):
+        a, w = (np.array(o.as_tensor()) for o in p.run())
+        for (y, x, c), win in zip(a[:16], w[:16]):
+            assert c == 0 and np.array_equal(win, img[y : y + 227, x : x + 227])
+        anchors.append(a)
+    a = np.concatenate(anchors)
+    for axis, span in ((0, 260 - 227), (1, 300 - 227)):
+        counts = np.bincount(a[:, axis], minlength=span + 1)
+        assert len(counts) == span + 1
+        expected = len(a) / (span + 1)
+        assert ((counts - expected) ** 2 / expected).sum() < chi2_limit(span), counts
+
+
 @pytest.mark.parametrize("recipe", ["paper", "modern"])
 def test_the_gpu_graph_runs_at_most_eight_cpu_operators(recipe):
     """DALI runs a graph's CPU operators one after another, each ~0.3-0.5 ms a batch of 256: the GPU train graph
