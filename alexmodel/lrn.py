@@ -14,7 +14,10 @@ to copy around (`F.avg_pool3d` with padding and `mean.view(...).mul_()` did both
 docs/BENCHMARKS.md). Squares and sums are float32 (float64 for a float64 input), the output keeps the input's
 dtype and memory format (channels_last stays channels_last), and autocast does not reach inside.
 
-`IMPLS` names the implementations `LRN.impl` takes: "analytic" (this file, the default), "pool" (autograd
+`IMPLS` names the implementations `LRN.impl` takes: "analytic" (this file), "triton" (alexmodel/lrn_triton.py:
+two fused kernels for CUDA tensors, 10 bytes per bf16 element), "auto" (the default: on a CUDA tensor the faster
+of "triton" and "analytic", timed once per shape and layout when first met, as cudnn.benchmark picks
+convolutions; "analytic" elsewhere, and when Triton is missing or its kernels fail to build), "pool" (autograd
 through avg_pool3d, kept as the reference the check measures against) and "identity" (no normalisation: the
 ablation that measures the LRN's share of a step). Under torch.compile "analytic" traces the plain formula
 (`lrn_functional`) instead, which the compiler fuses.
@@ -23,12 +26,15 @@ ablation that measures the LRN's share of a step). Under torch.compile "analytic
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMPLS = ("analytic", "pool", "identity")
+IMPLS = ("auto", "analytic", "triton", "pool", "identity")
+_CHOSEN: dict = {}  # "auto": (device, shape, strides, dtype, groups) -> "triton" or "analytic"
 
 
 def _full_precision(device: torch.device):
@@ -115,12 +121,54 @@ def lrn_pool(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float,
     return x * scale.to(x.dtype)
 
 
+def choose(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> str:
+    """ "auto"'s choice for `x`: "triton" where it is faster on this GPU for this shape (forward + backward, timed
+    with CUDA events when first met), else "analytic"; never Triton on the CPU or while a CUDA graph is captured."""
+    key = (x.device, tuple(x.shape), x.stride(), x.dtype, groups)
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    usable = x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    if not usable or importlib.util.find_spec("triton") is None:
+        _CHOSEN[key] = "analytic"
+        return "analytic"
+    if torch.cuda.is_current_stream_capturing():
+        return "analytic"
+    from alexmodel.lrn_triton import lrn_triton
+
+    args = (groups, size, alpha, beta, k)
+    try:
+        ms = {"triton": _time_ms(lrn_triton, x, args), "analytic": _time_ms(_AnalyticLRN.apply, x, args)}
+        _CHOSEN[key] = min(ms, key=ms.get)
+    except Exception as e:  # a Triton that cannot build for this GPU: the eager LRN still works
+        warnings.warn(
+            f"the Triton LRN failed on {tuple(x.shape)} {x.dtype} ({type(e).__name__}: {e}): using the analytic one"
+        )
+        _CHOSEN[key] = "analytic"
+    return _CHOSEN[key]
+
+
+def _time_ms(fn, x: torch.Tensor, args: tuple, reps: int = 5) -> float:
+    """Milliseconds of `reps` forward + backward passes of fn(x, *args), after two untimed ones (compilation)."""
+    with torch.enable_grad():
+        t = x.detach().requires_grad_()
+        g = torch.ones_like(t)
+        for _ in range(2):
+            fn(t, *args).backward(g)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn(t, *args).backward(g)
+        end.record()
+        end.synchronize()
+    return start.elapsed_time(end)
+
+
 class LRN(nn.Module):
     """The paper's LRN (module docstring) over `groups` independent channel groups: `alpha` multiplies the
     window's sum of squares, as in the paper (nn.LocalResponseNorm divides its alpha by the window instead).
     `impl`: one of IMPLS."""
 
-    def __init__(self, size: int, *, alpha: float, beta: float, k: float, impl: str = "analytic"):
+    def __init__(self, size: int, *, alpha: float, beta: float, k: float, impl: str = "auto"):
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"LRN impl={impl!r}: expected one of {IMPLS}")
@@ -135,7 +183,13 @@ class LRN(nn.Module):
             return lrn_pool(x, groups, self.size, self.alpha, self.beta, self.k)
         if torch.compiler.is_compiling():  # torch.compile fuses the plain formula, forward and backward
             return lrn_functional(x, groups, self.size, self.alpha, self.beta, self.k)
-        return _AnalyticLRN.apply(x, groups, self.size, self.alpha, self.beta, self.k)
+        args = (groups, self.size, self.alpha, self.beta, self.k)
+        impl = choose(x, *args) if self.impl == "auto" else self.impl
+        if impl == "triton":
+            from alexmodel.lrn_triton import lrn_triton
+
+            return lrn_triton(x, *args)
+        return _AnalyticLRN.apply(x, *args)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, impl={self.impl!r}"

@@ -2,6 +2,11 @@
 within each tower, on towers narrower than the window, in bf16/fp16 under autocast and channels_last; and the
 bytes its step moves (alexmodel/tools/traffic.py) against the autograd-taped implementation it replaced."""
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -144,14 +149,14 @@ def test_every_implementation_is_the_same_lrn():
     (the ablation) is the identity; an unknown name is refused."""
     a = 30 * np.random.default_rng(6).standard_normal((2, 14, 3, 4))
     out = {}
-    for impl in ("analytic", "pool", "identity"):
+    for impl in ("auto", "analytic", "pool", "identity"):
         x = torch.from_numpy(a).requires_grad_()
         y = within_towers(LRN(LRN_N, alpha=LRN_ALPHA, beta=LRN_BETA, k=LRN_K, impl=impl), x)
         out[impl] = (y.detach(), torch.autograd.grad(y.square().sum(), x)[0])
     x = torch.from_numpy(a).requires_grad_()
     y = lrn_functional(x, 2, LRN_N, LRN_ALPHA, LRN_BETA, LRN_K)  # what torch.compile traces
     out["functional"] = (y.detach(), torch.autograd.grad(y.square().sum(), x)[0])
-    for impl in ("pool", "functional"):
+    for impl in ("auto", "pool", "functional"):  # "auto" is "analytic" on the CPU
         for got, want in zip(out[impl], out["analytic"]):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert torch.equal(out["identity"][0], torch.from_numpy(a))
@@ -198,3 +203,33 @@ def test_the_analytic_lrn_moves_at_most_half_the_bytes_of_autograd_through_avg_p
     floor = 4 * x0.numel() * 2
     assert moved["analytic"] <= 0.5 * moved["pool"]
     assert floor < moved["analytic"] < 14 * floor  # ~90 bytes per element: float32 squares, sums, d, d^-beta
+
+
+TRITON_CHECK = """
+import torch
+from alexmodel.lrn import lrn_pool
+from alexmodel.lrn_triton import lrn_triton
+for c, groups in ((6, 2), (14, 2), (96, 2), (10, 1)):
+    for channels_last in (False, True):
+        for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 2e-3)):
+            x = (30 * torch.randn(2, c, 5, 7)).to(dtype)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            g = torch.randn_like(x)
+            xt, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+            yt, yr = lrn_triton(xt, groups, 5, 1e-4, 0.75, 2.0), lrn_pool(xr, groups, 5, 1e-4, 0.75, 2.0)
+            (gt,), (gr,) = torch.autograd.grad(yt, xt, g), torch.autograd.grad(yr, xr, g.double())
+            assert yt.dtype == gt.dtype == dtype and yt.stride() == gt.stride() == x.stride()
+            torch.testing.assert_close(yt.double(), yr, rtol=tol, atol=tol * yr.abs().max().item())
+            torch.testing.assert_close(gt.double(), gr, rtol=tol, atol=tol * gr.abs().max().item())
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (pip install triton)")
+def test_the_triton_kernels_are_the_papers_formula_in_the_interpreter():
+    """alexmodel/lrn_triton.py's forward and backward kernels, run by Triton's interpreter on the CPU
+    (TRITON_INTERPRET=1, read when the kernels are defined: hence a fresh process), against the float64 formula:
+    towers narrower than the window, one and two groups, channels_last in and out, float32/bf16/fp16."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

@@ -163,7 +163,7 @@ HEADLINES = {
         ("data_wait_frac", "data wait", "{:.1%}"),
         ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
         ("profile.heaviest", "heaviest op", "{}"),
-        ("lrn.analytic_vs_pool", "LRN analytic vs pool", "{:.2f}"),
+        ("lrn.auto_vs_pool", "LRN default vs pool", "{:.2f}"),
         ("lrn.share_of_step", "LRN share of step", "{:.0%}"),
         ("host_sync.trainer_vs_no_sync", "sync ratio", "{:.2f}"),
         ("tf32.tf32_vs_plain", "tf32 vs plain", "{:.2f}"),

@@ -401,14 +401,16 @@ def stage_train(ctx: Context, fig: dict) -> None:
     # with no data at all): the top kernels name the layer to work on.
     fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
     ctx.check_time()
-    # The LRN (alexmodel/lrn.py): the default analytic one beside the autograd-taped avg_pool3d one it replaced,
-    # and the net without LRN (identity), whose ratio is the LRN's true share of the step.
-    fig["lrn"] = {
-        "analytic_img_s": syn[best_name],
-        "pool_img_s": tb.synthetic(tb.model(cl, lrn="pool"), precision, cl),
-        "identity_img_s": tb.synthetic(tb.model(cl, lrn="identity"), precision, cl),
-    }
-    fig["lrn"]["analytic_vs_pool"] = syn[best_name] / fig["lrn"]["pool_img_s"]
+    # The LRN (alexmodel/lrn.py): the default ("auto": Triton or analytic, whichever its own timing picked) beside
+    # each implementation and the net without LRN (identity), whose ratio is the LRN's true share of the step.
+    from alexmodel import lrn
+
+    impls = ["analytic", "pool", "identity"] + (["triton"] if ctx.device == "gpu" else [])
+    fig["lrn"] = {"auto_img_s": syn[best_name], "chosen": sorted(set(lrn._CHOSEN.values()))}
+    for impl in impls:
+        ctx.check_time()
+        fig["lrn"][f"{impl}_img_s"] = tb.synthetic(tb.model(cl, lrn=impl), precision, cl)
+    fig["lrn"]["auto_vs_pool"] = syn[best_name] / fig["lrn"]["pool_img_s"]
     fig["lrn"]["share_of_step"] = 1 - syn[best_name] / fig["lrn"]["identity_img_s"]
     # The trainer's speed-only options, each beside the plain setting measured above: "wins" says which default
     # the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd).
