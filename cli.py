@@ -74,8 +74,30 @@ def main() -> None:
     "hf: the Hugging Face repository (data/*.tar.gz).",
 )
 @click.option("--workers", type=POS_INT, default=None, help="Processes (default: all cores).")
-def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers):
-    """Generate a mini-ImageNet in the original layout under OUT."""
+@click.option(
+    "--shards",
+    is_flag=True,
+    help="Throughput data instead: write prepare's output (shards, manifest.json, a stats.json of ImageNet's "
+    "published statistics) directly from 512 random textures, in seconds (alexdata/textures.py).",
+)
+def synth(out, classes, train_per_class, val_per_class, seed, oddities, layout, workers, shards):
+    """Generate a mini-ImageNet in the original layout under OUT (or, with --shards, prepare's output)."""
+    if shards:
+        from alexdata.textures import make_throughput_data
+
+        m = make_throughput_data(
+            out,
+            classes=classes,
+            train_images=classes * train_per_class,
+            val_images=classes * val_per_class,
+            seed=seed,
+            distinct=max(512, classes),
+        )
+        click.echo(
+            f"synth: {m['train']['images']} train + {m['val']['images']} val samples of "
+            f"{plural(classes, 'class', 'classes')} (shards, mean {m['mean_jpeg_bytes'] / 1000:.0f} KB) -> {out}"
+        )
+        return
     from alexdata.synth import SynthConfig, make_synth
 
     d = make_synth(out, SynthConfig(classes, train_per_class, val_per_class, seed, oddities, layout), workers=workers)

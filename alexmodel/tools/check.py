@@ -76,8 +76,8 @@ STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
 WEIGHTS = {"data": 0.15, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.25, "paper_init": 0.1}
 
 SIZES = {
-    # ~20k distinct ImageNet-sized JPEGs (~2.2 GB raw, ~0.6 GB of shards): the loader is not timing a tiny cache.
-    # The data stage took 93 s on the H200's 16 cores (synth ~310 img/s), most of it synth.
+    # ~20k samples of 512 ImageNet-sized JPEGs (~35 KB each, ~0.7 GB of shards), written directly as prepare's
+    # output (alexdata/textures.py) in seconds: synth -> prepare took most of a lent GPU's first 93 s.
     # ~13 sweep points of ~5 s each (3 timed, the rest building and warming up): the loader stage's box on a GPU.
     "full": CheckSize(
         classes=100,
@@ -89,6 +89,7 @@ SIZES = {
         loader_seconds=3.0,
         train_steps=200,
         paper_init_s=60.0,
+        data="textures",
     ),
     # A few hundred images: every stage in a minute or two on 2 CPU cores (docs/BENCHMARKS.md, the CPU rehearsal).
     "tiny": CheckSize(

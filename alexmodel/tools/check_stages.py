@@ -43,6 +43,9 @@ class CheckSize:
     loader_seconds: float  # timed seconds per loader contender and sweep point
     train_steps: int  # timed optimizer steps per synthetic variant (end to end: twice as many)
     paper_init_s: float  # seconds of paper-recipe training
+    # "synth": synth -> prepare -> stats, every code path; "textures": prepare's output written directly in
+    # seconds (alexdata/textures.py), for throughput where machine time is short
+    data: str = "synth"
     threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
     batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
     prefetch: tuple[int, ...] = (2, 3, 4)  # DALI prefetch queue depths to sweep (the Loader's default first)
@@ -87,13 +90,52 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
+def textures_done(data: Path, s: CheckSize) -> bool:
+    """Whether `data` holds finished throughput data of this size (`alexnet synth --shards`, in the background
+    of an earlier device call, or an earlier check)."""
+    from alexdata.shards import load_manifest
+
+    try:
+        man = load_manifest(data)
+    except Exception:
+        return False
+    want = (s.classes, s.classes * s.train_per_class, s.classes * s.val_per_class)
+    return "textures" in man["params"] and (len(man["classes"]), man["train"]["images"], man["val"]["images"]) == want
+
+
+def stage_textures(ctx: Context, fig: dict) -> None:
+    """The data stage with CheckSize.data "textures": prepare's output written directly (alexdata/textures.py),
+    or found finished under ctx.work/data."""
+    from alexdata.textures import make_throughput_data
+
+    s, data = ctx.size, ctx.work / "data"
+    fig.update(kind="textures", workers=1)
+    if textures_done(data, s):
+        fig["reused"] = 1
+    else:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+        t = time.perf_counter()
+        man = make_throughput_data(
+            data, classes=s.classes, train_images=s.classes * s.train_per_class, val_images=s.classes * s.val_per_class
+        )
+        n = man["train"]["images"] + man["val"]["images"]
+        fig.update(reused=0, written_images=n, written_img_s=n / (time.perf_counter() - t))
+        fig["mean_kb"] = man["mean_jpeg_bytes"] / 1e3
+    man = json.loads((data / "manifest.json").read_text())
+    fig.update(train_images=man["train"]["images"], val_images=man["val"]["images"], classes=len(man["classes"]))
+    ctx.data = data
+
+
 def stage_data(ctx: Context, fig: dict) -> None:
-    """synth -> prepare -> stats under ctx.work, reusing what an earlier check left there."""
+    """synth -> prepare -> stats under ctx.work, reusing what an earlier check left there (CheckSize.data
+    "synth"), or throughput data written directly ("textures": `stage_textures`)."""
     from alexdata.prepare import PrepareConfig, prepare
     from alexdata.stats import compute_stats, write_stats
     from alexdata.synth import SynthConfig, make_synth
 
     s = ctx.size
+    if s.data == "textures":
+        return stage_textures(ctx, fig)
     raw, data = ctx.work / "raw", ctx.work / "data"
     cfg = SynthConfig(s.classes, s.train_per_class, s.val_per_class, seed=0)
     fig["workers"] = ctx.cores
