@@ -214,7 +214,8 @@ def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int
     res = {}
     for name, load in (("load0", 0.0), ("load1", 1.0)):
         batches = pipe_batches(
-            decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load), host.synchronizer("gpu")
+            decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load),
+            host.device_synchronizer("gpu"),
         )
         for _ in range(3):  # warm-up: buffers, the decoder's own start
             next(batches)
@@ -324,7 +325,8 @@ def bench_loader(
         pipelines = {("pipeline" if e == 1 else f"pipeline_echo{e}"): pipeline(e) for e in echoes}
     make = {
         "decode_only": lambda: pipe_batches(
-            decode_only_pipeline(split, device, batch_size, threads, prefetch, hw_decoder_load=hw_decoder_load), sync
+            decode_only_pipeline(split, device, batch_size, threads, prefetch, hw_decoder_load=hw_decoder_load),
+            host.device_synchronizer(device),
         ),
         **pipelines,
         "baseline": baseline,

@@ -55,7 +55,17 @@ def dali_device_id(device: str, index: int = 0) -> int | None:
 
 
 def synchronizer(device: str):
-    """A function that waits for the device's queued work (nothing to wait for on the CPU): for timing."""
+    """A function that waits for the work queued on torch's current CUDA stream, the consumer's (a loader's batch
+    copy, a training step; nothing to wait for on the CPU): for timing. Not torch.cuda.synchronize, which would
+    also wait for the batches DALI prepares ahead on its own streams and bill them to the batch in hand."""
+    import torch
+
+    return (lambda: torch.cuda.current_stream().synchronize()) if device == "gpu" else (lambda: None)
+
+
+def device_synchronizer(device: str):
+    """A function that waits for all of the device's queued work: for a bare DALI pipeline's outputs, which are
+    on DALI's streams, not torch's (the decode-only ceiling, so it is the harder bound on the ratio to it)."""
     import torch
 
     return torch.cuda.synchronize if device == "gpu" else (lambda: None)

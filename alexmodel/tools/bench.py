@@ -198,6 +198,38 @@ class TrainBench:
             model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup, sync=self.sync
         )
 
+    def conv_tflops(self, precision: str, reps: int = 10) -> dict:
+        """Each convolution of the model alone, forward and backward (input, weight and bias gradients), in TFLOP/s
+        at this batch, NCHW and channels_last: {"conv1": {"nchw": ..., "nhwc": ...}, ...}. FLOPs are counted as
+        3 x 2 x the forward's multiply-adds; a layer far under the chip's rate is where the step's time goes."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        net = AlexNet(self.classes, width=self.width).to(self.dev)
+        shapes = {"conv1": 227, "conv2": 27, "conv3": 13, "conv4": 13, "conv5": 13}  # input sides (paper Figure 2)
+        out = {}
+        for name, side in shapes.items():
+            conv = getattr(net, name)
+            w = conv.weight.detach().to(dtype).requires_grad_()
+            b = conv.bias.detach().to(dtype).requires_grad_()
+            cin = w.shape[1] * conv.groups
+            fig = {}
+            for fmt_name, fmt in (("nchw", torch.contiguous_format), ("nhwc", torch.channels_last)):
+                x = torch.randn(self.batch_size, cin, side, side, device=self.dev, dtype=dtype)
+                x = x.contiguous(memory_format=fmt).requires_grad_()
+                wf = w.detach().contiguous(memory_format=fmt).requires_grad_()
+                step = lambda: F.conv2d(x, wf, b, conv.stride, conv.padding, groups=conv.groups).sum().backward()
+                for _ in range(3):
+                    step()
+                self.sync()
+                t = time.perf_counter()
+                for _ in range(reps):
+                    step()
+                self.sync()
+                y = F.conv2d(x.detach(), wf.detach(), None, conv.stride, conv.padding, groups=conv.groups)
+                macs = y.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+                fig[fmt_name] = 3 * 2 * macs * reps / (time.perf_counter() - t) / 1e12
+            out[name] = fig
+        return out
+
     def end_to_end(
         self, model, loader, precision: str, channels_last: bool, *, steps: int | None = None, full_only: bool = False
     ) -> dict:

@@ -90,6 +90,7 @@ SIZES = {
         train_steps=200,
         paper_init_s=60.0,
         data="textures",
+        repeats=3,
     ),
     # A few hundred images: every stage in a minute or two on 2 CPU cores (docs/BENCHMARKS.md, the CPU rehearsal).
     "tiny": CheckSize(

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ class CheckSize:
     # "synth": synth -> prepare -> stats, every code path; "textures": prepare's output written directly in
     # seconds (alexdata/textures.py), for throughput where machine time is short
     data: str = "synth"
+    repeats: int = 1  # interleaved readings of the loader's best setting and its default, when they differ
     threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
     batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
     prefetch: tuple[int, ...] = (2, 3, 4)  # DALI prefetch queue depths to sweep (the Loader's default first)
@@ -358,6 +360,22 @@ def stage_loader(ctx: Context, fig: dict) -> None:
                     ctx.best_loader = dict(best)
     fig["default_img_s"] = sweep[0]["img_s"]
     fig["best_vs_default"] = best_rate / sweep[0]["img_s"]
+    if best != default and s.repeats > 1:
+        # Each sweep point is one reading, and two readings of one setting a minute apart differed by 17 % on
+        # the H200: the best against the default, interleaved `repeats` times, decides whether it wins.
+        reps = {"default": [], "best": []}
+        for _ in range(s.repeats):
+            for name, point in (("default", default), ("best", best)):
+                ctx.check_time()
+                reps[name].append(
+                    loader_rate(data, s.loader_seconds, device=ctx.device, stats=stats, opened=split, **point)
+                )
+        fig["repeats"] = reps
+        fig["best_vs_default"] = statistics.median(reps["best"]) / statistics.median(reps["default"])
+        fig["best_vs_default_spread"] = (
+            min(reps["best"]) / max(reps["default"]),
+            max(reps["best"]) / min(reps["default"]),
+        )
     ctx.check_time()
     try:
         fig["baseline"] = bench_loader(data, ctx.device, contenders=("baseline",), **kw)["baseline"]
@@ -490,6 +508,23 @@ def stage_train(ctx: Context, fig: dict) -> None:
     ctx.check_time()
     # The paper's two-tower code path (§3.2) with both towers on this one device: a second GPU is not lent here.
     fig["two_tower_one_device_img_s"] = tb.synthetic(tb.model(cl, devices=(tb.dev, tb.dev)), precision, cl)
+    if ctx.device == "gpu":
+        # Each convolution alone in NCHW and NHWC (which layout cuDNN serves best, per layer), and the best
+        # variant at twice the batch (a step's fixed costs amortised): each recorded, a failure not fatal.
+        for key, measure in (
+            ("conv_tflops", lambda: tb.conv_tflops(precision)),
+            (
+                "batch_2x_img_s",
+                lambda: TrainBench(
+                    ctx.device, classes=s.classes, width=s.width, batch_size=2 * s.batch_size, steps=s.train_steps // 2
+                ).synthetic(tb.model(cl), precision, cl),
+            ),
+        ):
+            ctx.check_time()
+            try:
+                fig[key] = measure()
+            except Exception as e:
+                fig[key + "_error"] = _one_line(e)
     # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
     # the timing), so it runs only when the box still has 90 s; a compiler failure is recorded, not fatal.
     if ctx.device == "gpu" and ctx.left() > 90:
