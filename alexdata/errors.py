@@ -44,6 +44,11 @@ class TrainError(UserError):
     """A run cannot start or go on: one line saying why and what to do."""
 
 
+class LinkedFileError(UserError):
+    """A file the project writes in place (a log it appends to, a lock) is a symbolic link or has other hard
+    links: writing through it would change a file outside the directory. One line naming it."""
+
+
 # ---------------------------------------------------------------- the system's and DALI's errors, in one line
 
 

@@ -1,11 +1,60 @@
-"""Writing files so that a kill at any instant leaves either the old file or the new one, never half of one."""
+"""Writing files so that a kill at any instant leaves either the old file or the new one, never half of one, and
+so that a link planted where the project writes makes it write nowhere else: every temporary is created afresh
+(O_CREAT | O_EXCL | O_NOFOLLOW, after removing whatever had its name, a link itself and not its target), the
+rename replaces a link at the final name rather than following it, and files written in place (appended logs,
+locks) refuse a symbolic link or a file with other hard links in one line."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
+
+from alexdata.errors import LinkedFileError
+
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _create_fresh(path: Path) -> int:
+    """A descriptor of a new, empty regular file at `path`, which this call created: whatever had the name (a
+    killed writer's leftover, or a link planted there) is unlinked first, not written through."""
+    for _ in range(3):
+        try:
+            return os.open(path, _NEW, 0o644)
+        except FileExistsError:
+            path.unlink(missing_ok=True)  # a symbolic or hard link goes, its target stays as it was
+    raise LinkedFileError(f"{path}: recreated each time it is removed (another process?); cannot write it safely")
+
+
+def _check_own(fd: int, path: Path) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links"
+        raise LinkedFileError(f"{path}: {what}; writing it would change another file: remove it and run again")
+
+
+def open_in_place(path: str | os.PathLike, flags: int) -> int:
+    """os.open of a file the project writes in place (O_CREAT added), refusing a symbolic link (O_NOFOLLOW) and a
+    file with other hard links, each in one line (LinkedFileError)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LinkedFileError(
+                f"{path}: a symbolic link; writing it would change the file it points to: remove it and run again"
+            ) from None
+        raise
+    _check_own(fd, path)
+    return fd
+
+
+def append_open(path: str | os.PathLike):
+    """A text file to append lines to (a log), through `open_in_place`."""
+    return os.fdopen(open_in_place(path, os.O_WRONLY | os.O_APPEND), "a")
 
 
 def temporary(path: str | os.PathLike, tag: str = "") -> Path:
@@ -23,7 +72,7 @@ def atomic_open(path: str | os.PathLike, tag: str = ""):
     path = Path(path)
     tmp = temporary(path, tag)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(_create_fresh(tmp), "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -101,7 +150,7 @@ def lock_dir(directory: str | os.PathLike, *, what: str, error: type[Exception],
     while True:
         try:  # the first write of a run into its directory: a read-only or full one is refused here, in one line
             directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_in_place(path, os.O_RDWR)
         except OSError as e:
             raise error(
                 f"{directory}: {what} cannot write there ({e.strerror or e}); choose another directory"

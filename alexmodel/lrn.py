@@ -7,10 +7,9 @@ channel groups on one device). The backward is written out rather than taped by 
 
     da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in window(j)} g_i a_i d_i^(-beta-1)
 
-(the window is symmetric, so "i whose window holds j" is "i in j's window"). Each window sum is one convolution
-with a constant kernel of n taps over the channels of a one-channel view of the maps, zero-padded, which also
-adds k in the forward (its bias): no padded copy, no atomic-add backward, no in-place op on a view for autograd
-to copy around (`F.avg_pool3d` with padding and `mean.view(...).mul_()` did both: alexnet bench bytes,
+(the window is symmetric, so "i whose window holds j" is "i in j's window"). Each window sum is one stride-1,
+zero-padded avg_pool2d with divisor 1 over a one-channel view of the maps: no padded copy, no atomic-add
+backward, no in-place op on a view for autograd to copy around (`F.avg_pool3d` with padding and `mean.view(...).mul_()` did both: alexnet bench bytes,
 docs/BENCHMARKS.md). Squares and sums are float32 (float64 for a float64 input), the output keeps the input's
 dtype and memory format (channels_last stays channels_last), and autocast does not reach inside.
 
@@ -25,7 +24,6 @@ ablation that measures the LRN's share of a step). Under torch.compile "analytic
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import warnings
 
@@ -37,32 +35,21 @@ IMPLS = ("auto", "analytic", "triton", "pool", "identity")
 _CHOSEN: dict = {}  # "auto": (device, shape, strides, dtype, groups) -> "triton" or "analytic"
 
 
-def _full_precision(device: torch.device):
-    """cuDNN sums float32 convolutions in TF32 by default (torch.backends.cudnn.allow_tf32): not the window's
-    squares, which stay float32."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    c = torch.backends.cudnn
-    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
-
-
-def window_sum(t: torch.Tensor, groups: int, size: int, scale: float, bias: float | None = None) -> torch.Tensor:
-    """scale * (the sum of `t` over each channel's window of `size` maps inside its group) (+ bias), as one
-    convolution of a one-channel view: NCHW maps as (B*groups, 1, C/groups, H*W) with a (size, 1) kernel,
-    channels_last maps as (B*H*W*groups, 1, 1, C/groups) with a (1, size) kernel; both views need no copy, and
-    the result has t's shape and memory format."""
+def window_sum(t: torch.Tensor, groups: int, size: int) -> torch.Tensor:
+    """The sum of `t` over each channel's window of `size` maps inside its group, zero past the group's edges: one
+    stride-1 avg_pool2d with zero padding and divisor 1 over a one-channel view, NCHW maps as (B*groups, 1,
+    C/groups, H*W) with a (size, 1) window, channels_last maps as (B*H*W*groups, 1, 1, C/groups) with a (1, size)
+    one; both views need no copy, and the result has t's shape and memory format. (avg_pool2d's backward
+    gathers, without atomics; a one-channel convolution would do the same sum in as few bytes but runs 3-4x
+    slower on the CPU: docs/BENCHMARKS.md.)"""
     b, c, h, w = t.shape
     n, pad = c // groups, size // 2
-    nhwc = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    shape = (1, 1, 1, size) if nhwc else (1, 1, size, 1)
-    kernel = torch.full(shape, scale, dtype=t.dtype, device=t.device)
-    bias_t = None if bias is None else torch.full((1,), bias, dtype=t.dtype, device=t.device)
-    with _full_precision(t.device):
-        if nhwc:
-            v = t.permute(0, 2, 3, 1).reshape(b * h * w * groups, 1, 1, n)
-            return F.conv2d(v, kernel, bias_t, padding=(0, pad)).view(b, h, w, c).permute(0, 3, 1, 2)
-        v = t.reshape(b * groups, 1, n, h * w)
-        return F.conv2d(v, kernel, bias_t, padding=(pad, 0)).view(b, c, h, w)
+    if not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        v = t.permute(0, 2, 3, 1).reshape(b * h * w * groups, 1, 1, n)
+        s = F.avg_pool2d(v, (1, size), stride=1, padding=(0, pad), divisor_override=1)
+        return s.view(b, h, w, c).permute(0, 3, 1, 2)
+    v = t.reshape(b * groups, 1, n, h * w)
+    return F.avg_pool2d(v, (size, 1), stride=1, padding=(pad, 0), divisor_override=1).view(b, c, h, w)
 
 
 class _AnalyticLRN(torch.autograd.Function):
@@ -72,10 +59,12 @@ class _AnalyticLRN(torch.autograd.Function):
     def forward(ctx, x, groups: int, size: int, alpha: float, beta: float, k: float):
         with torch.autocast(x.device.type, enabled=False):
             acc = torch.promote_types(x.dtype, torch.float32)
-            sq = x.to(acc)
-            sq = sq.square() if sq is x else sq.square_()
-            d = window_sum(sq, groups, size, alpha, bias=k)  # k + alpha * sum a^2
-            del sq
+            # alpha a^2 in float32 straight from the input, one pass: a one-element float32 tensor (not 0-dim,
+            # which type promotion would treat as a scalar) makes addcmul compute in float32
+            zero = torch.zeros((1, 1, 1, 1), dtype=acc, device=x.device)
+            total = window_sum(torch.addcmul(zero, x, x, value=alpha), groups, size)  # alpha sum a^2
+            d = torch.add(total, k)  # k + alpha sum a^2
+            del total
             s = d.pow(-beta)
             y = torch.mul(x, s, out=torch.empty_like(x))  # computed in float32, stored in x's dtype
         ctx.save_for_backward(x, s, d)
@@ -90,9 +79,9 @@ class _AnalyticLRN(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             gs = g * s  # g d^-beta, float32
             u = (gs * x).div_(d)  # g a d^(-beta-1)
-            w = window_sum(u, groups, size, -2.0 * alpha * beta)
+            w = window_sum(u, groups, size)
             del u
-            dx = torch.addcmul(gs, x, w, out=torch.empty_like(x))
+            dx = torch.addcmul(gs, x, w, value=-2.0 * alpha * beta, out=torch.empty_like(x))
         return dx, None, None, None, None, None
 
 

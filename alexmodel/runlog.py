@@ -23,7 +23,7 @@ from pathlib import Path
 
 from alexdata import host
 from alexdata.errors import TrainError
-from alexdata.files import atomic_write
+from alexdata.files import append_open, atomic_write
 
 CONFIG, METRICS, PLOT, STEPS = "config.json", "metrics.jsonl", "plot.png", "steps.jsonl"
 
@@ -99,7 +99,7 @@ def restore_record(run_dir: Path, history: list[dict]) -> None:
 
 def append_step(run_dir: Path, rec: dict) -> None:
     """One line of steps.jsonl (appended: a line per window, never rewritten while the run goes on)."""
-    with open(run_dir / STEPS, "a") as f:
+    with append_open(run_dir / STEPS) as f:
         f.write(json.dumps(rec) + "\n")
 
 

@@ -7,19 +7,23 @@ The stages (alexmodel/tools/check_stages.py) run in order of value, each time-bo
 box is its weight's share of what is left, so time one stage leaves unused goes to the next):
 
     data        synth -> prepare -> stats on generated ImageNet-sized JPEGs, with all cores; each step's rate
-    tests       on a GPU `pytest -m gpu`; on the CPU a quick subset; passed/failed counts, failing tests' names
+                (--size full: prepare's output written directly from textures in seconds, alexdata/textures.py)
+    train       first, as the figure a short GPU lease must return: synthetic images/s (fp32, bf16, bf16 +
+                channels_last), then end to end through the Loader with the best precision and the best loader
+                settings known (the defaults, unless an earlier loader stage found better) against the default
+                ones (images/s, data wait); the step's heaviest operators (`profile`); every LRN implementation
+                against the default and the net without LRN (`lrn`); TF32 matmuls and fused SGD each beside the
+                plain setting (`tf32`, `fused_sgd`: which `wins`), the trainer's host-sync ratio, both towers on
+                one device; on a GPU also data echoing 2 and the decoded-image cache end to end, each
+                convolution's TFLOP/s in NCHW and NHWC, twice the batch, and torch.compile if the box allows
     loader      decode_only / pipeline images/s as `bench loader` measures them; on a GPU whether the hardware
                 JPEG decoder is really used (`hw_decoder`: decode only at hw_decoder_load 0 and 1); a sweep of
                 hw_decoder_load, hybrid_huffman_threshold, the preallocation hints (GPU only; `sweep_skipped`
                 says why a knob was left out), threads, batch size, prefetch and the NHWC layout, whose `best` is
-                the fastest setting found; last the PyTorch DataLoader baseline (a failure: `baseline_error`)
+                the fastest setting found, timed again against the default `repeats` times interleaved; last
+                the PyTorch DataLoader baseline (a failure: `baseline_error`)
+    tests       on a GPU `pytest -m gpu`; on the CPU a quick subset; passed/failed counts, failing tests' names
     stats       the stats pass's images/s against decode only, on the device
-    train       synthetic images/s (fp32, bf16, bf16 + channels_last, compiled if the budget allows), TF32
-                matmuls and fused SGD each beside the plain setting (`tf32`, `fused_sgd`: which `wins`), the
-                trainer's host-sync ratio, both towers on one device, and end to end through the Loader with
-                the best precision and the best loader settings against the default ones (images/s, data wait);
-                on a GPU also with data echoing 2 and with the decoded-image cache holding the whole train split
-                (an upper bound: ImageNet does not fit), `end_to_end_{echo2,cache}_vs_best`
     paper_init  the paper's recipe (N(0, 0.01) init, unit biases, lr 0.01, batch 128) on the stage-1 data for
                 about a minute: when does the loss leave chance, ln(classes)?
 
@@ -69,11 +73,10 @@ from alexmodel.tools.check_stages import (  # noqa: F401
     sweep_default,  # noqa: F401
 )
 
-STAGES = ("data", "tests", "loader", "stats", "train", "paper_init")
+STAGES = ("data", "train", "loader", "tests", "stats", "paper_init")
 # Shares of the budget: a stage's box is its weight over the weights of the stages still to run, times the time
-# left. Set from the CPU rehearsal and the GPU plan in docs/GPU.md (data ~60 s and tests ~60 s on a GPU box).
-# H200, 2026-11-30: data 93 s at 20k images (synth ~310 img/s on 16 cores), the 11 GPU tests > 48 s (5 ran).
-WEIGHTS = {"data": 0.15, "tests": 0.2, "loader": 0.2, "stats": 0.05, "train": 0.25, "paper_init": 0.1}
+# left. Set from the CPU rehearsal and the GPU runs in docs/GPU.md (the data stage's cost, the GPU tests' need).
+WEIGHTS = {"data": 0.05, "train": 0.35, "loader": 0.2, "tests": 0.2, "stats": 0.05, "paper_init": 0.1}
 
 SIZES = {
     # ~20k samples of 512 ImageNet-sized JPEGs (~35 KB each, ~0.7 GB of shards), written directly as prepare's
