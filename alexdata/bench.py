@@ -14,11 +14,12 @@ from PIL import Image
 from alexdata import host
 from alexdata.errors import ConfigError
 from alexdata.host import machine  # noqa: F401  (callers import them from here)
+from alexdata.prepare import FORMATS
 
 
 def plain_pil(data: bytes, shorter_side: int = 256, quality: int = 90) -> bytes:
     """What a user would write without `prepare`'s DCT-domain draft: full decode, resize, encode."""
-    im = Image.open(io.BytesIO(data)).convert("RGB")
+    im = Image.open(io.BytesIO(data), formats=FORMATS).convert("RGB")
     w, h = im.size
     s = shorter_side / min(w, h)
     im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
@@ -114,7 +115,7 @@ class PilAugmentDataset:
         with open(path, "rb") as fh:
             data = os.pread(fh.fileno(), size, off) if off >= 0 else fh.read()
         rng = np.random.default_rng((self.seed, i, time.perf_counter_ns()))
-        im = Image.open(io.BytesIO(data)).convert("RGB")
+        im = Image.open(io.BytesIO(data), formats=FORMATS).convert("RGB")
         a = self.aug
         if self.resize:
             w, h = im.size

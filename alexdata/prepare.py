@@ -93,11 +93,60 @@ class PrepareConfig:
 # ---------------------------------------------------------------- one image
 
 
+# The formats prepare reads (ImageNet holds JPEGs, and a few PNGs named .JPEG). Pillow opens ~40 formats unless
+# told which, some through outside programs: an EPS file named .JPEG made it run Ghostscript.
+FORMATS = ("JPEG", "PNG")
+# The widest aspect ratio kept: the output's long side is at most this many times its short side (a 1 x 65,500
+# JPEG of 17 KB would resize to 256 x 16.8 M pixels, 12.6 GB; ImageNet's widest images are far inside this).
+MAX_ASPECT = 32
+
+
+class UnsupportedImage(ValueError):
+    """An input prepare skips on purpose, with the reason: a format or shape it does not take."""
+
+
+def open_image(data: bytes) -> Image.Image:
+    """The image in `data` (JPEG or PNG only: FORMATS), not yet decoded; UnsupportedImage for any other format."""
+    try:
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        kind = _other_format(data)
+        raise UnsupportedImage(f"not a JPEG or PNG{f' ({kind})' if kind else ''}") from None
+
+
+def _other_format(data: bytes) -> str | None:
+    """What the file is, when Pillow knows it as another format (identified from the header only: no plugin
+    decodes it, no outside program runs)."""
+    for magic, name in ((b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"GIF8", "GIF"), (b"BM", "BMP")):
+        if data.startswith(magic):
+            return name
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB of a decoded image. 16-bit grayscale (PNG modes I;16*, I) is scaled to 8 bits: Pillow's own
+    conversion clips it to 255, a white image."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        import numpy as np
+
+        a = np.asarray(im).astype(np.uint32)
+        top = 65535 if a.max() > 255 or im.mode.startswith("I;16") else 255
+        im = Image.fromarray((a * 255 // top).astype(np.uint8), mode="L")
+    return im if im.mode == "RGB" else im.convert("RGB")  # CMYK, grayscale, palette, RGBA -> RGB
+
+
 def resize_to_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes, bool]:
-    """Decode any PIL format to RGB, resize the shorter side to `shorter_side` (aspect kept, antialiased), encode
-    JPEG. Returns (jpeg bytes, whether it was upscaled). Raises on unreadable or truncated data."""
-    im = Image.open(io.BytesIO(data))
+    """Decode a JPEG or PNG to RGB, resize the shorter side to `shorter_side` (aspect kept, antialiased), encode
+    JPEG. Returns (jpeg bytes, whether it was upscaled). Raises on unreadable or truncated data, and
+    UnsupportedImage for another format or an aspect ratio past MAX_ASPECT (before any decoding)."""
+    im = open_image(data)
     w, h = im.size
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise UnsupportedImage(f"{w}x{h}: an aspect ratio past {MAX_ASPECT}:1")
     scale = shorter_side / min(w, h)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     box = None
@@ -106,8 +155,7 @@ def resize_to_jpeg(data: bytes, shorter_side: int, quality: int) -> tuple[bytes,
         drafted = im.draft(None, size)
         box = drafted[1] if drafted else None
     im.load()  # a truncated file raises here (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-    if im.mode != "RGB":  # CMYK, grayscale, palette, RGBA -> RGB
-        im = im.convert("RGB")
+    im = _to_rgb(im)
     im = im.resize(size, Image.Resampling.BICUBIC, box=box)  # PIL's BICUBIC is antialiased when shrinking
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
@@ -147,6 +195,8 @@ def _reason(e: Exception, data: bytes | None) -> str:
         return "empty file"
     if isinstance(e, UnidentifiedImageError):
         return "not an image PIL can identify"
+    if isinstance(e, UnsupportedImage):
+        return str(e)
     if isinstance(e, DamagedJPEG):
         return f"truncated or corrupt JPEG data (libjpeg: {e})"
     return f"{type(e).__name__}: {e}"

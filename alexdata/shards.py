@@ -101,9 +101,11 @@ def read_index(idx: str | os.PathLike) -> list[dict[str, tuple[int, int]]]:
     return samples
 
 
-def index_problem(idx: Path, images: int) -> str | None:
+def index_problem(idx: Path, images: int, tar_bytes: int | None = None) -> str | None:
     """One line when the index `idx` is not one DALI's webdataset reader parses to `images` samples of one .jpg and
-    one .cls each (an output of an older prepare stored names with spaces or newlines as they were); else None."""
+    one .cls each, each member at a 512-byte tar block and ending inside the tar (`tar_bytes`, when given), naming
+    the line; else None. DALI trusts the index: a member past the tar's end made it read unmapped memory
+    (SIGSEGV), so every command that opens a prepare output calls this first (`open_shards`)."""
     try:
         lines = idx.read_bytes().decode("utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
@@ -116,6 +118,14 @@ def index_problem(idx: Path, images: int) -> str | None:
         f = line.split(" ")
         if len(f) != 8 or sorted(f[0::4]) != ["cls", "jpg"]:
             return f"{idx}: line {n} does not list one .jpg and one .cls ({line[:60]!r}); prepare again"
+        for ext, offset, size in (f[0:3], f[4:7]):
+            if not (offset.isdigit() and size.isdigit()):
+                return f"{idx}: line {n}: the .{ext} offset and size must be whole numbers, got {offset!r} {size!r}"
+            o, z = int(offset), int(size)
+            if o % 512 or z < 1 or (tar_bytes is not None and o + z > tar_bytes):
+                where = f"ends at byte {o + z} of a {tar_bytes}-byte tar" if tar_bytes is not None else ""
+                why = "is not at a tar block (a multiple of 512)" if o % 512 else "is empty" if z < 1 else where
+                return f"{idx}: line {n}: the .{ext} member {why}; copy the shard again or prepare again"
     return None
 
 
@@ -140,7 +150,7 @@ class ShardWriter:
     def add(self, key: str, jpg: bytes, label: int) -> None:
         """Adds one sample; `key` must be a `safe_key`."""
         add_to_tar(self._tar, f"{key}.jpg", jpg)
-        w, h = Image.open(io.BytesIO(jpg)).size  # the header only
+        w, h = Image.open(io.BytesIO(jpg), formats=["JPEG"]).size  # the header only
         self.max_hw = [max(self.max_hw[0], h), max(self.max_hw[1], w)]
         add_to_tar(self._tar, f"{key}.cls", str(label).encode())
         self.images += 1
@@ -367,6 +377,12 @@ def open_shards(data: Path, split: str) -> Split:
         raise DataError(f"{data / MANIFEST}: no '{split}' split or not a prepare manifest") from None
     tars = tuple(data / s["file"] for s in shards)
     bad = quick_problems(data, shards)
+    if not bad:  # every index parsed before DALI sees it (`index_problem`): a bad one is a line, not a crash
+        bad = [
+            (t, line)
+            for t, sh in zip(tars, shards)
+            if (line := index_problem(index_path(t), sh["images"], t.stat().st_size))
+        ]
     if bad:
         raise DataError(
             f"{bad[0][1]}{f' (and {len(bad) - 1} more)' if len(bad) > 1 else ''}; run "

@@ -59,8 +59,10 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     found = quick_problems(data, shards)
     problems, bad = [line for _, line in found], {path for path, _ in found}
     for shard in shards:  # the indexes are small: parse each, so a hash that matches a bad index still fails
-        idx = index_path(data / shard["file"])
-        if idx not in bad and (line := index_problem(idx, shard["images"])):
+        tar = data / shard["file"]
+        idx = index_path(tar)
+        size = tar.stat().st_size if tar not in bad and tar.exists() else None
+        if idx not in bad and (line := index_problem(idx, shard["images"], size)):
             problems.append(line)
     has_hash = any(h for _, _, h in files)
     note = None

@@ -9,9 +9,10 @@ channel groups on one device). The backward is written out rather than taped by 
 
 (the window is symmetric, so "i whose window holds j" is "i in j's window"). Each window sum is one stride-1,
 zero-padded avg_pool2d with divisor 1 over a one-channel view of the maps: no padded copy, no atomic-add
-backward, no in-place op on a view for autograd to copy around (`F.avg_pool3d` with padding and `mean.view(...).mul_()` did both: alexnet bench bytes,
-docs/BENCHMARKS.md). Squares and sums are float32 (float64 for a float64 input), the output keeps the input's
-dtype and memory format (channels_last stays channels_last), and autocast does not reach inside.
+backward, no in-place op on a view for autograd to copy around (`F.avg_pool3d` with padding and
+`mean.view(...).mul_()` did both: alexnet bench bytes, docs/BENCHMARKS.md). Squares and sums are float32
+(float64 for a float64 input), the output keeps the input's dtype and memory format (channels_last stays
+channels_last), and autocast does not reach inside.
 
 `IMPLS` names the implementations `LRN.impl` takes: "analytic" (this file), "triton" (alexmodel/lrn_triton.py:
 two fused kernels for CUDA tensors, 10 bytes per bf16 element), "auto" (the default: on a CUDA tensor the faster

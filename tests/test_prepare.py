@@ -511,3 +511,55 @@ def test_a_missing_decoder_library_stops_prepare_instead_of_skipping_every_image
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "simplejpeg" in lines[0] and "not installed" in lines[0], r.stderr
     assert not (out / "manifest.json").exists()
+
+
+def _tree_with(tmp_path, files: dict[str, bytes]):
+    """A raw tree of one class: the synth-like good JPEG a.JPEG plus `files` under train/n00000001/."""
+    d = tmp_path / "raw" / "train" / "n00000001"
+    d.mkdir(parents=True)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(buf, "JPEG")
+    (d / "a.JPEG").write_bytes(buf.getvalue())
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return tmp_path / "raw"
+
+
+def test_an_eps_named_jpeg_is_skipped_and_runs_no_program(tmp_path, monkeypatch):
+    """Pillow opens EPS through Ghostscript (`gs` on PATH): prepare opens JPEG and PNG only, so the planted gs
+    never runs and the file is listed as skipped with what it is."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "gs-ran"
+    (bin_dir / "gs").write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    (bin_dir / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nnewpath 0 0 moveto 100 100 lineto stroke\n"
+    src = _tree_with(tmp_path, {"evil.JPEG": eps, "gif.JPEG": b"GIF89a" + bytes(40)})
+    man = prepare(src, tmp_path / "out", PrepareConfig(), workers=1, **QUIET)
+    reasons = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in man["skipped"] if ".JPEG" in s["file"]}
+    assert reasons == {"evil.JPEG": "not a JPEG or PNG (PostScript/EPS)", "gif.JPEG": "not a JPEG or PNG (GIF)"}
+    assert man["train"]["images"] == 1 and not ran.exists()
+
+
+def test_a_16_bit_grayscale_png_keeps_its_grey_levels():
+    """Pillow's own RGB conversion of a 16-bit PNG clips every level to white; prepare scales it to 8 bits."""
+    levels = np.linspace(0, 65535, 256 * 256).reshape(256, 256).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(levels).save(buf, "PNG")
+    jpg, _ = resize_to_jpeg(buf.getvalue(), 256, 95)
+    got = np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), np.float64)
+    want = levels.astype(np.float64) * 255 / 65535
+    assert np.abs(got - want).mean() < 2 and got.min() < 10 and got.max() > 245
+
+
+def test_an_image_past_the_aspect_limit_is_skipped_before_it_is_decoded(tmp_path):
+    """A 1 x 20,000 JPEG of a few KB would resize to 256 x 5.1 M pixels (3.9 GB): skipped with its size."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 20000, 3), np.uint8)).save(buf, "JPEG")
+    src = _tree_with(tmp_path, {"wide.JPEG": buf.getvalue()})
+    man = prepare(src, tmp_path / "out", PrepareConfig(), workers=1, **QUIET)
+    assert [s["reason"] for s in man["skipped"] if s["file"].endswith("wide.JPEG")] == [
+        "20000x1: an aspect ratio past 32:1"
+    ]
+    assert man["train"]["images"] == 1

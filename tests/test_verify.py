@@ -121,3 +121,47 @@ def test_a_verify_worker_killed_by_the_system_is_one_line(copy, monkeypatch):
     r = CliRunner().invoke(main, ["verify", str(copy), "--workers", "2"])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert r.output.strip().splitlines()[-1].startswith("Error: a worker process died (killed: out of memory?")
+
+
+def _rewrite_index(copy, edit):
+    """Applies edit(fields of sample line 1) to the first train shard's index, and records the new index's size
+    and hash in manifest.json, as a copy whose damage matched its manifest would: only parsing can tell."""
+    man = json.loads((copy / "manifest.json").read_text())
+    shard = man["train"]["shards"][0]
+    tar = copy / shard["file"]
+    idx = tar.with_suffix(".idx")
+    lines = idx.read_text().splitlines()
+    f = lines[-1].split(" ")
+    edit(f, tar.stat().st_size)
+    lines[-1] = " ".join(f)
+    data = ("\n".join(lines) + "\n").encode()
+    idx.write_bytes(data)
+    shard.update(idx_bytes=len(data), idx_sha256=hashlib.sha256(data).hexdigest())
+    (copy / "manifest.json").write_text(json.dumps(man))
+    return idx, len(lines)
+
+
+def _past_the_end(f, tar_bytes):
+    j = f.index("jpg")
+    f[j + 2] = str(tar_bytes)  # the last sample's JPEG now runs past the tar: DALI read there and crashed
+
+
+def _unaligned(f, tar_bytes):
+    j = f.index("jpg")
+    f[j + 1] = str(int(f[j + 1]) + 3)
+
+
+@pytest.mark.parametrize("edit, why", [(_past_the_end, "ends at byte"), (_unaligned, "is not at a tar block")])
+def test_an_index_pointing_outside_its_tar_is_one_line_before_dali_reads_it(copy, edit, why):
+    """Every command that opens the data parses each .idx first: a member past the tar's end (DALI read unmapped
+    memory there: SIGSEGV) or off a tar block is refused in one line naming the index and its line."""
+    idx, n = _rewrite_index(copy, edit)
+    with pytest.raises(DataError, match=f"{idx}: line {n}: the .jpg member {why}"):
+        open_split(copy, "train")
+    problems = verify(copy, quick=True)["problems"]
+    assert len(problems) == 1 and problems[0].startswith(f"{idx}: line {n}: the .jpg member {why}")
+    if edit is _past_the_end:  # the command that crashed: one line and exit 1, not SIGSEGV (exit 139)
+        r = run_cli("train", copy, "--out", copy.parent / "run", "--epochs", "1", "--batch-size", "8", check=False)
+        assert (
+            r.returncode == 1 and f"{idx}: line {n}: the .jpg member ends at byte" in r.stderr.strip().splitlines()[-1]
+        )
