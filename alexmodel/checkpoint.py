@@ -39,8 +39,8 @@ import torch
 
 from alexdata.errors import TrainError, disk_full
 from alexdata.files import atomic_open
-from alexmodel.model import AlexNet
-from pipelines.config import PipelineStats
+from alexmodel.model import INITS, AlexNet
+from pipelines.config import SHORTER_SIDE, AugmentConfig, PipelineStats
 
 FORMAT = 2  # bump when the layout below changes; 2: loadable with weights_only=True, classes in the config
 CHECKPOINT, PREVIOUS, UNREADABLE = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.unreadable.pt"
@@ -169,7 +169,14 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else None
         raise TrainError(f"{path}: not a trainer checkpoint of format {FORMAT}" + (f" (format {got})" if got else ""))
-    bad = _missing(ckpt)
+    bad = _missing(ckpt) or _plain_problem(ckpt)
+    if bad:
+        raise TrainError(f"{path}: {bad}; the checkpoint is damaged")
+    try:  # every tensor's shape against what its config builds, before any is read whole (the NaN check reads)
+        check_shapes(ckpt)
+    except TrainError as e:
+        raise TrainError(f"{path}: {e}") from None
+    bad = _tensor_problem(ckpt)
     if bad:
         raise TrainError(f"{path}: {bad}; the checkpoint is damaged")
     bad = _non_finite(ckpt)
@@ -190,6 +197,79 @@ def _missing(ckpt: dict) -> str | None:
         return "its config holds no model (num_classes, width, init)"
     if not isinstance(ckpt["model"], dict) or not all(isinstance(t, torch.Tensor) for t in ckpt["model"].values()):
         return "its model is not a dict of tensors"
+    return None
+
+
+def _whole(v, least: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _numbers(v, shape: tuple[int, ...]) -> bool:
+    """Whether `v` is plain numbers (lists of them) of this shape."""
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError):
+        return False
+    return a.shape == shape and a.dtype.kind in "iuf"
+
+
+def _plain_problem(ckpt: dict) -> str | None:
+    """The first plain field of a loaded checkpoint (a hand edit: the fields a weights-only load accepts) that is
+    not what `save` writes, named by its path, with what is allowed; None when all are. The one schema check,
+    run on every load, so evaluate, predict and a resume read only fields of the right type and length."""
+    for k in ("epoch", "step"):
+        if not _whole(ckpt[k]):
+            return f"{k} is {ckpt[k]!r}, not a whole number >= 0"
+    if not (isinstance(ckpt["history"], list) and all(isinstance(h, dict) for h in ckpt["history"])):
+        return "history is not a list of per-epoch records (dicts)"
+    cfg, model = ckpt["config"], ckpt["config"]["model"]
+    if not _whole(model["num_classes"], 1):
+        return f"config.model.num_classes is {model['num_classes']!r}, not a whole number >= 1"
+    w = model["width"]
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= 16):
+        return f"config.model.width is {w!r}, not a number in (0, 16]"
+    if model["init"] not in INITS:
+        return f"config.model.init is {model['init']!r}, not one of {', '.join(INITS)}"
+    n = model["num_classes"]
+    classes = cfg.get("classes")
+    if not (isinstance(classes, list) and len(classes) == n and all(isinstance(c, str) for c in classes)):
+        return f"config.classes must list the {n} class names (strings), got {str(classes)[:40]}"
+    names = cfg.get("class_names")
+    if names is not None and not (isinstance(names, list) and len(names) == n):
+        return f"config.class_names must be None or {n} names"
+    aug = (cfg.get("data") or {}).get("aug") if isinstance(cfg.get("data"), dict) else None
+    if not isinstance(aug, dict):
+        return "config.data.aug is not a record of the augmentation"
+    try:
+        AugmentConfig(**aug)
+    except (TypeError, ValueError) as e:
+        return f"config.data.aug does not make an AugmentConfig ({str(e).splitlines()[0][:120]})"
+    st = cfg["stats_255"]
+    if set(st) != {"mean_255", "std_255", "eigval_255", "eigvec"}:
+        return "config.stats_255 must hold mean_255, std_255, eigval_255 and eigvec"
+    for k, shape, optional in (
+        ("mean_255", (3,), False),
+        ("std_255", (3,), False),
+        ("eigval_255", (3,), True),
+        ("eigvec", (3, 3), True),
+    ):
+        if not ((optional and st[k] is None) or _numbers(st[k], shape)):
+            return f"config.stats_255.{k} must be numbers of shape {list(shape)}{' or null' if optional else ''}"
+    return None
+
+
+def _tensor_problem(ckpt: dict) -> str | None:
+    """The first tensor of a loaded checkpoint that is not a plain float tensor whose storage holds its elements
+    (a stride-0 tensor expanded to 10^12 elements would be materialised by the first whole read), named."""
+    m = ckpt.get("mean_image_255")
+    tensors = list(ckpt["model"].items()) + ([("mean image", m)] if m is not None else [])
+    for name, t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return f"{name} is not a floating-point tensor"
+        if t.untyped_storage().nbytes() < t.numel() * t.element_size():
+            return f"{name} ({list(t.shape)}) has fewer elements stored than its shape holds"
+    if m is not None and tuple(m.shape) != (SHORTER_SIDE, SHORTER_SIDE, 3):
+        return f"the mean image has shape {list(m.shape)}, not [{SHORTER_SIDE}, {SHORTER_SIDE}, 3]"
     return None
 
 

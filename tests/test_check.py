@@ -5,7 +5,7 @@ import math
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import limit, run_cli
 
 from alexmodel.tools import check, check_stages
 from alexmodel.tools.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
@@ -229,7 +229,7 @@ def test_the_gpu_selection_names_real_tests():
             cwd=ROOT,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=limit(300),
         )
         return {ln for ln in r.stdout.splitlines() if "::" in ln}
 
@@ -266,12 +266,12 @@ def test_sigterm_keeps_the_figures_of_the_stage_in_progress(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 60
+    deadline = time.time() + limit(60)
     while time.time() < deadline and not (tmp_path / "check.json").is_file():
         time.sleep(0.1)
     time.sleep(1.0)  # the tests stage's pytest is running
     os.kill(p.pid, signal.SIGTERM)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=limit(60))
     assert p.returncode == 130 and "interrupted" in err
     st = json.loads((tmp_path / "check.json").read_text())["stages"]
     assert st["tests"]["status"] == "failed" and st["tests"]["error"] == "interrupted"

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import limit
 
 from alexmodel.lrn import LRN, lrn_functional
 from alexmodel.model import LRN_ALPHA, LRN_BETA, LRN_K, LRN_N, lrn, within_towers
@@ -231,5 +232,7 @@ def test_the_triton_kernels_are_the_papers_formula_in_the_interpreter():
     (TRITON_INTERPRET=1, read when the kernels are defined: hence a fresh process), against the float64 formula:
     towers narrower than the window, one and two groups, channels_last in and out, float32/bf16/fp16."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    r = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=limit(600)
+    )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]

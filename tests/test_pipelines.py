@@ -698,14 +698,19 @@ def test_pipelines_import_nothing_of_the_project():
     import subprocess
     import sys
 
-    from conftest import ROOT, env_with_path
+    from conftest import ROOT, env_with_path, limit
 
     code = (
         "import sys; sys.modules['alexdata'] = sys.modules['alexmodel'] = None; "
         "import pipelines.train, pipelines.eval, pipelines.stats"
     )
     r = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env_with_path(ROOT), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env_with_path(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=limit(300),
     )
     assert r.returncode == 0, r.stderr
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT, default_signals, run_cli
+from conftest import ROOT, default_signals, limit, run_cli
 from test_train import ENV, TINY, data, one_label_per_image, tiny  # noqa: F401  (fixtures)
 
 from alexmodel.train import train
@@ -65,7 +65,7 @@ def _run(script, data, out, *, stop_at=-1, resume=False, batch=8, epochs=2, log_
         if ranks > 1
         else [sys.executable]
     ) + args
-    return subprocess.run(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=limit(300))
 
 
 def _final(out, rank=0):
@@ -249,7 +249,7 @@ TINY_S = [str(x) for x in TINY]
 
 
 def _wait_for(path, proc, seconds=60):
-    deadline = time.time() + seconds
+    deadline = time.time() + limit(seconds)
     while time.time() < deadline and proc.poll() is None and not path.exists():
         time.sleep(0.02)
 
@@ -260,7 +260,7 @@ def test_cli_sigterm_is_one_line_and_the_resume_finishes(data, tmp_path):
     p = _start(data, out, "--epochs", 3, "--log-every", 1)
     _wait_for(out / "steps.jsonl", p)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=limit(120))
     assert p.returncode == 75, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert "Traceback" not in err and lines[-1].startswith("train: stopped by SIGTERM at step ")
@@ -297,7 +297,7 @@ train(d, m, o, r, on_step=on_step)
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=limit(120),
     )
     assert r.returncode == 128 + signal.SIGINT, r.stderr
     assert "Traceback" not in r.stderr and "second SIGINT: exiting at once" in r.stderr

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PREP, ROOT, SYNTH, env_with_path, run_cli, tree_files
+from conftest import PREP, ROOT, SYNTH, env_with_path, limit, run_cli, tree_files
 from PIL import Image
 
 from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg, wds_index
@@ -84,7 +84,9 @@ def test_index_matches_dalis_wds2idx(prepared, tmp_path):
     if wds2idx is None:
         pytest.skip("DALI's wds2idx not installed beside this Python")
     for tar in sorted(prepared.glob("*.tar"))[:2]:
-        subprocess.run([wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [wds2idx, str(tar), str(tmp_path / "ref.idx")], check=True, capture_output=True, timeout=limit(300)
+        )
         assert (prepared / (tar.stem + ".idx")).read_text() == (tmp_path / "ref.idx").read_text()
 
 
@@ -262,7 +264,7 @@ def test_resume_after_sigkill(prepared, synth_tree, tmp_path):
     p = subprocess.Popen(
         args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env_with_path(ROOT)
     )
-    deadline = time.time() + 60
+    deadline = time.time() + limit(60)
     while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and p.poll() is None:
         time.sleep(0.005)
     os.killpg(p.pid, signal.SIGKILL)
@@ -505,7 +507,7 @@ def test_a_missing_decoder_library_stops_prepare_instead_of_skipping_every_image
         capture_output=True,
         text=True,
         env=env_with_path(block, ROOT),
-        timeout=300,
+        timeout=limit(300),
     )
     assert r.returncode == 1, r.stderr
     lines = r.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PREP, ROOT, run_cli
+from conftest import PREP, ROOT, limit, run_cli
 from test_preemption import _start, _wait_for
 from test_train import ENV, TINY, data, one_epoch, tiny  # noqa: F401  (fixtures)
 from test_usability import _val_images
@@ -159,7 +159,7 @@ def test_sighup_stops_like_sigterm(data, tmp_path):
     p = _start(data, out, "--epochs", 3, "--log-every", 1)
     _wait_for(out / "steps.jsonl", p)
     p.send_signal(signal.SIGHUP)
-    _, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=limit(120))
     assert p.returncode == 75, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert "Traceback" not in err and lines[-1].startswith("train: stopped by SIGHUP at step ")
@@ -435,7 +435,7 @@ def test_prepare_after_dali_in_one_process_does_not_hang(synth_tree, tmp_path):
         env=ENV,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=limit(60),
     )
     assert r.returncode == 0 and r.stdout.split() == ["prepared", "1"], r.stderr[-2000:]
 
@@ -448,13 +448,13 @@ def test_sigterm_to_prepare_stops_it_in_one_line_and_a_second_signal_changes_not
     p = subprocess.Popen(
         [sys.executable, str(script), *map(str, args)], cwd=ROOT, env=ENV, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 60
+    deadline = time.time() + limit(60)
     while p.poll() is None and time.time() < deadline and not list((out / ".prepare").glob("train-*.json")):
         time.sleep(0.02)  # a worker has written its first shard: the pool is busy
     p.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     p.send_signal(signal.SIGINT)  # a second one during the pool's shutdown
-    _, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=limit(60))
     lines = [ln for ln in err.split("\n") if ln.strip() and "img/s" not in ln]  # the progress bar aside
     assert p.returncode not in (0, None) and "Traceback" not in err and "Error" not in err, err
     assert len(lines) == 1 and "prepare: interrupted" in lines[0], err

@@ -7,7 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import ROOT, SYNTH, env_with_path
+from conftest import ROOT, SYNTH, env_with_path, limit
 from PIL import Image
 
 from alexdata.synth import SynthConfig, _image_size, make_synth, render, wnid
@@ -104,6 +104,6 @@ def test_train_per_class_counts_the_planted_files_in(tmp_path):
         capture_output=True,
         text=True,
         env=env_with_path(ROOT),
-        timeout=300,
+        timeout=limit(300),
     )
     assert r.returncode == 1 and "is not empty" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, env_with_path, run_cli
+from conftest import ROOT, env_with_path, limit, run_cli
 
 from alexdata.stats import compute_stats, write_stats
 from alexmodel.train import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, evaluate_checkpoint, recipe, train
@@ -165,14 +165,16 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
     ]
     ref = subprocess.Popen(cmd("ref", "ref.jsonl", -1, "0"), env=ENV, stderr=subprocess.PIPE, text=True)
     killed = subprocess.run(
-        cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True, timeout=300
+        cmd("run", "killed.jsonl", kill_at, "0"), env=ENV, capture_output=True, text=True, timeout=limit(300)
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    _, err = ref.communicate(timeout=300)  # read as it goes: a full stderr pipe would block the run forever
+    _, err = ref.communicate(timeout=limit(300))  # read as it goes: a full stderr pipe would block the run forever
     assert ref.returncode == 0, err
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert (ckpt["epoch"], ckpt["step"], ckpt["meter"]["steps"]) == (1, steps + 2, 2)  # mid-epoch
-    resumed = subprocess.run(cmd("run", "resumed.jsonl", -1, "1"), env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        cmd("run", "resumed.jsonl", -1, "1"), env=ENV, capture_output=True, text=True, timeout=limit(300)
+    )
     assert resumed.returncode == 0, resumed.stderr
 
     read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]
@@ -244,7 +246,7 @@ def test_ddp_two_ranks_gloo_cover_the_epoch_disjointly_and_agree(one_label_per_i
         env={**ENV, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=limit(300),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
