@@ -88,8 +88,8 @@ def gather(group: list[dict], parts: list[tuple[int, int, np.ndarray]]) -> dict:
 
 class Echo:
     """The echoed batches of a DALI iterator whose pipeline yields `copies` image outputs (`image_key`) and
-    "labels", epoch by epoch, with a position to resume from (module docstring). A group in progress outlives a
-    loop that stops early: the next `epoch` call hands out the rest of it first, as DALI continues its epoch."""
+    "labels", epoch by epoch, with a position to resume from (module docstring). A loop that stops early leaves
+    a group in progress; the Loader `drop`s it before its next pass."""
 
     def __init__(self, copies: int, seed: int):
         self.copies, self.seed = copies, seed
@@ -134,6 +134,14 @@ class Echo:
     def _end_group(self, p: dict) -> None:
         self._pending, self._start, self._done, self._group = None, None, 0, self._group + 1
         self._ended = p["last"]
+
+    def drop(self) -> bool:
+        """Forget the rest of the epoch in progress (a loop left before its end: the Loader starts the next pass
+        afresh). True when DALI's iterator still holds some of that epoch, to be read and dropped; False when
+        its last batch is read already (DALI has reset itself)."""
+        held = self._ended or (self._pending is not None and self._pending["last"])
+        self._pending, self._start, self._done, self._skip, self._ended = None, None, 0, 0, False
+        return not held
 
     def position(self, checkpoint: Callable[[], str]) -> tuple[str, dict]:
         """(DALI checkpoint to build the pipeline from, {"group", "done"} for `resume`) after the batches handed

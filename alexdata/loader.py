@@ -197,6 +197,7 @@ class Loader:
                 f"{num_shards} shards"
             )
         self._served = 0  # batches handed out in the epoch in progress
+        self._interrupted = False  # a pass was left before its end: `__iter__` finishes its epoch first
         self.stats = resolve_stats(stats, data)
         problem = mean_image_problem(self.stats, aug) or lighting_problem(self.stats, aug.pca_std)
         if problem:
@@ -241,6 +242,16 @@ class Loader:
         return self._full if self.drop_last else len(self._it) * (self.echo.copies if self.echo else 1)
 
     def __iter__(self):
+        """One full pass: an epoch, or with a restored `state_dict` the rest of the saved one. A pass left before
+        its end (`next(iter(loader))` to look at a batch, a `break`, a shorter partner in `zip`) has the rest of
+        its epoch read and dropped here first, so the next pass still sees every image (DALI's iterator cannot be
+        reset mid-epoch: it would go on where it stopped)."""
+        if self._interrupted:
+            if not self.echo or self.echo.drop():
+                for _ in self._it:  # the rest of the interrupted epoch; then DALI's auto_reset starts the next
+                    pass
+            self._served = 0
+        self._interrupted = True  # until this pass reaches its end
         it = iter(self._it)
         if self.echo:  # each DALI batch's copies, handed out in mixed batches
             it = self.echo.epoch(it, lambda: self._it.checkpoints()[0])
@@ -248,7 +259,7 @@ class Loader:
             try:
                 out = next(it)
             except StopIteration:
-                self._served = 0
+                self._served, self._interrupted = 0, False
                 return
             except RuntimeError as e:
                 raise self._data_error(e) from None
@@ -322,6 +333,6 @@ class Loader:
                 "the loader's saved position does not load (from another version of the pipeline, saved before an "
                 "upgrade, or damaged)"
             ) from None
-        self._served = state.get("served", 0)
+        self._served, self._interrupted = state.get("served", 0), False  # the next pass continues the saved one
         if self.echo:
             self.echo.resume(state.get("echo_position", {"group": 0, "done": 0}))

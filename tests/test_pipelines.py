@@ -1,6 +1,7 @@
 """The DALI pipelines and the Loader, on the CPU (device_id=None), against numpy references."""
 
 import io
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -511,6 +512,29 @@ def test_resume_mid_epoch_continues_exactly(prepared):
     got += [x for x, _ in second]  # ... and all of epoch 1
     assert len(got) == 2 * n
     assert all(torch.equal(p, q) for p, q in zip(got, ref))
+
+
+@pytest.mark.parametrize("echo", [1, 2])
+def test_every_pass_is_full_after_a_peek_a_break_or_a_zip(prepared, echo):
+    """As a DataLoader: looking at one batch, leaving a loop early or zipping with a shorter iterable leaves the
+    next `iter(loader)` a full pass over every image (not the rest of the interrupted epoch)."""
+    val = Loader(prepared, split="val", mode="center", stats=random_stats(), batch_size=4, threads=1)
+    n_val = val.split.images
+    next(iter(val))  # a peek
+    assert sum(len(y) for _, y in val) == n_val
+    train = Loader(prepared, stats=random_stats(), batch_size=8, threads=1, seed=2, echo=echo)
+    n = train.split.images * echo
+    for i, _ in enumerate(train):  # a break
+        if i == 1:
+            break
+    assert sum(len(y) for _, y in train) == n
+    for _ in zip(train, range(2)):  # a shorter partner
+        pass
+    assert sum(len(y) for _, y in train) == n
+    assert sum(len(y) for _, y in train) == n  # and a full pass leaves nothing to finish
+    for _ in itertools.islice(train, len(train)):  # every batch, but the pass never saw its end
+        pass
+    assert sum(len(y) for _, y in train) == n  # not the epoch after: nothing was left to drop
 
 
 def test_roi_decode_matches_decode_resize_crop(synth_tree):
