@@ -131,10 +131,18 @@ def restore_loader(saved: dict, loader, d: Dist, *, files_changed: bool, meter: 
 
 
 def refuse_fewer_epochs(saved: dict, epochs: int) -> None:
-    """A resume must leave epochs to train: --epochs below those done (or equal, with one in progress) is refused."""
+    """A resume must leave epochs to train: --epochs below those done (or equal, with one in progress) is refused.
+    A cosine run's epochs may grow, not shrink: its lr curve and warmup are laid out over them (and a warmup
+    capped to half of fewer epochs would no longer match the checkpoint's, locking every later resume out)."""
     done = saved["epoch"]
     if epochs < done or (epochs == done and saved["meter"]):
         raise TrainError(
             f"--epochs {epochs}: the run has done {done} epoch(s) "
             f"{'and part of the next ' if saved['meter'] else ''}already; give more epochs"
+        )
+    o = saved["config"]["optim"]
+    if o.get("schedule") == "cosine" and epochs < o["epochs"]:
+        raise TrainError(
+            f"--epochs {epochs}: this cosine run is set to {o['epochs']} epochs, and a resume may add epochs, not "
+            f"take them away (its lr schedule and warmup are laid out over them); give --epochs {o['epochs']} or more"
         )

@@ -131,6 +131,14 @@ class PipelineStats:
     mean_image_255: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
+        mean, std = np.asarray(self.mean_255, np.float64), np.asarray(self.std_255, np.float64)
+        if mean.shape != (3,) or std.shape != (3,):
+            raise ValueError(f"mean_255 and std_255 must hold 3 numbers each, got {self.mean_255!r}, {self.std_255!r}")
+        if 0 < mean.max() <= 1 and std.max() <= 1:  # torchvision's 0.485, 0.456, 0.406 would pass through unscaled
+            raise ValueError(
+                f"mean {mean.tolist()} and std {std.tolist()} look like the 0-1 pixel scale; the statistics are on "
+                f"0-255 (multiply by 255: torchvision's ImageNet mean is 123.7, 116.3, 103.5)"
+            )
         if self.mean_image_255 is not None:
             m = np.asarray(self.mean_image_255, np.float32)
             if m.ndim != 3 or m.shape[0] != m.shape[1] or m.shape[2] != 3:

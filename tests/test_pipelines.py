@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from alexdata.dataset import DataError, open_split
+from alexdata.errors import ConfigError
 from alexdata.loader import Loader
 from alexdata.prepare import PrepareConfig, prepare
 from pipelines import common
@@ -765,6 +766,16 @@ def test_pipeline_stats_from_dict_shapes():
     assert m.dtype == np.float32 and m.shape == (256, 256, 3)
     with pytest.raises(ValueError, match="shape"):
         PipelineStats.from_dict({**random_stats(), "mean_image": np.zeros((256, 255, 3))})
+
+
+def test_statistics_on_the_0_1_scale_are_refused_in_one_line(prepared):
+    """torchvision's 0-1 figures would pass into a 0-255 pipeline unscaled (batches up to ~1100): refused, the
+    Loader's dict path included; a zero mean with unit std (no normalisation at all) is not mistaken for them."""
+    torchvision = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    with pytest.raises(ConfigError, match=r"look like the 0-1 pixel scale; the statistics are on 0-255") as e:
+        Loader(prepared, stats=torchvision, aug=AugmentConfig(pca_std=0.0), batch_size=4, threads=1)
+    assert "\n" not in str(e.value)
+    assert PipelineStats.from_dict(ZERO).mean_255 == (0.0, 0.0, 0.0)
 
 
 @pytest.mark.gpu
