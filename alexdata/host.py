@@ -84,6 +84,8 @@ def machine(device: str | None = None) -> dict:
         "pillow": PIL.__version__,
         "numpy": np.__version__,
         "host": platform.node(),
+        # the 1-minute load average when the figures were taken: a reader can tell noise (a busy box) from a figure
+        "load_1min": round(os.getloadavg()[0], 2),
     }
     try:
         import nvidia.dali as dali
