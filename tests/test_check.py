@@ -192,6 +192,16 @@ def test_tests_stage_stops_pytest_at_its_box(tmp_path):
     assert time.perf_counter() - t0 < 30 and fig["passed"] == 1
 
 
+def test_tests_stage_without_pytest_is_skipped_saying_so(tmp_path, monkeypatch):
+    """In a venv without the [test] extra, pytest exits at once: the stage says why instead of reporting 0/0."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytest" else real(name, *a))
+    with pytest.raises(check.StageSkipped, match=r"pytest is not installed: pip install -e '.\[test\]'"):
+        stage_tests(_ctx(("tests",), seconds=8.0), {})
+
+
 def test_sizes_are_what_the_issue_asks():
     full = check.SIZES["full"]
     assert 18_000 <= full.classes * full.train_per_class <= 25_000 and full.width == 1.0  # ~20k distinct images
