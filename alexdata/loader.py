@@ -73,6 +73,19 @@ def resolve_stats(stats, data) -> PipelineStats:
         raise DataError(f"{path}: not a valid stats file ({e})") from None
 
 
+def torch_style_device(device, device_id: int) -> tuple[str, int]:
+    """("cpu" | "gpu", GPU index) from what a torch user types too: "cuda", "cuda:1", a torch.device; "cpu" and
+    "gpu" as they are. ConfigError for anything else."""
+    text = str(device)
+    if text in ("cpu", "gpu"):
+        return text, device_id
+    if text == "cuda":
+        return "gpu", device_id
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return "gpu", int(text[5:])
+    raise ConfigError(f"device must be 'cpu', 'gpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 def augment_config(aug) -> AugmentConfig:
     """An AugmentConfig from itself or a dict of its fields; a bad field or value raised as ConfigError."""
     if isinstance(aug, AugmentConfig):
@@ -139,6 +152,8 @@ class Loader:
         `echo` times, differently augmented, in different batches; an epoch reads each image once and gives
         `echo` x the batches. gpu_cache_gb: GiB of GPU memory for DALI's cache of decoded images (GPU only;
         pipelines/common.py `cache_kw`)."""
+        device, device_id = torch_style_device(device, device_id)
+        layout = layout.upper() if isinstance(layout, str) else layout
         if not (isinstance(echo, int) and echo >= 1):
             raise ConfigError(f"echo must be an int >= 1 (augmented copies of each decoded image), got {echo!r}")
         if echo > 1 and mode != "train":

@@ -301,6 +301,10 @@ class AlexNet(nn.Module):
         return torch.cat([x[0], x[1].to(self.devices[0])], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4:  # one preprocessed image is (3, 227, 227): say so, rather than fail inside conv1
+            raise ValueError(
+                f"AlexNet takes a batch (B, 3, H, W), got shape {tuple(images.shape)}; for one image: model(x[None])"
+            )
         x = self._scatter(images)  # (B, 3, 227, 227), a copy per tower
         # Layer 1: ReLU, then response normalisation, then pooling (§3.3, §3.5). The ReLUs run in place: no
         # convolution or linear layer keeps its output for its backward, so a second buffer would only cost memory.

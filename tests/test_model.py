@@ -200,6 +200,14 @@ def test_two_tower_load_reports_missing_keys():
 # --- training properties -----------------------------------------------------------------
 
 
+def test_one_image_without_a_batch_dimension_is_one_clear_error():
+    """model(model.preprocess(img)) hands it (3, 227, 227): the message says how to make it a batch."""
+    model = AlexNet(10, width=SMALL).eval()
+    with pytest.raises(ValueError, match=r"takes a batch \(B, 3, H, W\), got shape \(3, 227, 227\); .*x\[None\]"):
+        model(torch.zeros(3, 227, 227))
+    assert model(torch.zeros(1, 3, 227, 227)).shape == (1, 10)
+
+
 @pytest.mark.parametrize("devices", [None, TWO_CPU])
 def test_every_parameter_gets_a_gradient(devices):
     torch.manual_seed(0)

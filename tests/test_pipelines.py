@@ -718,6 +718,17 @@ def test_bad_arguments_fail_at_construction(prepared, bad, match):
         Loader(prepared, **{"stats": ZERO, **bad})
 
 
+def test_the_loader_takes_device_and_layout_as_torch_users_write_them(prepared):
+    """ "cuda" and "cuda:N" mean the GPU (here refused only for want of one), "nhwc" the channels-last layout."""
+    for device in ("cuda", "cuda:0", torch.device("cuda")):
+        with pytest.raises(ConfigError, match="device 'gpu' asked for, but torch sees no CUDA GPU"):
+            Loader(prepared, stats=random_stats(), device=device, batch_size=4, threads=1)
+    with pytest.raises(ConfigError, match="device must be 'cpu', 'gpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        Loader(prepared, stats=random_stats(), device="tpu", batch_size=4, threads=1)
+    x, _ = next(iter(Loader(prepared, stats=random_stats(), layout="nhwc", batch_size=4, threads=1)))
+    assert x.shape == (4, 3, 227, 227) and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_pipelines_import_nothing_of_the_project():
     """pipelines/ is the lowest floor: it imports with alexdata/ and alexmodel/ out of reach."""
     import subprocess
