@@ -12,8 +12,34 @@ from pipelines.config import DEVICES  # noqa: F401  (the project's device names:
 
 
 def cores() -> int:
-    """The cores this process may use (its CPU affinity, which a batch system may have cut)."""
-    return len(os.sched_getaffinity(0))
+    """The cores this process may use: its CPU affinity (which a batch system may have cut), and no more than its
+    cgroup's CPU quota (a container or a Slurm job given 2 CPUs of a 64-core node: `quota_cores`)."""
+    affinity = len(os.sched_getaffinity(0))
+    quota = quota_cores()
+    return max(1, min(affinity, quota)) if quota else affinity
+
+
+def quota_cores(root: str = "/sys/fs/cgroup") -> int | None:
+    """The CPUs this process's cgroup may use by its quota, rounded up (cgroup v2 `cpu.max`, v1
+    `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None when there is no quota or no cgroup file to read."""
+    import math
+
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+                quota = f.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+                period = f.read().strip()
+        except OSError:
+            return None
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:  # "max": no quota
+        return None
+    return math.ceil(q / p) if q > 0 and p > 0 else None
 
 
 def cores_per_rank() -> int:
