@@ -574,6 +574,13 @@ class _ResumeValue(click.ParamType):
     help="GiB of GPU memory for DALI's cache of decoded images (GPU only) [default: 0, none].",
 )
 @click.option(
+    "--verify/--skip-verify",
+    default=True,
+    show_default=True,
+    help="sha256 of every shard against manifest.json on a prepare output's first use (all cores; ImageNet's "
+    "~50 GB: about a minute), remembered until its files change; --skip-verify checks sizes and indexes only.",
+)
+@click.option(
     "--tf32/--no-tf32",
     default=True,
     show_default=True,

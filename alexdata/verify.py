@@ -83,3 +83,52 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
                     problems.append(f"{path}: sha256 {got[:12]}..., manifest.json says {want[:12]}... (damaged)")
                 bar.update(size)
     return {"problems": problems, "files": len(files), "bytes": total, "hashed": not quick and has_hash, "note": note}
+
+
+def _stamp(data: Path) -> str:
+    """What identifies the prepare output's files as they are now: each shard, index and manifest.json's name,
+    size, modification time and inode (a copy, a rewrite or a truncation changes one of them), hashed."""
+    h = hashlib.sha256()
+    names = [MANIFEST] + [p.name for s in manifest_shards(load_manifest(data)) for p, _, _ in shard_files(data, s)]
+    for name in sorted(names):
+        st = (data / name).stat()
+        h.update(f"{name} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
+    return h.hexdigest()
+
+
+def _stamp_path(data: Path) -> Path:
+    """Where `verify_once` remembers a verified prepare output: the user's cache (XDG_CACHE_HOME, else
+    ~/.cache), not DATA, which may be read-only or shared."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "alexnet" / "verified" / f"{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:24]}.json"
+
+
+def verify_once(data: str | os.PathLike, *, workers: int | None = None, progress: bool = False) -> bool:
+    """The full `verify` (sha256 of every shard, with all cores) of a prepare output the first time it is used,
+    and again whenever any of its files changed since (`_stamp`); later uses skip it. DataError with one line
+    naming the first bad file (and how many there are). Returns whether it hashed. A stamp that cannot be
+    written (a read-only home) only means the next use hashes again."""
+    import json
+
+    from alexdata.files import atomic_write
+
+    data = Path(data)
+    stamp, where = _stamp(data), _stamp_path(data)
+    try:
+        if json.loads(where.read_text()).get("stamp") == stamp:
+            return False
+    except (OSError, ValueError, AttributeError):
+        pass
+    r = verify(data, workers=workers, progress=progress)
+    if r["problems"]:
+        more = f" (and {len(r['problems']) - 1} more)" if len(r["problems"]) > 1 else ""
+        raise DataError(
+            f"{r['problems'][0]}{more}: the shards are not the bytes prepare wrote; copy them again (or prepare "
+            f"again), or train anyway with --skip-verify"
+        )
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(where, json.dumps({"data": str(data.resolve()), "stamp": stamp}) + "\n")
+    except OSError:
+        pass
+    return True

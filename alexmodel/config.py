@@ -52,6 +52,9 @@ class DataConfig:
     # each step sees fewer fresh images (README, "Data echoing").
     echo: int = 1
     gpu_cache_gb: float = 0.0  # GiB of GPU memory for DALI's cache of decoded images (GPU only); speed only
+    # sha256 of every shard against manifest.json on a prepare output's first use, remembered until one of its
+    # files changes (alexdata/verify.py `verify_once`); False: sizes and indexes only
+    verify: bool = True
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:

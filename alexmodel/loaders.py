@@ -8,10 +8,12 @@ A refusal here is one line at the start; the same problem found by DALI would st
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from alexdata.dataset import check_images, has_split, image_problems, open_split
-from alexdata.errors import TrainError
+from alexdata.errors import DataError, TrainError
+from alexdata.verify import verify_once
 from alexmodel import distributed
 from alexmodel.config import DataConfig, OptimConfig, RunConfig, small_data_batch
 from alexmodel.distributed import Dist
@@ -27,6 +29,16 @@ def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, d: Dist
             f"--batch-size {optim.batch_size} does not split over {world} ranks; use a multiple of {world}"
         )
     splits = {"train": open_split(data.data, "train")}
+    if data.verify and splits["train"].prepared:  # rank 0 hashes (once per change of the files), every rank stops
+        problems = []
+        if d.rank == 0:
+            try:
+                verify_once(data.data, progress=sys.stderr.isatty())
+            except DataError as e:
+                problems = [str(e)]
+        problems = [p for ps in distributed.gather(problems, d) for p in ps]
+        if problems:
+            raise DataError(problems[0])
     if validate:  # val now: the schedule needs its error
         if not has_split(data.data, "val"):
             raise TrainError(

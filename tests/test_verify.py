@@ -165,3 +165,24 @@ def test_an_index_pointing_outside_its_tar_is_one_line_before_dali_reads_it(copy
         assert (
             r.returncode == 1 and f"{idx}: line {n}: the .jpg member ends at byte" in r.stderr.strip().splitlines()[-1]
         )
+
+
+def test_verify_once_hashes_on_first_use_and_again_after_a_change(copy, tmp_path, monkeypatch):
+    """The full sha256 check on a data directory's first use, skipped while no file changed (a stamp in the
+    user's cache, not in DATA), repeated after one did: a flipped byte of the same size is one line."""
+    from alexdata.verify import verify_once
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = sorted(p.name for p in copy.iterdir())
+    assert verify_once(copy) is True and verify_once(copy) is False
+    assert sorted(p.name for p in copy.iterdir()) == before  # nothing written into DATA
+    tar = copy / json.loads((copy / "manifest.json").read_text())["train"]["shards"][0]["file"]
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"{tar}: sha256 .* \(damaged\): the shards are not the bytes prepare wrote"):
+        verify_once(copy)
+    with pytest.raises(DataError, match="damaged"):  # no stamp was left for the damaged state
+        verify_once(copy)
+    r = run_cli("train", copy, "--out", tmp_path / "run", "--epochs", 1, "--batch-size", 8, check=False)
+    assert r.returncode == 1 and "the shards are not the bytes prepare wrote" in r.stderr.strip().splitlines()[-1]
