@@ -80,6 +80,7 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
     assert lr["auto_img_s"] == tr["synthetic_img_s"][tr["best"]]
     assert min(lr["pool_img_s"], lr["analytic_img_s"], lr["identity_img_s"]) > 0
     assert lr["chosen"] == ["analytic"] and "triton_img_s" not in lr  # the CPU never takes Triton
+    assert lr["analytic_img_s"] == lr["auto_img_s"]  # "auto" was the analytic LRN: one reading, not two
     assert math.isclose(lr["auto_vs_pool"], lr["auto_img_s"] / lr["pool_img_s"])
     assert math.isclose(lr["share_of_step"], 1 - lr["auto_img_s"] / lr["identity_img_s"])
     hs = tr["host_sync"]

@@ -473,6 +473,9 @@ def stage_train(ctx: Context, fig: dict) -> None:
     fig["lrn"] = {"auto_img_s": syn[best_name], "chosen": sorted(set(lrn._CHOSEN.values()))}
     for impl in impls:
         ctx.check_time()
+        if fig["lrn"]["chosen"] == [impl]:  # "auto" ran this one, just measured: no second reading
+            fig["lrn"][f"{impl}_img_s"] = syn[best_name]
+            continue
         fig["lrn"][f"{impl}_img_s"] = tb.synthetic(tb.model(cl, lrn=impl), precision, cl)
     fig["lrn"]["auto_vs_pool"] = syn[best_name] / fig["lrn"]["pool_img_s"]
     fig["lrn"]["share_of_step"] = 1 - syn[best_name] / fig["lrn"]["identity_img_s"]
