@@ -145,12 +145,13 @@ def test_an_interrupted_check_leaves_what_it_measured(tmp_path, monkeypatch):
         fig["partial"] = 3.0
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": _fake(synth_img_s=5.0), "tests": interrupt})
+    monkeypatch.setattr(check, "STAGE_FNS", {**check.STAGE_FNS, "data": _fake(synth_img_s=5.0), "train": interrupt})
     with pytest.raises(KeyboardInterrupt):
         run_check(tmp_path, device="cpu", work=tmp_path / "w", log=_quiet)
     st = json.loads((tmp_path / "check.json").read_text())["stages"]
+    assert STAGES[:2] == ("data", "train")  # the stage after data is the one interrupted
     assert st["data"]["status"] == "ok" and st["data"]["synth_img_s"] == 5.0
-    assert st["tests"]["status"] == "failed" and st["tests"]["partial"] == 3.0
+    assert st["train"]["status"] == "failed" and st["train"]["partial"] == 3.0
     assert "| data | ok |" in (tmp_path / "check.md").read_text()
 
 
