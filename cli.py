@@ -640,8 +640,8 @@ def train(ctx, data, out, resume, **options):
     import shlex
 
     from alexmodel import runlog
-    from alexmodel.distributed import end_on_signal
-    from alexmodel.train import STOPPED_EXIT, TrainStopped, train_from_options
+    from alexmodel.distributed import STOPPED_EXIT, TrainStopped, end_on_signal
+    from alexmodel.train import train_from_options
 
     # The options given on this command line, by config field name (--compile arrives as compile_); a resume
     # keeps the run's own value of every other one.

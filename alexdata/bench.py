@@ -38,8 +38,9 @@ def _rate(fn, blobs: list[bytes]) -> float:
 def bench_prepare(src: str, images: int = 300, rounds: int = 3, seed: int = 0) -> dict:
     """Single-core images/s of prepare's per-image work vs a plain PIL open/resize/save loop, same files in
     memory (disk excluded), alternating rounds; reports the median of each."""
-    from alexdata.prepare import SHORTER_SIDE, resize_to_jpeg
+    from alexdata.prepare import resize_to_jpeg
     from alexdata.sources import scan
+    from pipelines.config import SHORTER_SIDE
 
     _, train, _, _ = scan(src)
     pick = np.random.default_rng(seed).permutation(len(train))

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-SPREAD = 2  # DALI batches whose images an echoed batch mixes (issue 21: an image's copies not side by side)
+SPREAD = 2  # DALI batches whose images an echoed batch mixes (an image's copies not side by side)
 
 
 def image_key(copy: int) -> str:

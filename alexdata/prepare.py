@@ -33,45 +33,20 @@ from alexdata.errors import PrepareError, disk_full, plural
 from alexdata.files import atomic_write, lock_dir, temporary
 from alexdata.host import cores
 from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
-
-# Moved to alexdata/shards.py and alexdata/sources.py; importable from here as before.
-from alexdata.shards import (  # noqa: F401
+from alexdata.shards import (
     FORMAT_VERSION,
     MANIFEST,
     PREPARE_DIR,
     ShardWriter,
-    add_to_tar,
     index_path,
     make_manifest,
     printable,
     safe_key,
     shard_name,
-    wds_index,
     write_manifest,
 )
-from alexdata.sources import (  # noqa: F401
-    DEVKIT,
-    DEVKIT_META,
-    DEVKIT_TRUTH,
-    HF_TEST,
-    HF_TRAIN,
-    HF_VAL,
-    KAGGLE_ROOT,
-    TRAIN_TAR,
-    VAL_LABELS,
-    VAL_TAR,
-    GzIndex,
-    Item,
-    devkit_labels,
-    find_class_names,
-    layout,
-    looks_like_source,
-    scan,
-)
-from pipelines.config import (
-    MAX_LABEL_DIGITS,  # noqa: F401
-    SHORTER_SIDE,  # paper §2
-)
+from alexdata.sources import Item, find_class_names, looks_like_source, scan
+from pipelines.config import SHORTER_SIDE  # paper §2
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def load(path, *, device="cpu"):
     saved = load_run(path)
     model, stats = model_from_checkpoint(saved, device), stats_from_checkpoint(saved)
     model.preprocess = Preprocess.of(stats, AugmentConfig(**saved["config"]["data"]["aug"]))
-    model.class_names = saved["config"].get("class_names")  # absent in checkpoints before issue 20
+    model.class_names = saved["config"].get("class_names")  # absent in checkpoints of runs that recorded no names
     return model, list(saved["config"]["classes"]), stats
 
 

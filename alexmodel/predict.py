@@ -66,7 +66,7 @@ def predict(
     if good:
         saved = load_run(checkpoint)
         classes = saved["config"]["classes"]
-        names = saved["config"].get("class_names") or [None] * len(classes)  # absent before issue 20
+        names = saved["config"].get("class_names") or [None] * len(classes)  # None where the run recorded none
         index = torch.cuda.current_device() if device == "gpu" else 0
         model = model_from_checkpoint(saved, host.torch_device(device, index))
         kw = dict(

@@ -8,8 +8,8 @@ Where the parts live: the configs, recipes and option rules in alexmodel/config.
 the loaders in loaders.py; the network, SGD, schedule and scaler in build.py; the step loop and evaluation in
 loop.py; ranks and the stop on a signal in distributed.py; the checkpoint file and its names in checkpoint.py;
 what a resume restores and refuses in resume.py; config.json, metrics.jsonl, steps.jsonl and plot.png in
-runlog.py; the bar and lines printed in progress.py; `alexnet evaluate` in evaluate.py. The names users import
-from here (`from alexmodel.train import train, RunConfig, ...`) stay.
+runlog.py; the bar and lines printed in progress.py; `alexnet evaluate` in evaluate.py. Each name is imported
+from the module it lives in (the configs from alexmodel.config, `train_one_epoch` from alexmodel.loop, ...).
 """
 
 from __future__ import annotations
@@ -29,33 +29,23 @@ from alexdata.files import lock_dir
 from alexdata.shards import class_names
 from alexmodel import checkpoint, distributed, runlog
 from alexmodel.build import build_net, build_optimizer
-from alexmodel.checkpoint import model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import (
-    COMPAT_KEYS,
-    PRECISIONS,
-    RECIPES,
     DataConfig,
     OptimConfig,
     RunConfig,
-    configs_from_dict,
     configs_from_options,
     few_steps_notice,
-    recipe,
     refuse_on_cpu,
     resolve_device,
     start_rules,
 )
-from alexmodel.distributed import STOPPED_EXIT, Dist, Signals, TrainStopped
-from alexmodel.evaluate import evaluate_checkpoint
+from alexmodel.distributed import Dist, Signals, TrainStopped
 from alexmodel.loaders import data_inputs, make_loaders, open_splits
-from alexmodel.loop import EpochMeter, NonFiniteLoss, StopRequested, evaluate, evaluate_views, train_one_epoch
+from alexmodel.loop import EpochMeter, NonFiniteLoss, StopRequested, evaluate, train_one_epoch
 from alexmodel.model import ModelConfig
 from alexmodel.progress import epoch_bar, print_epoch, window_line
 from alexmodel.resume import check_compatible, load_state, refuse_fewer_epochs, restore_loader, run_stats, saved_run
 from alexmodel.schedule import cosine_lr
-from pipelines.config import AugmentConfig
-
-load_checkpoint = checkpoint.load_run  # the name before issue 18
 
 
 def train(
@@ -428,34 +418,3 @@ class _Run:
         )
         by = self.signals.received or "a signal to another rank"
         return f"stopped by {by} at step {step} ({where}); checkpoint {self.ckpt_path}"
-
-
-__all__ = [
-    "DataConfig",
-    "OptimConfig",
-    "RunConfig",
-    "EpochMeter",
-    "TrainError",
-    "TrainStopped",
-    "recipe",
-    "train",
-    "train_from_options",
-    "train_one_epoch",
-    "cosine_lr",
-    "evaluate",
-    "evaluate_views",
-    "evaluate_checkpoint",
-    "configs_from_dict",
-    "load_checkpoint",
-    "model_from_checkpoint",
-    "stats_from_checkpoint",
-    "RECIPES",
-    "COMPAT_KEYS",
-    "PRECISIONS",
-    "STOPPED_EXIT",
-    "StopRequested",
-    "NonFiniteLoss",
-    "resolve_device",
-    "AugmentConfig",
-    "ModelConfig",
-]

@@ -1,4 +1,4 @@
-"""The Loader as a service for models other than AlexNet (issue 21): torchvision's RandomResizedCrop and its
+"""The Loader as a service for models other than AlexNet: torchvision's RandomResizedCrop and its
 evaluation, uint8 / float16 / channels-last outputs, statistics without eigenvectors, and a small model trained
 through it. CPU only, against numpy and PIL references on tiny data."""
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alexdata.bench import bench_loader, bench_prepare, hw_decoder_check
-from alexmodel.bench import bench_train
+from alexmodel.tools.bench import bench_train
 
 STATS = {"mean": [120, 110, 100], "std": [60, 60, 60], "eigval": [3000, 200, 50], "eigvec": np.eye(3).tolist()}
 

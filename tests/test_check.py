@@ -211,7 +211,7 @@ def test_sizes_are_what_the_issue_asks():
     assert set(full.hw_decoder_load) >= {0.0, 0.65, 0.8, 0.9, 0.95, 1.0} and set(full.hybrid_huffman_threshold) == {
         0,
         1_000_000,
-    }  # issue 17: against DALI's defaults, 0.65 and 1,000,000 pixels
+    }  # against DALI's defaults, 0.65 and 1,000,000 pixels
     assert isinstance(full, CheckSize) and set(check.WEIGHTS) == set(STAGES)
 
 

@@ -1,4 +1,4 @@
-"""What a new user trips over, round two (issue 20): a warmup that overshot its peak, a recipe's batch too big for
+"""What a new user trips over, round two: a warmup that overshot its peak, a recipe's batch too big for
 small data, data without a val split, a raw tree with a bad file, the preprocessing `alexmodel.load` leaves out,
 class names, predict on a bad file or a folder, and messages that point the wrong way."""
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import PREP, SYNTH, run_cli, tree_files
 
 import alexdata.prepare as prep
-from alexdata.prepare import PrepareError, prepare
+from alexdata.errors import PrepareError
+from alexdata.prepare import prepare
 from alexdata.synth import SynthConfig, make_synth
 
 QUIET = dict(progress=False, log=lambda *a: None)

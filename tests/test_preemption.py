@@ -21,7 +21,8 @@ STOP_SCRIPT = r"""
 import hashlib, json, os, signal, sys
 from dataclasses import replace
 import torch
-from alexmodel.train import TrainStopped, train
+from alexmodel.distributed import TrainStopped
+from alexmodel.train import train
 from test_train import tiny
 
 data, out, stop_at, resume, batch, epochs, log_every = sys.argv[1:8]

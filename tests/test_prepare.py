@@ -14,7 +14,8 @@ import pytest
 from conftest import PREP, ROOT, SYNTH, env_with_path, limit, run_cli, tree_files
 from PIL import Image
 
-from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg, wds_index
+from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg
+from alexdata.shards import wds_index
 from alexdata.synth import SynthConfig, make_synth, wnid
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -133,7 +134,7 @@ def test_val_in_class_folders_gives_same_labels(prepared, synth_tree, tmp_path):
 
 
 def _val_labels(src):
-    from alexdata.prepare import scan
+    from alexdata.sources import scan
 
     _, _, val, _ = scan(src)
     return {it.key: it.label for it in val}

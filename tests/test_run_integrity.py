@@ -1,4 +1,4 @@
-"""A run directory has one writer, a damaged checkpoint is noticed, and every failure is one line (issue 19): the
+"""A run directory has one writer, a damaged checkpoint is noticed, and every failure is one line: the
 directory lock, zip CRCs checked on load, NaN/inf and mismatched shapes refused in one line, a finished run's record
 rewritten, SIGHUP; a full disk, an OUT that cannot be written, damaged checkpoint parts, a hand-edited manifest,
 signals to prepare, DALI's errors, a mid-epoch resume onto other shards, each part's own temporary names."""

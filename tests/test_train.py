@@ -15,7 +15,9 @@ import torch
 from conftest import ROOT, env_with_path, limit, run_cli
 
 from alexdata.stats import compute_stats, write_stats
-from alexmodel.train import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, evaluate_checkpoint, recipe, train
+from alexmodel.config import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, recipe
+from alexmodel.evaluate import evaluate_checkpoint
+from alexmodel.train import train
 
 WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
 TINY = [
@@ -454,8 +456,8 @@ def test_gpu_steps_never_wait_for_the_device(data, precision):
     under torch.cuda.set_sync_debug_mode("error"), which raises at any call that waits for the device. fp16 as
     the trainer runs it: GradScaler with fused SGD, which skips an inf step on the device."""
     from alexdata.loader import Loader
+    from alexmodel.loop import train_one_epoch
     from alexmodel.model import AlexNet
-    from alexmodel.train import train_one_epoch
 
     # drop_last: one shape, so no cuDNN autotuning (cudnn.benchmark, set by an earlier run) on a partial batch
     loader = Loader(data, batch_size=8, device="gpu", threads=2, drop_last=True)
@@ -517,8 +519,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
 
 def test_an_empty_last_batch_steps_without_nan():
     """A data-parallel rank whose shard is one image shorter can get an empty last batch (alexdata/loader.py)."""
+    from alexmodel.loop import train_one_epoch
     from alexmodel.model import AlexNet
-    from alexmodel.train import train_one_epoch
 
     torch.manual_seed(0)
     model = AlexNet(3, width=0.0625)

@@ -12,7 +12,7 @@ from conftest import run_cli
 from test_train import TINY, data, one_epoch  # noqa: F401  (fixtures)
 
 from alexmodel import load
-from alexmodel.train import evaluate_checkpoint
+from alexmodel.evaluate import evaluate_checkpoint
 
 
 @pytest.fixture
