@@ -405,7 +405,8 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
     from pathlib import Path
 
     from alexdata import host
-    from alexdata.stats import compute_stats, same_stats, summary, write_stats
+    from alexdata.stats import compute_stats, summary
+    from alexdata.statsfile import same_stats, write_stats
 
     rec = compute_stats(
         data,

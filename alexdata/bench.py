@@ -376,7 +376,8 @@ def bench_stats(
     decoded images discarded), alternating rounds, medians; and process CPU time per image, steadier than wall
     time on a shared machine. Pipeline construction is left out of both timings."""
     from alexdata.dataset import open_split
-    from alexdata.stats import StatsError, StatsPass, select
+    from alexdata.errors import StatsError
+    from alexdata.stats import StatsPass, select
 
     if rounds < 1:
         raise StatsError(f"--rounds must be >= 1, got {rounds}")

@@ -12,16 +12,12 @@ from pathlib import Path
 
 from alexdata.errors import ConfigError, DataError
 from alexdata.host import cores
-
-# Moved to alexdata/shards.py; importable from here as before.
-from alexdata.shards import (  # noqa: F401
+from alexdata.shards import (
     MANIFEST,
     is_unfinished,
     load_manifest,
     manifest_shards,
     open_shards,
-    quick_problems,
-    shard_files,
     unfinished_prepare,
 )
 from alexdata.sources import layout

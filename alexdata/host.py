@@ -8,8 +8,6 @@ import os
 import platform
 import subprocess
 
-from pipelines.config import DEVICES  # noqa: F401  (the project's device names: "gpu" is CUDA device `index`)
-
 
 def cores() -> int:
     """The cores this process may use: its CPU affinity (which a batch system may have cut), and no more than its

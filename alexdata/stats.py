@@ -50,14 +50,11 @@ import numpy as np
 from alexdata import host
 from alexdata.dataset import open_split
 from alexdata.errors import StatsError, dali_reason
-
-# Moved to alexdata/host.py, alexdata/statsfile.py and pipelines/stats.py; importable from here as before.
-from alexdata.host import default_device  # noqa: F401
 from alexdata.jpegcheck import is_damaged, jpeg_warning
-from alexdata.statsfile import MEAN_IMAGE_SUFFIX, SCALE, load_stats, mean_image_path, same_stats, write_stats  # noqa: F401
+from alexdata.statsfile import SCALE, mean_image_path
 from pipelines.common import READER
-from pipelines.config import SHORTER_SIDE, RunSpec, Split
-from pipelines.stats import build_stats_pipeline, central_patch, moments_graph  # noqa: F401
+from pipelines.config import DEVICES, SHORTER_SIDE, RunSpec, Split
+from pipelines.stats import build_stats_pipeline
 
 BLOCK = 256  # pixels per float32 block: 256 * 255**2 = 16_646_400 < 2**24, so block sums are exact
 
@@ -283,7 +280,7 @@ class StatsPass:
         self.threads = host.cores() if threads is None else threads
         if batch_size < 1 or self.threads < 1:
             raise StatsError(f"--batch-size and --threads must be >= 1, got {batch_size} and {self.threads}")
-        if device not in host.DEVICES:
+        if device not in DEVICES:
             raise StatsError(f"--device must be cpu or gpu, got {device!r}")
         if device == "gpu" and not host.has_gpu():
             raise StatsError("--device gpu: torch sees no CUDA GPU; use --device cpu")

@@ -29,12 +29,13 @@ from alexdata.errors import ConfigError, TrainError, plural
 from alexmodel import checkpoint, runlog
 from alexmodel.model import ModelConfig
 from pipelines.config import AUGMENTS, AugmentConfig
+from pipelines.config import DEVICES as PIPELINE_DEVICES
 
 RECIPES = ("paper", "modern")
 SCHEDULES = ("plateau", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PLACEMENTS = ("single", "two-tower")
-DEVICES = ("auto", *host.DEVICES)
+DEVICES = ("auto", *PIPELINE_DEVICES)  # "gpu": CUDA device `index`
 PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
 FEW_STEPS = 10  # optimizer steps per epoch under which the recipe's batch is too big for the data (README: Small data)
 
@@ -226,7 +227,7 @@ def resolve_device(device: str) -> str:
         return host.default_device()
     if device == "gpu" and not host.has_gpu():
         raise TrainError("--device gpu asked for, but torch sees no CUDA GPU (use --device cpu)")
-    if device not in host.DEVICES:
+    if device not in PIPELINE_DEVICES:
         raise ConfigError(f"device={device!r}: expected one of {', '.join(DEVICES)}")
     return device
 

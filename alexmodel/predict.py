@@ -4,8 +4,9 @@ Each JPEG or PNG goes through the same DALI graph as `alexnet evaluate` (pipelin
 to 256, the central 227 crop (or the ten crops of paper §4.1 with `ten_crop`), minus the mean the run trained
 with. So predict and evaluate give the same probabilities for the same image (tests/test_usability.py).
 
-A file that is missing, empty, not a JPEG/PNG or cut short is reported in its place ({"image", "error"}) and
-the others are predicted: DALI would stop the whole batch at it. A directory stands for its image files, found
+A file that is missing, empty, not a JPEG/PNG, cut short or damaged inside (libjpeg's strict check, as in
+`prepare`) is reported in its place ({"image", "error"}) and the others are predicted: DALI would stop the whole
+batch at it, or decode its missing part as grey. A directory stands for its image files, found
 by extension, recursively.
 """
 
@@ -41,7 +42,19 @@ def image_files(images: list[str | os.PathLike]) -> list[tuple[str, str | None]]
             out.append((str(p), "not a .JPEG/.jpg/.png file"))
         else:
             out.append((str(p), image_problem(p)))
-    return out
+    return [(path, why or damaged_jpeg(path)) for path, why in out]
+
+
+def damaged_jpeg(path: str) -> str | None:
+    """Why a JPEG whose first and last bytes look whole still cannot be trusted: libjpeg warns of missing or
+    corrupt data (a download cut short, a header claiming more pixels than the file holds), which DALI and PIL
+    fill with grey without an error (alexdata/jpegcheck.py, the check prepare makes); None for a sound file.
+    A few files only: predict decodes each at 1/8 scale once more."""
+    from alexdata.jpegcheck import is_damaged, jpeg_warning
+
+    with open(path, "rb") as f:
+        warning = jpeg_warning(f.read())
+    return f"truncated or corrupt JPEG data (libjpeg: {warning})" if is_damaged(warning) else None
 
 
 def predict(

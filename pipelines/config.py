@@ -147,7 +147,7 @@ class PipelineStats:
 
     @classmethod
     def from_dict(cls, s: dict) -> "PipelineStats":
-        """From a record in stats.json's format (`alexdata.stats.load_stats`: "mean_image" an array or None;
+        """From a record in stats.json's format (`alexdata.statsfile.load_stats`: "mean_image" an array or None;
         "eigval" and "eigvec" may be absent, as in a file of the mean and std alone)."""
         f = lambda v: tuple(float(x) for x in np.asarray(v, np.float64).reshape(-1))
         eig = s.get("eigval") is not None and s.get("eigvec") is not None

@@ -153,3 +153,25 @@ def prepared(tmp_path_factory, synth_tree):
 def tree_files(d: Path) -> dict[str, bytes]:
     """Relative path -> bytes of every file under d (the .prepare records included)."""
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def damaged_jpegs() -> dict[str, bytes]:
+    """JPEGs PIL decodes without an error: cut short but ending in an end-of-image marker (grey lower half), a
+    3 KB file whose header claims 12000x12000 (flat grey), and one with stray bytes between segments (whole)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    whole = buf.getvalue()
+    sof = whole.find(b"\xff\xc0")
+    big = bytearray(whole[:3000])
+    big[sof + 5 : sof + 9] = (12000).to_bytes(2, "big") * 2  # height, width
+    return {
+        "cut": whole[: len(whole) // 2] + b"\xff\xd9",
+        "huge": bytes(big) + b"\xff\xd9",
+        "stray": whole[:sof] + b"\x12\x34\x56" + whole[sof:],
+    }

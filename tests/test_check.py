@@ -45,7 +45,7 @@ def test_check_tiny_on_the_cpu_runs_every_stage(tmp_path):
     assert min(lo["decode_only"], lo["pipeline"], lo["baseline"]) > 0 and "baseline_error" not in lo
     assert math.isclose(lo["pipeline_vs_baseline"], lo["pipeline"] / lo["baseline"])
     assert lo["hw_decoder"]["used"] is None and "no GPU" in lo["hw_decoder"]["why"]
-    assert set(lo["sweep_skipped"]) == set(check.GPU_KNOBS)
+    assert set(lo["sweep_skipped"]) == set(check_stages.GPU_KNOBS)
     assert all("GPU only" in why for why in lo["sweep_skipped"].values())
     assert {p["layout"] for p in lo["sweep"]} == {"NCHW", "NHWC"}
     rates = [p["img_s"] for p in lo["sweep"]]
@@ -233,7 +233,8 @@ def test_the_gpu_selection_names_real_tests():
     import subprocess
     import sys
 
-    from alexmodel.tools.check import GPU_TESTS, ROOT
+    from alexmodel.tools.check import GPU_TESTS
+    from alexmodel.tools.check_stages import ROOT
 
     def collect(*args):
         r = subprocess.run(
@@ -308,7 +309,7 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
     ) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
     knobs, skipped = check_stages._sweep_points(ctx, default, split)
     plan = dict(knobs)
-    assert skipped == {} and list(plan)[:3] == list(check.GPU_KNOBS)
+    assert skipped == {} and list(plan)[:3] == list(check_stages.GPU_KNOBS)
     assert plan["hw_decoder_load"][0] == 0.65 and set(plan["hw_decoder_load"]) == set(TINY.hw_decoder_load)
     assert plan["hybrid_huffman_threshold"] == [1_000_000, 0] and plan["preallocate"] == [False, True]
     knobs, skipped = check_stages._sweep_points(ctx, default, dc_replace(split, max_hw=None))

@@ -154,7 +154,8 @@ def test_the_gpu_graph_decodes_whole_images_once_with_the_cache(ramps20, kind):
 @pytest.fixture(scope="module")
 def run_data(tmp_path_factory, ramps20):
     """ramps20 with a stats.json, as `alexnet train` needs it."""
-    from alexdata.stats import compute_stats, write_stats
+    from alexdata.stats import compute_stats
+    from alexdata.statsfile import write_stats
 
     d = tmp_path_factory.mktemp("echo_train") / "data"
     shutil.copytree(ramps20, d)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PREP, ROOT, SYNTH, env_with_path, limit, run_cli, tree_files
+from conftest import PREP, ROOT, SYNTH, damaged_jpegs, env_with_path, limit, run_cli, tree_files
 from PIL import Image
 
 from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg
@@ -438,27 +438,10 @@ def _stored_keys(tar):
         return [m.name[:-4] for m in tf.getmembers() if m.name.endswith(".jpg")]
 
 
-def _damaged_jpegs() -> dict[str, bytes]:
-    """JPEGs PIL decodes without an error: cut short but ending in an end-of-image marker (grey lower half), a
-    3 KB file whose header claims 12000x12000 (flat grey), and one with stray bytes between segments (whole)."""
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    whole = buf.getvalue()
-    sof = whole.find(b"\xff\xc0")
-    big = bytearray(whole[:3000])
-    big[sof + 5 : sof + 9] = (12000).to_bytes(2, "big") * 2  # height, width
-    return {
-        "cut": whole[: len(whole) // 2] + b"\xff\xd9",
-        "huge": bytes(big) + b"\xff\xd9",
-        "stray": whole[:sof] + b"\x12\x34\x56" + whole[sof:],
-    }
-
-
 def test_jpegs_with_missing_data_are_skipped_and_harmless_warnings_kept(tmp_path):
     from alexdata.jpegcheck import is_damaged, jpeg_warning
 
-    bad = _damaged_jpegs()
+    bad = damaged_jpegs()
     for data in bad.values():
         Image.open(io.BytesIO(data)).load()  # PIL alone finds nothing wrong
     assert [is_damaged(jpeg_warning(d)) for d in bad.values()] == [True, True, False]
@@ -488,7 +471,7 @@ def test_raw_tree_stats_refuse_a_jpeg_with_missing_data(tmp_path):
         (tmp_path / "train" / c).mkdir(parents=True)
         Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "train" / c / f"fine_{c}.JPEG")
     compute_stats(tmp_path / "train", threads=1)
-    (tmp_path / "train" / "a" / "cut.JPEG").write_bytes(_damaged_jpegs()["cut"])
+    (tmp_path / "train" / "a" / "cut.JPEG").write_bytes(damaged_jpegs()["cut"])
     with pytest.raises(StatsError, match=r"cut\.JPEG: Corrupt JPEG data") as e:
         compute_stats(tmp_path / "train", threads=1)
     assert "\n" not in str(e.value)

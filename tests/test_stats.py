@@ -11,7 +11,9 @@ from conftest import run_cli
 from PIL import Image
 
 from alexdata.dataset import DataError, open_split
-from alexdata.stats import StatsError, StatsPass, compute_stats, eigen, load_stats, same_stats, select, write_stats
+from alexdata.errors import StatsError
+from alexdata.stats import StatsPass, compute_stats, eigen, select
+from alexdata.statsfile import load_stats, same_stats, write_stats
 
 RTOL = 1e-6
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from conftest import ROOT, env_with_path, limit, run_cli
 
-from alexdata.stats import compute_stats, write_stats
+from alexdata.stats import compute_stats
+from alexdata.statsfile import write_stats
 from alexmodel.config import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, recipe
 from alexmodel.evaluate import evaluate_checkpoint
 from alexmodel.train import train
@@ -329,7 +330,7 @@ def test_compat_keys_cover_the_optimiser_but_not_epochs_or_lr():
 def test_paper_recipe_checkpoint_carries_the_mean_image(data, tmp_path):
     """The paper recipe subtracts the mean image (§2); its checkpoint keeps it (a tensor, not in config.json),
     so evaluate and `alexmodel.load` use the image the run trained with, whatever stats.json holds later."""
-    from alexdata.stats import load_stats
+    from alexdata.statsfile import load_stats
     from alexmodel import load
 
     model, aug, optim = recipe("paper", width=WIDTH, batch_size=8, epochs=1)

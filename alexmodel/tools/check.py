@@ -54,10 +54,8 @@ from alexdata.files import atomic_write
 
 # The stages, and what callers name through this module (check.Context, check.GPU_TESTS, check.sweep_default)
 from alexmodel.tools.check_stages import (  # noqa: F401
-    GPU_KNOBS,
     GPU_TESTS,
     QUICK_TESTS,
-    ROOT,
     CheckSize,
     Context,
     StageSkipped,

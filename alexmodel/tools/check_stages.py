@@ -132,7 +132,8 @@ def stage_data(ctx: Context, fig: dict) -> None:
     """synth -> prepare -> stats under ctx.work, reusing what an earlier check left there (CheckSize.data
     "synth"), or throughput data written directly ("textures": `stage_textures`)."""
     from alexdata.prepare import PrepareConfig, prepare
-    from alexdata.stats import compute_stats, write_stats
+    from alexdata.stats import compute_stats
+    from alexdata.statsfile import write_stats
     from alexdata.synth import SynthConfig, make_synth
 
     s = ctx.size

@@ -39,7 +39,8 @@ def run_demo(
 ) -> dict:
     """Runs every stage (skipping those already done under `out`); returns the results and where they are."""
     from alexdata.prepare import PrepareConfig, prepare
-    from alexdata.stats import compute_stats, write_stats
+    from alexdata.stats import compute_stats
+    from alexdata.statsfile import write_stats
     from alexdata.synth import SynthConfig, make_synth
     from alexmodel import runlog
     from alexmodel.config import DataConfig, RunConfig, recipe, resolve_device
