@@ -101,6 +101,13 @@ def labels_from_digits(digits):
     return value
 
 
+def peek_shape(jpg):
+    """int32 (H, W, C) of an encoded image from its header, as stored: EXIF orientation is not applied, here or by
+    the decoders (`decoder_kw`), since prepare (PIL) and `model.preprocess` keep ImageNet's files as they were
+    shot; DALI's default would turn some raw-tree and predict images a quarter round."""
+    return fn.peek_image_shape(jpg, dtype=types.INT32, adjust_orientation=False)
+
+
 def decoder_kw(spec: RunSpec) -> dict:
     """The arguments every decoder here takes: RGB out; on "mixed" (the GPU) also the hardware decoder's share,
     the size in pixels above which nvJPEG's hybrid Huffman decoder takes an image (0: every image), and with
@@ -109,6 +116,7 @@ def decoder_kw(spec: RunSpec) -> dict:
     if spec.device == "gpu":
         kw = dict(
             output_type=types.RGB,
+            adjust_orientation=False,  # `peek_shape`: images as stored, as prepare and PIL read them
             device="mixed",
             hw_decoder_load=spec.hw_decoder_load,
             hybrid_huffman_threshold=spec.hybrid_huffman_threshold,
@@ -116,7 +124,7 @@ def decoder_kw(spec: RunSpec) -> dict:
         if spec.preallocate_hw:
             kw.update(preallocate_height_hint=spec.preallocate_hw[0], preallocate_width_hint=spec.preallocate_hw[1])
         return kw
-    return dict(output_type=types.RGB, device="cpu")
+    return dict(output_type=types.RGB, adjust_orientation=False, device="cpu")
 
 
 def cache_kw(spec: RunSpec) -> dict:
@@ -165,7 +173,7 @@ def uniform_anchor(span, axes: int | None = None):
 def image_hw(jpg, shorter_side: int | None = None):
     """(H, W) as floats, shape [2], from the encoded image's header; with `shorter_side`, the extents after
     `resize_shorter` (rounded as fn.resize rounds them)."""
-    hw = fn.cast(fn.peek_image_shape(jpg, dtype=types.INT32)[0:2], dtype=types.FLOAT)
+    hw = fn.cast(peek_shape(jpg)[0:2], dtype=types.FLOAT)
     return hw if shorter_side is None else resized_hw(hw, shorter_side)
 
 

@@ -165,11 +165,7 @@ def build_train_pipeline(
             if aug.central_square:
                 img, shape = square(img, stats, aug, spec), None
             else:  # the header gives a prepared image's shape before it is decoded; a resized one's is known after
-                shape = (
-                    img.shape(dtype=types.INT32, device="cpu")
-                    if resize
-                    else fn.peek_image_shape(jpg, dtype=types.INT32)
-                )
+                shape = img.shape(dtype=types.INT32, device="cpu") if resize else common.peek_shape(jpg)
                 shape = shape if spec.device == "gpu" else (shape, span_inverse(shape, c))
             copies = [augment_decoded(img, shape, stats, aug, spec, output_layout) for _ in range(echo)]  # 4-7 each
             return (*copies, label)  # labels stay on the CPU: the loader parses them (common.labels_from_digits)
@@ -185,7 +181,7 @@ def build_train_pipeline(
             sq = common.decode(jpg, spec, crop=(aug.shorter_side, (common.FLOOR_HALF, common.FLOOR_HALF)))  # 2+4
             sq = sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
             return augment_decoded(sq, None, stats, aug, spec, output_layout), label  # 4-7
-        shape = fn.peek_image_shape(jpg, dtype=types.INT32)
+        shape = common.peek_shape(jpg)
         anchor = fn.roi_random_crop(crop_shape=[c, c], roi_start=[0, 0], roi_end=shape[0:2])  # 4: as random_anchor
         start = fn.cast(anchor, dtype=types.INT32)
         img = fn.decoders.image_slice(jpg, start=start, shape=[c, c], axis_names="HW", **common.decoder_kw(spec))

@@ -309,6 +309,22 @@ def test_center_crop_equals_explicit_crop(prepared):
         assert np.array_equal(v, (img[y : y + 227, x : x + 227].astype(np.float32) - st["mean"]).transpose(2, 0, 1))
 
 
+def test_exif_orientation_is_not_applied(tmp_path):
+    """A raw tree's JPEG tagged "rotate 90" (EXIF orientation 6) gives the pixels as stored, as prepare (PIL) and
+    model.preprocess read them: the same crop as the untagged file (DALI's decoders rotate by default)."""
+    a = np.random.default_rng(8).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for name, extra in (("plain", {}), ("tagged", {"exif": exif.tobytes()})):
+        d = tmp_path / "raw" / "train" / "c0"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(d / f"{name}.jpg", "JPEG", quality=95, **extra)
+    aug = AugmentConfig(pca_std=0.0, flip_prob=0.0)
+    loader = Loader(tmp_path / "raw", split="train", stats=ZERO, aug=aug, mode="center", batch_size=2, threads=1)
+    x, _ = next(iter(loader))
+    assert x.shape == (2, 3, 227, 227) and torch.equal(x[0], x[1])  # both 300 x 400 as stored: one centre crop
+
+
 PIXEL = AugmentConfig(central_square=True, mean="pixel")  # paper §2: the mean image, per pixel
 
 
