@@ -107,6 +107,19 @@ def test_an_index_dali_cannot_parse_fails_even_when_its_hash_matches(copy):
         assert len(problems) == 1 and problems[0].startswith(f"{idx}: line 2 does not list one .jpg and one .cls")
 
 
+@pytest.mark.parametrize("in_process_bytes", [0, 1 << 30])
+def test_a_flipped_byte_is_found_by_the_pool_and_in_process(copy, monkeypatch, in_process_bytes):
+    import alexdata.verify
+
+    monkeypatch.setattr(alexdata.verify, "IN_PROCESS_BYTES", in_process_bytes)
+    tar = sorted(copy.glob("train-*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[2000] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    problems = verify(copy, workers=2)["problems"]
+    assert len(problems) == 1 and problems[0].startswith(f"{tar}: sha256") and "(damaged)" in problems[0]
+
+
 def _killed(path):
     os.kill(os.getpid(), signal.SIGKILL)  # the out-of-memory killer, say
 
@@ -118,6 +131,7 @@ def test_a_verify_worker_killed_by_the_system_is_one_line(copy, monkeypatch):
     from cli import main
 
     monkeypatch.setattr(alexdata.verify, "_sha256", _killed)
+    monkeypatch.setattr(alexdata.verify, "IN_PROCESS_BYTES", 0)  # the pool, whatever the size: its worker dies
     r = CliRunner().invoke(main, ["verify", str(copy), "--workers", "2"])
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert r.output.strip().splitlines()[-1].startswith("Error: a worker process died (killed: out of memory?")
