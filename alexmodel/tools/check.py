@@ -101,9 +101,9 @@ SIZES = {
         shard_size=64,
         width=0.125,
         batch_size=32,
-        loader_seconds=0.5,
+        loader_seconds=0.3,
         train_steps=4,
-        paper_init_s=5.0,
+        paper_init_s=3.0,
         prefetch=(2, 3),
     ),
 }

@@ -25,7 +25,7 @@ from alexdata import host
 from alexmodel.tools import synth_done
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: tests/ lives here
-QUICK_TESTS = ("tests/test_model.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
+QUICK_TESTS = ("tests/test_lrn.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
 # Every GPU test but the compiled training epoch: the train stage times torch.compile itself, and its several
 # minute-long compilations would not fit the stage's box.
 GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_epoch[bf16-True-True]")
