@@ -468,9 +468,12 @@ def stage_train(ctx: Context, fig: dict) -> None:
     ctx.check_time()
     # The LRN (alexmodel/lrn.py): the default ("auto": Triton or analytic, whichever its own timing picked) beside
     # each implementation and the net without LRN (identity), whose ratio is the LRN's true share of the step.
+    import importlib.util
+
     from alexmodel import lrn
 
-    impls = ["analytic", "pool", "identity"] + (["triton"] if ctx.device == "gpu" else [])
+    triton = ctx.device == "gpu" and importlib.util.find_spec("triton") is not None
+    impls = ["analytic", "pool", "identity"] + (["triton"] if triton else [])
     fig["lrn"] = {"auto_img_s": syn[best_name], "chosen": sorted(set(lrn._CHOSEN.values()))}
     for impl in impls:
         ctx.check_time()
