@@ -17,25 +17,46 @@ def cores() -> int:
     return max(1, min(affinity, quota)) if quota else affinity
 
 
-def quota_cores(root: str = "/sys/fs/cgroup") -> int | None:
-    """The CPUs this process's cgroup may use by its quota, rounded up (cgroup v2 `cpu.max`, v1
-    `cpu.cfs_quota_us` / `cpu.cfs_period_us`); None when there is no quota or no cgroup file to read."""
+def quota_cores(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> int | None:
+    """The CPUs this process's cgroup may use by its quota, rounded up: the tightest quota of its own cgroup (the
+    path `proc` names: a Slurm job's or a systemd unit's, without a cgroup namespace) and its ancestors up to
+    `root` (cgroup v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us` and `cpu.cfs_period_us`); None when none is set."""
+    own = {"v2": "", "v1": ""}  # the process's cgroup under each hierarchy, relative to its root
+    try:
+        with open(proc) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    own["v2"] = path.lstrip("/")
+                elif "cpu" in controllers.split(","):
+                    own["v1"] = path.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    quotas = []
+    for kind, rel in own.items():
+        parts = [p for p in rel.split("/") if p]
+        for depth in range(len(parts), -1, -1):  # the process's own cgroup first, then each ancestor
+            base = os.path.join(root, *parts[:depth]) if kind == "v2" else os.path.join(root, "cpu", *parts[:depth])
+            quotas.append(_quota_at(base, kind))
+    found = [q for q in quotas if q]
+    return min(found) if found else None
+
+
+def _quota_at(base: str, kind: str) -> int | None:
+    """The CPU quota of the cgroup directory `base` in CPUs (rounded up), None when it sets none."""
     import math
 
     try:
-        with open(os.path.join(root, "cpu.max")) as f:
-            quota, period = f.read().split()[:2]
-    except (OSError, ValueError):
-        try:
-            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+        if kind == "v2":
+            with open(os.path.join(base, "cpu.max")) as f:
+                quota, period = f.read().split()[:2]
+        else:
+            with open(os.path.join(base, "cpu.cfs_quota_us")) as f:
                 quota = f.read().strip()
-            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            with open(os.path.join(base, "cpu.cfs_period_us")) as f:
                 period = f.read().strip()
-        except OSError:
-            return None
-    try:
         q, p = int(quota), int(period)
-    except ValueError:  # "max": no quota
+    except (OSError, ValueError):  # no such file, or "max": no quota
         return None
     return math.ceil(q / p) if q > 0 and p > 0 else None
 

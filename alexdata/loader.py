@@ -263,8 +263,11 @@ class Loader:
         reset mid-epoch: it would go on where it stopped)."""
         if self._interrupted:
             if not self.echo or self.echo.drop():
-                for _ in self._it:  # the rest of the interrupted epoch; then DALI's auto_reset starts the next
-                    pass
+                try:
+                    for _ in self._it:  # the rest of the interrupted epoch; then DALI's auto_reset starts the next
+                        pass
+                except RuntimeError as e:
+                    raise self._data_error(e) from None
             self._served = 0
         self._interrupted = True  # until this pass reaches its end
         it = iter(self._it)

@@ -104,8 +104,11 @@ def _stamp(data: Path) -> str:
 def _stamp_path(data: Path) -> Path:
     """Where `verify_once` remembers a verified prepare output: the user's cache (XDG_CACHE_HOME, else
     ~/.cache), not DATA, which may be read-only or shared."""
+    import socket
+
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "alexnet" / "verified" / f"{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:24]}.json"
+    key = hashlib.sha256(f"{socket.gethostname()}:{data.resolve()}".encode()).hexdigest()[:24]  # a home shared
+    return base / "alexnet" / "verified" / f"{key}.json"  # by nodes with node-local copies: a stamp per node
 
 
 def verify_once(data: str | os.PathLike, *, workers: int | None = None, progress: bool = False) -> bool:

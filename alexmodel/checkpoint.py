@@ -39,7 +39,7 @@ import torch
 
 from alexdata.errors import TrainError, disk_full
 from alexdata.files import atomic_open
-from alexmodel.model import INITS, AlexNet
+from alexmodel.model import INITS, MAX_WIDTH, AlexNet
 from pipelines.config import SHORTER_SIDE, AugmentConfig, PipelineStats
 
 FORMAT = 2  # bump when the layout below changes; 2: loadable with weights_only=True, classes in the config
@@ -226,8 +226,8 @@ def _plain_problem(ckpt: dict) -> str | None:
     if not _whole(model["num_classes"], 1):
         return f"config.model.num_classes is {model['num_classes']!r}, not a whole number >= 1"
     w = model["width"]
-    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= 16):
-        return f"config.model.width is {w!r}, not a number in (0, 16]"
+    if not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= MAX_WIDTH):
+        return f"config.model.width is {w!r}, not a number in (0, {MAX_WIDTH}]"
     if model["init"] not in INITS:
         return f"config.model.init is {model['init']!r}, not one of {', '.join(INITS)}"
     n = model["num_classes"]

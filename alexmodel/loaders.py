@@ -29,9 +29,9 @@ def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, d: Dist
             f"--batch-size {optim.batch_size} does not split over {world} ranks; use a multiple of {world}"
         )
     splits = {"train": open_split(data.data, "train")}
-    if data.verify and splits["train"].prepared:  # rank 0 hashes (once per change of the files), every rank stops
-        problems = []
-        if d.rank == 0:
+    if data.verify and splits["train"].prepared:  # one rank per node hashes its node's files (a copy on local
+        problems = []  # disk each), once per change of them; every rank stops on a problem any node found
+        if d.local_rank == 0:
             try:
                 verify_once(data.data, progress=sys.stderr.isatty())
             except DataError as e:

@@ -121,13 +121,14 @@ def choose(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k
     if not usable or importlib.util.find_spec("triton") is None:
         _CHOSEN[key] = "analytic"
         return "analytic"
-    if torch.cuda.is_current_stream_capturing():
-        return "analytic"
-    from alexmodel.lrn_triton import lrn_triton
-
+    if torch.cuda.is_current_stream_capturing() or torch.is_inference_mode_enabled() or x.is_inference():
+        return "analytic"  # no timing inside a graph capture, nor a backward in inference mode: ask again later
     args = (groups, size, alpha, beta, k)
     try:
-        ms = {"triton": _time_ms(lrn_triton, x, args), "analytic": _time_ms(_AnalyticLRN.apply, x, args)}
+        from alexmodel.lrn_triton import lrn_triton
+
+        with torch.cuda.device(x.device):  # the events and the kernels on the tensor's GPU (two towers: cuda:1 too)
+            ms = {"triton": _time_ms(lrn_triton, x, args), "analytic": _time_ms(_AnalyticLRN.apply, x, args)}
         _CHOSEN[key] = min(ms, key=ms.get)
     except Exception as e:  # a Triton that cannot build for this GPU: the eager LRN still works
         warnings.warn(

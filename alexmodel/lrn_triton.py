@@ -13,6 +13,8 @@ the kernels run on CPU tensors, which is how tests/test_lrn.py checks them on a 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -77,19 +79,22 @@ def _launch(kernel, tensors, x: torch.Tensor, groups: int, size: int, alpha: flo
     block_c = triton.next_power_of_2(n)
     block_p = max(16, min(256, 4096 // block_c))
     grid = (b * groups, triton.cdiv(h * w, block_p))
-    kernel[grid](*tensors, n, h * w, groups, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p)
+    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # Triton launches on the current one
+        kernel[grid](
+            *tensors, n, h * w, groups, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p
+        )
 
 
-def _pixels_one_stride(x: torch.Tensor) -> torch.Tensor:
-    """x itself when its H and W flatten to one stride (NCHW or channels_last), else a contiguous copy."""
-    _, _, h, w = x.shape
-    return x if h == 1 or x.stride(2) == w * x.stride(3) else x.contiguous()
+def _dense(x: torch.Tensor) -> torch.Tensor:
+    """x itself when it is dense NCHW or channels_last (the outputs, made by empty_like, then share its strides,
+    which the kernels use for all three tensors), else a contiguous copy (a channel slice, a strided view)."""
+    return x if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last) else x.contiguous()
 
 
 class TritonLRN(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, groups: int, size: int, alpha: float, beta: float, k: float):
-        x = _pixels_one_stride(x)
+        x = _dense(x)
         y = torch.empty_like(x)
         _launch(_lrn_fwd, (x, y), x, groups, size, alpha, beta, k)
         ctx.save_for_backward(x)

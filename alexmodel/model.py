@@ -58,6 +58,7 @@ PAPER_WIDTHS = {
     "fc7": 4096,
 }
 INITS = ("paper", "modern")
+MAX_WIDTH = 16  # the widest net built: 16 x the paper's channels, ~15 G parameters (~60 GB of fp32 weights)
 
 Device = Union[str, torch.device]
 # One tensor on one device, or one tensor per tower (tower 0 first).
@@ -74,8 +75,10 @@ class ModelConfig:
     def __post_init__(self):
         if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
             raise ValueError(f"num_classes={self.num_classes!r}: expected an int >= 1")
-        if not (isinstance(self.width, (int, float)) and self.width > 0):
-            raise ValueError(f"width={self.width!r}: expected a number > 0")
+        if not (isinstance(self.width, (int, float)) and 0 < self.width <= MAX_WIDTH):
+            raise ValueError(
+                f"width={self.width!r}: expected a number in (0, {MAX_WIDTH}] ({MAX_WIDTH} makes ~15 G parameters)"
+            )
         if self.init not in INITS:
             raise ValueError(f"init={self.init!r}: expected one of {INITS}")
         if self.devices is not None and len(tuple(self.devices)) != 2:

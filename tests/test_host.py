@@ -22,7 +22,27 @@ def test_the_cgroup_quota_in_cores(tmp_path, files, want):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert host.quota_cores(str(tmp_path)) == want
+    (tmp_path / "self-cgroup").write_text("0::/\n")
+    assert host.quota_cores(str(tmp_path), proc=str(tmp_path / "self-cgroup")) == want
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_the_quota_of_the_process_own_cgroup_and_its_ancestors(tmp_path, v2):
+    """Without a cgroup namespace (a Slurm step, a systemd unit) the quota lives at the process's own cgroup path,
+    under the root: the tightest of that cgroup and its ancestors counts."""
+    root = tmp_path / "cg"
+    base = root if v2 else root / "cpu"
+    for rel, quota in (("", None), ("job", 1), ("job/step", 4)):
+        d = base / rel
+        d.mkdir(parents=True, exist_ok=True)
+        if v2:
+            (d / "cpu.max").write_text(f"{'max' if quota is None else quota * 100000} 100000\n")
+        else:
+            (d / "cpu.cfs_quota_us").write_text(f"{-1 if quota is None else quota * 100000}\n")
+            (d / "cpu.cfs_period_us").write_text("100000\n")
+    proc = tmp_path / "self-cgroup"
+    proc.write_text("0::/job/step\n" if v2 else "4:cpu,cpuacct:/job/step\n1:name=systemd:/\n")
+    assert host.quota_cores(str(root), proc=str(proc)) == 1
 
 
 def test_cores_never_exceed_the_affinity_or_the_quota(monkeypatch):

@@ -132,6 +132,7 @@ def test_modern_init_is_kaiming_with_zero_biases():
     [
         (dict(init="xavier"), "init='xavier'"),
         (dict(width=0), "width=0"),
+        (dict(width=1e6), "width=1000000.0: expected a number in (0, 16]"),
         (dict(num_classes=0), "num_classes=0"),
         (dict(devices=("cpu",)), "devices=('cpu',)"),
     ],
