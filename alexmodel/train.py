@@ -14,7 +14,9 @@ from the module it lives in (the configs from alexmodel.config, `train_one_epoch
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -79,6 +81,7 @@ def train(
     if run.torch_threads:
         torch.set_num_threads(run.torch_threads)
     d = distributed.init(device, run.placement)
+    fresh = not os.path.exists(run.out)  # a run refused before it writes anything leaves no empty --out behind
     # One writer per run directory (rank 0 writes it), held until train returns; the kernel frees it on a kill
     lock = lock_dir(run.out, what="train", error=TrainError) if d.rank == 0 else None
     try:
@@ -92,6 +95,9 @@ def train(
         gc.collect()
         if lock is not None:
             lock.close()
+            if fresh:
+                with contextlib.suppress(OSError):  # only while empty: a run that wrote anything keeps it all
+                    os.rmdir(run.out)
         distributed.close(d)
 
 

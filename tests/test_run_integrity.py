@@ -170,6 +170,7 @@ def test_a_batch_larger_than_the_train_split_is_one_line(data, tmp_path):
     r = run_cli("train", data, "--out", tmp_path / "run", "--epochs", 1, *args, check=False)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and len(lines) == 1 and "--batch-size 64 is more than the 46 images" in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()  # refused before it wrote anything: no empty --out left behind
 
 
 def test_the_lock_file_names_its_holder(tmp_path):
