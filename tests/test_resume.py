@@ -29,8 +29,11 @@ def test_a_cosine_run_may_grow_its_epochs_but_not_shrink_them():
 
 
 def test_a_plateau_run_may_end_sooner():
+    """The shrink a cosine run refuses is accepted where the lr schedule is not laid out over the epochs."""
     paper = OptimConfig(epochs=90)
-    refuse_fewer_epochs(saved(paper, done=6), 60)
+    assert refuse_fewer_epochs(saved(paper, done=6), 60) is None
+    with pytest.raises(TrainError, match="--epochs 60: this cosine run is set to 90 epochs"):
+        refuse_fewer_epochs(saved(replace(COSINE, epochs=90), done=6), 60)
 
 
 def test_each_accepted_resume_can_be_resumed_again():
