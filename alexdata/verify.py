@@ -10,6 +10,7 @@ prepare output (alexdata/shards.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
@@ -74,16 +75,19 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
         )
     todo = [(p, size, h) for p, size, h in files if h and p not in bad] if not quick else []
     total = sum(size for _, size, _ in todo)
-    if todo and total <= IN_PROCESS_BYTES:  # a few shards: hashed here, faster than starting a pool
-        for path, _, want in todo:
-            if (got := _sha256(str(path))) != want:
-                problems.append(f"{path}: sha256 {got[:12]}..., manifest.json says {want[:12]}... (damaged)")
-    elif todo:
+    if todo:
+        in_process = total <= IN_PROCESS_BYTES  # a few shards: hashed here, faster than starting a pool
+        pool_or_none = (
+            contextlib.nullcontext()
+            if in_process
+            else ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork"))
+        )
         with (
-            ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool,
+            pool_or_none as pool,
             tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar,
         ):
-            for (path, size, want), got in zip(todo, pool.map(_sha256, [str(p) for p, _, _ in todo])):
+            paths = [str(p) for p, _, _ in todo]
+            for (path, size, want), got in zip(todo, map(_sha256, paths) if in_process else pool.map(_sha256, paths)):
                 if got != want:
                     problems.append(f"{path}: sha256 {got[:12]}..., manifest.json says {want[:12]}... (damaged)")
                 bar.update(size)

@@ -6,9 +6,9 @@ window's sum of squares from the input, which the caches serve.
 
 Each program holds one image's channel group (all its maps, up to BLOCK_C) over BLOCK_P pixels; a window's
 channels are read as shifted, masked loads, so the window stops at the group's edges and the towers never mix.
-Squares, sums and powers are float32; the output keeps the input's dtype, and any input whose pixels have one
-stride (NCHW and channels_last) is read in place. With TRITON_INTERPRET=1 (set before this module is imported)
-the kernels run on CPU tensors, which is how tests/test_lrn.py checks them on a machine without a GPU.
+Squares, sums and powers are float32; the output keeps the input's dtype, and a dense NCHW or channels_last
+input is read in place (any other is copied to a dense one first). With TRITON_INTERPRET=1 (set before this
+module is imported) the kernels run on CPU tensors, which is how tests/test_lrn.py checks them without a GPU.
 """
 
 from __future__ import annotations
@@ -21,19 +21,33 @@ import triton.language as tl
 
 
 @triton.jit
-def _lrn_fwd(
-    X, Y, n, HW, G, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
-):
+def _tile(sb, sc, G, n, HW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile: the offset of its image's channel group, the channel column, the pixel row and
+    which pixels lie inside the image."""
     bg, pb = tl.program_id(0), tl.program_id(1)
     base = (bg // G).to(tl.int64) * sb + ((bg % G) * n).to(tl.int64) * sc
     c = tl.arange(0, BLOCK_C)[:, None]
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    inside = p < HW
+    return base, c, p, p < HW
+
+
+@triton.jit
+def _sum_sq(X, base, ci, p, sc, sp, n, inside, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """The float32 sum of a^2 over the window of each channel `ci`, zero past the group's edges."""
     total = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
-    for j in tl.static_range(SIZE):
-        cj = c + (j - SIZE // 2)
-        v = tl.load(X + base + cj * sc + p * sp, mask=(cj >= 0) & (cj < n) & inside, other=0.0).to(tl.float32)
+    for q in tl.static_range(SIZE):
+        cq = ci + (q - SIZE // 2)
+        v = tl.load(X + base + cq * sc + p * sp, mask=(cq >= 0) & (cq < n) & inside, other=0.0).to(tl.float32)
         total += v * v
+    return total
+
+
+@triton.jit
+def _lrn_fwd(
+    X, Y, n, HW, G, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    base, c, p, inside = _tile(sb, sc, G, n, HW, BLOCK_C, BLOCK_P)
+    total = _sum_sq(X, base, c, p, sc, sp, n, inside, SIZE, BLOCK_C, BLOCK_P)
     mine = (c < n) & inside
     x = tl.load(X + base + c * sc + p * sp, mask=mine, other=0.0).to(tl.float32)
     y = x * tl.exp2(-beta * tl.log2(k + alpha * total))  # a d^-beta
@@ -45,22 +59,13 @@ def _lrn_bwd(
     X, G_OUT, DX, n, HW, G, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
 ):
     # da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in window(j)} g_i a_i d_i^(-beta-1)
-    bg, pb = tl.program_id(0), tl.program_id(1)
-    base = (bg // G).to(tl.int64) * sb + ((bg % G) * n).to(tl.int64) * sc
-    c = tl.arange(0, BLOCK_C)[:, None]
-    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
-    inside = p < HW
+    base, c, p, inside = _tile(sb, sc, G, n, HW, BLOCK_C, BLOCK_P)
     window = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
     own = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)  # g_j d_j^-beta
     for o in tl.static_range(SIZE):
         ci = c + (o - SIZE // 2)  # a neighbour i of j
         valid = (ci >= 0) & (ci < n) & inside
-        total = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
-        for q in tl.static_range(SIZE):
-            cq = ci + (q - SIZE // 2)
-            v = tl.load(X + base + cq * sc + p * sp, mask=(cq >= 0) & (cq < n) & inside, other=0.0).to(tl.float32)
-            total += v * v
-        log_d = tl.log2(k + alpha * total)
+        log_d = tl.log2(k + alpha * _sum_sq(X, base, ci, p, sc, sp, n, inside, SIZE, BLOCK_C, BLOCK_P))
         xi = tl.load(X + base + ci * sc + p * sp, mask=valid, other=0.0).to(tl.float32)
         gi = tl.load(G_OUT + base + ci * sc + p * sp, mask=valid, other=0.0).to(tl.float32)
         window += gi * xi * tl.exp2((-beta - 1.0) * log_d)

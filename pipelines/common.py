@@ -223,18 +223,20 @@ def pca_lighting_mean(stats, pca_std: float, channel_mean: bool = True):
     return fn.reshape(vector, shape=[3])
 
 
-def random_anchor(shape_hwc, crop: int):
-    """(y, x, 0) int32: the top-left of a crop x crop window drawn uniformly over every valid position of an image
-    of `shape_hwc` (int32 (H, W, C), e.g. `fn.peek_image_shape`), both ends included. `fn.roi_random_crop`
-    draws std::uniform_int_distribution(0, extent - crop) per axis when the region of interest is the whole
-    image (dali/operators/segmentation/roi_random_crop.cc): two operators with the cast `fn.slice` wants, where
-    the same draw written as arithmetic took eleven."""
-    return fn.cast(random_anchor_int64(shape_hwc, crop), dtype=types.INT32)
+def random_anchor(shape, crop: int, dims: int = 3):
+    """int32 top-left of a crop x crop window drawn uniformly over every valid position of an image of `shape`
+    (int32 (H, W, C), e.g. `peek_shape`, giving (y, x, 0); or (H, W), giving (y, x)), both ends included.
+    `fn.roi_random_crop` draws std::uniform_int_distribution(0, extent - crop) per axis when the region of
+    interest is the whole image (dali/operators/segmentation/roi_random_crop.cc): two operators with the cast
+    that `fn.slice` and the decoders' slice want, where the same draw written as arithmetic took eleven."""
+    return fn.cast(random_anchor_int64(shape, crop, dims), dtype=types.INT32)
 
 
-def random_anchor_int64(shape_hwc, crop: int):
-    """`random_anchor` as fn.roi_random_crop hands it out, int64."""
-    return fn.roi_random_crop(crop_shape=[crop, crop, 3], roi_start=[0, 0, 0], roi_end=shape_hwc)
+def random_anchor_int64(shape, crop: int, dims: int = 3):
+    """`random_anchor` as fn.roi_random_crop hands it out, int64; `dims`: 3 for an (H, W, C) `shape`, 2 for an
+    (H, W) one."""
+    crop_shape = [crop, crop, 3][:dims]
+    return fn.roi_random_crop(crop_shape=crop_shape, roi_start=[0] * dims, roi_end=shape)
 
 
 # crop_pos that places a window at floor((extent - size) / 2), the central square's top-left (pipelines/stats.py):

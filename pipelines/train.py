@@ -75,7 +75,7 @@ def draws(stats: PipelineStats, aug: AugmentConfig, output_layout: str, *, mean_
     """5-7's random draws for one augmented image, as crop_mirror_normalize's arguments: a coin flip (5) and the
     vector mean - lighting offset, alpha ~ N(0, pca_std) (6+7; without the mean with AugmentConfig.mean="pixel").
     mean_after: the mean image's window is subtracted after crop_mirror_normalize (`minus_mean_window`), so it
-    hands out float32; otherwise the mean image is already off the image it gets (`square`)."""
+    hands out float32; otherwise the mean image is already off the image it gets (`minus_mean_image`)."""
     mirror = fn.random.coin_flip(probability=aug.flip_prob)  # 5
     pixel = aug.mean == "pixel"
     # 6+7; dtype uint8 hands out the pixels as decoded
@@ -95,20 +95,20 @@ def minus_mean_window(out, offset, cmn: dict, stats: PipelineStats, aug: Augment
     return common.subtract_mean_window(out, mean_img, aug, offset, cmn["mirror"], cmn["std"], cmn["output_layout"])
 
 
-def square(img, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
-    """4 and 6 with central_square: the central shorter_side square of a decoded image, minus the mean image
-    with mean="pixel" (paper §2; float32, on the image's device): the window every crop of it then takes is the
-    mean image's window at the same place, so the crop needs no offset arithmetic."""
-    sq = common.central_square(img, aug.shorter_side)
+def minus_mean_image(sq, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec):
+    """6 with central_square: the central shorter_side square `sq` minus the mean image with mean="pixel" (paper
+    §2; float32, on the image's device): the window every crop of it then takes is the mean image's window at the
+    same place, so the crop needs no offset arithmetic."""
     return sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
 
 
 def augment_decoded(img, shape, stats: PipelineStats, aug: AugmentConfig, spec: RunSpec, output_layout: str):
     """4-7 on a decoded image `img` with draws of its own at every call (data echoing calls it once per copy):
-    with central_square `img` is already `square`'s output and the window's offset in it is drawn from the fixed
-    span; otherwise `shape` (int32 (H, W, C)) places a window anywhere in the image. On the GPU `fn.slice` cuts
-    it out (a copy on the GPU, no CPU operator); on the CPU crop_mirror_normalize does, from crop_pos = anchor /
-    span, which saves the copy for three small operators (`span_inverse` is computed once per image)."""
+    with central_square `img` is already the square (`minus_mean_image`'s output) and the window's offset in it
+    is drawn from the fixed span; otherwise `shape` (int32 (H, W, C)) places a window anywhere in the image. On
+    the GPU `fn.slice` cuts it out (a copy on the GPU, no CPU operator); on the CPU crop_mirror_normalize does,
+    from crop_pos = anchor / span, which saves the copy for three small operators (`span_inverse` is computed
+    once per image)."""
     cmn = draws(stats, aug, output_layout)
     c = aug.crop
     if aug.central_square:
@@ -163,7 +163,7 @@ def build_train_pipeline(
             if resize:
                 img = common.resize_shorter(img, aug.shorter_side)  # 3
             if aug.central_square:
-                img, shape = square(img, stats, aug, spec), None
+                img, shape = minus_mean_image(common.central_square(img, aug.shorter_side), stats, aug, spec), None
             else:  # the header gives a prepared image's shape before it is decoded; a resized one's is known after
                 shape = img.shape(dtype=types.INT32, device="cpu") if resize else common.peek_shape(jpg)
                 shape = shape if spec.device == "gpu" else (shape, span_inverse(shape, c))
@@ -179,11 +179,8 @@ def build_train_pipeline(
         # a small contiguous image (+6-9 % images/s on 2 CPU cores, docs/BENCHMARKS.md)
         if aug.central_square:
             sq = common.decode(jpg, spec, crop=(aug.shorter_side, (common.FLOOR_HALF, common.FLOOR_HALF)))  # 2+4
-            sq = sq - common.mean_image(stats, aug, spec.device) if aug.mean == "pixel" else sq
-            return augment_decoded(sq, None, stats, aug, spec, output_layout), label  # 4-7
-        shape = common.peek_shape(jpg)
-        anchor = fn.roi_random_crop(crop_shape=[c, c], roi_start=[0, 0], roi_end=shape[0:2])  # 4: as random_anchor
-        start = fn.cast(anchor, dtype=types.INT32)
+            return augment_decoded(minus_mean_image(sq, stats, aug, spec), None, stats, aug, spec, output_layout), label
+        start = common.random_anchor(common.peek_shape(jpg)[0:2], c, dims=2)  # 4; the decoders' slice takes (y, x)
         img = fn.decoders.image_slice(jpg, start=start, shape=[c, c], axis_names="HW", **common.decoder_kw(spec))
         return fn.crop_mirror_normalize(img, **draws(stats, aug, output_layout)), label  # 5-7
 
