@@ -679,7 +679,11 @@ def train(ctx, data, out, resume, **options):
 @main.command()
 @click.argument("data", type=click.Path())
 @click.option(
-    "--checkpoint", required=True, type=click.Path(), help="A checkpoint.pt of `alexnet train`, or its run directory."
+    "--checkpoint",
+    type=click.Path(),
+    default="runs/alexnet",
+    show_default=True,
+    help="A checkpoint.pt of `alexnet train`, or its run directory (train's --out).",
 )
 @click.option(
     "--ten-crop",
@@ -728,7 +732,13 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--checkpoint", required=True, type=click.Path(), help="A checkpoint.pt, or its run directory.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(),
+    default="runs/alexnet",
+    show_default=True,
+    help="A checkpoint.pt, or its run directory (train's --out).",
+)
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the ten views, as evaluate does.")
 @click.option("--top", type=POS_INT, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
@@ -781,11 +791,20 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
 @click.option(
     "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
 )
-def demo(out, device):
+@click.option(
+    "--epochs",
+    type=POS_INT,
+    default=None,
+    help="Training epochs; more than a finished demo's continue its run [default: 10].",
+)
+def demo(out, device, epochs):
     """synth -> prepare -> stats -> train -> evaluate on a generated 10-class mini-ImageNet (minutes on a CPU)."""
-    from alexmodel.tools.demo import run_demo
+    from dataclasses import replace
 
-    r = run_demo(out, device=device or "auto", log=click.echo)
+    from alexmodel.tools.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig() if epochs is None else replace(DemoConfig(), epochs=epochs)
+    r = run_demo(out, cfg, device=device or "auto", log=click.echo)
     click.echo(
         f"demo: val top-1 {100 * r['val_top1']:.1f}% (ten-crop {100 * r['ten_crop_top1']:.1f}%), top-5 "
         f"{100 * r['val_top5']:.1f}% on {r['val_images']} images; {r['total_s'] / 60:.1f} min on {r['device']} "

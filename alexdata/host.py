@@ -7,6 +7,7 @@ import gc
 import os
 import platform
 import subprocess
+import time
 
 
 def cores() -> int:
@@ -172,3 +173,90 @@ def nvidia_smi(field: str) -> str | None:
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+LOG_EVERY_S = 30.0  # a progress line's interval where stderr is a log file, not a terminal
+
+
+class _Lines:
+    """tqdm's interface for a log that is not a terminal (Slurm, nohup): a plain line every `every` seconds and
+    one at the end, in tqdm's words, instead of a stream of carriage-return frames."""
+
+    def __init__(self, iterable=None, *, total=None, desc="", unit="it", unit_scale=False, every=LOG_EVERY_S, **_):
+        import sys
+
+        self.iterable, self.total, self.desc, self.unit, self.unit_scale = iterable, total, desc, unit, unit_scale
+        self.n, self.every, self.postfix, self.file = 0, every, "", sys.stderr
+        self.t0 = self.shown = time.perf_counter()
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update()
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def line(self) -> str:
+        from tqdm import tqdm
+
+        return tqdm.format_meter(
+            self.n,
+            self.total,
+            time.perf_counter() - self.t0,
+            prefix=self.desc,
+            unit=self.unit,
+            unit_scale=self.unit_scale,
+            postfix=self.postfix or None,
+            bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+            if self.total
+            else None,
+        )
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.perf_counter() - self.shown >= self.every:
+            self.show()
+
+    def show(self) -> None:
+        self.shown = time.perf_counter()
+        print(self.line(), file=self.file, flush=True)
+
+    def set_postfix(self, refresh: bool = True, **kw) -> None:
+        self.set_postfix_str(", ".join(f"{k}={v}" for k, v in kw.items()), refresh)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        self.postfix = s
+        if refresh:  # a bar whose count is set, not updated (a time box): a line when one is due
+            self.update(0)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.every is not None:
+            self.show()
+            self.every = None  # closed: one end line, and no more
+
+    def write(self, s: str) -> None:
+        print(s, file=self.file, flush=True)
+
+
+def progress_bar(iterable=None, *, enabled: bool = True, **kw):
+    """A tqdm bar on stderr where it is a terminal, plain lines every LOG_EVERY_S seconds where it is a log file,
+    nothing when not `enabled`: every long command's progress. kw: tqdm's (total, desc, unit, ...)."""
+    import sys
+
+    from tqdm import tqdm
+
+    if not enabled:
+        return tqdm(iterable, disable=True, **kw)
+    if sys.stderr.isatty():
+        return tqdm(iterable, **kw)
+    return _Lines(iterable, **kw)

@@ -27,11 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from alexdata.errors import PrepareError, disk_full, plural
 from alexdata.files import atomic_write, lock_dir, temporary
-from alexdata.host import cores
+from alexdata.host import cores, progress_bar
 from alexdata.jpegcheck import DamagedJPEG, is_damaged, jpeg_warning
 from alexdata.shards import (
     FORMAT_VERSION,
@@ -394,7 +393,7 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
         pool = mp.get_context("fork").Pool(workers, _init_worker, (counter,))
         started = list(pool._pool)  # a worker that dies is replaced, and its shard never ends: watch these
         try:
-            with tqdm(total=n_imgs, desc="prepare", unit="img", disable=not progress, smoothing=0.05) as bar:
+            with progress_bar(total=n_imgs, desc="prepare", unit="img", enabled=progress, smoothing=0.05) as bar:
                 results = [pool.apply_async(write_shard, (s, out, cfg, tag)) for s in todo]
                 while not all(r.ready() for r in results):
                     time.sleep(0.2)

@@ -298,7 +298,6 @@ class StatsPass:
 
     def run(self, progress: bool = False) -> Moments:
         import torch
-        from tqdm import tqdm
 
         m, local = Moments(), threading.local()
 
@@ -309,11 +308,11 @@ class StatsPass:
 
         saved = torch.get_num_threads(), torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision("highest")  # never a reduced-precision (TF32/bf16) float32 matmul
-        bar = tqdm(
+        bar = host.progress_bar(
             total=self.sel.images,
             desc="decode" if self.decode_only else "stats",
             unit="img",
-            disable=not progress,
+            enabled=progress,
             smoothing=0.05,
         )
         try:

@@ -35,10 +35,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from alexdata.errors import ConfigError
-from alexdata.host import cores
+from alexdata.host import cores, progress_bar
 from alexdata.shards import add_to_tar
 
 LAYOUTS = ("tree", "archives", "kaggle", "hf")
@@ -200,12 +199,8 @@ def make_synth(
     payloads = ((cfg.seed, cfg.classes, s, k, n, odd) for s, k, n, odd, _ in jobs)
     with ProcessPoolExecutor(workers or cores(), mp_context=mp.get_context("fork")) as pool:
         blobs = list(
-            tqdm(
-                pool.map(_make_one, payloads, chunksize=8),
-                total=len(jobs),
-                desc="synth",
-                unit="img",
-                disable=not progress,
+            progress_bar(
+                pool.map(_make_one, payloads, chunksize=8), total=len(jobs), desc="synth", unit="img", enabled=progress
             )
         )
 

@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from alexdata.errors import DataError
-from alexdata.host import cores
+from alexdata.host import cores, progress_bar
 from alexdata.shards import (
     MANIFEST,
     index_path,
@@ -46,7 +46,6 @@ def _sha256(path: str) -> str:
 
 def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None = None, progress: bool = False) -> dict:
     """{"problems": [one line per bad file], "files": n, "bytes": n, "hashed": bool, "note": str | None}."""
-    from tqdm import tqdm
 
     data = Path(data)
     if is_unfinished(data):  # shards but no manifest.json yet: say so, as train and stats do
@@ -84,7 +83,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
         )
         with (
             pool_or_none as pool,
-            tqdm(total=total, unit="B", unit_scale=True, desc="verify", disable=not progress) as bar,
+            progress_bar(total=total, unit="B", unit_scale=True, desc="verify", enabled=progress) as bar,
         ):
             paths = [str(p) for p, _, _ in todo]
             for (path, size, want), got in zip(todo, map(_sha256, paths) if in_process else pool.map(_sha256, paths)):

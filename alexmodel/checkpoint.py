@@ -147,6 +147,9 @@ def load(path: str | os.PathLike) -> dict:
     torch.load reads the zip archive torch.save writes without checking its CRCs, so a flipped byte in tensor data
     would load; every member's CRC is checked first (zipfile's testzip: one extra read of the file)."""
     try:
+        if not zipfile.is_zipfile(path):
+            open(path, "rb").close()  # a missing or unreadable file says so
+            raise TrainError(f"{path}: not a checkpoint (torch.save writes a zip archive; this file is not one)")
         bad = _damaged_member(path)
     except FileNotFoundError:
         raise TrainError(f"{path}: no such checkpoint") from None
@@ -163,7 +166,10 @@ def load(path: str | os.PathLike) -> dict:
                 f"{path}: a format-1 checkpoint (numpy objects inside), which only an unsafe load "
                 f"(weights_only=False) reads; retrain, or load it yourself if you trust its source"
             )
-        raise TrainError(f"{path}: not a checkpoint that loads safely ({first[:160]})") from None
+        why = next((line.strip() for line in str(e).splitlines() if "WeightsUnpickler error" in line), first)
+        # torch's advice after "Please use" is how to load the file unsafely: left out
+        why = why.split(" Please use")[0].removeprefix("WeightsUnpickler error: ").rstrip(".")
+        raise TrainError(f"{path}: not a checkpoint that loads safely ({why[:200]})") from None
     except Exception as e:  # truncated or foreign file
         raise TrainError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -275,9 +281,7 @@ def _tensor_problem(ckpt: dict) -> str | None:
 
 def _damaged_member(path: str | os.PathLike) -> str | None:
     """The first member of the zip archive at `path` whose CRC does not match its data (or that does not read),
-    None when all match; None too for a file that is no zip archive (torch.load then says what it is)."""
-    if not zipfile.is_zipfile(path):
-        return None
+    None when all match."""
     try:
         with zipfile.ZipFile(path) as z:
             return z.testzip()

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from alexdata.errors import DataError, TrainError
 from alexmodel import distributed
 
+BAR_PEEK_S = 5.0  # a live bar shows the logging window so far this often, where a window takes longer
+
 
 @dataclass
 class EpochMeter:
@@ -99,6 +101,37 @@ def train_one_epoch(
     scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler
     model.train()
     window = {"sums": None, "steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "stop": False}
+    window["shown"] = window["t0"]
+
+    def show(w: dict) -> None:
+        """The window's figures on the live bar (the rest of the line is tqdm's)."""
+        window["shown"] = time.perf_counter()
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{w['loss']:.3f}",
+                top1=f"{100 * w['top1']:.1f}%",
+                lr=f"{w['lr']:.3g}",
+                img_s=f"{w['images_per_s']:.0f}",
+                wait=f"{100 * w['data_wait_frac']:.0f}%",
+                refresh=False,
+            )
+
+    def peek() -> None:
+        """The window so far on the bar, every BAR_PEEK_S seconds of a window longer than that (a slow device, a
+        large --log-every): one extra wait for the device, with a terminal only, and nothing recorded."""
+        if window["sums"] is None or time.perf_counter() - window["shown"] < BAR_PEEK_S:
+            return
+        loss_sum, correct, count, _ = window["sums"].tolist()
+        dt, n = time.perf_counter() - window["t0"], max(count, 1)
+        show(
+            {
+                "loss": loss_sum / n,
+                "top1": correct / n,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": count / max(dt, 1e-9),
+                "data_wait_frac": window["data_s"] / max(dt, 1e-9),
+            }
+        )
 
     def sync() -> bool:
         """Read the window's sums into the meter (the host waits for the device here); True once any rank has
@@ -127,15 +160,7 @@ def train_one_epoch(
             "data_wait_frac": window["data_s"] / max(dt, 1e-9),
         }
         window.update(sums=None, steps=0, data_s=0.0, t0=time.perf_counter(), stop=window["stop"] or stops > 0)
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{stats['loss']:.3f}",
-                top1=f"{100 * stats['top1']:.1f}%",
-                lr=f"{stats['lr']:.3g}",
-                img_s=f"{stats['images_per_s']:.0f}",
-                wait=f"{100 * stats['data_wait_frac']:.0f}%",
-                refresh=False,
-            )
+        show(stats)
         if on_window is not None:
             on_window(meter, stats)
         return window["stop"]
@@ -186,10 +211,11 @@ def train_one_epoch(
         window["data_s"] += t_data
         meter.steps += 1
         meter.data_s += t_data
-        if bar is not None:
-            bar.update()
         if log_every and window["steps"] >= log_every:
             sync()
+        if bar is not None:
+            peek()
+            bar.update()
         if after_step is not None:
             t_after, syncs = time.perf_counter(), meter.host_syncs
             after_step(meter, images, labels, sync)

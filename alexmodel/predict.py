@@ -71,14 +71,14 @@ def predict(
     "top": [(wnid, probability), ...], "names": [class name or None, ...]} with the `top` most likely classes,
     or {"image": path, "error": why} for a file that cannot be read; the others are predicted all the same."""
     device = resolve_device(device)
+    saved = load_run(checkpoint)  # first: a wrong checkpoint is the one error, whatever the images
     found = image_files(images)
     if not found:
         raise DataError("no images given")
     good = [p for p, why in found if why is None]
     probs, failed = {}, {}
+    classes = saved["config"]["classes"]
     if good:
-        saved = load_run(checkpoint)
-        classes = saved["config"]["classes"]
         names = saved["config"].get("class_names") or [None] * len(classes)  # None where the run recorded none
         index = torch.cuda.current_device() if device == "gpu" else 0
         model = model_from_checkpoint(saved, host.torch_device(device, index))

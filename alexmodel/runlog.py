@@ -135,8 +135,9 @@ def plot(run_dir: Path, history: list[dict], steps: list[dict] | None = None) ->
     FigureCanvasAgg(fig)
     ax_loss, ax_acc, ax_lr, ax_step = fig.subplots(1, 4)
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.15, top=0.9, wspace=0.24)
-    if steps:
-        ax_step.plot([r["step"] for r in steps], [r["loss"] for r in steps], "-", lw=1)
+    if steps:  # a marker per window where there are few: one window alone (a short run) is no line
+        style = "-" if len(steps) > 40 else "o-"
+        ax_step.plot([r["step"] for r in steps], [r["loss"] for r in steps], style, lw=1, ms=3)
     ax_step.set(xlabel="optimizer step", ylabel="cross-entropy", title="train loss per logging window")
     ax_step.grid(alpha=0.3)
     val = any(m["val_loss"] is not None for m in history)  # None: a run without a val split (--no-val)

@@ -13,6 +13,12 @@ import pytest
 from alexdata.prepare import PrepareConfig, prepare
 from alexdata.synth import SynthConfig, make_synth
 
+# The README's command runs one pytest-xdist worker per core, and every worker's torch (and every command it
+# starts) would otherwise run an OpenMP team of all the cores: 2 teams spinning on 2 cores. One share of the cores
+# per worker took the suite from 394 s to 328 s on 2 cores (docs/BENCHMARKS.md). Set before torch is imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH = SynthConfig(classes=3, train_per_class=16, val_per_class=4, seed=7)  # 48 train inputs, 2 unreadable
 PREP = PrepareConfig(shard_size=8, seed=3)

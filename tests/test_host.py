@@ -50,3 +50,24 @@ def test_cores_never_exceed_the_affinity_or_the_quota(monkeypatch):
     assert host.cores() == 1
     monkeypatch.setattr(host, "quota_cores", lambda: 10_000)
     assert host.cores() == len(os.sched_getaffinity(0))
+
+
+def test_progress_off_a_terminal_is_a_plain_line_per_interval_and_one_at_the_end(capsys, monkeypatch):
+    import alexdata.host as h
+
+    now = [0.0]
+    monkeypatch.setattr(h.time, "perf_counter", lambda: now[0])
+    bar = h.progress_bar(total=8, desc="prepare", unit="img")  # stderr is pytest's capture: no terminal
+    for _ in range(8):
+        now[0] += 10  # an image every 10 s: a line when 30 s have passed since the last one
+        bar.update()
+    bar.close()
+    bar.close()  # a second close prints nothing more
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(" [")[0] for ln in lines] == ["prepare:  38% 3/8", "prepare:  75% 6/8", "prepare: 100% 8/8"]
+    assert lines[0].split(" [")[1] == "00:30<00:50, 10.00s/img]"  # tqdm's own words for the time and rate
+    assert "\r" not in "".join(lines)
+    quiet = h.progress_bar(total=8, desc="x", enabled=False)
+    quiet.update(8)
+    quiet.close()
+    assert capsys.readouterr().err == ""

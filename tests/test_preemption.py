@@ -267,8 +267,14 @@ def test_cli_sigterm_is_one_line_and_the_resume_finishes(data, tmp_path):
     assert "Traceback" not in err and lines[-1].startswith("train: stopped by SIGTERM at step ")
     assert lines[-1].endswith(f"continue with: alexnet train {data} --out {out} --resume")
     assert not list(out.glob("*.tmp")) and not list(out.glob("*.new"))
-    run_cli("train", data, "--out", out, "--resume")
+    step = int(lines[-1].removeprefix("train: stopped by SIGTERM at step ").split()[0])
+    r = run_cli("train", data, "--out", out, "--resume")
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    into = step % 6  # 46 images in batches of 8: 6 steps an epoch
+    where = (
+        f"{into} step{'s' * (into != 1)} into epoch {step // 6 + 1}/3" if into else f"start of epoch {step // 6 + 1}/3"
+    )
+    assert f"train: resumed {out} after step {step}, " in r.stderr and where in r.stderr
 
 
 @pytest.mark.slow

@@ -275,6 +275,7 @@ def test_resume_after_sigkill(prepared, synth_tree, tmp_path):
     assert 0 < n_written < len(list(ref.glob("*.tar")))
     r = run_cli("prepare", synth_tree, out, "--shard-size", 2, "--seed", PREP.seed, "--workers", 2)
     assert "resuming" in r.stdout
+    assert "\r" not in r.stderr and "prepare: 100% " in r.stderr  # a log, not a terminal: plain lines, no frames
     assert tree_files(out) == tree_files(ref)
 
 

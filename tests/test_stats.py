@@ -263,6 +263,7 @@ def test_cli(prepared, tmp_path):
     out = tmp_path / "s.json"
     r = run_cli("stats", prepared, "--out", out, "--max-images", 9, "--seed", 3, "--threads", 2, "--device", "cpu")
     assert r.stdout.count("\n") == 1 and str(out) in r.stdout and "9 images" in r.stdout
+    assert "\r" not in r.stderr and "stats: 100% 9/9 " in r.stderr  # a log, not a terminal: plain lines
     rec = load_stats(out)
     assert rec["images"] == 9 and rec["source"]["seed"] == 3 and rec["source"]["device"] == "cpu"
 

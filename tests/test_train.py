@@ -516,6 +516,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     stamp = ckpt.stat().st_mtime_ns
     again = run_demo(tmp_path / "demo", cfg, device="cpu", log=lambda *a: None)  # every stage already done
     assert again["val_top1"] == r["val_top1"] and ckpt.stat().st_mtime_ns == stamp  # nothing retrained
+    longer = run_demo(tmp_path / "demo", replace(cfg, epochs=2), device="cpu", log=lambda *a: None)  # the hint's
+    assert len((tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()) == 2  # --epochs: one more
+    assert ckpt.stat().st_mtime_ns != stamp and 0 <= longer["val_top1"] <= 1
 
 
 def test_an_empty_last_batch_steps_without_nan():
@@ -550,3 +553,61 @@ def test_a_loader_position_from_another_pipeline_resumes_at_the_epoch_boundary(o
     h = train(data_cfg, model, replace(optim, warmup_epochs=0.5), run_cfg, resume=True)["history"]  # as TINY
     assert [m["epoch"] for m in h] == [1, 2]
     assert "does not load here" in capsys.readouterr().err
+
+
+def test_torch_threads_default_to_the_ranks_share_and_a_busy_machine_is_named(data, tmp_path, monkeypatch, capsys):
+    import alexmodel.train as trainer
+
+    monkeypatch.setattr(trainer.host, "cores", lambda: 2)
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (6.0, 6.0, 6.0))
+    assert trainer.busy_notice() == (
+        "train: this machine is busy (load 6.0 on 2 cores): CPU training may go several times faster with "
+        "--torch-threads 1"
+    )
+    monkeypatch.setattr(trainer.os, "getloadavg", lambda: (2.9, 2.0, 2.0))
+    assert trainer.busy_notice() is None  # up to one job more than the cores: a normal machine
+
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # as torch's default on a node of 2 cores
+        monkeypatch.setattr(trainer.host, "cores_per_rank", lambda: 1)  # a quota (or a second rank) leaves one
+        d, m, o, r = tiny(data, tmp_path / "run")
+        train(d, m, o, replace(r, torch_threads=None))
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(trainer.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+        train(d, m, replace(o, epochs=2), replace(r, torch_threads=None), resume=True)
+        err = capsys.readouterr().err
+        assert "this machine is busy (load 9.0 on 2 cores)" in err
+        assert f"train: resumed {tmp_path / 'run'} after step 6, at the start of epoch 2/2" in err  # 46 images / 8
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_the_live_bar_shows_the_window_so_far_before_it_ends(monkeypatch):
+    from alexmodel import loop
+    from alexmodel.model import AlexNet
+
+    class Bar:
+        def __init__(self):
+            self.posts, self.steps = [], 0
+
+        def set_postfix(self, refresh=True, **kw):
+            self.posts.append((self.steps, kw))
+
+        def update(self, n=1):
+            self.steps += n
+
+    monkeypatch.setattr(loop, "BAR_PEEK_S", 0.0)  # a slow window: every step is past the interval
+    torch.manual_seed(0)
+    model = AlexNet(3, width=0.0625)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = [(torch.randn(2, 3, 227, 227), torch.tensor([0, 1])) for _ in range(3)]
+    bar = Bar()
+    meter = loop.train_one_epoch(model, opt, batches, bar=bar, log_every=100)  # one window: the epoch
+    assert [s for s, _ in bar.posts] == [0, 1, 2, 3]  # the window so far after each step, then the window's end
+    assert all(set(kw) == {"loss", "top1", "lr", "img_s", "wait"} for _, kw in bar.posts)
+    assert bar.posts[-2][1]["loss"] == bar.posts[-1][1]["loss"] == f"{meter.loss_sum / meter.images:.3f}"
+    monkeypatch.setattr(loop, "BAR_PEEK_S", 1e9)  # a fast window: its end only
+    bar = Bar()
+    loop.train_one_epoch(model, opt, batches, bar=bar, log_every=100)
+    assert [s for s, _ in bar.posts] == [3]

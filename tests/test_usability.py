@@ -118,6 +118,27 @@ def test_predict_cli(run, data, tmp_path):
     assert bad.returncode == 1 and "no such file" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
+def test_a_wrong_checkpoint_is_the_one_error_whatever_the_images(tmp_path):
+    from alexdata.errors import UserError
+    from alexmodel.predict import predict
+
+    with pytest.raises(UserError, match=f"^{tmp_path / 'nope.pt'}: no such checkpoint$"):
+        predict(tmp_path / "nope.pt", [tmp_path / "missing.jpg"])  # the image is missing too: the checkpoint first
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    with pytest.raises(UserError, match=r"notes.pt: not a checkpoint \(torch.save writes a zip archive"):
+        predict(tmp_path / "notes.pt", [tmp_path / "missing.jpg"])
+    torch.save({"x": Foreign()}, tmp_path / "foreign.pt")  # a zip archive whose pickle names a class
+    with pytest.raises(UserError, match=r"foreign.pt: not a checkpoint that loads safely \(Unsupported global: ") as e:
+        predict(tmp_path / "foreign.pt", [tmp_path / "missing.jpg"])
+    assert "Please use" not in str(e.value) and "\n" not in str(e.value)  # torch's advice to load it unsafely: cut
+    for cmd in ("predict", "evaluate"):  # train's default --out
+        assert "[default: runs/alexnet]" in " ".join(run_cli(cmd, "--help").stdout.split())
+
+
+class Foreign:
+    pass
+
+
 def test_unfinished_and_mistaken_folders_are_named(prepared, synth_tree, tmp_path):
     d = tmp_path / "half"
     shutil.copytree(prepared, d)

@@ -30,6 +30,7 @@ def test_manifest_records_what_is_on_disk(prepared):
 
 def test_a_clean_copy_verifies(copy):
     r = run_cli("verify", copy)
+    assert "\r" not in r.stderr and "verify: 100% " in r.stderr  # a log, not a terminal: plain lines
     assert "verify: 0 bad files; checked sha256 of" in r.stdout
     assert verify(copy, quick=True)["problems"] == []
 

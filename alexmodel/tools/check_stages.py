@@ -197,8 +197,6 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     """pytest in a child process, stopped at the box; results read from its -v lines as they come."""
     import threading
 
-    from tqdm import tqdm
-
     if not (ROOT / "tests").is_dir():
         raise StageSkipped(f"no tests/ folder beside the package ({ROOT}); run check from a source checkout")
     import importlib.util
@@ -230,7 +228,7 @@ def stage_tests(ctx: Context, fig: dict) -> None:
         except ProcessLookupError:
             pass
 
-    bar = tqdm(desc="tests", unit="test", leave=False)
+    bar = host.progress_bar(desc="tests", unit="test", leave=False)
     timed_out = False
     try:
 
@@ -316,8 +314,6 @@ def _sweep_points(ctx: Context, default: dict, split) -> tuple[list[tuple[str, l
 def stage_loader(ctx: Context, fig: dict) -> None:
     """bench loader's DALI contenders at the defaults, whether the hardware decoder is used, one knob at a time
     from the best setting so far, and the PyTorch DataLoader baseline last (its failure is only recorded)."""
-    from tqdm import tqdm
-
     from alexdata.bench import bench_loader, hw_decoder_check, loader_rate
     from alexdata.dataset import open_split
     from alexdata.loader import resolve_stats
@@ -344,7 +340,9 @@ def stage_loader(ctx: Context, fig: dict) -> None:
     default = sweep_default(ctx)
     best, best_rate, sweep = dict(default), -1.0, []
     knobs, fig["sweep_skipped"] = _sweep_points(ctx, default, split)
-    with tqdm(total=sum(len(v) for _, v in knobs) - len(knobs) + 1, desc="loader sweep", leave=False) as bar:
+    with host.progress_bar(
+        total=sum(len(v) for _, v in knobs) - len(knobs) + 1, desc="loader sweep", leave=False
+    ) as bar:
         for i, (knob, values) in enumerate(knobs):
             for v in values[1:] if i else values:  # the default point is timed once, first
                 ctx.check_time()
@@ -586,8 +584,6 @@ def past_the_decoder(ctx: Context, tb, best: dict, split, stats, precision: str,
 
 def stage_paper_init(ctx: Context, fig: dict) -> None:
     """The paper's recipe from its init on the stage-1 data, until the box (or paper_init_s) runs out."""
-    from tqdm import tqdm
-
     from alexdata.dataset import open_split
     from alexdata.loader import Loader, resolve_stats
     from alexmodel.config import recipe
@@ -640,7 +636,7 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
     seconds = min(s.paper_init_s, max(0.0, ctx.left()))
     state = {"steps": 0, "images": 0}
     t0 = time.perf_counter()
-    bar = tqdm(
+    bar = host.progress_bar(
         total=round(seconds),
         desc="paper init",
         leave=False,
