@@ -641,7 +641,7 @@ def train(ctx, data, out, resume, **options):
     import shlex
 
     from alexmodel import runlog
-    from alexmodel.distributed import STOPPED_EXIT, TrainStopped, end_on_signal
+    from alexmodel.distributed import STOPPED_EXIT, TrainStopped, end_on_signal, launcher
     from alexmodel.train import train_from_options
 
     # The options given on this command line, by config field name (--compile arrives as compile_); a resume
@@ -651,7 +651,8 @@ def train(ctx, data, out, resume, **options):
         for name, value in options.items()
         if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
     }
-    again = f"alexnet train {shlex.quote(data)} --out {shlex.quote(out)} --resume"  # a path may hold spaces
+    # the command that continues the run, under the launcher that started it (torchrun: as many ranks)
+    again = shlex.join([*(launcher(sys.argv[0]) or ["alexnet"]), "train", data, "--out", out, "--resume"])
     try:
         result = train_from_options(data, out, resume={"yes": True, "auto": "auto", None: False}[resume], **given)
     except TrainStopped as e:

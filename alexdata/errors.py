@@ -81,6 +81,12 @@ def os_error_line(e: OSError) -> str:
 _DALI_NAMED = (
     (re.compile(r"Failed to decode sample #\d+ : (.+)"), "cannot be decoded"),
     (re.compile(r"File mapping failed: (.+)"), "cannot be read (an empty file?)"),
+    # a short read: the file is shorter than its index says (cut short, or being rewritten, while a run reads it)
+    (re.compile(r"Error reading from a file (.+)"), "ends before a sample its index lists (cut short?)"),
+    (
+        re.compile(r'Malformed index file at "(.+?)" line \d+ - offset is outside of the archive file'),
+        "lists a sample past its tar's end (the tar cut short?)",
+    ),
 )
 
 

@@ -185,3 +185,25 @@ def load_stats(path: str | os.PathLike) -> dict:
         )
     out["mean_image"] = _load_mean_image(path, rec)
     return out
+
+
+def other_data_notice(path: str | os.PathLike, train_images: int) -> str | None:
+    """A line when the stats file at `path` was computed over another number of images than a train split of
+    `train_images` holds (all of them, or a --max-images sample of them): statistics of another data set, copied
+    along. A copy of the same data elsewhere (another path, the same images) gives None; so does a file that
+    does not say (written by hand, or by another tool)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+        images, source = int(rec["images"]), rec.get("source") or {}
+        sample = source.get("max_images")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    expected = train_images if sample is None else min(int(sample), train_images)
+    if images == expected:
+        return None
+    where = f" of {source['data']}" if isinstance(source.get("data"), str) else ""
+    return (
+        f"train: {path} holds statistics of {images} images{where}, but this train split has {train_images}"
+        f"{f' (a sample of {sample} expected)' if sample is not None else ''}: statistics of another data set? "
+        f"`alexnet stats DATA --force` computes this one's"
+    )

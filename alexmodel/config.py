@@ -295,33 +295,36 @@ def configs_from_options(
 
 def start_rules(optim: OptimConfig, resumed: dict | None = None, *, say: bool = True) -> OptimConfig:
     """The optimisation settings a run starts with, after the rules of a run's start: a warmup longer than half
-    the run is capped to half (it would never reach the peak lr), and a fresh run with the paper recipe at
-    another batch than 128 says the lr the linear rule would give. say: print the notices (rank 0).
+    the run is capped to half (it would never reach the peak lr). say: print `start_notices` (rank 0).
 
     resumed: the checkpoint's optim settings on a resume. The cap then takes the epochs the checkpoint's run was
     set to, so a resume asking the warmup the run was started with gets what the cap made of it then."""
+    if say:
+        for line in start_notices(optim, resumed):
+            print(line, file=sys.stderr)
     epochs = optim.epochs if resumed is None else resumed["epochs"]
-    if (
-        resumed is None
-        and say
-        and optim.recipe == "paper"
-        and optim.batch_size != PAPER_LR_BATCH
-        and optim.lr == OptimConfig.lr
-    ):
-        print(
-            f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr is for "
-            f"{PAPER_LR_BATCH}); the linear rule would give --lr {optim.lr * optim.batch_size / PAPER_LR_BATCH:g}",
-            file=sys.stderr,
-        )
     if optim.warmup_epochs > epochs / 2:
-        if resumed is None and say:
-            print(
-                f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {epochs / 2:g}, half of the "
-                f"{plural(epochs, 'epoch')}",
-                file=sys.stderr,
-            )
         optim = replace(optim, warmup_epochs=epochs / 2)
     return optim
+
+
+def start_notices(optim: OptimConfig, resumed: dict | None = None) -> list[str]:
+    """What a fresh run says of its start: a warmup capped (start_rules), and the paper recipe at another batch
+    than 128 the lr the linear rule would give. A resume says nothing."""
+    if resumed is not None:
+        return []
+    lines = []
+    if optim.recipe == "paper" and optim.batch_size != PAPER_LR_BATCH and optim.lr == OptimConfig.lr:
+        lines.append(
+            f"train: the paper recipe keeps lr {optim.lr} at --batch-size {optim.batch_size} (§5's lr is for "
+            f"{PAPER_LR_BATCH}); the linear rule would give --lr {optim.lr * optim.batch_size / PAPER_LR_BATCH:g}"
+        )
+    if optim.warmup_epochs > optim.epochs / 2:
+        lines.append(
+            f"train: --warmup-epochs {optim.warmup_epochs:g} capped to {optim.epochs / 2:g}, half of the "
+            f"{plural(optim.epochs, 'epoch')}"
+        )
+    return lines
 
 
 def small_data_batch(images: int) -> int:

@@ -185,3 +185,27 @@ def end_on_signal(status: int) -> None:
         sig = getattr(signal, name)
         if not (name == "SIGHUP" and signal.getsignal(sig) is signal.SIG_IGN):  # nohup's choice stays
             signal.signal(sig, handle)
+
+
+def launcher(argv0: str, parent: list[str] | None = None) -> list[str]:
+    """The words of the command line that launched this process up to its program (argv0), when a launcher
+    started it: ["torchrun", "--nproc_per_node", "8", "--no-python", "alexnet"] under torchrun, so a printed
+    resume command runs on as many ranks as the run did. [] when this process is no launcher's worker (no
+    LOCAL_WORLD_SIZE) or the launcher's command line cannot be read. parent: that command line (default: the
+    parent process's, from /proc)."""
+    if parent is None:
+        if "LOCAL_WORLD_SIZE" not in os.environ:
+            return []
+        try:
+            with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+                parent = [w.decode(errors="replace") for w in f.read().split(b"\0") if w]
+        except OSError:
+            return []
+    name = os.path.basename(argv0)
+    at = next((i for i, w in enumerate(parent) if i and os.path.basename(w) == name), None)
+    if at is None:
+        return []
+    words = parent[: at + 1]
+    if len(words) > 1 and os.path.basename(words[1]) == "torchrun":  # python /venv/bin/torchrun ...: as typed
+        words = ["torchrun", *words[2:]]
+    return words

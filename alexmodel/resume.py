@@ -7,6 +7,7 @@ train.py calls these in this order; the checkpoint file itself is written and re
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,13 +41,20 @@ def _same_image(a: PipelineStats, b: PipelineStats) -> bool:
     return (x is None) == (y is None) and (x is None or np.array_equal(x, y))
 
 
-def run_stats(data: DataConfig, saved: dict | None, rank: int) -> PipelineStats:
-    """The statistics the run normalises with: a resume keeps those it trained with unless --stats names others."""
+def run_stats(data: DataConfig, saved: dict | None, rank: int, train_images: int | None) -> PipelineStats:
+    """The statistics the run normalises with: a resume keeps those it trained with unless --stats names others.
+    A file computed over another number of images than the train split's `train_images` is named in one line
+    (None: not compared)."""
     from alexdata.loader import resolve_stats
+    from alexdata.statsfile import other_data_notice
 
     if saved is not None and data.stats is None:
         return stats_from_checkpoint(saved)
     stats = resolve_stats(data.stats, data.data)  # None: DATA/stats.json
+    if rank == 0 and train_images is not None and isinstance(data.stats, (str, os.PathLike, type(None))):
+        path = data.stats if data.stats is not None else os.path.join(data.data, "stats.json")
+        if line := other_data_notice(path, train_images):
+            print(line, file=sys.stderr)
     old = None if saved is None else stats_from_checkpoint(saved)
     if old is not None and rank == 0 and (stats != old or not _same_image(stats, old)):
         print(f"train: using --stats {data.stats}, not the statistics the run trained with", file=sys.stderr)

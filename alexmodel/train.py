@@ -27,7 +27,7 @@ import torch
 
 from alexdata import host
 from alexdata.dataset import fingerprint
-from alexdata.errors import TrainError, plural
+from alexdata.errors import TrainError, UserError, plural
 from alexdata.files import lock_dir
 from alexdata.shards import class_names
 from alexmodel import checkpoint, distributed, runlog
@@ -40,6 +40,7 @@ from alexmodel.config import (
     few_steps_notice,
     refuse_on_cpu,
     resolve_device,
+    start_notices,
     start_rules,
 )
 from alexmodel.distributed import Dist, Signals, TrainStopped
@@ -90,9 +91,14 @@ def train(
     lock = lock_dir(run.out, what="train", error=TrainError) if d.rank == 0 else None
     try:
         saved = saved_run(run.out, resume, d.rank)
-        optim = start_rules(optim, None if saved is None else saved["config"]["optim"], say=d.rank == 0)
+        resumed = None if saved is None else saved["config"]["optim"]
+        notices = start_notices(optim, resumed) if d.rank == 0 else []
+        optim = start_rules(optim, resumed, say=False)
         with Signals() as signals:
-            return _Run(data, model, optim, run, d, signals, on_step, saved).fit()
+            the_run = _Run(data, model, optim, run, d, signals, on_step, saved)  # every check of the inputs
+            for line in notices:  # said once the run is sure to start: a refusal comes alone
+                print(line, file=sys.stderr)
+            return the_run.fit()
     finally:
         # The run's loaders sit in reference cycles: their DALI pipelines, and threads, end here rather than at
         # interpreter exit, where DALI's teardown once aborted a finished torchrun rank ("terminate called").
@@ -144,14 +150,22 @@ class _Run:
         on_step: Callable | None,
         saved: dict | None,
     ):
-        splits = open_splits(data, optim, validate=run.validate, d=d)
+        try:
+            splits, problem = open_splits(data, optim, validate=run.validate, d=d), None
+        except TrainError as e:  # an option that does not fit the data: the statistics are checked all the same,
+            splits, problem = None, e  # so both problems come in one go (data that cannot be read comes alone)
+        try:
+            stats = run_stats(data, saved, d.rank, None if splits is None else splits["train"].images)
+        except UserError as e:
+            raise e if problem is None else TrainError(f"{problem}; and {e}") from None
+        if problem is not None:
+            raise problem
         self.data, self.optim, self.run, self.d, self.signals, self.on_step = data, optim, run, d, signals, on_step
         self.per_rank = optim.batch_size // d.world
         self.classes = splits["train"].classes
         images = splits["train"].images
         self.model_cfg = replace(model_cfg, num_classes=len(self.classes), devices=None)
         self.saved = saved
-        stats = run_stats(data, saved, d.rank)  # a resume keeps the statistics it trained with
         # The mean image goes into the checkpoint beside the config (a tensor), not into config.json (768 KB)
         self.mean_image = None if stats.mean_image_255 is None else torch.from_numpy(stats.mean_image_255)
         self.config = {

@@ -28,6 +28,13 @@ def pipeline_kw(spec: RunSpec, checkpoint: str | None = None) -> dict:
     )
 
 
+# Files are read with read(2), not mapped: a shard (or raw file) cut short while a run reads it (a copy still in
+# progress, a full disk) is then DALI's one-line error naming the file, where a mapped page past the end kills the
+# process with SIGBUS. The cost is one copy of each JPEG from the page cache (docs/BENCHMARKS.md: the same
+# images/s within the noise on 2 cores).
+NO_MMAP = True
+
+
 def read(split: Split, spec: RunSpec, *, shuffle: bool):
     """(encoded image, label) of one sample: the label as `ascii_digits` (shards) or int64 [1] (raw tree), both
     on the CPU; `labels_from_digits` makes int64 labels of either.
@@ -61,6 +68,7 @@ def read(split: Split, spec: RunSpec, *, shuffle: bool):
             index_paths=list(split.indexes),
             ext=["jpg", "cls"],
             missing_component_behavior="error",
+            dont_use_mmap=NO_MMAP,
             **common,
         )
         return jpg, ascii_digits(cls)
@@ -68,7 +76,7 @@ def read(split: Split, spec: RunSpec, *, shuffle: bool):
     if shuffle:  # files are sorted by class on disk: epoch 0 must not be
         order = np.random.default_rng(spec.shuffle_seed).permutation(len(files))
         files, labels = [files[i] for i in order], [labels[i] for i in order]
-    jpg, label = fn.readers.file(files=files, labels=labels, **common)
+    jpg, label = fn.readers.file(files=files, labels=labels, dont_use_mmap=NO_MMAP, **common)
     return jpg, fn.cast(label, dtype=types.INT64)
 
 

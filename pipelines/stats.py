@@ -24,9 +24,10 @@ def read_images(split: Split):
             index_paths=list(split.indexes),
             ext=["jpg"],
             missing_component_behavior="error",
+            dont_use_mmap=common.NO_MMAP,
             name=common.READER,
         )
-    jpg, _ = fn.readers.file(files=list(split.files), name=common.READER)
+    jpg, _ = fn.readers.file(files=list(split.files), dont_use_mmap=common.NO_MMAP, name=common.READER)
     return jpg
 
 

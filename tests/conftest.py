@@ -2,15 +2,22 @@
 
 import contextlib
 import faulthandler
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from alexdata.prepare import PrepareConfig, prepare
+from alexdata.stats import compute_stats
+from alexdata.statsfile import write_stats
 from alexdata.synth import SynthConfig, make_synth
 
 # The README's command runs one pytest-xdist worker per core, and every worker's torch (and every command it
@@ -181,3 +188,106 @@ def damaged_jpegs() -> dict[str, bytes]:
         "huge": bytes(big) + b"\xff\xd9",
         "stray": whole[:sof] + b"\x12\x34\x56" + whole[sof:],
     }
+
+
+WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
+TINY = [
+    "--recipe",
+    "modern",
+    "--width",
+    WIDTH,
+    "--batch-size",
+    8,
+    "--device",
+    "cpu",
+    "--torch-threads",
+    1,
+    "--threads",
+    1,
+    "--no-progress",
+    "--warmup-epochs",
+    0.5,
+]
+ENV = env_with_path(ROOT, ROOT / "tests")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prepared):
+    """The session's prepared mini-ImageNet (3 classes, 46 train / 12 val images) with its stats.json."""
+    d = tmp_path_factory.mktemp("train") / "data"
+    shutil.copytree(prepared, d)
+    write_stats(compute_stats(d, threads=1), d / "stats.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory):
+    """One epoch through the command line, as a user runs it."""
+    out = tmp_path_factory.mktemp("runs") / "one"
+    r = run_cli("train", data, "--out", out, "--epochs", 1, *TINY)
+    assert "metrics.jsonl" in r.stdout
+    return out
+
+
+def tiny(data, out, *, epochs=1, lr=None, batch_size=8, **run):
+    """Configs for the tiny model: the modern recipe with one warmup epoch, deterministic CPU threads."""
+    from alexmodel.config import DataConfig, RunConfig, recipe  # torch: after OMP_NUM_THREADS is set, above
+
+    model, aug, optim = recipe("modern", width=WIDTH, batch_size=batch_size, epochs=epochs, lr=lr)
+    run = RunConfig(out=str(out), device="cpu", torch_threads=1, progress=False, **run)
+    return DataConfig(str(data), threads=1, aug=aug), model, replace(optim, warmup_epochs=1.0), run
+
+
+@pytest.fixture(scope="module")
+def one_label_per_image(tmp_path_factory):
+    """16 training images of 16 classes: an image's label names it, so the labels a rank sees say which images."""
+    from alexdata.prepare import PrepareConfig, prepare
+    from alexdata.synth import SynthConfig, make_synth
+
+    root = tmp_path_factory.mktemp("unique")
+    make_synth(
+        root / "raw",
+        SynthConfig(classes=16, train_per_class=1, val_per_class=1, oddities=False),
+        workers=2,
+        progress=False,
+    )
+    prepare(root / "raw", root / "data", PrepareConfig(shard_size=4), workers=2, progress=False, log=lambda *a: None)
+    write_stats(compute_stats(root / "data", threads=1), root / "data" / "stats.json")
+    return root / "data"
+
+
+def start_train(data, out, *extra):
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "train", str(data), "--out", str(out), *TINY_S, *map(str, extra)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_signals,  # the test sends SIGHUP or SIGTERM; nohup would have SIGHUP ignored
+    )
+
+
+TINY_S = [str(x) for x in TINY]
+
+
+def wait_for(path, proc, seconds=60):
+    deadline = time.time() + limit(seconds)
+    while time.time() < deadline and proc.poll() is None and not path.exists():
+        time.sleep(0.02)
+
+
+def val_images(data, dst):
+    """The val split's JPEGs as files, and their labels."""
+    man = json.loads((data / "manifest.json").read_text())
+    dst.mkdir()
+    files, labels = [], []
+    for sh in man["val"]["shards"]:
+        with tarfile.open(data / sh["file"]) as tf:
+            members = tf.getmembers()
+            for jpg, cls in zip(members[::2], members[1::2]):
+                p = dst / jpg.name.replace(".jpg", ".JPEG")
+                p.write_bytes(tf.extractfile(jpg).read())
+                files.append(p)
+                labels.append(int(tf.extractfile(cls).read()))
+    return files, labels

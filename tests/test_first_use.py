@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import PREP
+from conftest import PREP, tiny
 from PIL import Image
-from test_train import data, tiny  # noqa: F401  (fixture)
 
 import cli
 from alexdata.errors import DataError, PrepareError, TrainError

@@ -7,13 +7,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT, default_signals, limit, run_cli
-from test_train import ENV, TINY, data, one_label_per_image, tiny  # noqa: F401  (fixtures)
+from conftest import ENV, TINY, limit, run_cli, start_train, tiny, wait_for
 
 from alexmodel.train import train
 
@@ -23,7 +21,7 @@ from dataclasses import replace
 import torch
 from alexmodel.distributed import TrainStopped
 from alexmodel.train import train
-from test_train import tiny
+from conftest import tiny
 
 data, out, stop_at, resume, batch, epochs, log_every = sys.argv[1:8]
 rank = int(os.environ.get("RANK", "0"))
@@ -234,32 +232,11 @@ def test_a_crash_between_the_two_renames_resumes_from_the_newest(data, tmp_path)
     assert again.returncode == 1 and "already holds a run" in again.stderr
 
 
-def _start(data, out, *extra):
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "train", str(data), "--out", str(out), *TINY_S, *map(str, extra)],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_signals,  # the test sends SIGHUP or SIGTERM; nohup would have SIGHUP ignored
-    )
-
-
-TINY_S = [str(x) for x in TINY]
-
-
-def _wait_for(path, proc, seconds=60):
-    deadline = time.time() + limit(seconds)
-    while time.time() < deadline and proc.poll() is None and not path.exists():
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_cli_sigterm_is_one_line_and_the_resume_finishes(data, tmp_path):
     out = tmp_path / "run"
-    p = _start(data, out, "--epochs", 3, "--log-every", 1)
-    _wait_for(out / "steps.jsonl", p)
+    p = start_train(data, out, "--epochs", 3, "--log-every", 1)
+    wait_for(out / "steps.jsonl", p)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=limit(120))
     assert p.returncode == 75, err
@@ -286,7 +263,7 @@ import os, signal, sys
 from dataclasses import replace
 import alexmodel.checkpoint as ck
 from alexmodel.train import train
-from test_train import tiny
+from conftest import tiny
 
 real = ck.save_atomic
 def save_with_a_signal(obj, path, previous=None):
@@ -323,3 +300,17 @@ def test_tensorboard_missing_is_one_line(data, tmp_path):
         pass
     r = run_cli("train", data, "--out", tmp_path / "run", *TINY, "--epochs", 1, "--tensorboard", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "pip install tensorboard" in r.stderr
+
+
+def test_the_resume_command_is_the_launchers_own(monkeypatch):
+    from alexmodel.distributed import launcher
+
+    typed = ["/usr/bin/python3", "/venv/bin/torchrun", "--nproc_per_node", "8", "--no-python", "alexnet", "train"]
+    assert launcher("/venv/bin/alexnet", typed) == ["torchrun", "--nproc_per_node", "8", "--no-python", "alexnet"]
+    module = ["/usr/bin/python3", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "/w/cli.py"]
+    assert launcher("/w/cli.py", [*module, "train", "DATA"]) == module
+    assert launcher("/w/cli.py", ["bash", "-c", "something else"]) == []  # not found: the plain command
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert launcher(sys.argv[0]) == []  # no launcher's worker: nothing read
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # pytest's parent is no launcher: its command line lacks argv0
+    assert launcher("/nowhere/alexnet-not-a-program") == []

@@ -18,10 +18,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import PREP, ROOT, limit, run_cli
-from test_preemption import _start, _wait_for
-from test_train import ENV, TINY, data, one_epoch, tiny  # noqa: F401  (fixtures)
-from test_usability import _val_images
+from conftest import ENV, PREP, ROOT, TINY, limit, run_cli, start_train, tiny, val_images, wait_for
 
 from alexdata.dataset import open_split
 from alexdata.errors import DataError, PrepareError, StatsError, TrainError
@@ -130,7 +127,7 @@ def test_nan_weights_or_statistics_are_refused_by_evaluate_and_predict(run, data
             saved["mean_image_255"].view(-1)[5] = float("nan")
 
     _damage(run, change)
-    img = _val_images(data, tmp_path / "imgs")[0][0]
+    img = val_images(data, tmp_path / "imgs")[0][0]
     for args in (("evaluate", data, "--checkpoint", run), ("predict", "--checkpoint", run, img)):
         r = run_cli(*args, "--device", "cpu", "--threads", 1, check=False)
         lines = r.stderr.strip().splitlines()
@@ -155,8 +152,8 @@ def test_shapes_are_checked_against_the_config_before_the_model_is_built(run, mo
 @pytest.mark.slow
 def test_sighup_stops_like_sigterm(data, tmp_path):
     out = tmp_path / "run"
-    p = _start(data, out, "--epochs", 3, "--log-every", 1)
-    _wait_for(out / "steps.jsonl", p)
+    p = start_train(data, out, "--epochs", 3, "--log-every", 1)
+    wait_for(out / "steps.jsonl", p)
     p.send_signal(signal.SIGHUP)
     _, err = p.communicate(timeout=limit(120))
     assert p.returncode == 75, err

@@ -321,3 +321,38 @@ def test_sum_images_exact():
     px, s1, s2 = sum_images(images)
     ref = reference(images)
     assert px == ref["pixels"] and (s1 == ref["s1"]).all() and (s2 == ref["s2"]).all()
+
+
+def test_statistics_of_another_data_set_are_named_and_a_copy_of_the_same_is_not(data, tmp_path, capsys):
+    from alexdata.statsfile import other_data_notice
+    from alexmodel.config import DataConfig
+    from alexmodel.resume import run_stats
+
+    images = open_split(data, "train").images
+    path = data / "stats.json"
+    rec = json.loads(path.read_text())
+    assert rec["images"] == images and other_data_notice(path, images) is None
+    copy = tmp_path / "copy.json"
+    copy.write_text(json.dumps({**rec, "source": {**rec["source"], "data": "/elsewhere/in256"}}))
+    assert other_data_notice(copy, images) is None  # the same images copied to another disk: nothing to say
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**rec, "images": 1281167, "source": {**rec["source"], "data": "/data/in256"}}))
+    assert other_data_notice(other, images) == (
+        f"train: {other} holds statistics of 1281167 images of /data/in256, but this train split has {images}: "
+        f"statistics of another data set? `alexnet stats DATA --force` computes this one's"
+    )
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps({**rec, "images": 7, "source": {**rec["source"], "max_images": 7}}))
+    assert other_data_notice(sample, images) is None  # a --max-images sample of this split
+    sample.write_text(json.dumps({**rec, "images": 7, "source": {**rec["source"], "max_images": 100000}}))
+    assert "(a sample of 100000 expected)" in other_data_notice(sample, images)
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps({"mean": rec["mean"], "std": rec["std"]}))
+    assert other_data_notice(hand, images) is None  # says nothing about its images: nothing to compare
+
+    for npy in data.glob("stats.*.npy"):  # the mean image the record names, beside it
+        (tmp_path / npy.name).write_bytes(npy.read_bytes())
+    run_stats(DataConfig(str(data), stats=str(other)), None, 0, images)  # what a run prints
+    assert "holds statistics of 1281167 images" in capsys.readouterr().err
+    run_stats(DataConfig(str(data)), None, 0, images)  # DATA/stats.json, this data's own
+    assert capsys.readouterr().err == ""

@@ -12,59 +12,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, env_with_path, limit, run_cli
+from conftest import ENV, TINY, WIDTH, limit, run_cli, tiny
 
-from alexdata.stats import compute_stats
 from alexdata.statsfile import write_stats
 from alexmodel.config import COMPAT_KEYS, DataConfig, OptimConfig, RunConfig, recipe
 from alexmodel.evaluate import evaluate_checkpoint
 from alexmodel.train import train
 
-WIDTH = 0.0625  # conv1 has 6 kernels, fc6/fc7 256 neurons: a step takes milliseconds
-TINY = [
-    "--recipe",
-    "modern",
-    "--width",
-    WIDTH,
-    "--batch-size",
-    8,
-    "--device",
-    "cpu",
-    "--torch-threads",
-    1,
-    "--threads",
-    1,
-    "--no-progress",
-    "--warmup-epochs",
-    0.5,
-]
-ENV = env_with_path(ROOT, ROOT / "tests")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, prepared):
-    """The session's prepared mini-ImageNet (3 classes, 46 train / 12 val images) with its stats.json."""
-    d = tmp_path_factory.mktemp("train") / "data"
-    shutil.copytree(prepared, d)
-    write_stats(compute_stats(d, threads=1), d / "stats.json")
-    return d
-
-
-@pytest.fixture(scope="module")
-def one_epoch(data, tmp_path_factory):
-    """One epoch through the command line, as a user runs it."""
-    out = tmp_path_factory.mktemp("runs") / "one"
-    r = run_cli("train", data, "--out", out, "--epochs", 1, *TINY)
-    assert "metrics.jsonl" in r.stdout
-    return out
-
-
-def tiny(data, out, *, epochs=1, lr=None, batch_size=8, **run):
-    """Configs for the tiny model: the modern recipe with one warmup epoch, deterministic CPU threads."""
-    model, aug, optim = recipe("modern", width=WIDTH, batch_size=batch_size, epochs=epochs, lr=lr)
-    run = RunConfig(out=str(out), device="cpu", torch_threads=1, progress=False, **run)
-    return DataConfig(str(data), threads=1, aug=aug), model, replace(optim, warmup_epochs=1.0), run
 
 
 def test_recipes_have_the_papers_defaults():
@@ -136,7 +91,7 @@ import json, os, signal, sys
 from dataclasses import replace
 import torch
 from alexmodel.train import train
-from test_train import tiny
+from conftest import tiny
 
 data, out, log, kill_at, every, resume = sys.argv[1:7]
 def on_step(epoch, step, images, labels):
@@ -197,7 +152,7 @@ def test_resume_after_sigkill_is_exact(data, tmp_path):
 DDP_SCRIPT = r"""
 import hashlib, json, os, sys
 from alexmodel.train import train
-from test_train import tiny
+from conftest import tiny
 
 data, out, logs = sys.argv[1:4]
 seen = {}
@@ -209,24 +164,6 @@ digest = hashlib.sha256(b"".join(sd[k].numpy().tobytes() for k in sorted(sd))).h
 with open(os.path.join(logs, f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump({"seen": seen, "weights": digest, "world": int(os.environ["WORLD_SIZE"])}, f)
 """
-
-
-@pytest.fixture(scope="module")
-def one_label_per_image(tmp_path_factory):
-    """16 training images of 16 classes: an image's label names it, so the labels a rank sees say which images."""
-    from alexdata.prepare import PrepareConfig, prepare
-    from alexdata.synth import SynthConfig, make_synth
-
-    root = tmp_path_factory.mktemp("unique")
-    make_synth(
-        root / "raw",
-        SynthConfig(classes=16, train_per_class=1, val_per_class=1, oddities=False),
-        workers=2,
-        progress=False,
-    )
-    prepare(root / "raw", root / "data", PrepareConfig(shard_size=4), workers=2, progress=False, log=lambda *a: None)
-    write_stats(compute_stats(root / "data", threads=1), root / "data" / "stats.json")
-    return root / "data"
 
 
 @pytest.mark.slow
@@ -611,3 +548,18 @@ def test_the_live_bar_shows_the_window_so_far_before_it_ends(monkeypatch):
     bar = Bar()
     loop.train_one_epoch(model, opt, batches, bar=bar, log_every=100)
     assert [s for s, _ in bar.posts] == [3]
+
+
+def test_a_refused_run_says_every_problem_at_once_and_no_notice(prepared, tmp_path, capsys):
+    from alexdata.errors import StatsMissing, TrainError
+
+    model, aug, optim = recipe("paper", width=WIDTH, batch_size=64, epochs=1)  # notice-worthy: paper lr at 64
+    run = RunConfig(out=str(tmp_path / "run"), device="cpu", progress=False)
+    with pytest.raises(TrainError) as e:  # prepared: 46 train images and no stats.json
+        train(DataConfig(str(prepared), threads=1, aug=aug), model, optim, run)
+    assert str(e.value).startswith("--batch-size 64 is more than the 46 images of ")
+    assert f"; and {prepared / 'stats.json'}: no stats file; run `alexnet stats {prepared}`" in str(e.value)
+    assert capsys.readouterr().err == "" and not (tmp_path / "run").exists()  # no notice, no empty --out
+    with pytest.raises(StatsMissing):  # the stats alone: its own error (the CLI adds "or pass --stats FILE")
+        train(DataConfig(str(prepared), threads=1, aug=aug), model, replace(optim, batch_size=8), run)
+    assert capsys.readouterr().err == ""

@@ -3,13 +3,11 @@
 
 import json
 import shutil
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
-from test_train import TINY, data, one_epoch  # noqa: F401  (fixtures)
+from conftest import TINY, run_cli, val_images
 
 from alexmodel import load
 from alexmodel.evaluate import evaluate_checkpoint
@@ -71,27 +69,11 @@ def test_checkpoints_load_safely_and_through_the_api(run, data):
     assert r.returncode == 1 and len(err) == 1 and "format-1 checkpoint" in err[0], r.stderr
 
 
-def _val_images(data, dst):
-    """The val split's JPEGs as files, and their labels."""
-    man = json.loads((data / "manifest.json").read_text())
-    dst.mkdir()
-    files, labels = [], []
-    for sh in man["val"]["shards"]:
-        with tarfile.open(data / sh["file"]) as tf:
-            members = tf.getmembers()
-            for jpg, cls in zip(members[::2], members[1::2]):
-                p = dst / jpg.name.replace(".jpg", ".JPEG")
-                p.write_bytes(tf.extractfile(jpg).read())
-                files.append(p)
-                labels.append(int(tf.extractfile(cls).read()))
-    return files, labels
-
-
 @pytest.mark.parametrize("ten_crop", [False, True])
 def test_predict_agrees_with_evaluate(run, data, tmp_path, ten_crop):
     from alexmodel.predict import predict
 
-    files, labels = _val_images(data, tmp_path / "imgs")
+    files, labels = val_images(data, tmp_path / "imgs")
     got = predict(run, files, ten_crop=ten_crop, device="cpu", threads=1, top=3)
     classes = json.loads((data / "manifest.json").read_text())["classes"]
     ev = evaluate_checkpoint(data, run / "checkpoint.pt", ten_crop=ten_crop, device="cpu", threads=1)
@@ -103,7 +85,7 @@ def test_predict_agrees_with_evaluate(run, data, tmp_path, ten_crop):
 
 
 def test_predict_cli(run, data, tmp_path):
-    files, _ = _val_images(data, tmp_path / "imgs")
+    files, _ = val_images(data, tmp_path / "imgs")
     from PIL import Image
 
     png = tmp_path / "imgs" / "as.png"
