@@ -12,6 +12,7 @@ from pathlib import Path
 
 from alexdata.errors import ConfigError, DataError
 from alexdata.host import cores
+from alexdata.jpegcheck import is_damaged, jpeg_warning
 from alexdata.shards import (
     MANIFEST,
     is_unfinished,
@@ -88,10 +89,17 @@ def has_split(data: str | os.PathLike, split: str) -> bool:
     return (data / split).is_dir() or (split == "train" and data.is_dir())
 
 
-def image_problem(path: str | os.PathLike) -> str | None:
-    """Why the file at `path` is not a whole JPEG or PNG by its first and last bytes (a few bytes read, no
-    decode): empty, another format, or a JPEG without its end-of-image marker (cut short); None when it looks
-    whole. DALI's decoders stop a running pipeline at such a file; `alexnet prepare` leaves them out."""
+def image_problem(path: str | os.PathLike, strict: bool = False) -> str | None:
+    """Why the file at `path` is not a whole JPEG or PNG, None when it is: every door that reads raw images (train
+    and evaluate on a raw tree, stats, predict) asks here. By its name and its first and last bytes (a few bytes
+    read): a name that is not UTF-8 (DALI takes no other), empty, another format, a JPEG without its end-of-image
+    marker (cut short). strict: also libjpeg's warnings of missing or corrupt data, which DALI and PIL decode as
+    grey without an error (a download cut short that still ends in a marker, a header claiming more pixels than the
+    file holds: alexdata/jpegcheck.py, the check prepare makes); that reads and entropy-decodes the whole file."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "a file name that is not UTF-8 (DALI reads UTF-8 names only): rename the file"
     try:
         with open(path, "rb") as f:
             head = f.read(len(PNG_SIGNATURE))
@@ -105,41 +113,51 @@ def image_problem(path: str | os.PathLike) -> str | None:
             f.seek(max(0, size - EOI_WINDOW))
             if JPEG_EOI not in f.read():
                 return "a JPEG cut short (no end-of-image marker)"
+            if strict:
+                f.seek(0)
+                warning = jpeg_warning(f.read())
+                if is_damaged(warning):
+                    return f"truncated or corrupt JPEG data (libjpeg: {warning})"
     except OSError as e:
         return f"unreadable ({e.strerror})"
     return None
 
 
 def image_problems(
-    split: Split, threads: int | None = None, rank: int = 0, world: int = 1
+    split: Split, threads: int | None = None, rank: int = 0, world: int = 1, *, strict: bool = False
 ) -> list[tuple[int, str, str]]:
     """(index, path, why) of the files of a raw-tree `split` that are not whole images (`image_problem`), of the
     share of rank `rank` of `world` (every world-th file from `rank`): ranks check their shares and gather the
-    verdicts, instead of each reading every file. Reads a few bytes per file, on `threads` threads (default: all
-    cores): I/O, not decoding. A prepare output's images were checked by `prepare`: none."""
+    verdicts, instead of each reading every file. On `threads` threads (default: all cores; simplejpeg decodes
+    without the GIL). A prepare output's images were checked by `prepare`: none."""
     if split.prepared:
         return []
     from concurrent.futures import ThreadPoolExecutor
 
     files = split.files[rank::world]
     with ThreadPoolExecutor(threads or cores()) as pool:
-        whys = pool.map(image_problem, files)
+        whys = pool.map(lambda p: image_problem(p, strict), files)
         return [(rank + i * world, p, why) for i, (p, why) in enumerate(zip(files, whys)) if why]
 
 
 def check_images(
-    data: str | os.PathLike, split: Split, threads: int | None = None, problems: list | None = None
+    data: str | os.PathLike,
+    split: Split,
+    threads: int | None = None,
+    problems: list | None = None,
+    *,
+    strict: bool = False,
 ) -> None:
     """DataError with one line when files of a raw-tree `split` are not whole images, before any of them reaches
-    DALI, which would stop at the first mid-epoch. problems: `image_problems` already gathered from every rank
-    (None: check every file here)."""
-    bad = sorted(image_problems(split, threads) if problems is None else problems)
+    DALI, which would stop at the first mid-epoch (or decode a damaged one as grey: `strict`). problems:
+    `image_problems` already gathered from every rank (None: check every file here)."""
+    bad = sorted(image_problems(split, threads, strict=strict) if problems is None else problems)
     if bad:
         (_, first, why), more = bad[0], f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise DataError(
             f"{first}: {why}{more}: {len(bad)} of {split.images} files of {data} are not whole JPEG/PNG images and "
-            f"would stop training mid-epoch; run `alexnet prepare {shlex.quote(str(data))} OUT` (it leaves such files "
-            f"out and lists them) and use OUT, or remove them"
+            f"would stop training mid-epoch or train on grey; run `alexnet prepare {shlex.quote(str(data))} OUT` "
+            f"(it leaves such files out and lists them) and use OUT, or remove them"
         )
 
 

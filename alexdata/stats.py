@@ -48,9 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from alexdata import host
-from alexdata.dataset import open_split
+from alexdata.dataset import image_problem, open_split
 from alexdata.errors import StatsError, dali_reason
-from alexdata.jpegcheck import is_damaged, jpeg_warning
 from alexdata.statsfile import SCALE, mean_image_path
 from pipelines.common import READER
 from pipelines.config import DEVICES, SHORTER_SIDE, RunSpec, Split
@@ -388,19 +387,14 @@ def derive(m: Moments) -> dict:
     }
 
 
-def check_jpegs(files: tuple[str, ...], threads: int | None = None) -> None:
-    """Stops with one line at a raw JPEG whose decoder warns of missing or corrupt data: DALI, like PIL, decodes
-    it as grey without an error, which would bias the mean (prepare leaves such files out of its shards)."""
-
-    def warning(path: str) -> str | None:
-        with open(path, "rb") as f:
-            w = jpeg_warning(f.read())
-        return w if is_damaged(w) else None
-
+def check_files(files: tuple[str, ...], threads: int | None = None) -> None:
+    """Stops with one line at a raw file that is not a whole image (alexdata/dataset.py `image_problem`, strict):
+    DALI would stop at it, or, for a JPEG whose decoder warns of missing or corrupt data, decode it as grey without
+    an error, which would bias the mean (prepare leaves such files out of its shards)."""
     with ThreadPoolExecutor(threads or host.cores()) as pool:  # simplejpeg decodes without the GIL
-        for path, w in zip(files, pool.map(warning, files)):
-            if w:
-                raise StatsError(f"{path}: {w} (a damaged JPEG; `alexnet prepare` leaves such files out)")
+        for path, why in zip(files, pool.map(lambda p: image_problem(p, strict=True), files)):
+            if why:
+                raise StatsError(f"{path}: {why} (`alexnet prepare` leaves such files out)")
 
 
 def compute_stats(
@@ -422,7 +416,7 @@ def compute_stats(
     split = open_split(data, "train")
     sel = select(split, max_images, seed)
     if sel.kind == "files":
-        check_jpegs(sel.files, threads)
+        check_files(sel.files, threads)
     pas = StatsPass(sel, device=device, batch_size=batch_size, threads=threads, device_id=device_id)
     t0 = time.perf_counter()
     m = pas.run(progress)

@@ -77,7 +77,7 @@ def wnid(k: int) -> str:
     return f"n{1440764 + 1000 * k:08d}"
 
 
-def _image_size(rng: np.random.Generator) -> tuple[int, int]:
+def image_size(rng: np.random.Generator) -> tuple[int, int]:
     """(width, height) drawn to mimic ILSVRC-2012: ~80 % near 500x375 or 375x500, 8 % small, 4 % huge."""
     u = rng.random()
     if u < 0.04:  # huge camera originals, long side over 2000 px
@@ -106,7 +106,7 @@ def _pink_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def render(k: int, classes: int, rng: np.random.Generator, size: tuple[int, int] | None = None) -> Image.Image:
     """One RGB image of class k: class hue + oriented grating + 1/f texture."""
-    w, h = size or _image_size(rng)
+    w, h = size or image_size(rng)
     # Draw the texture at most ~1 Mpx and upsample: huge images keep their size and decode cost cheaply.
     scale = max(1.0, (w * h / 1.0e6) ** 0.5)
     th, tw = max(8, int(h / scale)), max(8, int(w / scale))
@@ -219,7 +219,7 @@ def make_synth(
         _write_hf(out, wnids, jobs, blobs)
     else:
         _write_archives(out, wnids, jobs, blobs)
-        _write_devkit(out, wnids, val_labels, cfg.seed)
+        write_devkit(out, wnids, val_labels, cfg.seed)
 
     desc = {
         "config": asdict(cfg),
@@ -294,7 +294,7 @@ def devkit_ids(wnids: list[str], seed: int) -> dict[str, int]:
     return {wnids[int(j)]: i + 1 for i, j in enumerate(order)}
 
 
-def _write_devkit(out: Path, wnids: list[str], val_labels: dict[str, str], seed: int) -> None:
+def write_devkit(out: Path, wnids: list[str], val_labels: dict[str, str], seed: int) -> None:
     """ILSVRC2012_devkit_t12.tar.gz: the ground truth of the val images and meta.mat, as in the real kit."""
     import scipy.io
 

@@ -104,14 +104,74 @@ def _stamp(data: Path) -> str:
     return h.hexdigest()
 
 
-def _stamp_path(data: Path) -> Path:
-    """Where `verify_once` remembers a verified prepare output: the user's cache (XDG_CACHE_HOME, else
-    ~/.cache), not DATA, which may be read-only or shared."""
+def _stamp_path(data: Path, what: str = "shards") -> Path:
+    """Where `verify_once` (what="shards") and `check_raw_once` (what: a raw tree's split) remember a checked data
+    directory: the user's cache (XDG_CACHE_HOME, else ~/.cache), not DATA, which may be read-only or shared."""
     import socket
 
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    key = hashlib.sha256(f"{socket.gethostname()}:{data.resolve()}".encode()).hexdigest()[:24]  # a home shared
-    return base / "alexnet" / "verified" / f"{key}.json"  # by nodes with node-local copies: a stamp per node
+    name = f"{socket.gethostname()}:{data.resolve()}" + ("" if what == "shards" else f":{what}")
+    key = hashlib.sha256(name.encode()).hexdigest()[:24]  # a home shared by nodes with node-local copies: a
+    return base / "alexnet" / "verified" / f"{key}.json"  # stamp per node
+
+
+def _seen(where: Path, stamp: str) -> bool:
+    import json
+
+    try:
+        return json.loads(where.read_text()).get("stamp") == stamp
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _remember(where: Path, data: Path, stamp: str) -> None:
+    """A stamp that cannot be written (a read-only home) only means the next use checks again."""
+    import json
+
+    from alexdata.files import atomic_write
+
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(where, json.dumps({"data": str(data.resolve()), "stamp": stamp}) + "\n")
+    except OSError:
+        pass
+
+
+def _files_stamp(files) -> str:
+    """Every file's path, size, modification time and inode, hashed: what a rewrite, copy or truncation changes."""
+    h = hashlib.sha256()
+    for path in files:
+        st = os.stat(path)
+        h.update(f"{path} {st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode())
+    return h.hexdigest()
+
+
+def check_raw_once(
+    data: str | os.PathLike, split, name: str, *, threads: int | None = None, rank: int = 0, world: int = 1, gather
+) -> None:
+    """A raw tree's `split` (named `name`) checked file by file before DALI reads it (`dataset.image_problems`):
+    by name and first and last bytes every time, and the first time (and whenever a file changed since) strictly,
+    every JPEG entropy-decoded for libjpeg's warnings of damaged data that DALI would decode as grey. Ranks check
+    their shares; gather(list) -> the lists of every rank. DataError with one line on a bad file."""
+    from alexdata.dataset import check_images, image_problems
+
+    if split.prepared:
+        return
+    data = Path(data)
+    stamp, where = _files_stamp(split.files), _stamp_path(data, f"raw-{name}")
+    strict = not _seen(where, stamp)
+    if strict and rank == 0:
+        import sys
+
+        print(
+            f"checking the {split.images} images of {data} ({name}) for damage, once: remembered until a file "
+            f"changes (`alexnet prepare` checks them once for good)",
+            file=sys.stderr,
+        )
+    mine = image_problems(split, threads, rank, world, strict=strict)
+    check_images(data, split, problems=[p for ps in gather(mine) for p in ps])
+    if strict and rank == 0:
+        _remember(where, data, stamp)
 
 
 def verify_once(data: str | os.PathLike, *, workers: int | None = None, progress: bool = False) -> bool:
@@ -119,17 +179,10 @@ def verify_once(data: str | os.PathLike, *, workers: int | None = None, progress
     and again whenever any of its files changed since (`_stamp`); later uses skip it. DataError with one line
     naming the first bad file (and how many there are). Returns whether it hashed. A stamp that cannot be
     written (a read-only home) only means the next use hashes again."""
-    import json
-
-    from alexdata.files import atomic_write
-
     data = Path(data)
     stamp, where = _stamp(data), _stamp_path(data)
-    try:
-        if json.loads(where.read_text()).get("stamp") == stamp:
-            return False
-    except (OSError, ValueError, AttributeError):
-        pass
+    if _seen(where, stamp):
+        return False
     r = verify(data, workers=workers, progress=progress)
     if r["problems"]:
         more = f" (and {len(r['problems']) - 1} more)" if len(r["problems"]) > 1 else ""
@@ -137,9 +190,5 @@ def verify_once(data: str | os.PathLike, *, workers: int | None = None, progress
             f"{r['problems'][0]}{more}: the shards are not the bytes prepare wrote; copy them again (or prepare "
             f"again), or train anyway with --skip-verify"
         )
-    try:
-        where.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(where, json.dumps({"data": str(data.resolve()), "stamp": stamp}) + "\n")
-    except OSError:
-        pass
+    _remember(where, data, stamp)
     return True

@@ -9,19 +9,54 @@ import random
 import numpy as np
 import torch
 
+from alexdata.errors import TrainError
 from alexmodel import distributed
 from alexmodel.config import OptimConfig, RunConfig
 from alexmodel.distributed import Dist
 from alexmodel.model import AlexNet, ModelConfig
 
+TRAIN_COPIES = 3  # float32 copies of every parameter while training: the weights, their gradients, SGD's momentum
+
+
+def available_bytes(device: str, index: int = 0) -> int | None:
+    """Memory a run may still take: the GPU's free memory, or on the CPU MemAvailable (/proc/meminfo) capped by
+    the cgroup's memory.max; None where neither can be read."""
+    if device == "gpu":
+        return torch.cuda.mem_get_info(index)[0]
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+            found += [int(text)] if text.isdigit() else []
+    except OSError:
+        pass
+    return min(found) if found else None
+
+
+def refuse_too_big(model_cfg: ModelConfig, device: str, index: int = 0) -> None:
+    """TrainError with one line when the parameters alone (TRAIN_COPIES float32 copies, before any activation)
+    need more memory than the device has free: --width 8 asks ~47 GB, and the allocator's traceback came late."""
+    params = model_cfg.parameter_count()
+    need, free = TRAIN_COPIES * 4 * params, available_bytes(device, index)
+    if free is not None and need > free:
+        raise TrainError(
+            f"--width {model_cfg.width:g}: {params / 1e9:.2f} G parameters need {need / 2**30:.1f} GiB to train "
+            f"(weights, gradients, momentum; activations on top), and the {'GPU' if device == 'gpu' else 'machine'} "
+            f"has {free / 2**30:.1f} GiB free: choose a smaller --width (1.0 is the paper's, 61 M parameters)"
+        )
+
 
 def build_net(model_cfg: ModelConfig, run: RunConfig, d: Dist) -> tuple[torch.nn.Module, tuple[torch.device, ...]]:
-    """(net, this rank's devices); seeds every RNG with run.seed first, then torch's with one per rank."""
+    """(net, this rank's devices); seeds every RNG with run.seed first, then torch's with one per rank. Refuses a
+    net whose parameters do not fit the device (`refuse_too_big`) before allocating it."""
     # Same init on every rank (DDP also broadcasts rank 0's weights), then a different dropout stream per rank.
     torch.manual_seed(run.seed)
     np.random.seed(run.seed)
     random.seed(run.seed)
     devices = distributed.tower_devices(run.device, run.placement, d.local_rank)
+    refuse_too_big(model_cfg, run.device, devices[0].index or 0)  # two towers: half each; the whole is the bound
     net = AlexNet(
         model_cfg.num_classes,
         width=model_cfg.width,

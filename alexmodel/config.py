@@ -126,8 +126,7 @@ class RunConfig:
     log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
     tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
     validate: bool = True  # evaluate on the val split after every epoch; False (--no-val): train metrics only
-    # Speed only, set by `alexnet check` on a GPU (its train stage: tf32, fused_sgd). H200, 2026-11-30: TF32 1.06x
-    # the plain fp32 step in two runs (on); fused SGD 1.02x with bf16, within the noise (off).
+    # Speed only, set by `alexnet check` on a GPU (its train stage measures both; docs/BENCHMARKS.md, "The GPU run").
     tf32: bool = True  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
     fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
 

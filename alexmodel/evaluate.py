@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from alexdata import host
-from alexdata.dataset import check_images, open_split
+from alexdata.dataset import open_split
 from alexdata.errors import TrainError
+from alexdata.verify import check_raw_once
 from alexmodel.checkpoint import check_classes, load_run, model_from_checkpoint, stats_from_checkpoint
 from alexmodel.config import PRECISIONS, resolve_device
 from alexmodel.loop import evaluate
@@ -40,7 +41,7 @@ def evaluate_checkpoint(
     cfg = saved["config"]
     val = open_split(data, "val")
     check_classes(cfg, val.classes, checkpoint, data)
-    check_images(data, val, threads)  # a raw tree's bad file would stop DALI halfway
+    check_raw_once(data, val, "val", threads=threads, gather=lambda mine: [mine])  # DALI would stop at a bad file
     pstats = resolve_stats(stats, data) if stats else stats_from_checkpoint(saved)
     index = torch.cuda.current_device() if device == "gpu" else 0
     net = model_from_checkpoint(saved, host.torch_device(device, index))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alexdata.dataset import check_images, has_split, image_problems, open_split
 from alexdata.errors import DataError, TrainError
-from alexdata.verify import verify_once
+from alexdata.verify import check_raw_once, verify_once
 from alexmodel import distributed
 from alexmodel.config import DataConfig, OptimConfig, RunConfig, small_data_batch
 from alexmodel.distributed import Dist
@@ -24,6 +24,7 @@ def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, d: Dist
     """{"train": Split, "val": Split (when `validate`)} of `data.data`, or a TrainError naming what does not fit
     (the same on every rank of `d`)."""
     world = d.world
+    gather = lambda mine: distributed.gather(mine, d)  # noqa: E731  (every rank's list)
     if optim.batch_size % world:
         raise TrainError(
             f"--batch-size {optim.batch_size} does not split over {world} ranks; use a multiple of {world}"
@@ -51,9 +52,12 @@ def open_splits(data: DataConfig, optim: OptimConfig, *, validate: bool, d: Dist
             "--no-val: the plateau schedule (--recipe paper) cuts the lr when the val error stops improving; "
             "use --recipe modern (a cosine schedule), or data with a val split"
         )
-    for split in splits.values():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
-        mine = image_problems(split, data.threads, d.rank, world)  # each rank reads its share of the files
-        check_images(data.data, split, problems=[p for ps in distributed.gather(mine, d) for p in ps])
+    for name, split in splits.items():  # a raw tree's bad file would stop DALI mid-epoch: refuse it now
+        if data.verify:  # strictly the first time: a damaged JPEG decodes as grey
+            check_raw_once(data.data, split, name, threads=data.threads, rank=d.rank, world=world, gather=gather)
+        else:
+            mine = image_problems(split, data.threads, d.rank, world)  # each rank reads its share of the files
+            check_images(data.data, split, problems=[p for ps in gather(mine) for p in ps])
     images = splits["train"].images
     if optim.batch_size > images:
         raise TrainError(

@@ -84,6 +84,23 @@ class ModelConfig:
         if self.devices is not None and len(tuple(self.devices)) != 2:
             raise ValueError(f"devices={self.devices!r}: expected None or two devices (tower 0, tower 1)")
 
+    def parameter_count(self) -> int:
+        """The parameters of the net this config builds, by Figure 2's layers, without building it (a memory
+        check before a wide net is allocated): 60,965,224 for the paper's (tests/test_model.py checks the formula
+        against the module at several widths)."""
+        c = self.widths()
+        layers = (  # (inputs, outputs, kernel side, groups): conv2, conv4 and conv5 see their own tower only
+            (3, c["conv1"], 11, 1),
+            (c["conv1"], c["conv2"], 5, 2),
+            (c["conv2"], c["conv3"], 3, 1),
+            (c["conv3"], c["conv4"], 3, 2),
+            (c["conv4"], c["conv5"], 3, 2),
+            (c["conv5"] * 6 * 6, c["fc6"], 1, 1),
+            (c["fc6"], c["fc7"], 1, 1),
+            (c["fc7"], self.num_classes, 1, 1),
+        )
+        return sum(i // g * o * k * k + o for i, o, k, g in layers)
+
     def widths(self) -> dict[str, int]:
         """Channel/feature counts scaled by `width`, kept even so the two towers split them."""
         return {name: 2 * max(1, round(n * self.width / 2)) for name, n in PAPER_WIDTHS.items()}

@@ -28,12 +28,12 @@ from pipelines.config import AugmentConfig
 def image_files(images: list[str | os.PathLike]) -> list[tuple[str, str | None]]:
     """(path, why it cannot be read or None) of every image `images` names, in order: a file as it is, a
     directory as its .JPEG/.jpg/.png files (recursively, sorted). `why` from the path and the first and last
-    bytes (alexdata/dataset.py `image_problem`)."""
+    bytes, and libjpeg's strict check of the data (alexdata/dataset.py `image_problem`, strict: a few files)."""
     out: list[tuple[str, str | None]] = []
     for p in map(Path, images):
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS and q.is_file())
-            out += [(str(q), image_problem(q)) for q in found]
+            out += [(str(q), image_problem(q, strict=True)) for q in found]
             if not found:
                 out.append((str(p), "a directory without .JPEG/.jpg/.png files"))
         elif not p.is_file():
@@ -41,20 +41,8 @@ def image_files(images: list[str | os.PathLike]) -> list[tuple[str, str | None]]
         elif p.suffix.lower() not in IMAGE_EXTS:
             out.append((str(p), "not a .JPEG/.jpg/.png file"))
         else:
-            out.append((str(p), image_problem(p)))
-    return [(path, why or damaged_jpeg(path)) for path, why in out]
-
-
-def damaged_jpeg(path: str) -> str | None:
-    """Why a JPEG whose first and last bytes look whole still cannot be trusted: libjpeg warns of missing or
-    corrupt data (a download cut short, a header claiming more pixels than the file holds), which DALI and PIL
-    fill with grey without an error (alexdata/jpegcheck.py, the check prepare makes); None for a sound file.
-    A few files only: predict decodes each at 1/8 scale once more."""
-    from alexdata.jpegcheck import is_damaged, jpeg_warning
-
-    with open(path, "rb") as f:
-        warning = jpeg_warning(f.read())
-    return f"truncated or corrupt JPEG data (libjpeg: {warning})" if is_damaged(warning) else None
+            out.append((str(p), image_problem(p, strict=True)))
+    return out
 
 
 def predict(

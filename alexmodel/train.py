@@ -83,8 +83,6 @@ def train(
     # torch's default is a thread per core of the whole node (a cgroup quota, other ranks ignored): never more
     # than this rank's share of the cores it may use
     torch.set_num_threads(run.torch_threads or min(torch.get_num_threads(), host.cores_per_rank()))
-    if device == "cpu" and not run.torch_threads and (line := busy_notice()):
-        print(line, file=sys.stderr)
     d = distributed.init(device, run.placement)
     fresh = not os.path.exists(run.out)  # a run refused before it writes anything leaves no empty --out behind
     # One writer per run directory (rank 0 writes it), held until train returns; the kernel frees it on a kill
@@ -93,6 +91,8 @@ def train(
         saved = saved_run(run.out, resume, d.rank)
         resumed = None if saved is None else saved["config"]["optim"]
         notices = start_notices(optim, resumed) if d.rank == 0 else []
+        if d.rank == 0 and device == "cpu" and not run.torch_threads and (line := busy_notice()):
+            notices.append(line)
         optim = start_rules(optim, resumed, say=False)
         with Signals() as signals:
             the_run = _Run(data, model, optim, run, d, signals, on_step, saved)  # every check of the inputs

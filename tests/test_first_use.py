@@ -52,13 +52,10 @@ def train_only(data, tmp_path_factory):
 
 
 def _schedule(o: OptimConfig, spe: int) -> list[float]:
-    """The lr of every step of a run, as the trainer sets it (`_Run._lr_at`, per epoch)."""
-    from types import SimpleNamespace
+    """The lr of every step of a cosine run, as the trainer sets it (alexmodel/schedule.py)."""
+    from alexmodel.schedule import cosine_lr
 
-    from alexmodel.train import _Run
-
-    run = SimpleNamespace(optim=o, steps_per_epoch=spe)
-    return [_Run._lr_at(run, e)(i) for e in range(o.epochs) for i in range(spe)]
+    return [cosine_lr(o, spe, e * spe + i) for e in range(o.epochs) for i in range(spe)]
 
 
 def test_warmup_never_passes_the_peak():
@@ -75,14 +72,27 @@ def test_warmup_never_passes_the_peak():
                 assert ramp == sorted(ramp) and all(x <= o.lr for x in lrs), (epochs, spe, warmup, lrs)
 
 
-def test_the_warmup_notice_is_rank_zeros(tmp_path, monkeypatch, capsys):
+def test_the_warmup_notice_is_rank_zeros_and_comes_only_once_the_run_starts(data, tmp_path, monkeypatch, capsys):
+    import alexmodel.train as trainer
     from alexmodel import distributed
 
-    for rank, lines in ((0, 1), (1, 0)):
+    asked = []
+    real = trainer.start_notices
+    monkeypatch.setattr(trainer, "start_notices", lambda *a: asked.append(a) or real(*a))
+    for rank, calls in ((0, 1), (1, 0)):
         monkeypatch.setattr(distributed, "init", lambda *a, rank=rank: distributed.Dist(rank=rank))
-        with pytest.raises(DataError):  # stops once the rules ran: no data there
+        with pytest.raises(DataError):  # no data there: refused, and the notice the rules make is not said
             train(*tiny(tmp_path / "none", tmp_path / f"r{rank}"))
-        assert capsys.readouterr().err.count("capped to 0.5") == lines
+        assert len(asked) == calls and capsys.readouterr().err == ""
+        asked.clear()
+    monkeypatch.undo()
+
+    def stop(epoch, step, images, labels):
+        raise KeyboardInterrupt  # the run has started: its notices are out
+
+    with pytest.raises(KeyboardInterrupt):
+        train(*tiny(data, tmp_path / "ok"), on_step=stop)
+    assert capsys.readouterr().err.count("--warmup-epochs 1 capped to 0.5") == 1
 
 
 # ---------------------------------------------------------------- 2. small data

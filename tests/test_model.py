@@ -101,6 +101,26 @@ def test_parameter_count_is_the_papers(devices):
     model = AlexNet(devices=devices)
     assert sum(p.numel() for p in model.parameters()) == 60_965_224
     assert sum(v.numel() for v in model.state_dict().values()) == 60_965_224
+    assert ModelConfig().parameter_count() == 60_965_224
+
+
+@pytest.mark.parametrize("width, classes", [(0.0625, 3), (0.3, 7), (0.5, 10)])
+def test_the_parameter_count_without_building_matches_the_module(width, classes):
+    net = AlexNet(classes, width=width)
+    assert ModelConfig(num_classes=classes, width=width).parameter_count() == sum(p.numel() for p in net.parameters())
+
+
+def test_a_net_too_wide_for_the_memory_is_refused_before_it_is_built(monkeypatch):
+    from alexdata.errors import TrainError
+    from alexmodel import build
+
+    monkeypatch.setattr(build, "available_bytes", lambda device, index=0: 20 * 2**30)  # 20 GiB free
+    build.refuse_too_big(ModelConfig(), "cpu")  # the paper's: 0.7 GiB
+    with pytest.raises(
+        TrainError, match=r"^--width 8: 3\.67 G parameters need 41\.0 GiB to train .* has 20\.0 GiB free"
+    ):
+        build.refuse_too_big(ModelConfig(width=8), "cpu")
+    assert build.available_bytes("cpu") > 0  # this machine's /proc/meminfo
 
 
 # --- initialisation ---------------------------------------------------------------------

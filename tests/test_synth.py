@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, SYNTH, env_with_path, limit
 from PIL import Image
 
-from alexdata.synth import SynthConfig, _image_size, make_synth, render, wnid
+from alexdata.synth import SynthConfig, image_size, make_synth, render, wnid
 
 
 def test_layout_and_labels(synth_tree):
@@ -38,7 +38,7 @@ def test_oddities_are_what_they_claim(synth_tree):
 
 
 def test_sizes_and_file_sizes_are_imagenet_like():
-    drawn = np.array([_image_size(np.random.default_rng(i)) for i in range(2000)])
+    drawn = np.array([image_size(np.random.default_rng(i)) for i in range(2000)])
     short, long = drawn.min(1), drawn.max(1)
     assert 0.6 < np.mean((long == 500) & (short >= 333)) < 0.95  # most near 500x375
     assert np.mean(long >= 2000) > 0.01 and np.mean(short < 256) > 0.03

@@ -8,7 +8,7 @@ import shutil
 import signal
 
 import pytest
-from conftest import run_cli
+from conftest import damaged_jpegs, run_cli
 
 from alexdata.dataset import DataError, open_split
 from alexdata.verify import verify
@@ -220,3 +220,28 @@ def test_verify_once_hashes_on_first_use_and_again_after_a_change(copy, tmp_path
         verify_once(copy)
     r = run_cli("train", copy, "--out", tmp_path / "run", "--epochs", 1, "--batch-size", 8, check=False)
     assert r.returncode == 1 and "the shards are not the bytes prepare wrote" in r.stderr.strip().splitlines()[-1]
+
+
+def test_a_raw_tree_is_checked_strictly_once_and_again_after_a_change(tmp_path, monkeypatch):
+    import alexdata.dataset as dataset
+    from alexdata.verify import check_raw_once
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tree = tmp_path / "tree"
+    for c in ("a", "b"):
+        (tree / c).mkdir(parents=True)
+        (tree / c / f"{c}.JPEG").write_bytes(damaged_jpegs()["stray"])  # whole: stray bytes between segments
+    decoded = []
+    real = dataset.jpeg_warning
+    monkeypatch.setattr(dataset, "jpeg_warning", lambda data: decoded.append(1) or real(data))
+    once = lambda: check_raw_once(tree, open_split(tree, "train"), "train", threads=1, gather=lambda m: [m])  # noqa: E731
+    once()
+    assert len(decoded) == 2  # the first use: every file entropy-decoded
+    once()
+    assert len(decoded) == 2  # remembered: first and last bytes only
+    (tree / "a" / "cut.JPEG").write_bytes(damaged_jpegs()["cut"])  # ends in its marker: grey to DALI
+    with pytest.raises(DataError, match=r"cut\.JPEG: truncated or corrupt JPEG data \(libjpeg: .*1 of 3 files") as e:
+        once()
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match=r"cut\.JPEG"):  # a refused tree is never remembered as checked
+        once()

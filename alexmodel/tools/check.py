@@ -60,8 +60,8 @@ from alexmodel.tools.check_stages import (  # noqa: F401
     Context,
     StageSkipped,
     StageTimeout,
-    _finished_data,
-    _one_line,
+    finished_data,
+    one_line,
     stage_data,
     stage_loader,
     stage_paper_init,
@@ -277,7 +277,7 @@ def run_check(
             fig: dict = {}
             status, error = "ok", None
             try:
-                if name == "data" and name not in stages and _finished_data(work):
+                if name == "data" and name not in stages and finished_data(work):
                     ctx.data = work / "data"  # an earlier check's data, for a rerun of some stages
                     raise StageSkipped(f"not among --stages; using the data already in {ctx.data}")
                 if name not in stages:
@@ -298,7 +298,7 @@ def run_check(
                 }
                 raise
             except Exception as e:  # one stage's failure must not stop the others
-                status, error = "failed", _one_line(e)
+                status, error = "failed", one_line(e)
             rec = {
                 "status": status,
                 "seconds": round(time.perf_counter() - t0, 2),

@@ -87,7 +87,7 @@ class Context:
             raise StageTimeout("its time box ran out")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
@@ -175,7 +175,7 @@ def stage_data(ctx: Context, fig: dict) -> None:
         except Exception as e:  # every later stage needs stats.json: fall back to the CPU pass, and say so
             if ctx.device == "cpu":
                 raise
-            fig["stats_error"] = _one_line(e)
+            fig["stats_error"] = one_line(e)
             rec = compute_stats(data, device="cpu", max_images=2000, progress=True)
         write_stats(rec, data / "stats.json")
         fig["stats_img_s"] = rec["images"] / rec["source"]["seconds"]
@@ -183,7 +183,7 @@ def stage_data(ctx: Context, fig: dict) -> None:
     ctx.data = data
 
 
-def _finished_data(work: Path) -> bool:
+def finished_data(work: Path) -> bool:
     return (work / "data" / "manifest.json").is_file() and (work / "data" / "stats.json").is_file()
 
 
@@ -332,7 +332,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
                 data, s.loader_seconds, batch_size=s.batch_size, threads=ctx.cores, opened=split
             )
         except Exception as e:  # the sweep below is worth more than this verdict: record it and go on
-            fig["hw_decoder"] = {"used": None, "why": f"not measured: {_one_line(e)}"}
+            fig["hw_decoder"] = {"used": None, "why": f"not measured: {one_line(e)}"}
         gc.collect()
         ctx.check_time()
     else:
@@ -353,7 +353,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
                 except Exception as e:  # a setting DALI refuses must not cost the sweep's other points
                     if not sweep:
                         raise  # the defaults themselves
-                    sweep.append({**point, "error": _one_line(e)})
+                    sweep.append({**point, "error": one_line(e)})
                     continue
                 sweep.append({**point, "img_s": rate})
                 fig["sweep"] = sweep
@@ -384,7 +384,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
         fig["baseline"] = bench_loader(data, ctx.device, contenders=("baseline",), **kw)["baseline"]
         fig["pipeline_vs_baseline"] = fig["pipeline"] / fig["baseline"]
     except Exception as e:  # e.g. a /dev/shm too small for its workers' batches: recorded, the sweep stands
-        fig["baseline_error"] = _one_line(e)
+        fig["baseline_error"] = one_line(e)
     gc.collect()
 
 
@@ -460,8 +460,8 @@ def stage_train(ctx: Context, fig: dict) -> None:
     else:
         fig["notes"] = ["end to end skipped: the data stage did not finish"]
     ctx.check_time()
-    # Where the step's time goes (H200, 2026-11-30: bf16 synthetic 10.7k img/s, under the 15k end-to-end goal
-    # with no data at all): the top kernels name the layer to work on.
+    # Where the step's time goes (the model alone has missed the end-to-end goal: docs/BENCHMARKS.md): the top
+    # kernels name the layer to work on.
     fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
     ctx.check_time()
     # The LRN (alexmodel/lrn.py): the default ("auto": Triton or analytic, whichever its own timing picked) beside
@@ -533,7 +533,7 @@ def stage_train(ctx: Context, fig: dict) -> None:
             try:
                 fig[key] = measure()
             except Exception as e:
-                fig[key + "_error"] = _one_line(e)
+                fig[key + "_error"] = one_line(e)
     # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
     # the timing), so it runs only when the box still has 90 s; a compiler failure is recorded, not fatal.
     if ctx.device == "gpu" and ctx.left() > 90:
@@ -542,7 +542,7 @@ def stage_train(ctx: Context, fig: dict) -> None:
             syn[best_name + "_compile"] = tb.synthetic(torch.compile(tb.model(cl)), precision, cl)
             fig["compile_s"] = time.perf_counter() - t
         except Exception as e:
-            fig["compile_error"] = _one_line(e)
+            fig["compile_error"] = one_line(e)
     else:
         fig.setdefault("notes", []).append(
             "compile not timed: "
