@@ -176,8 +176,6 @@ def verify(data, quick, workers):
     r = run(data, quick=quick, workers=workers, progress=True)
     for line in r["problems"]:
         click.echo(line)
-    if r["note"]:
-        click.echo(f"verify: {r['note']}", err=True)
     dt = time.perf_counter() - t0
     what = (
         f"sizes of {plural(r['files'], 'file')}"
@@ -480,6 +478,13 @@ class _ResumeValue(click.ParamType):
     default=None,
     help="Continue the run in --out exactly where its checkpoint stopped; options not given are the run's. "
     "`--resume auto`: continue when --out holds a checkpoint, else start (for requeued jobs).",
+)
+@click.option(
+    "--config",
+    type=click.Path(),
+    default=None,
+    help="Start from a run's config.json (or its run directory), or a recipe file of that shape with any of its "
+    "fields; the options given here go on top. DATA and --out stay this command's.",
 )
 @click.option(
     "--recipe",

@@ -170,8 +170,8 @@ def fingerprint(data: str | os.PathLike, split: Split) -> str:
     import json
 
     if split.kind == "shards":
-        sha = {s["file"]: s.get("sha256") for s in manifest_shards(load_manifest(data))}
-        rows = [[Path(t).name, n, sha.get(Path(t).name)] for t, n in zip(split.tars, split.shard_images)]
+        sha = {s["file"]: s["sha256"] for s in manifest_shards(load_manifest(data))}
+        rows = [[Path(t).name, n, sha[Path(t).name]] for t, n in zip(split.tars, split.shard_images)]
     else:
         rows = [[*Path(f).parts[-2:], label] for f, label in zip(split.files, split.labels)]
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]

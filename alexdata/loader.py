@@ -197,8 +197,8 @@ class Loader:
         if preallocate:
             if self.split.max_hw is None:
                 raise ConfigError(
-                    f"preallocate: {data} records no largest image size (a raw tree, or a manifest.json "
-                    f"written before prepare recorded it); re-run `alexnet prepare`, or leave it off"
+                    f"preallocate: {data} is a raw tree, which records no largest image size; use an "
+                    f"`alexnet prepare` output, or leave it off"
                 )
             self.spec = replace(self.spec, preallocate_hw=self.split.max_hw)
         self._data, self._where = str(data), f"{data} ({split} split)"
@@ -337,9 +337,6 @@ class Loader:
         if not isinstance(state, dict) or not isinstance(state.get("dali"), (bytes, str)):
             raise StaleLoaderState("the loader's saved position holds no DALI checkpoint (damaged?)")
         mine = self.state_dict()
-        if isinstance(state.get("aug"), dict):  # AugmentConfig fields added since it was saved: their defaults
-            state = {**state, "aug": asdict(AugmentConfig(**state["aug"]))}
-        state = {"echo": 1, **state}  # saved before data echoing existed
         for k in ("mode", "seed", "shuffle_seed", "shard", "batch_size", "aug", "echo"):
             if state.get(k) != mine[k]:
                 raise ConfigError(f"loader state is for {k}={state.get(k)!r}, this loader has {mine[k]!r}")

@@ -376,7 +376,6 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
         tar = out / f"{s.name}.tar"
         for path in (tar, index_path(tar), _record_path(out, s)):
             temporary(path, tag).unlink(missing_ok=True)
-            temporary(path).unlink(missing_ok=True)  # a prepare from before the tags
     n_imgs = sum(len(s.items) for s in todo)
     if todo:
         _check_space(out, [s for s in mine if s not in todo], todo, cfg)

@@ -29,7 +29,10 @@ from alexdata.errors import DataError, plural
 from alexdata.files import atomic_write
 from pipelines.config import Split
 
-FORMAT_VERSION = 1
+# 2: every shard's record and manifest entry holds its sizes, hashes and largest image; a prepare into an OUT that
+# an older version started is refused by its parameters (format_version 1 -> 2), and a manifest without those
+# fields by `manifest_problems`. Version-1 manifests that hold them all still read.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PREPARE_DIR = ".prepare"  # prepare's records, beside the shards
 SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"  # `shard_name` + ".tar"
@@ -202,19 +205,19 @@ def make_manifest(
         "decoder_warnings": [],
         "left_out": [{k: n[k] for k in ("file", "reason")} for n in notes if n.get("left_out")],
     }
-    largest = {"train": [0, 0], "val": [0, 0]}  # None once a shard record predates them (a resumed old run)
+    largest = {"train": [0, 0], "val": [0, 0]}
     for split, rec in records:
         man["skipped"] += rec["skipped"]
         man["upscaled"] += rec["upscaled"]
-        man["renamed"] += rec.get("renamed", [])  # these two are absent in the records of an older prepare
-        man["decoder_warnings"] += rec.get("decoder_warnings", [])
+        man["renamed"] += rec["renamed"]
+        man["decoder_warnings"] += rec["decoder_warnings"]
         if rec["images"]:
             man[split]["images"] += rec["images"]
-            man[split]["shards"].append({k: rec[k] for k in ENTRY_KEYS if k in rec})
-            hw, m = rec.get("max_hw"), largest[split]
-            largest[split] = [max(m[0], hw[0]), max(m[1], hw[1])] if hw and m else None
+            man[split]["shards"].append({k: rec[k] for k in ENTRY_KEYS})
+            hw, m = rec["max_hw"], largest[split]
+            largest[split] = [max(m[0], hw[0]), max(m[1], hw[1])]
     for split, hw in largest.items():
-        if hw and man[split]["images"]:  # pixels; `open_shards` reads them as Split.max_hw
+        if man[split]["images"]:  # pixels; `open_shards` reads them as Split.max_hw
             man[split].update(max_height=hw[0], max_width=hw[1])
     return man
 
@@ -245,12 +248,16 @@ def _count(x, least: int = 0) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= least
 
 
+# What a manifest.json of a prepare older than its sizes, hashes and largest image gets told
+OLDER = "a manifest.json of an older prepare; run `alexnet prepare SRC OUT` again, into a new OUT"
+
+
 def manifest_problems(man) -> list[str]:
     """One line per field of a loaded manifest.json that is not what `make_manifest` writes, naming it by its path
     ("train.shards[3].file"): classes a list of distinct strings, params.shorter_side a count, per split a count of
     images equal to the sum of its shards', and per shard a plain `.tar` file name (inside DATA: no folder, no
-    "..", not absolute) and a count of images. Fields older manifests lack (sizes, hashes, largest image) may be
-    absent."""
+    "..", not absolute), a count of images, its tar's and index's sizes and sha256; per split the largest image.
+    A manifest of an older prepare, without the sizes, hashes or largest image, is refused (OLDER)."""
     if not isinstance(man, dict):
         return [f"not a JSON object but a {type(man).__name__}"]
     bad = []
@@ -284,12 +291,15 @@ def manifest_problems(man) -> list[str]:
                 bad.append(f"{where}.file must be a .tar file name inside DATA (no folder, no '..'), got {_short(f)}")
             if not _count(sh.get("images"), 1):
                 bad.append(f"{where}.images must be a whole number >= 1, got {_short(sh.get('images'))}")
-            for k in ("bytes", "idx_bytes"):
-                if k in sh and not _count(sh[k]):
-                    bad.append(f"{where}.{k} must be a whole number, got {_short(sh[k])}")
-            for k in ("sha256", "idx_sha256"):
-                if k in sh and not isinstance(sh[k], str):
-                    bad.append(f"{where}.{k} must be a hex string, got {_short(sh[k])}")
+            for k in ("bytes", "idx_bytes", "sha256", "idx_sha256"):
+                if k not in sh:
+                    bad.append(f"{where}.{k} is missing: {OLDER}")
+                elif not (_count(sh[k]) if k.endswith("bytes") else isinstance(sh[k], str)):
+                    bad.append(
+                        f"{where}.{k} must be a {'whole number' if 'bytes' in k else 'hex string'}, got {_short(sh[k])}"
+                    )
+        if part.get("images") and not all(_count(part.get(k), 1) for k in ("max_height", "max_width")):
+            bad.append(f"{split}.max_height and max_width (the largest image) are missing: {OLDER}")
         images = part.get("images")
         if not _count(images):
             bad.append(f"{split}.images must be a whole number, got {_short(images)}")
@@ -320,13 +330,10 @@ def manifest_shards(manifest: dict) -> list[dict]:
     return [s for split in ("train", "val") for s in manifest.get(split, {}).get("shards", [])]
 
 
-def shard_files(data: Path, shard: dict) -> list[tuple[Path, int | None, str | None]]:
-    """(path, size, sha256) of a manifest shard entry's tar and index; size and hash None in an old manifest."""
+def shard_files(data: Path, shard: dict) -> list[tuple[Path, int, str]]:
+    """(path, size, sha256) of a manifest shard entry's tar and index."""
     tar = data / shard["file"]
-    return [
-        (tar, shard.get("bytes"), shard.get("sha256")),
-        (index_path(tar), shard.get("idx_bytes"), shard.get("idx_sha256")),
-    ]
+    return [(tar, shard["bytes"], shard["sha256"]), (index_path(tar), shard["idx_bytes"], shard["idx_sha256"])]
 
 
 def quick_problems(data: Path, shards: list[dict]) -> list[tuple[Path, str]]:
@@ -340,7 +347,7 @@ def quick_problems(data: Path, shards: list[dict]) -> list[tuple[Path, str]]:
             except FileNotFoundError:
                 bad.append((path, f"{path}: missing (listed in manifest.json)"))
                 continue
-            if size is not None and got != size:
+            if got != size:
                 bad.append((path, f"{path}: {got} bytes, manifest.json says {size} (a partial copy?)"))
     return bad
 
@@ -390,7 +397,7 @@ def open_shards(data: Path, split: str) -> Split:
         )
     if not tars:
         raise DataError(f"{data}: the '{split}' split has no images")
-    largest = man[split].get("max_height"), man[split].get("max_width")  # absent in older manifests
+    largest = man[split]["max_height"], man[split]["max_width"]
     return Split(
         "shards",
         classes,
@@ -399,5 +406,5 @@ def open_shards(data: Path, split: str) -> Split:
         tuple(str(index_path(t)) for t in tars),
         tuple(s["images"] for s in shards),
         shorter_side=side,
-        max_hw=tuple(map(int, largest)) if None not in largest else None,
+        max_hw=tuple(map(int, largest)),
     )

@@ -64,7 +64,8 @@ def _write_split(out: Path, split: str, images: int, jpegs: list[bytes], classes
         tar = out / f"{shard_name(split, s)}.tar"
         atomic_write(index_path(tar), idx)
         atomic_write(tar, data)
-        records.append((split, {"file": tar.name, "images": shard.images, "skipped": [], "upscaled": [], **facts}))
+        empty = {"skipped": [], "upscaled": [], "renamed": [], "decoder_warnings": []}
+        records.append((split, {"file": tar.name, "images": shard.images, **empty, **facts}))
     return records
 
 

@@ -45,7 +45,7 @@ def _sha256(path: str) -> str:
 
 
 def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None = None, progress: bool = False) -> dict:
-    """{"problems": [one line per bad file], "files": n, "bytes": n, "hashed": bool, "note": str | None}."""
+    """{"problems": [one line per bad file], "files": n, "bytes": n, "hashed": bool}."""
 
     data = Path(data)
     if is_unfinished(data):  # shards but no manifest.json yet: say so, as train and stats do
@@ -54,7 +54,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
     broken = manifest_problems(man)
     if broken:  # the manifest's own fields first: with them wrong, which files to check is not known
         where = data / MANIFEST
-        return {"problems": [f"{where}: {b}" for b in broken], "files": 0, "bytes": 0, "hashed": False, "note": None}
+        return {"problems": [f"{where}: {b}" for b in broken], "files": 0, "bytes": 0, "hashed": False}
     shards = manifest_shards(man)
     files = [f for s in shards for f in shard_files(data, s)]
     found = quick_problems(data, shards)
@@ -65,14 +65,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
         size = tar.stat().st_size if tar not in bad and tar.exists() else None
         if idx not in bad and (line := index_problem(idx, shard["images"], size)):
             problems.append(line)
-    has_hash = any(h for _, _, h in files)
-    note = None
-    if not has_hash:
-        note = (
-            "manifest.json has no sizes or hashes (written by an older prepare): only presence was checked; "
-            "prepare into a fresh directory to record them"
-        )
-    todo = [(p, size, h) for p, size, h in files if h and p not in bad] if not quick else []
+    todo = [(p, size, h) for p, size, h in files if p not in bad] if not quick else []
     total = sum(size for _, size, _ in todo)
     if todo:
         in_process = total <= IN_PROCESS_BYTES  # a few shards: hashed here, faster than starting a pool
@@ -90,7 +83,7 @@ def verify(data: str | os.PathLike, *, quick: bool = False, workers: int | None 
                 if got != want:
                     problems.append(f"{path}: sha256 {got[:12]}..., manifest.json says {want[:12]}... (damaged)")
                 bar.update(size)
-    return {"problems": problems, "files": len(files), "bytes": total, "hashed": not quick and has_hash, "note": note}
+    return {"problems": problems, "files": len(files), "bytes": total, "hashed": not quick}
 
 
 def _stamp(data: Path) -> str:

@@ -32,6 +32,7 @@ import shutil
 import sys
 import zipfile
 import zlib
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +247,16 @@ def _plain_problem(ckpt: dict) -> str | None:
     aug = (cfg.get("data") or {}).get("aug") if isinstance(cfg.get("data"), dict) else None
     if not isinstance(aug, dict):
         return "config.data.aug is not a record of the augmentation"
+    # What this version writes and an older one did not (data echoing, the train files' fingerprint, newer
+    # augmentation fields): such a checkpoint is refused whole, rather than read with guessed defaults.
+    missing = [f"data.aug.{f.name}" for f in fields(AugmentConfig) if f.name not in aug]
+    missing += [] if "echo" in cfg["data"] else ["data.echo"]
+    missing += [] if "data_fingerprint" in cfg else ["data_fingerprint"]
+    if missing:
+        return (
+            f"config.{missing[0]} is missing: a checkpoint of an older version of this project; resume or evaluate "
+            f"it with that version (its config.json's revision), or train anew"
+        )
     try:
         AugmentConfig(**aug)
     except (TypeError, ValueError) as e:

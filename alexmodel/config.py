@@ -23,6 +23,7 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from alexdata import host
 from alexdata.errors import ConfigError, TrainError, plural
@@ -257,13 +258,86 @@ _OPTIONS = {
 }
 
 
+def _on_top(configs: tuple, data: str, out: str, given: dict, *, stats) -> tuple:
+    """`configs` (a run's, or a file's) for DATA and OUT with the options `given` on top, and `stats` unless
+    given."""
+    data_cfg, model, optim, run = configs
+    # another augment than the run's is refused when it starts (COMPAT_KEYS: data.aug)
+    aug = with_augment(data_cfg.aug, given["aug"].get("augment", data_cfg.aug.augment))
+    return (
+        replace(data_cfg, data=data, aug=aug, **{"stats": stats, **given["data"]}),
+        model_config(**{**asdict(model), **given["model"]}),
+        replace(optim, **given["optim"]),
+        replace(run, out=out, **given["run"]),
+    )
+
+
+def configs_from_file(
+    path: str | os.PathLike, data: str, out: str
+) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
+    """The configs a file gives (`alexnet train --config FILE`): a run's config.json (or its run directory), or a
+    recipe file of the same shape, {"data": {...}, "model": {...}, "optim": {...}, "run": {...}} with any of
+    their fields (data.aug: AugmentConfig's), the rest the recipe's (optim.recipe, default "paper") as a command
+    line would give them. DATA, OUT and the class count are the command's, never the file's. ConfigError with one
+    line naming a bad file, section or field."""
+    import json
+
+    p = Path(path)
+    p = p / runlog.CONFIG if p.is_dir() else p
+    try:
+        cfg = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--config {p}: not a readable JSON file ({e})") from None
+    cfg = cfg.get("config", cfg) if isinstance(cfg, dict) else cfg  # a run's config.json holds it under "config"
+    if not isinstance(cfg, dict) or not all(isinstance(v, dict) for k, v in cfg.items() if k in _SECTIONS):
+        raise ConfigError(f"--config {p}: expected a JSON object of sections {', '.join(_SECTIONS)}")
+    parts = {k: dict(cfg.get(k, {})) for k in _SECTIONS}
+    aug_given = parts["data"].pop("aug", {})
+    for k, where in (("data", "data"), ("stats", "data"), ("out", "run"), ("num_classes", "model")):
+        parts[where].pop(k, None)  # the command's, or the data's
+    for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("run", RunConfig)):
+        unknown = sorted(set(parts[section]) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"--config {p}: {section}.{unknown[0]} is no field of {cls.__name__}")
+    unknown = sorted(set(aug_given) - {f.name for f in fields(AugmentConfig)})
+    if unknown:
+        raise ConfigError(f"--config {p}: data.aug.{unknown[0]} is no field of AugmentConfig")
+    o = parts["optim"]
+    try:
+        model, aug, optim = recipe(
+            o.get("recipe", "paper"),
+            width=parts["model"].pop("width", 1.0),
+            batch_size=o.get("batch_size"),
+            epochs=o.get("epochs"),
+            lr=o.get("lr"),
+            augment=aug_given.get("augment", "paper"),
+        )
+        return (
+            DataConfig(data, aug=AugmentConfig(**{**asdict(aug), **aug_given}), **parts["data"]),
+            model_config(**{**asdict(model), **parts["model"]}),
+            replace(optim, **o),
+            RunConfig(out=out, **parts["run"]),
+        )
+    except (TypeError, ValueError) as e:  # a field of the wrong type or out of range
+        raise ConfigError(f"--config {p}: {e}") from None
+
+
+_SECTIONS = ("data", "model", "optim", "run")
+
+
 def configs_from_options(
-    data: str, out: str = RunConfig.out, *, resume: bool | str = False, **options
+    data: str,
+    out: str = RunConfig.out,
+    *,
+    resume: bool | str = False,
+    config: str | os.PathLike | None = None,
+    **options,
 ) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
     """The configs of `alexnet train DATA --out OUT [options]`. `options` are the ones given, by config field
     name (recipe, epochs, batch_size, lr, width, threads, precision, ...); the others are the run's own on a
-    resume (its config.json), the recipe's and the configs' defaults on a fresh run. A resume keeps the
-    checkpoint's statistics unless `stats` is given. resume "auto": a resume when OUT holds a run."""
+    resume (its config.json), the file's with `config` (`configs_from_file`), the recipe's and the configs'
+    defaults on a fresh run. A resume or a config file keeps DATA/stats.json (a resume: the checkpoint's
+    statistics) unless `stats` is given. resume "auto": a resume when OUT holds a run."""
     unknown = sorted(set(options) - set().union(*_OPTIONS.values()))
     if unknown:
         raise ConfigError(
@@ -272,16 +346,14 @@ def configs_from_options(
     given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
     if resume == "auto":
         resume = checkpoint.holds_run(out)
+    if config is not None and resume:
+        raise ConfigError("--config with --resume: a resume takes the run's own config.json; give options on top")
+    if config is not None and "recipe" in given["optim"]:
+        raise ConfigError(f"--recipe with --config {config}: the file's recipe stands; edit the file or drop --config")
+    if config is not None:
+        return _on_top(configs_from_file(config, data, out), data, out, given, stats=None)
     if resume and os.path.isfile(os.path.join(out, runlog.CONFIG)):
-        data_cfg, model, optim, run = configs_from_dict(runlog.read_config(out))
-        # another augment than the run's is refused when it starts (COMPAT_KEYS: data.aug)
-        aug = with_augment(data_cfg.aug, given["aug"].get("augment", data_cfg.aug.augment))
-        return (
-            replace(data_cfg, data=data, aug=aug, **{"stats": None, **given["data"]}),
-            model_config(**{**asdict(model), **given["model"]}),
-            replace(optim, **given["optim"]),
-            replace(run, out=out, **given["run"]),
-        )
+        return _on_top(configs_from_dict(runlog.read_config(out)), data, out, given, stats=None)
     first = {k: given["optim"].pop(k) for k in ("recipe", "batch_size", "epochs", "lr") if k in given["optim"]}
     model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **given["aug"], **first)
     return (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from alexmodel.checkpoint import stats_from_checkpoint
 from alexmodel.config import COMPAT_KEYS, DataConfig
 from alexmodel.distributed import Dist
 from alexmodel.loop import EpochMeter
-from pipelines.config import AugmentConfig, PipelineStats
+from pipelines.config import PipelineStats
 
 
 def saved_run(out: str, resume: bool | str, rank: int) -> dict | None:
@@ -64,23 +63,13 @@ def run_stats(data: DataConfig, saved: dict | None, rank: int, train_images: int
 def check_compatible(saved: dict, config: dict, *, ckpt_path: Path, run_dir: Path, data: str) -> bool:
     """Refuses a checkpoint whose config differs from `config` in COMPAT_KEYS, or whose position inside an epoch
     points into train files that have changed since. Returns whether the train files changed."""
-    # AugmentConfig fields added since the checkpoint was written take their defaults (mean: "channel")
-    then = {
-        **saved["config"],
-        "data": {
-            "echo": 1,  # saved before data echoing existed
-            **saved["config"]["data"],
-            "aug": asdict(AugmentConfig(**saved["config"]["data"]["aug"])),
-        },
-    }
-    why = checkpoint.incompatibility(then, config, COMPAT_KEYS)
+    why = checkpoint.incompatibility(saved["config"], config, COMPAT_KEYS)
     if why:
         raise TrainError(
             f"cannot resume {ckpt_path}: {why}; resume with the run's options "
             f"(see {run_dir / runlog.CONFIG}) or train into a new --out"
         )
-    files_then = saved["config"].get("data_fingerprint")  # absent in checkpoints written before it
-    files_changed = files_then not in (None, config["data_fingerprint"])
+    files_changed = saved["config"]["data_fingerprint"] != config["data_fingerprint"]
     if files_changed and saved["meter"]:  # a loader position inside an epoch fits only the files it was on
         raise TrainError(
             f"cannot resume {ckpt_path} mid-epoch on {data}: its train files are not the ones the "

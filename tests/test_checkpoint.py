@@ -1,12 +1,15 @@
 """alexmodel.checkpoint's load: a checkpoint edited by hand (in the fields a weights-only load accepts) is one line
 naming the field, before any tensor is read whole; never a traceback or a terabyte allocation."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from alexdata.errors import TrainError
 from alexmodel import AlexNet
 from alexmodel.checkpoint import FORMAT, load, save_atomic
+from pipelines.config import AugmentConfig
 
 CLASSES = 3
 STATE = AlexNet(CLASSES, width=0.125).state_dict()
@@ -19,7 +22,8 @@ def valid() -> dict:
         "config": {
             "model": {"num_classes": CLASSES, "width": 0.125, "init": "paper"},
             "classes": ["n01", "n02", "n03"],
-            "data": {"aug": {"crop": 227, "central_square": True, "mean": "pixel"}},
+            "data": {"aug": asdict(AugmentConfig(central_square=True, mean="pixel")), "echo": 1},
+            "data_fingerprint": "0123456789abcdef",
             "stats_255": {
                 "mean_255": [120.0, 115.0, 100.0],
                 "std_255": [60.0, 58.0, 57.0],
@@ -69,6 +73,15 @@ EDITS = {
     "fc8 expanded to its own shape": (
         _set("model.fc8.weight", lambda w: torch.zeros(1, 1).expand(*w.shape)),
         r"fc8.weight \(\[3, 512\]\) has fewer elements stored than its shape holds",
+    ),
+    "an older version's (no data echoing yet)": (
+        lambda ck: ck["config"]["data"].pop("echo"),
+        r"config\.data\.echo is missing: a checkpoint of an older version of this project; resume or evaluate it "
+        r"with that version",
+    ),
+    "an older version's (fewer augmentation fields)": (
+        lambda ck: ck["config"]["data"]["aug"].pop("ratio"),
+        r"config\.data\.aug\.ratio is missing: a checkpoint of an older version",
     ),
     "a mean image expanded": (
         _set("mean_image_255", torch.zeros(1, 1, 1).expand(100_000, 100_000, 3)),

@@ -67,3 +67,11 @@ def test_the_contract_catches_what_it_forbids(tmp_path):
         "alexdata/bad.py:4 imports alexmodel.train, a layer above",
         "alexdata/bad.py:5 imports _create_fresh from alexdata.files",
     ]
+
+
+def test_the_readmes_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    missing = [str(p.relative_to(ROOT)) for p in MODULES if p.name != "__init__.py" and p.name not in layout]
+    assert missing == []

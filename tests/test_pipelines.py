@@ -919,8 +919,13 @@ def test_preallocate_needs_the_recorded_largest_image(prepared, tmp_path):
     man = json.loads((old / "manifest.json").read_text())
     del man["train"]["max_height"]
     (old / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(ValueError, match="records no largest image size"):
-        Loader(old, stats=ZERO, preallocate=True)
+    with pytest.raises(DataError, match=r"max_height and max_width \(the largest image\) are missing: a manifest"):
+        Loader(old, stats=ZERO, preallocate=True)  # an older prepare's manifest: refused whole
+    raw = tmp_path / "raw" / "train" / "n01"
+    raw.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(raw / "a.JPEG")
+    with pytest.raises(ValueError, match="is a raw tree, which records no largest image size"):
+        Loader(tmp_path / "raw", stats=ZERO, preallocate=True)
 
 
 def test_a_position_the_pipeline_cannot_take_up_is_one_clear_error(prepared):

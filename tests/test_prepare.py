@@ -14,6 +14,7 @@ import pytest
 from conftest import PREP, ROOT, SYNTH, damaged_jpegs, env_with_path, limit, run_cli, tree_files
 from PIL import Image
 
+from alexdata.errors import DataError
 from alexdata.prepare import PrepareConfig, prepare, resize_to_jpeg
 from alexdata.shards import wds_index
 from alexdata.synth import SynthConfig, make_synth, wnid
@@ -236,7 +237,7 @@ def test_resume_writes_only_missing_shards(prepared, synth_tree, tmp_path):
     shards = sorted(out.glob("train-*.tar"))
     shards[1].unlink()  # as if killed before this shard's rename ...
     (out / ".prepare" / f"{shards[1].stem}.json").unlink()
-    (out / f"{shards[2].name}.tmp").write_bytes(b"half a shard")  # ... while this one was being written
+    (out / f"{shards[2].name}.part-0-of-1.tmp").write_bytes(b"half a shard")  # ... while this one was being written
     (out / "manifest.json").unlink()
     kept = {p: p.stat().st_mtime_ns for p in shards if p != shards[1]}
     prepare(synth_tree, out, PREP, workers=2, **QUIET)
@@ -389,7 +390,12 @@ def test_manifest_records_each_splits_largest_image(prepared, tmp_path):
     for split in ("train", "val"):
         del man[split]["max_height"], man[split]["max_width"]
     (old / "manifest.json").write_text(json.dumps(man))
-    assert open_split(old, "train").max_hw is None  # a manifest from before: no hints, the data still loads
+    with pytest.raises(
+        DataError,
+        match=r"train\.max_height and max_width \(the largest image\) are missing: a "
+        r"manifest\.json of an older prepare; run `alexnet prepare SRC OUT` again",
+    ):
+        open_split(old, "train")  # a manifest from before: refused in one line, not read with guesses
 
 
 ODD_NAMES = ["with space", "new\nline", "x" * 120, os.fsdecode(b"caf\xe9"), "two.dots", "ok_name"]

@@ -3,6 +3,7 @@ SIGKILL, data parallelism under torchrun/gloo, bad states, and ten-crop evaluati
 
 import json
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -291,19 +292,21 @@ def test_paper_recipe_checkpoint_carries_the_mean_image(data, tmp_path):
     assert kept == score(stats=data / "stats.json") and kept != score(stats=tmp_path / "other.json")
 
 
-def test_a_checkpoint_from_before_the_mean_image_resumes(one_epoch, data, tmp_path):
-    """No `mean` in its augmentation settings, no mean image: per-channel mean, as it trained."""
+def test_a_checkpoint_of_an_older_version_is_refused_in_one_line(one_epoch, data, tmp_path):
+    """Its config lacks a field this version writes (here the augmentation's `mean`, added with the mean image):
+    evaluate and a resume refuse it whole, rather than guess the field's value."""
+    from alexdata.errors import TrainError
+
     run = tmp_path / "run"
     shutil.copytree(one_epoch, run)
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
-    del ckpt["mean_image_255"], ckpt["config"]["data"]["aug"]["mean"]
-    for rank in ckpt["ranks"]:
-        del rank["loader"]["aug"]["mean"]
+    del ckpt["config"]["data"]["aug"]["mean"]
     torch.save(ckpt, run / "checkpoint.pt")
-    assert evaluate_checkpoint(data, run, device="cpu", threads=1)["images"] == 12
-    data_cfg, model, optim, run_cfg = tiny(data, run, epochs=2)
-    h = train(data_cfg, model, replace(optim, warmup_epochs=0.5), run_cfg, resume=True)["history"]  # as TINY
-    assert [m["epoch"] for m in h] == [1, 2]
+    why = r"config\.data\.aug\.mean is missing: a checkpoint of an older version of this project"
+    with pytest.raises(TrainError, match=why):
+        evaluate_checkpoint(data, run, device="cpu", threads=1)
+    with pytest.raises(TrainError, match=why):
+        train(*tiny(data, run, epochs=2), resume=True)
 
 
 def test_ten_crop_is_the_mean_softmax_of_the_ten_views(one_epoch, data):
@@ -563,3 +566,61 @@ def test_a_refused_run_says_every_problem_at_once_and_no_notice(prepared, tmp_pa
     with pytest.raises(StatsMissing):  # the stats alone: its own error (the CLI adds "or pass --stats FILE")
         train(DataConfig(str(prepared), threads=1, aug=aug), model, replace(optim, batch_size=8), run)
     assert capsys.readouterr().err == ""
+
+
+def test_a_config_file_then_the_options_on_top(one_epoch, data, tmp_path):
+    from alexdata.errors import ConfigError
+    from alexmodel.config import configs_from_options
+
+    out = str(tmp_path / "again")
+    ran = configs_from_options(str(data), str(one_epoch), resume=True)  # the run's own configs
+    same = configs_from_options(str(data), out, config=one_epoch)  # its run directory as --config
+    # the same configs, but --out, and the class count, which the data gives (1000 here is a placeholder)
+    assert same == (ran[0], replace(ran[1], num_classes=1000), ran[2], replace(ran[3], out=out))
+    longer = configs_from_options(str(data), out, config=one_epoch / "config.json", epochs=3, lr=0.5)
+    assert longer[2] == replace(ran[2], epochs=3, lr=0.5) and longer[1] == same[1]
+    recipe_file = tmp_path / "recipe.json"  # a few fields; the rest the recipe's, as on a command line
+    recipe_file.write_text(
+        json.dumps(
+            {
+                "optim": {"recipe": "modern", "batch_size": 8, "warmup_epochs": 0.5},
+                "model": {"width": WIDTH},
+                "data": {"threads": 1, "aug": {"flip_prob": 0.25}},
+                "run": {"torch_threads": 1},
+            }
+        )
+    )
+    by_file = configs_from_options(str(data), out, config=recipe_file, epochs=2)
+    by_options = configs_from_options(
+        str(data),
+        out,
+        recipe="modern",
+        batch_size=8,
+        warmup_epochs=0.5,
+        width=WIDTH,
+        threads=1,
+        torch_threads=1,
+        epochs=2,
+    )
+    assert by_file[1:] == by_options[1:] and by_file[2].lr == 0.01 * 8 / 128  # modern's linear lr at batch 8
+    assert by_file[0] == replace(by_options[0], aug=replace(by_options[0].aug, flip_prob=0.25))
+    for bad, why in (
+        ({"optim": {"bacth_size": 8}}, "optim.bacth_size is no field of OptimConfig"),
+        ({"data": {"aug": {"flip": 1}}}, "data.aug.flip is no field of AugmentConfig"),
+        ({"optim": {"epochs": 0}}, "epochs=0: expected an int >= 1"),
+        ({"optim": []}, "expected a JSON object of sections data, model, optim, run"),
+    ):
+        recipe_file.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=re.escape(why)):
+            configs_from_options(str(data), out, config=recipe_file)
+    with pytest.raises(ConfigError, match="--recipe with --config"):
+        configs_from_options(str(data), out, config=one_epoch, recipe="paper")
+    with pytest.raises(ConfigError, match="--config with --resume"):
+        configs_from_options(str(data), str(one_epoch), config=one_epoch, resume=True)
+    with pytest.raises(ConfigError, match="not a readable JSON file"):
+        configs_from_options(str(data), out, config=tmp_path / "missing.json")
+    r = run_cli("train", data, "--out", out, "--config", one_epoch, "--epochs", 1, "--width", "0.125", check=False)
+    assert (
+        r.returncode == 0
+        and json.loads((tmp_path / "again" / "config.json").read_text())["config"]["model"]["width"] == 0.125
+    )  # the CLI's option on top of the file's

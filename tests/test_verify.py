@@ -58,14 +58,15 @@ def test_damage_of_every_kind_is_one_line_per_file(copy):
     assert q.returncode == 1 and q.stdout.strip().splitlines()[-1].startswith("verify: 2 bad files")
 
 
-def test_an_old_manifest_still_loads_and_verify_says_it_has_no_hashes(copy):
+def test_an_older_manifest_without_hashes_is_refused_in_one_line(copy):
     man = json.loads((copy / "manifest.json").read_text())
     for split in ("train", "val"):
         man[split]["shards"] = [{"file": s["file"], "images": s["images"]} for s in man[split]["shards"]]
     (copy / "manifest.json").write_text(json.dumps(man))
-    assert open_split(copy, "train").images == man["train"]["images"]
-    r = run_cli("verify", copy)
-    assert "no sizes or hashes" in r.stderr and "verify: 0 bad files" in r.stdout
+    with pytest.raises(DataError, match=r"train\.shards\[0\]\.bytes is missing: a manifest\.json of an older prepare"):
+        open_split(copy, "train")
+    r = run_cli("verify", copy, check=False)
+    assert r.returncode == 1 and "train.shards[0].sha256 is missing: a manifest.json of an older prepare" in r.stdout
 
 
 def test_the_loader_refuses_a_partial_copy_before_any_step(copy):
