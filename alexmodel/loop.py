@@ -68,6 +68,83 @@ def autocast(device_type: str, precision: str):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+class _Window:
+    """One logging window of the step loop: its sums (loss, correct, images, stop flags) stay on the device until
+    the host reads them, once per window (`read`), into the epoch's meter; `peek` shows the window so far on a
+    live bar without ending it."""
+
+    def __init__(self, meter: EpochMeter, optimizer, bar=None):
+        self.meter, self.optimizer, self.bar = meter, optimizer, bar
+        self.stop = False  # a rank asked to stop: sticks once read
+        self.shown = time.perf_counter()
+        self._start()
+
+    def _start(self) -> None:
+        self.sums, self.steps, self.data_s, self.t0 = None, 0, 0.0, time.perf_counter()
+
+    def add(self, sums: torch.Tensor, data_s: float) -> None:
+        """One step's sums (queued on the device, no host wait) and the time it waited for its batch."""
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.steps += 1
+        self.data_s += data_s
+
+    def _figures(self, loss_sum: float, correct: float, count: float, dt: float) -> dict:
+        n = max(count, 1)
+        return {
+            "steps": self.steps,
+            "images": int(count),
+            "loss": loss_sum / n,
+            "top1": correct / n,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": count / max(dt, 1e-9),
+            "data_wait_frac": self.data_s / max(dt, 1e-9),
+        }
+
+    def read(self) -> dict | None:
+        """The window's figures, added to the meter (the host waits for the device here), and a new window;
+        None when it holds no step. NonFiniteLoss when its loss is NaN or infinite."""
+        if self.sums is None:
+            return None
+        loss_sum, correct, count, stops = self.sums.tolist()
+        m = self.meter
+        if not math.isfinite(loss_sum):
+            first = m.steps - self.steps + 1
+            steps = f"step {first}" if first == m.steps else f"steps {first}-{m.steps}"
+            raise NonFiniteLoss(f"loss is {loss_sum / max(count, 1)} in {steps} of the epoch")
+        dt = time.perf_counter() - self.t0
+        w = self._figures(loss_sum, correct, count, dt)
+        m.loss_sum += loss_sum
+        m.correct += int(correct)
+        m.images += int(count)
+        m.step_s += dt
+        m.host_syncs += 1
+        self.stop = self.stop or stops > 0
+        self._start()
+        self.show(w)
+        return w
+
+    def peek(self) -> None:
+        """The window so far on the bar, every BAR_PEEK_S seconds of a window longer than that (a slow device, a
+        large --log-every): one extra wait for the device, with a terminal only, and nothing recorded."""
+        if self.bar is None or self.sums is None or time.perf_counter() - self.shown < BAR_PEEK_S:
+            return
+        loss_sum, correct, count, _ = self.sums.tolist()
+        self.show(self._figures(loss_sum, correct, count, time.perf_counter() - self.t0))
+
+    def show(self, w: dict) -> None:
+        """Figures on the live bar (the rest of its line is tqdm's)."""
+        self.shown = time.perf_counter()
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{w['loss']:.3f}",
+                top1=f"{100 * w['top1']:.1f}%",
+                lr=f"{w['lr']:.3g}",
+                img_s=f"{w['images_per_s']:.0f}",
+                wait=f"{100 * w['data_wait_frac']:.0f}%",
+                refresh=False,
+            )
+
+
 def train_one_epoch(
     model,
     optimizer,
@@ -100,70 +177,14 @@ def train_one_epoch(
     meter = EpochMeter() if meter is None else meter
     scaler = torch.amp.GradScaler("cuda", enabled=False) if scaler is None else scaler
     model.train()
-    window = {"sums": None, "steps": 0, "data_s": 0.0, "t0": time.perf_counter(), "stop": False}
-    window["shown"] = window["t0"]
-
-    def show(w: dict) -> None:
-        """The window's figures on the live bar (the rest of the line is tqdm's)."""
-        window["shown"] = time.perf_counter()
-        if bar is not None:
-            bar.set_postfix(
-                loss=f"{w['loss']:.3f}",
-                top1=f"{100 * w['top1']:.1f}%",
-                lr=f"{w['lr']:.3g}",
-                img_s=f"{w['images_per_s']:.0f}",
-                wait=f"{100 * w['data_wait_frac']:.0f}%",
-                refresh=False,
-            )
-
-    def peek() -> None:
-        """The window so far on the bar, every BAR_PEEK_S seconds of a window longer than that (a slow device, a
-        large --log-every): one extra wait for the device, with a terminal only, and nothing recorded."""
-        if window["sums"] is None or time.perf_counter() - window["shown"] < BAR_PEEK_S:
-            return
-        loss_sum, correct, count, _ = window["sums"].tolist()
-        dt, n = time.perf_counter() - window["t0"], max(count, 1)
-        show(
-            {
-                "loss": loss_sum / n,
-                "top1": correct / n,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": count / max(dt, 1e-9),
-                "data_wait_frac": window["data_s"] / max(dt, 1e-9),
-            }
-        )
+    window = _Window(meter, optimizer, bar)
 
     def sync() -> bool:
-        """Read the window's sums into the meter (the host waits for the device here); True once any rank has
-        asked to stop."""
-        if window["sums"] is None:
-            return window["stop"]
-        loss_sum, correct, count, stops = window["sums"].tolist()
-        first = meter.steps - window["steps"] + 1
-        if not math.isfinite(loss_sum):
-            steps = f"step {first}" if first == meter.steps else f"steps {first}-{meter.steps}"
-            raise NonFiniteLoss(f"loss is {loss_sum / max(count, 1)} in {steps} of the epoch")
-        dt = time.perf_counter() - window["t0"]
-        meter.loss_sum += loss_sum
-        meter.correct += int(correct)
-        meter.images += int(count)
-        meter.step_s += dt
-        meter.host_syncs += 1
-        n = max(count, 1)
-        stats = {
-            "steps": window["steps"],
-            "images": int(count),
-            "loss": loss_sum / n,
-            "top1": correct / n,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": count / max(dt, 1e-9),
-            "data_wait_frac": window["data_s"] / max(dt, 1e-9),
-        }
-        window.update(sums=None, steps=0, data_s=0.0, t0=time.perf_counter(), stop=window["stop"] or stops > 0)
-        show(stats)
-        if on_window is not None:
-            on_window(meter, stats)
-        return window["stop"]
+        """The window read into the meter and handed to on_window; True once any rank has asked to stop."""
+        w = window.read()
+        if w is not None and on_window is not None:
+            on_window(meter, w)
+        return window.stop
 
     it = iter(loader)
     while True:
@@ -206,27 +227,23 @@ def train_one_epoch(
         scaler.update()
         if distributed.active():
             dist.all_reduce(sums)  # queued on the device: no host wait (NCCL)
-        window["sums"] = sums if window["sums"] is None else window["sums"] + sums
-        window["steps"] += 1
-        window["data_s"] += t_data
+        window.add(sums, t_data)
         meter.steps += 1
         meter.data_s += t_data
-        if log_every and window["steps"] >= log_every:
+        if log_every and window.steps >= log_every:
             sync()
         if bar is not None:
-            peek()
+            window.peek()
             bar.update()
         if after_step is not None:
             t_after, syncs = time.perf_counter(), meter.host_syncs
             after_step(meter, images, labels, sync)
             # A checkpoint's write is not step time: the window restarts after it (or shifts past the hook).
-            window["t0"] = (
-                time.perf_counter() if meter.host_syncs != syncs else window["t0"] + time.perf_counter() - t_after
-            )
+            window.t0 = time.perf_counter() if meter.host_syncs != syncs else window.t0 + time.perf_counter() - t_after
         if not distributed.active() and stop is not None and stop():  # one process: no one to agree with
             sync()
-            window["stop"] = True
-        if window["stop"]:
+            window.stop = True
+        if window.stop:
             raise StopRequested(meter)
     if sync():
         raise StopRequested(meter)
