@@ -13,8 +13,8 @@ from PIL import Image
 
 from alexdata import host
 from alexdata.errors import ConfigError
-from alexdata.host import machine  # noqa: F401  (callers import them from here)
 from alexdata.prepare import FORMATS
+from pipelines.config import RunSpec
 
 
 def plain_pil(data: bytes, shorter_side: int = 256, quality: int = 90) -> bytes:
@@ -176,7 +176,9 @@ def loader_rate(data: str, seconds: float, *, device: str, stats, opened=None, w
         gc.collect()  # frees the DALI pipeline (its threads and device buffers) before the next one is built
 
 
-def decode_only_pipeline(split, device: str, batch_size: int, threads: int, prefetch: int = 2, **decoder):
+def decode_only_pipeline(
+    split, device: str, batch_size: int, threads: int, prefetch: int = RunSpec.prefetch, **decoder
+):
     """DALI's read and decode alone, the ceiling of every pipeline here (pipelines/stats.py); `decoder`: the
     decoder's tuning (RunSpec's hw_decoder_load, hybrid_huffman_threshold, preallocate_hw)."""
     from alexdata.loader import run_spec
@@ -250,8 +252,8 @@ def bench_loader(
     stats=None,
     rounds: int = 3,
     *,
-    prefetch: int = 2,
-    hw_decoder_load: float = 0.65,
+    prefetch: int = RunSpec.prefetch,
+    hw_decoder_load: float = RunSpec.hw_decoder_load,
     contenders: tuple[str, ...] = CONTENDERS,
     echoes: tuple[int, ...] = (1,),
     aug=None,

@@ -179,6 +179,24 @@ def _reason(e: Exception, data: bytes | None) -> str:
 _progress = None  # a shared counter of processed images, set in each worker
 
 
+END_POOL_S = 10.0  # seconds a terminated pool's workers get to end on SIGTERM before they are killed
+
+
+def _end_pool(pool) -> None:
+    """Pool.terminate, which SIGTERMs the workers and waits for each. A worker the pool forked in that very moment
+    (the replacement of one that died) can miss its SIGTERM: the signal lands before the child's Python takes
+    signals, and terminate waited for it forever (seen once in the tests). After END_POOL_S every worker left is
+    killed, which no process can miss."""
+    ender = threading.Thread(target=pool.terminate, daemon=True)
+    ender.start()
+    ender.join(END_POOL_S)
+    if ender.is_alive():
+        for w in list(pool._pool):  # the pool's own list, the one terminate waits on
+            if w.exitcode is None:
+                w.kill()
+        ender.join()
+
+
 def _init_worker(counter) -> None:
     global _progress
     _progress = counter
@@ -408,7 +426,7 @@ def _prepare(src, out: Path, cfg: PrepareConfig, workers, part_i: int, part_n: i
                     r.get()  # re-raises a worker's error (e.g. disk full)
             pool.close()
         except BaseException:
-            pool.terminate()
+            _end_pool(pool)
             raise
         finally:
             pool.join()

@@ -29,7 +29,7 @@ from alexdata import host
 from alexdata.errors import ConfigError, TrainError, plural
 from alexmodel import checkpoint, runlog
 from alexmodel.model import ModelConfig
-from pipelines.config import AUGMENTS, AugmentConfig
+from pipelines.config import AUGMENTS, AugmentConfig, RunSpec
 from pipelines.config import DEVICES as PIPELINE_DEVICES
 
 RECIPES = ("paper", "modern")
@@ -47,8 +47,8 @@ class DataConfig:
     stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
     threads: int | None = None  # DALI CPU threads per rank; None: all cores
     aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
-    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
-    hw_decoder_load: float = 0.65  # share of JPEGs for the GPU's hardware decoder, DALI's default; speed only
+    prefetch: int = RunSpec.prefetch  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
+    hw_decoder_load: float = RunSpec.hw_decoder_load  # the GPU hardware decoder's share of the JPEGs; speed only
     # Data echoing (Choi et al. 2019, arXiv:1907.05550; alexdata/echo.py): augmented copies of each decoded image,
     # in different batches. An epoch still reads each image once and so has `echo` x the steps. Not speed only:
     # each step sees fewer fresh images (README, "Data echoing").

@@ -290,101 +290,23 @@ class _Run:
     # ------------------------------------------------------------------ the run
 
     def fit(self) -> dict:
+        """The run from where it stands to its last epoch: start (or the "nothing to do" of a finished run), then
+        epoch by epoch; a stop on a signal raises TrainStopped after its checkpoint."""
         saved = self.saved
         start_epoch, meter = self._restore(saved) if saved is not None else (0, None)
-        if saved is not None:
-            refuse_fewer_epochs(saved, self.optim.epochs)
-            done = saved["epoch"]
-            if self.optim.epochs == done and start_epoch >= self.optim.epochs:
-                if self.d.rank == 0:  # a kill after the last checkpoint may have cut the record: write it again
-                    runlog.restore_record(self.run_dir, self.history)
-                    print(
-                        f"train: nothing to do: {self.run_dir} finished its {plural(done, 'epoch')} (give --epochs "
-                        f"N to train longer)",
-                        file=sys.stderr,
-                    )
-                return self._result()
+        if saved is not None and self._finished(saved, start_epoch):
+            return self._result()
         if self.d.rank == 0:
-            checkpoint.start(self.run_dir, saved)
-            if self.run.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
-            runlog.write_config(
-                self.run_dir, self.config, device=self.run.device, classes=list(self.classes), resumed_at=resumed_at
-            )
-            if saved is not None:  # the checkpoint's history is the truth: drop lines it does not hold
-                runlog.write_metrics(self.run_dir, self.history)
-                into = f"{plural(meter.steps, 'step')} into" if meter is not None else "at the start of"
-                print(
-                    f"train: resumed {self.run_dir} after step {saved['step']}, {into} epoch {start_epoch + 1}/"
-                    f"{self.optim.epochs}",
-                    file=sys.stderr,
-                )
-            runlog.truncate_steps(self.run_dir, saved["step"] if saved is not None else 0)
-        model = self.net
-        if self.d.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(
-                self.net,
-                device_ids=[self.net.fc8.weight.device]
-                if self.run.device == "gpu" and self.run.placement == "single"
-                else None,
-            )
-        if self.run.compile:
-            model = torch.compile(model)
-        show = self.run.progress and self.interactive and self.d.rank == 0
+            self._start_record(saved, start_epoch, meter)
+        model = self._wrapped()
         epoch = start_epoch
         try:
             if self.finish_partial:
                 self._end_epoch(epoch, meter)
                 start_epoch, meter = epoch + 1, None
             for epoch in range(start_epoch, self.optim.epochs):
-                bar = (
-                    epoch_bar(
-                        epoch,
-                        self.optim.epochs,
-                        self.history,
-                        total=self.steps_per_epoch,
-                        initial=meter.steps if meter else 0,
-                    )
-                    if show
-                    else None
-                )
-                stopped = False
-                try:
-                    meter = train_one_epoch(
-                        model,
-                        self.optimizer,
-                        self.train_loader,
-                        precision=self.run.precision,
-                        scaler=self.scaler,
-                        channels_last=self.run.channels_last,
-                        label_smoothing=self.optim.label_smoothing,
-                        lr_at=self._lr_at(epoch),
-                        meter=meter,
-                        after_step=self._after_step(epoch),
-                        bar=bar,
-                        log_every=self.run.log_every,
-                        on_window=self._on_window(epoch),
-                        stop=self.signals.stop,
-                    )
-                except StopRequested as e:
-                    meter, stopped = e.meter, True
-                finally:
-                    if bar is not None:
-                        bar.close()
-                if stopped and meter.steps < self.steps_per_epoch:
-                    step = epoch * self.steps_per_epoch + meter.steps
-                    if self.last_saved != (epoch, step):  # a --checkpoint-every save of this very step
-                        self.save(epoch, meter, step)
-                    raise TrainStopped(self._stopped_line(epoch, step), self.d.rank)
-                self._end_epoch(epoch, meter)
+                self._epoch(model, epoch, meter)
                 meter = None
-                last = epoch + 1 == self.optim.epochs  # the run is done: a late signal changes nothing
-                on = self.net.fc8.weight.device  # this rank's first device
-                if not last and (stopped or distributed.any_rank(self.signals.stop(), self.d, on)):
-                    raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch), self.d.rank)
         except NonFiniteLoss as e:
             if self.last_saved:
                 where = (
@@ -405,6 +327,101 @@ class _Run:
             if self.writer is not None:
                 self.writer.close()
         return self._result()
+
+    def _finished(self, saved: dict, start_epoch: int) -> bool:
+        """Whether a resumed run has nothing left to do (its record written again, and said); refuses fewer epochs
+        than it has done."""
+        refuse_fewer_epochs(saved, self.optim.epochs)
+        done = saved["epoch"]
+        if not (self.optim.epochs == done and start_epoch >= self.optim.epochs):
+            return False
+        if self.d.rank == 0:  # a kill after the last checkpoint may have cut the record: write it again
+            runlog.restore_record(self.run_dir, self.history)
+            print(
+                f"train: nothing to do: {self.run_dir} finished its {plural(done, 'epoch')} (give --epochs "
+                f"N to train longer)",
+                file=sys.stderr,
+            )
+        return True
+
+    def _start_record(self, saved: dict | None, start_epoch: int, meter: EpochMeter | None) -> None:
+        """Rank 0's record of the start: the checkpoint names, config.json, metrics and steps cut to the
+        checkpoint's, TensorBoard; a resume says where it resumed."""
+        checkpoint.start(self.run_dir, saved)
+        if self.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        resumed_at = None if saved is None else {"epoch": saved["epoch"], "step": saved["step"]}
+        runlog.write_config(
+            self.run_dir, self.config, device=self.run.device, classes=list(self.classes), resumed_at=resumed_at
+        )
+        if saved is not None:  # the checkpoint's history is the truth: drop lines it does not hold
+            runlog.write_metrics(self.run_dir, self.history)
+            into = f"{plural(meter.steps, 'step')} into" if meter is not None else "at the start of"
+            print(
+                f"train: resumed {self.run_dir} after step {saved['step']}, {into} epoch {start_epoch + 1}/"
+                f"{self.optim.epochs}",
+                file=sys.stderr,
+            )
+        runlog.truncate_steps(self.run_dir, saved["step"] if saved is not None else 0)
+
+    def _wrapped(self) -> torch.nn.Module:
+        """The net as the steps call it: under DDP on more than one rank, compiled with run.compile."""
+        model = self.net
+        if self.d.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                self.net,
+                device_ids=[self.net.fc8.weight.device]
+                if self.run.device == "gpu" and self.run.placement == "single"
+                else None,
+            )
+        return torch.compile(model) if self.run.compile else model
+
+    def _epoch(self, model: torch.nn.Module, epoch: int, meter: EpochMeter | None) -> None:
+        """Epoch `epoch` (from 0), continuing `meter` mid-epoch, then its evaluation and checkpoint; TrainStopped
+        after the checkpoint of a stop asked for during it (or, with more epochs to go, at its end)."""
+        show = self.run.progress and self.interactive and self.d.rank == 0
+        bar = (
+            epoch_bar(
+                epoch, self.optim.epochs, self.history, total=self.steps_per_epoch, initial=meter.steps if meter else 0
+            )
+            if show
+            else None
+        )
+        stopped = False
+        try:
+            meter = train_one_epoch(
+                model,
+                self.optimizer,
+                self.train_loader,
+                precision=self.run.precision,
+                scaler=self.scaler,
+                channels_last=self.run.channels_last,
+                label_smoothing=self.optim.label_smoothing,
+                lr_at=self._lr_at(epoch),
+                meter=meter,
+                after_step=self._after_step(epoch),
+                bar=bar,
+                log_every=self.run.log_every,
+                on_window=self._on_window(epoch),
+                stop=self.signals.stop,
+            )
+        except StopRequested as e:
+            meter, stopped = e.meter, True
+        finally:
+            if bar is not None:
+                bar.close()
+        if stopped and meter.steps < self.steps_per_epoch:
+            step = epoch * self.steps_per_epoch + meter.steps
+            if self.last_saved != (epoch, step):  # a --checkpoint-every save of this very step
+                self.save(epoch, meter, step)
+            raise TrainStopped(self._stopped_line(epoch, step), self.d.rank)
+        self._end_epoch(epoch, meter)
+        last = epoch + 1 == self.optim.epochs  # the run is done: a late signal changes nothing
+        on = self.net.fc8.weight.device  # this rank's first device
+        if not last and (stopped or distributed.any_rank(self.signals.stop(), self.d, on)):
+            raise TrainStopped(self._stopped_line(epoch + 1, (epoch + 1) * self.steps_per_epoch), self.d.rank)
 
     def _result(self) -> dict:
         return {

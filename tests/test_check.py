@@ -8,7 +8,8 @@ import pytest
 from conftest import limit, run_cli
 
 from alexmodel.tools import check, check_stages
-from alexmodel.tools.check import STAGES, CheckSize, Context, StageTimeout, run_check, stage_tests
+from alexmodel.tools.check import STAGES, run_check
+from alexmodel.tools.check_stages import CheckSize, Context, StageTimeout, stage_tests
 
 TINY = check.SIZES["tiny"]
 
@@ -233,8 +234,7 @@ def test_the_gpu_selection_names_real_tests():
     import subprocess
     import sys
 
-    from alexmodel.tools.check import GPU_TESTS
-    from alexmodel.tools.check_stages import ROOT
+    from alexmodel.tools.check_stages import GPU_TESTS, ROOT
 
     def collect(*args):
         r = subprocess.run(
@@ -299,7 +299,7 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
 
     split = open_split(prepared)
     ctx = Context(device="gpu", size=TINY, work=None, cores=4, tests=())
-    default = check.sweep_default(ctx)
+    default = check_stages.sweep_default(ctx)
     assert (
         default["hw_decoder_load"],
         default["hybrid_huffman_threshold"],
@@ -307,12 +307,12 @@ def test_gpu_knobs_are_swept_on_a_gpu_and_an_old_manifest_says_why_no_hints(prep
         default["layout"],
         default["prefetch"],
     ) == (0.65, 1_000_000, False, "NCHW", 2)  # the Loader's own
-    knobs, skipped = check_stages._sweep_points(ctx, default, split)
+    knobs, skipped = check_stages.sweep_points(ctx, default, split)
     plan = dict(knobs)
     assert skipped == {} and list(plan)[:3] == list(check_stages.GPU_KNOBS)
     assert plan["hw_decoder_load"][0] == 0.65 and set(plan["hw_decoder_load"]) == set(TINY.hw_decoder_load)
     assert plan["hybrid_huffman_threshold"] == [1_000_000, 0] and plan["preallocate"] == [False, True]
-    knobs, skipped = check_stages._sweep_points(ctx, default, dc_replace(split, max_hw=None))
+    knobs, skipped = check_stages.sweep_points(ctx, default, dc_replace(split, max_hw=None))
     assert "preallocate" not in dict(knobs) and "re-run `alexnet prepare`" in skipped["preallocate"]
 
 

@@ -389,6 +389,26 @@ def test_a_prepare_worker_killed_by_the_system_stops_prepare_in_one_line(synth_t
     assert manifest["train"]["images"] == 46
 
 
+def _deaf_to_sigterm(counter):
+    """prepare's worker initializer, in a worker that misses the pool's SIGTERM (as one forked in that moment)."""
+    import alexdata.prepare as p
+
+    p.signal.signal(p.signal.SIGINT, p.signal.SIG_IGN)
+    p.signal.signal(p.signal.SIGTERM, p.signal.SIG_IGN)
+
+
+def test_a_worker_that_misses_the_pools_sigterm_is_killed_not_waited_for(synth_tree, tmp_path, monkeypatch):
+    import alexdata.prepare as p
+
+    monkeypatch.setattr(p, "_init_worker", _deaf_to_sigterm)
+    monkeypatch.setattr(p, "write_shard", _dies_on_its_second_shard)
+    monkeypatch.setattr(p, "END_POOL_S", 0.5)
+    t0 = time.time()
+    with pytest.raises(PrepareError, match=r"worker process died"):
+        prepare(synth_tree, tmp_path / "out", PREP, workers=2, progress=False, log=lambda *a: None)
+    assert time.time() - t0 < limit(30)  # Pool.terminate alone waited for the deaf worker forever
+
+
 FORK_AFTER_DALI = r"""
 import gc, sys
 import alexdata.prepare as p

@@ -51,9 +51,7 @@ from typing import Callable
 from alexdata import host
 from alexdata.errors import ConfigError
 from alexdata.files import atomic_write
-
-# The stages, and what callers name through this module (check.Context, check.GPU_TESTS, check.sweep_default)
-from alexmodel.tools.check_stages import (  # noqa: F401
+from alexmodel.tools.check_stages import (
     GPU_TESTS,
     QUICK_TESTS,
     CheckSize,
@@ -68,7 +66,6 @@ from alexmodel.tools.check_stages import (  # noqa: F401
     stage_stats,
     stage_tests,
     stage_train,
-    sweep_default,  # noqa: F401
 )
 
 STAGES = ("data", "train", "loader", "tests", "stats", "paper_init")

@@ -23,6 +23,7 @@ import torch
 
 from alexdata import host
 from alexmodel.tools import synth_done
+from pipelines.config import RunSpec
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: tests/ lives here
 QUICK_TESTS = ("tests/test_lrn.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
@@ -50,11 +51,11 @@ class CheckSize:
     repeats: int = 1  # interleaved readings of the loader's best setting and its default, when they differ
     threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
     batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
-    prefetch: tuple[int, ...] = (2, 3, 4)  # DALI prefetch queue depths to sweep (the Loader's default first)
+    prefetch: tuple[int, ...] = (RunSpec.prefetch, 3, 4)  # DALI prefetch queue depths to sweep (the default first)
     # The GPU ("mixed") decoder only, the Loader's default first: the hardware decoder's share, and the pixels
     # above which nvJPEG's hybrid Huffman decoder takes an image (0: all of them).
-    hw_decoder_load: tuple[float, ...] = (0.65, 0.0, 0.8, 0.9, 0.95, 1.0)
-    hybrid_huffman_threshold: tuple[int, ...] = (1_000_000, 0)
+    hw_decoder_load: tuple[float, ...] = (RunSpec.hw_decoder_load, 0.0, 0.8, 0.9, 0.95, 1.0)
+    hybrid_huffman_threshold: tuple[int, ...] = (RunSpec.hybrid_huffman_threshold, 0)
 
 
 class StageSkipped(Exception):
@@ -275,16 +276,11 @@ GPU_KNOBS = ("hw_decoder_load", "hybrid_huffman_threshold", "preallocate")  # th
 
 def sweep_default(ctx: Context) -> dict:
     """The sweep's first point: the Loader's own defaults, with all cores and the size's batch."""
-    import inspect
-
-    from alexdata.loader import Loader
-
-    params = inspect.signature(Loader).parameters
-    knobs = ("prefetch", "layout") + GPU_KNOBS
-    return {"batch_size": ctx.size.batch_size, "threads": ctx.cores, **{k: params[k].default for k in knobs}}
+    knobs = {k: getattr(RunSpec, k) for k in ("prefetch", "hw_decoder_load", "hybrid_huffman_threshold")}
+    return {"batch_size": ctx.size.batch_size, "threads": ctx.cores, "layout": "NCHW", "preallocate": False, **knobs}
 
 
-def _sweep_points(ctx: Context, default: dict, split) -> tuple[list[tuple[str, list]], dict[str, str]]:
+def sweep_points(ctx: Context, default: dict, split) -> tuple[list[tuple[str, list]], dict[str, str]]:
     """(knob, values) in the order they are tried, the most telling first (a box may end the sweep), and the
     knobs left out here with why."""
     s = ctx.size
@@ -339,7 +335,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
         fig["hw_decoder"] = {"used": None, "why": "no GPU: the hardware JPEG decoder is a GPU's"}
     default = sweep_default(ctx)
     best, best_rate, sweep = dict(default), -1.0, []
-    knobs, fig["sweep_skipped"] = _sweep_points(ctx, default, split)
+    knobs, fig["sweep_skipped"] = sweep_points(ctx, default, split)
     with host.progress_bar(
         total=sum(len(v) for _, v in knobs) - len(knobs) + 1, desc="loader sweep", leave=False
     ) as bar:
