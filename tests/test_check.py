@@ -171,7 +171,9 @@ def _ctx(tests, seconds=120.0):
     return ctx
 
 
-def test_tests_stage_counts_results_and_names_the_failures(tmp_path):
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_tests_stage_counts_results_and_names_the_failures(tmp_path, workers):
+    """Read from pytest -v's result lines, serial or under pytest-xdist (GPU_TESTS runs 4 workers)."""
     f = tmp_path / "test_mixed.py"
     f.write_text(
         "import pytest\n\ndef test_ok():\n    pass\n\ndef test_fails():\n    assert 1 == 2\n\n"
@@ -180,7 +182,7 @@ def test_tests_stage_counts_results_and_names_the_failures(tmp_path):
     )
     fig = {}
     with pytest.raises(RuntimeError, match="2 failing"):
-        stage_tests(_ctx((str(f),)), fig)
+        stage_tests(_ctx((str(f), *workers)), fig)
     assert (fig["passed"], fig["failed"], fig["skipped"], fig["error"]) == (2, 2, 1, 0)
     assert sorted(n.split("::")[-1] for n in fig["failing"]) == ["test_fails", "test_param[2]"]
     assert fig["exit_code"] == 1
@@ -330,3 +332,19 @@ def test_results_are_named_after_the_gpu_found(name, slug):
     m = {"gpu": name, "cores": 16, "date": "2026-11-27T10:00:00Z"}
     assert check.result_name(m, "full") == f"{slug}-2026-11-27.json"
     assert check.result_name({**m, "gpu": None}, "tiny") == "cpu16-2026-11-27-tiny.json"
+
+
+def test_the_loaders_best_setting_is_kept_for_a_later_checks_train_stage(tmp_path):
+    """The train stage runs before the loader stage: a rerun on the same work folder reads the best setting the
+    earlier loader stage left, for the same device, data and batch only."""
+    ctx = Context(device="gpu", size=TINY, work=tmp_path, cores=4, tests=(), data=tmp_path / "data")
+    best = {"batch_size": TINY.batch_size, "threads": 4, "hw_decoder_load": 0.8, "prefetch": 2}
+    check_stages.keep_best_loader(ctx, best)
+    assert ctx.best_loader == best
+    later = Context(device="gpu", size=TINY, work=tmp_path, cores=4, tests=(), data=tmp_path / "data")
+    assert check_stages.earlier_best_loader(later) == best
+    for other in (dict(device="cpu"), dict(data=tmp_path / "other")):
+        assert check_stages.earlier_best_loader(Context(**{**vars(later), **other})) == {}
+    (tmp_path / check_stages.BEST_LOADER).write_text("{not json")
+    assert check_stages.earlier_best_loader(later) == {}
+    assert check_stages.earlier_best_loader(Context(**{**vars(later), "work": tmp_path / "none"})) == {}

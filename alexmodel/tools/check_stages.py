@@ -27,9 +27,16 @@ from pipelines.config import RunSpec
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: tests/ lives here
 QUICK_TESTS = ("tests/test_lrn.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
-# Every GPU test but the compiled training epoch: the train stage times torch.compile itself, and its several
-# minute-long compilations would not fit the stage's box.
-GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_epoch[bf16-True-True]")
+# Every GPU test but the compiled training epoch (the train stage times torch.compile itself, and its several
+# minute-long compilations would not fit the stage's box), on four pytest-xdist workers sharing the GPU: one at a
+# time, the 11 tests at ~10 s each outran the stage's box on the H200 (docs/BENCHMARKS.md).
+GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_epoch[bf16-True-True]", "-n", "4")
+# A result line of `pytest -v`: "tests/x.py::t PASSED [ 50%]", or under pytest-xdist "[gw0] [ 50%] PASSED tests/x.py::t"
+RESULT_LINE = re.compile(
+    r"^(?:(?P<name>\S+::\S+)\s+(?P<what>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b"
+    r"|\[gw\d+\] \[\s*\d+%\] (?P<what2>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (?P<name2>\S+::\S+))"
+)
+COLLECTED_LINE = re.compile(r"^(?:collected (\d+) items?|\d+ workers? \[(\d+) items?\])")
 
 
 @dataclass(frozen=True)
@@ -210,7 +217,6 @@ def stage_tests(ctx: Context, fig: dict) -> None:
     fig["command"] = " ".join(["pytest", *cmd[3:]])
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     failing: list[str] = []
-    result = re.compile(r"^(\S+::\S+)\s+(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
     # A session of its own: at the box, the whole group goes (a grandchild holding the pipe would block the read).
     proc = subprocess.Popen(
         cmd,
@@ -244,10 +250,10 @@ def stage_tests(ctx: Context, fig: dict) -> None:
 
         threading.Thread(target=kill_at_deadline, daemon=True).start()
         for line in proc.stdout:
-            if m := re.match(r"^collected (\d+) items?", line):
-                bar.total = int(m.group(1))
-            elif m := result.match(line):
-                name, what = m.groups()
+            if m := COLLECTED_LINE.match(line):
+                bar.total = int(m.group(1) or m.group(2))
+            elif m := RESULT_LINE.match(line):
+                name, what = m["name"] or m["name2"], m["what"] or m["what2"]
                 key = {"XFAIL": "skipped", "XPASS": "passed"}.get(what, what.lower())
                 counts[key] += 1
                 if key in ("failed", "error"):
@@ -356,7 +362,7 @@ def stage_loader(ctx: Context, fig: dict) -> None:
                 if rate > best_rate:
                     best, best_rate = point, rate
                     fig["best"] = {**best, "img_s": best_rate}
-                    ctx.best_loader = dict(best)
+                    keep_best_loader(ctx, best)
     fig["default_img_s"] = sweep[0]["img_s"]
     fig["best_vs_default"] = best_rate / sweep[0]["img_s"]
     if best != default and s.repeats > 1:
@@ -382,6 +388,36 @@ def stage_loader(ctx: Context, fig: dict) -> None:
     except Exception as e:  # e.g. a /dev/shm too small for its workers' batches: recorded, the sweep stands
         fig["baseline_error"] = one_line(e)
     gc.collect()
+
+
+BEST_LOADER = "loader_best.json"  # under the check's work folder: the loader stage's best setting, for a later run
+
+
+def keep_best_loader(ctx: Context, best: dict) -> None:
+    """The loader's best setting so far, for this run's later stages and, in WORK/loader_best.json, for a later
+    check with the same work folder: the train stage runs before the loader stage, so end to end with the best
+    setting is measured by a rerun (`--stages train` on the same machine)."""
+    from alexdata.files import atomic_write
+
+    ctx.best_loader = dict(best)
+    if ctx.work is not None:
+        record = {"device": ctx.device, "data": str(ctx.data), "batch_size": ctx.size.batch_size, "best": best}
+        atomic_write(ctx.work / BEST_LOADER, json.dumps(record, indent=1))
+
+
+def earlier_best_loader(ctx: Context) -> dict:
+    """The best loader setting an earlier check's loader stage left in WORK for this device, data and batch; {}
+    where there is none (or it is unreadable: the train stage then measures the default alone)."""
+    try:
+        record = json.loads((ctx.work / BEST_LOADER).read_text())
+    except (OSError, ValueError, TypeError):
+        return {}
+    same = (record.get("device"), record.get("data"), record.get("batch_size")) == (
+        ctx.device,
+        str(ctx.data),
+        ctx.size.batch_size,
+    )
+    return dict(record["best"]) if same and isinstance(record.get("best"), dict) else {}
 
 
 def stage_stats(ctx: Context, fig: dict) -> None:
@@ -424,7 +460,10 @@ def stage_train(ctx: Context, fig: dict) -> None:
         # the model for the GPU. The layout follows the model (channels_last batches for a channels_last model).
         default = {k: v for k, v in sweep_default(ctx).items() if k != "batch_size"}
         default["layout"] = "NHWC" if cl else "NCHW"
-        best = {**default, **{k: v for k, v in ctx.best_loader.items() if k not in ("batch_size", "layout")}}
+        found = ctx.best_loader
+        if not found and (found := earlier_best_loader(ctx)):
+            fig.setdefault("notes", []).append(f"the loader's best setting from an earlier check ({BEST_LOADER})")
+        best = {**default, **{k: v for k, v in found.items() if k not in ("batch_size", "layout")}}
         split, stats = open_split(ctx.data, "train"), resolve_stats(None, ctx.data)
         e2e, runs = {}, {"best": best, "default": default}
         if best == default:
