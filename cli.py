@@ -18,6 +18,24 @@ POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps .
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
+def tuning_options(command):
+    """One option per field of pipelines.config.Tuning (DALI's speed knobs: `--prefetch`, `--hw-decoder-load`,
+    ...), its type, help and default read from the field, so a new knob needs no edit here. Each arrives in the
+    command's keyword arguments by field name, None where not given; Tuning itself checks the range."""
+    from dataclasses import fields
+
+    from pipelines.config import Tuning
+
+    for f in reversed(fields(Tuning)):
+        command = click.option(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=None,
+            help=f"{f.metadata['help']} [default: {f.default:,}]",
+        )(command)
+    return command
+
+
 class _Commands(click.Group):
     """The command group that turns a user's error into its one line (subgroups pass theirs up to it)."""
 
@@ -326,14 +344,7 @@ class _IntList(click.ParamType):
 )
 @click.option("--rounds", type=POS_INT, default=3, show_default=True, help="Interleaved rounds; medians are reported.")
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads = DataLoader workers (default: all cores).")
-@click.option("--prefetch", type=int, default=2, show_default=True, help="Batches DALI prepares ahead.")
-@click.option(
-    "--hw-decoder-load",
-    type=float,
-    default=0.65,
-    show_default=True,
-    help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] (gpu only).",
-)
+@tuning_options
 @click.option(
     "--echo",
     "echoes",
@@ -352,9 +363,7 @@ class _IntList(click.ParamType):
 @click.option("--crop", type=POS_INT, default=None, help="Output size in pixels, square [default: 227].")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_loader(
-    data, device, batch_size, seconds, threads, prefetch, hw_decoder_load, echoes, augment, crop, stats, rounds, as_json
-):
+def bench_loader(data, device, batch_size, seconds, threads, echoes, augment, crop, stats, rounds, as_json, **knobs):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
 
@@ -367,8 +376,7 @@ def bench_loader(
             threads,
             stats,
             rounds,
-            prefetch=prefetch,
-            hw_decoder_load=hw_decoder_load,
+            tuning={k: v for k, v in knobs.items() if v is not None},
             echoes=echoes,
             aug={"augment": augment, **({"crop": crop} if crop else {})},
         ),
@@ -559,25 +567,13 @@ class _ResumeValue(click.ParamType):
     default=None,
     help="DALI threads per rank [default: this process's cores divided among the node's ranks].",
 )
-@click.option("--prefetch", type=int, default=None, help="Batches DALI prepares ahead [default: 2].")
-@click.option(
-    "--hw-decoder-load",
-    type=float,
-    default=None,
-    help="Share of JPEGs for the GPU's hardware decoder, in [0, 1] [default: 0.65, DALI's].",
-)
+@tuning_options
 @click.option(
     "--echo",
     type=POS_INT,
     default=None,
     help="Data echoing: N differently augmented copies of each decoded image, in different batches; an epoch "
     "then has N x the steps [default: 1, none].",
-)
-@click.option(
-    "--gpu-cache-gb",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="GiB of GPU memory for DALI's cache of decoded images (GPU only) [default: 0, none].",
 )
 @click.option(
     "--verify/--skip-verify",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from dataclasses import asdict, replace
 
 import numpy as np
 from PIL import Image
@@ -14,7 +15,7 @@ from PIL import Image
 from alexdata import host
 from alexdata.errors import ConfigError
 from alexdata.prepare import FORMATS
-from pipelines.config import RunSpec
+from pipelines.config import Tuning
 
 
 def plain_pil(data: bytes, shorter_side: int = 256, quality: int = 90) -> bytes:
@@ -176,11 +177,9 @@ def loader_rate(data: str, seconds: float, *, device: str, stats, opened=None, w
         gc.collect()  # frees the DALI pipeline (its threads and device buffers) before the next one is built
 
 
-def decode_only_pipeline(
-    split, device: str, batch_size: int, threads: int, prefetch: int = RunSpec.prefetch, **decoder
-):
-    """DALI's read and decode alone, the ceiling of every pipeline here (pipelines/stats.py); `decoder`: the
-    decoder's tuning (RunSpec's hw_decoder_load, hybrid_huffman_threshold, preallocate_hw)."""
+def decode_only_pipeline(split, device: str, batch_size: int, threads: int, tuning: Tuning = Tuning(), **spec_kw):
+    """DALI's read and decode alone, the ceiling of every pipeline here (pipelines/stats.py), with the DALI knobs
+    `tuning`; `spec_kw`: RunSpec's other fields (preallocate_hw)."""
     from alexdata.loader import run_spec
     from pipelines.stats import build_decode_pipeline
 
@@ -189,8 +188,8 @@ def decode_only_pipeline(
         threads=threads,
         device=device,
         device_id=host.dali_device_id(device),
-        prefetch=prefetch,
-        **decoder,
+        tuning=tuning,
+        **spec_kw,
     )
     return build_decode_pipeline(split, spec)
 
@@ -218,7 +217,7 @@ def hw_decoder_check(data: str, seconds: float, *, batch_size: int, threads: int
     res = {}
     for name, load in (("load0", 0.0), ("load1", 1.0)):
         batches = pipe_batches(
-            decode_only_pipeline(split, "gpu", batch_size, threads, hw_decoder_load=load),
+            decode_only_pipeline(split, "gpu", batch_size, threads, Tuning(hw_decoder_load=load)),
             host.device_synchronizer("gpu"),
         )
         for _ in range(3):  # warm-up: buffers, the decoder's own start
@@ -252,26 +251,27 @@ def bench_loader(
     stats=None,
     rounds: int = 3,
     *,
-    prefetch: int = RunSpec.prefetch,
-    hw_decoder_load: float = RunSpec.hw_decoder_load,
+    tuning: Tuning | dict | None = None,
     contenders: tuple[str, ...] = CONTENDERS,
     echoes: tuple[int, ...] = (1,),
     aug=None,
 ) -> dict:
     """Images/s, side by side on the same data and thread count: DALI decode only, the train pipeline through
     the Loader (torch tensors out), and a torch DataLoader + PIL implementation of the same augmentations.
-    Each is timed `seconds` per round over interleaved `rounds`; the medians are reported. prefetch and
-    hw_decoder_load go to both DALI contenders; `contenders`: some of CONTENDERS. `echoes`: the pipeline once per
+    Each is timed `seconds` per round over interleaved `rounds`; the medians are reported. `tuning` (a Tuning,
+    or a dict of its fields; default Tuning()): the DALI knobs of both DALI contenders (the decoded-image cache
+    the pipeline's only); `contenders`: some of CONTENDERS. `echoes`: the pipeline once per
     data-echoing factor (alexdata/echo.py; images/s counts every copy handed out): "pipeline" is echo 1,
     "pipeline_echoN" echo N, and "echoN_vs_echo1" their ratio. `aug`: the augmentation of the pipeline and the
     baseline alike, an AugmentConfig or a dict of its fields (default: the paper's, AugmentConfig())."""
     import torch
 
     from alexdata.dataset import open_split
-    from alexdata.loader import Loader, augment_config, resolve_stats
+    from alexdata.loader import Loader, augment_config, resolve_stats, tuning_of
     from pipelines.config import AugmentConfig
 
     aug = augment_config(AugmentConfig() if aug is None else aug)
+    tuning = tuning_of(tuning, {})
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or not contenders:
         raise ConfigError(f"contenders {list(contenders)}: expected some of {', '.join(CONTENDERS)}")
@@ -300,8 +300,7 @@ def bench_loader(
         "device": device,
         "batch_size": batch_size,
         "threads": threads,
-        "prefetch": prefetch,
-        "hw_decoder_load": hw_decoder_load,
+        **asdict(tuning),
         "seconds": seconds,
         "rounds": rounds,
         "augment": aug.augment,
@@ -315,21 +314,20 @@ def bench_loader(
             batch_size=batch_size,
             device=device,
             threads=threads,
-            prefetch=prefetch,
-            hw_decoder_load=hw_decoder_load,
+            tuning=tuning,
             opened=split,
             echo=echo,
             aug=aug,
         )
         return lambda: endless(loader, sync)
 
-    pipelines = {}  # the Loaders first: they check prefetch, the load and echo
+    pipelines = {}  # the Loaders first: they check echo against the augmentation
     if "pipeline" in contenders:
         res["echoes"] = list(echoes)
         pipelines = {("pipeline" if e == 1 else f"pipeline_echo{e}"): pipeline(e) for e in echoes}
     make = {
         "decode_only": lambda: pipe_batches(
-            decode_only_pipeline(split, device, batch_size, threads, prefetch, hw_decoder_load=hw_decoder_load),
+            decode_only_pipeline(split, device, batch_size, threads, replace(tuning, gpu_cache_gb=0.0)),
             host.device_synchronizer(device),
         ),
         **pipelines,

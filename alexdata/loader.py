@@ -40,7 +40,7 @@ from alexdata.echo import Echo, image_key
 from alexdata.errors import ConfigError, DataError, StatsError, StatsMissing, dali_reason
 from alexdata.host import cores_per_rank as default_threads  # the name it had here
 from pipelines.common import READER, labels_from_digits, lighting_problem, mean_image_problem
-from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split
+from pipelines.config import AugmentConfig, PipelineStats, RunSpec, Split, Tuning
 
 MODES = ("train", "center", "tencrop")
 LAYOUTS = {"NCHW": "CHW", "NHWC": "HWC"}  # the batch's memory layout -> crop_mirror_normalize's output_layout
@@ -111,6 +111,20 @@ def run_spec(**kw) -> RunSpec:
         raise ConfigError(str(e)) from None
 
 
+def tuning_of(tuning: Tuning | dict | None, knobs: dict) -> Tuning:
+    """`tuning` (a Tuning, a dict of its fields or None: the defaults) with `knobs` by field name on top;
+    ConfigError with one line for a name that is no knob or a value out of range."""
+    names = [f.name for f in fields(Tuning)]
+    unknown = sorted(set(knobs) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown Loader argument {unknown[0]!r}: a DALI knob is one of {', '.join(names)}")
+    base = asdict(tuning) if isinstance(tuning, Tuning) else dict(tuning or {})
+    try:
+        return Tuning(**{**base, **knobs})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
 class StaleLoaderState(ValueError):
     """A saved loader position that this version's pipeline cannot take up; the loader starts afresh."""
 
@@ -132,39 +146,30 @@ class Loader:
         shuffle_seed: int = 0,
         shard_id: int = 0,
         num_shards: int = 1,
-        prefetch: int = RunSpec.prefetch,
-        hw_decoder_load: float = RunSpec.hw_decoder_load,
-        hybrid_huffman_threshold: int = RunSpec.hybrid_huffman_threshold,
         preallocate: bool = False,
         layout: str = "NCHW",
         drop_last: bool = False,
         opened: Split | None = None,
         echo: int = 1,
-        gpu_cache_gb: float = 0.0,
+        tuning: Tuning | None = None,
+        **knobs,
     ):
         """`opened`: what `open_split(data, split)` returned, when the caller has it already (on a raw ImageNet
-        tree that call lists 1.28 M files). prefetch: batches DALI prepares ahead. hw_decoder_load,
-        hybrid_huffman_threshold, preallocate (hints from the largest image manifest.json records): the GPU
-        decoder's tuning, see pipelines/common.py `decoder_kw`; the CPU decoder ignores them. drop_last: hand out
-        only full batches, the same number on every rank (split images // (num_shards * batch_size)); the rest of
-        each epoch is read and dropped, other images each epoch as the order changes (torch.compile'd steps then
-        see one shape). echo: data echoing (alexdata/echo.py), mode "train" only: each decoded image handed out
-        `echo` times, differently augmented, in different batches; an epoch reads each image once and gives
-        `echo` x the batches. gpu_cache_gb: GiB of GPU memory for DALI's cache of decoded images (GPU only;
-        pipelines/common.py `cache_kw`)."""
+        tree that call lists 1.28 M files). preallocate: the GPU decoder's buffers allocated for the largest image
+        manifest.json records (pipelines/common.py `decoder_kw`). drop_last: hand out only full batches, the same
+        number on every rank (split images // (num_shards * batch_size)); the rest of each epoch is read and
+        dropped, other images each epoch as the order changes (torch.compile'd steps then see one shape). echo:
+        data echoing (alexdata/echo.py), mode "train" only: each decoded image handed out `echo` times,
+        differently augmented, in different batches; an epoch reads each image once and gives `echo` x the
+        batches. tuning, and **knobs by field name on top of it: DALI's speed knobs (pipelines/config.py
+        `Tuning`: prefetch, hw_decoder_load, hybrid_huffman_threshold, gpu_cache_gb)."""
         device, device_id = torch_style_device(device, device_id)
+        tuning = tuning_of(tuning, knobs)
         layout = layout.upper() if isinstance(layout, str) else layout
         if not (isinstance(echo, int) and echo >= 1):
             raise ConfigError(f"echo must be an int >= 1 (augmented copies of each decoded image), got {echo!r}")
         if echo > 1 and mode != "train":
             raise ConfigError(f"echo {echo}: data echoing is for training (mode 'train'), not mode {mode!r}")
-        if not (gpu_cache_gb >= 0 and (gpu_cache_gb == 0 or round(gpu_cache_gb * 1024) >= 1)):
-            raise ConfigError(f"gpu_cache_gb must be 0 or at least 1 MiB of GPU memory (in GiB), got {gpu_cache_gb!r}")
-        if gpu_cache_gb and device != "gpu":
-            raise ConfigError(
-                f"gpu_cache_gb {gpu_cache_gb:g}: the decoded-image cache is GPU-only (DALI's mixed decoder); "
-                f"leave it off on the CPU"
-            )
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if layout not in LAYOUTS:
@@ -178,20 +183,17 @@ class Loader:
             shuffle_seed=shuffle_seed,
             shard_id=shard_id,
             num_shards=num_shards,
-            prefetch=prefetch,
-            hw_decoder_load=hw_decoder_load,
-            hybrid_huffman_threshold=hybrid_huffman_threshold,
-            decoder_cache_mb=round(gpu_cache_gb * 1024),
+            tuning=tuning,
         )
         if device == "gpu" and not host.has_gpu():
             raise ConfigError("device 'gpu' asked for, but torch sees no CUDA GPU")
         aug = augment_config(aug)
         if echo > 1 and aug.augment != "paper":
             raise ConfigError(f"echo {echo}: data echoing takes augment='paper', not {aug.augment!r}")
-        if gpu_cache_gb and mode == "train" and aug.augment != "paper":
+        if tuning.gpu_cache_gb and mode == "train" and aug.augment != "paper":
             raise ConfigError(
-                f"gpu_cache_gb {gpu_cache_gb:g}: augment {aug.augment!r} decodes only each crop's window, and DALI "
-                f"caches whole images only; use augment='paper'"
+                f"gpu_cache_gb {tuning.gpu_cache_gb:g}: augment {aug.augment!r} decodes only each crop's window, "
+                f"and DALI caches whole images only; use augment='paper'"
             )
         self.split = opened if opened is not None else open_split(data, split)
         if preallocate:

@@ -41,7 +41,7 @@ import torch
 from alexdata.errors import TrainError, disk_full
 from alexdata.files import atomic_open
 from alexmodel.model import INITS, MAX_WIDTH, AlexNet
-from pipelines.config import SHORTER_SIDE, AugmentConfig, PipelineStats
+from pipelines.config import SHORTER_SIDE, AugmentConfig, PipelineStats, Tuning
 
 FORMAT = 2  # bump when the layout below changes; 2: loadable with weights_only=True, classes in the config
 CHECKPOINT, PREVIOUS, UNREADABLE = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.unreadable.pt"
@@ -251,16 +251,21 @@ def _plain_problem(ckpt: dict) -> str | None:
     # augmentation fields): such a checkpoint is refused whole, rather than read with guessed defaults.
     missing = [f"data.aug.{f.name}" for f in fields(AugmentConfig) if f.name not in aug]
     missing += [] if "echo" in cfg["data"] else ["data.echo"]
+    missing += [] if isinstance(cfg["data"].get("tuning"), dict) else ["data.tuning"]
     missing += [] if "data_fingerprint" in cfg else ["data_fingerprint"]
     if missing:
         return (
             f"config.{missing[0]} is missing: a checkpoint of an older version of this project; resume or evaluate "
             f"it with that version (its config.json's revision), or train anew"
         )
-    try:
-        AugmentConfig(**aug)
-    except (TypeError, ValueError) as e:
-        return f"config.data.aug does not make an AugmentConfig ({str(e).splitlines()[0][:120]})"
+    for name, what, cls, record in (
+        ("aug", "an AugmentConfig", AugmentConfig, aug),
+        ("tuning", "a Tuning", Tuning, cfg["data"]["tuning"]),
+    ):
+        try:
+            cls(**record)
+        except (TypeError, ValueError) as e:
+            return f"config.data.{name} does not make {what} ({str(e).splitlines()[0][:120]})"
     st = cfg["stats_255"]
     if set(st) != {"mean_255", "std_255", "eigval_255", "eigvec"}:
         return "config.stats_255 must hold mean_255, std_255, eigval_255 and eigvec"

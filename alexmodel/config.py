@@ -29,7 +29,7 @@ from alexdata import host
 from alexdata.errors import ConfigError, TrainError, plural
 from alexmodel import checkpoint, runlog
 from alexmodel.model import ModelConfig
-from pipelines.config import AUGMENTS, AugmentConfig, RunSpec
+from pipelines.config import AUGMENTS, AugmentConfig, Tuning
 from pipelines.config import DEVICES as PIPELINE_DEVICES
 
 RECIPES = ("paper", "modern")
@@ -47,13 +47,11 @@ class DataConfig:
     stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
     threads: int | None = None  # DALI CPU threads per rank; None: all cores
     aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
-    prefetch: int = RunSpec.prefetch  # batches DALI prepares ahead (prefetch_queue_depth); speed only, like threads
-    hw_decoder_load: float = RunSpec.hw_decoder_load  # the GPU hardware decoder's share of the JPEGs; speed only
+    tuning: Tuning = Tuning()  # DALI's speed knobs (pipelines/config.py): prefetch, the GPU decoder's, its cache
     # Data echoing (Choi et al. 2019, arXiv:1907.05550; alexdata/echo.py): augmented copies of each decoded image,
     # in different batches. An epoch still reads each image once and so has `echo` x the steps. Not speed only:
     # each step sees fewer fresh images (README, "Data echoing").
     echo: int = 1
-    gpu_cache_gb: float = 0.0  # GiB of GPU memory for DALI's cache of decoded images (GPU only); speed only
     # sha256 of every shard against manifest.json on a prepare output's first use, remembered until one of its
     # files changes (alexdata/verify.py `verify_once`); False: sizes and indexes only
     verify: bool = True
@@ -61,14 +59,10 @@ class DataConfig:
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads={self.threads}: expected an int >= 1 (or None for all cores)")
-        if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
-            raise ConfigError(f"prefetch={self.prefetch!r}: expected an int >= 1 (batches prepared ahead)")
-        if not 0 <= self.hw_decoder_load <= 1:
-            raise ConfigError(f"hw_decoder_load={self.hw_decoder_load}: expected a share in [0, 1]")
         if not (isinstance(self.echo, int) and self.echo >= 1):
             raise ConfigError(f"echo={self.echo!r}: expected an int >= 1 (augmented copies of each decoded image)")
-        if not self.gpu_cache_gb >= 0:
-            raise ConfigError(f"gpu_cache_gb={self.gpu_cache_gb!r}: expected GiB >= 0 (0: no cache)")
+        if not isinstance(self.tuning, Tuning):
+            raise ConfigError(f"tuning={self.tuning!r}: expected a pipelines.config.Tuning")
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ class RunConfig:
 
 # What must match for a checkpoint to resume: everything but the number of epochs (which may grow), the lr (which
 # may be lowered by hand, as the paper's authors did, §5; the resume is then no longer exact), the paths, the
-# speed-only settings (precision, threads, prefetch, hw_decoder_load, channels_last, compile, tf32, fused_sgd), the
+# speed-only settings (precision, threads, data.tuning, channels_last, compile, tf32, fused_sgd), the
 # number of ranks (a cluster gives what it has: the global batch stays, the per-rank batch changes) and the
 # statistics (a resume uses the checkpoint's unless --stats is given, so re-running `alexnet stats` cannot break
 # it). The class list must match: a checkpoint never continues on, or scores, data whose labels mean other classes.
@@ -244,13 +238,32 @@ def refuse_on_cpu(device: str, *, precision: str = "fp32", placement: str = "sin
 def configs_from_dict(cfg: dict) -> tuple[DataConfig, ModelConfig, OptimConfig, RunConfig]:
     """The configs recorded in a run's config.json (to resume with the options the run started with)."""
     d = dict(cfg["data"])
-    d["aug"] = AugmentConfig(**d["aug"])
+    if not isinstance(d.get("tuning"), dict):  # a run of a version that kept the DALI knobs flat in data
+        raise ConfigError(
+            "config.data.tuning is missing: a run of an older version of this project; resume it with that "
+            "version (its config.json's revision), or train anew"
+        )
+    d["aug"], d["tuning"] = AugmentConfig(**d["aug"]), tuning(d["tuning"])
     return (DataConfig(**d), model_config(**cfg["model"]), OptimConfig(**cfg["optim"]), RunConfig(**cfg["run"]))
 
 
-# The options a command line may give, by the config whose field each names (`width`: the model's).
+def tuning(record: dict) -> Tuning:
+    """Tuning(**record) (a config.json's or a config file's data.tuning), ConfigError with one line for a field
+    it has not or a value out of range."""
+    unknown = sorted(set(record) - {f.name for f in fields(Tuning)})
+    if unknown:
+        raise ConfigError(f"data.tuning.{unknown[0]} is no field of Tuning (pipelines/config.py)")
+    try:
+        return Tuning(**record)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.tuning: {str(e).splitlines()[0]}") from None
+
+
+# The options a command line may give, by the config whose field each names (`width`: the model's; the DALI
+# knobs: data.tuning's).
 _OPTIONS = {
-    "data": {f.name for f in fields(DataConfig)} - {"data", "aug"},
+    "data": {f.name for f in fields(DataConfig)} - {"data", "aug", "tuning"},
+    "tuning": {f.name for f in fields(Tuning)},
     "model": {"width"},
     "aug": {"augment"},
     "optim": {f.name for f in fields(OptimConfig)},
@@ -264,8 +277,9 @@ def _on_top(configs: tuple, data: str, out: str, given: dict, *, stats) -> tuple
     data_cfg, model, optim, run = configs
     # another augment than the run's is refused when it starts (COMPAT_KEYS: data.aug)
     aug = with_augment(data_cfg.aug, given["aug"].get("augment", data_cfg.aug.augment))
+    tuned = tuning({**asdict(data_cfg.tuning), **given["tuning"]})
     return (
-        replace(data_cfg, data=data, aug=aug, **{"stats": stats, **given["data"]}),
+        replace(data_cfg, data=data, aug=aug, tuning=tuned, **{"stats": stats, **given["data"]}),
         model_config(**{**asdict(model), **given["model"]}),
         replace(optim, **given["optim"]),
         replace(run, out=out, **given["run"]),
@@ -293,6 +307,12 @@ def configs_from_file(
         raise ConfigError(f"--config {p}: expected a JSON object of sections {', '.join(_SECTIONS)}")
     parts = {k: dict(cfg.get(k, {})) for k in _SECTIONS}
     aug_given = parts["data"].pop("aug", {})
+    if not isinstance(parts["data"].get("tuning", {}), dict):
+        raise ConfigError(f"--config {p}: data.tuning must be an object of Tuning's fields")
+    try:
+        tuned = tuning(parts["data"].pop("tuning", {}))
+    except ConfigError as e:
+        raise ConfigError(f"--config {p}: {e}") from None
     for k, where in (("data", "data"), ("stats", "data"), ("out", "run"), ("num_classes", "model")):
         parts[where].pop(k, None)  # the command's, or the data's
     for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("run", RunConfig)):
@@ -313,7 +333,7 @@ def configs_from_file(
             augment=aug_given.get("augment", "paper"),
         )
         return (
-            DataConfig(data, aug=AugmentConfig(**{**asdict(aug), **aug_given}), **parts["data"]),
+            DataConfig(data, aug=AugmentConfig(**{**asdict(aug), **aug_given}), tuning=tuned, **parts["data"]),
             model_config(**{**asdict(model), **parts["model"]}),
             replace(optim, **o),
             RunConfig(out=out, **parts["run"]),
@@ -341,7 +361,8 @@ def configs_from_options(
     unknown = sorted(set(options) - set().union(*_OPTIONS.values()))
     if unknown:
         raise ConfigError(
-            f"unknown option {unknown[0]!r}: expected a field of DataConfig, OptimConfig or RunConfig, width or augment"
+            f"unknown option {unknown[0]!r}: expected a field of DataConfig, Tuning, OptimConfig or RunConfig, width "
+            f"or augment"
         )
     given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
     if resume == "auto":
@@ -357,7 +378,7 @@ def configs_from_options(
     first = {k: given["optim"].pop(k) for k in ("recipe", "batch_size", "epochs", "lr") if k in given["optim"]}
     model, aug, optim = recipe(first.pop("recipe", "paper"), **given["model"], **given["aug"], **first)
     return (
-        DataConfig(data, aug=aug, **given["data"]),
+        DataConfig(data, aug=aug, tuning=tuning(given["tuning"]), **given["data"]),
         model,
         replace(optim, **given["optim"]),
         RunConfig(out=out, **given["run"]),

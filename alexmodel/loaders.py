@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from alexdata.dataset import check_images, has_split, image_problems, open_split
@@ -84,8 +85,6 @@ def make_loaders(
         shuffle_seed=run.seed,
         shard_id=d.rank,
         num_shards=d.world,
-        prefetch=data.prefetch,
-        hw_decoder_load=data.hw_decoder_load,
         layout="NHWC" if run.channels_last else "NCHW",
     )  # channels_last batches: the step copies none
     # torch.compile: only full batches, so the compiled step sees one shape (a partial last batch, or DDP's
@@ -97,12 +96,13 @@ def make_loaders(
         opened=splits["train"],
         drop_last=run.compile,
         echo=data.echo,
-        gpu_cache_gb=data.gpu_cache_gb,
+        tuning=data.tuning,
         **kw,
     )
     val_loader = None
-    if run.validate:
-        val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], **kw)
+    if run.validate:  # the decoded-image cache is the train split's: val's images are decoded once an epoch anyway
+        val_tuning = replace(data.tuning, gpu_cache_gb=0.0)
+        val_loader = Loader(data.data, split="val", mode="center", opened=splits["val"], tuning=val_tuning, **kw)
     return train_loader, val_loader
 
 

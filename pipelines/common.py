@@ -23,7 +23,7 @@ def pipeline_kw(spec: RunSpec, checkpoint: str | None = None) -> dict:
         num_threads=spec.threads,
         device_id=spec.device_id,
         seed=spec.seed,
-        prefetch_queue_depth=spec.prefetch,
+        prefetch_queue_depth=spec.tuning.prefetch,
         **({"checkpoint": checkpoint} if checkpoint else {}),
     )
 
@@ -126,8 +126,8 @@ def decoder_kw(spec: RunSpec) -> dict:
             output_type=types.RGB,
             adjust_orientation=False,  # `peek_shape`: images as stored, as prepare and PIL read them
             device="mixed",
-            hw_decoder_load=spec.hw_decoder_load,
-            hybrid_huffman_threshold=spec.hybrid_huffman_threshold,
+            hw_decoder_load=spec.tuning.hw_decoder_load,
+            hybrid_huffman_threshold=spec.tuning.hybrid_huffman_threshold,
         )
         if spec.preallocate_hw:
             kw.update(preallocate_height_hint=spec.preallocate_hw[0], preallocate_width_hint=spec.preallocate_hw[1])
@@ -144,16 +144,16 @@ def cache_kw(spec: RunSpec) -> dict:
     member name). The reader still reads a cached image's bytes (`skip_cached_images` off): they are memory-mapped
     and cheap, and `peek_image_shape` needs them to place the crop (it fails on the empty sample a skipping
     reader gives)."""
-    if not spec.decoder_cache_mb:
+    if not spec.tuning.gpu_cache_mb:
         return {}
-    return dict(cache_size=spec.decoder_cache_mb, cache_type="threshold", cache_threshold=0)
+    return dict(cache_size=spec.tuning.gpu_cache_mb, cache_type="threshold", cache_threshold=0)
 
 
 def decode(jpg, spec: RunSpec, crop=None):
     """RGB HWC uint8; on the GPU the mixed decoder splits work between nvJPEG's CUDA path and, on A100/H100/H200,
     the hardware JPEG decoder (`decoder_kw`: spec's tuning). crop = (size, (pos_y, pos_x)) decodes only that
     window (`decoders.image_crop`, same anchor rounding as crop_mirror_normalize). A whole-image decode on the GPU
-    keeps `spec.decoder_cache_mb` of decoded images (`cache_kw`)."""
+    keeps `spec.tuning.gpu_cache_gb` of decoded images (`cache_kw`)."""
     kw = decoder_kw(spec)
     if crop is None:
         return fn.decoders.image(jpg, **kw, **cache_kw(spec))

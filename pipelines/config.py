@@ -166,6 +166,52 @@ class PipelineStats:
 
 
 @dataclass(frozen=True)
+class Tuning:
+    """How fast a pipeline runs, never what it computes: DALI's knobs that a run may change between resumes.
+
+    Each field is declared once, here: its type, default, range (__post_init__) and, in its metadata, the help
+    text of the command-line option `alexnet train` and `alexnet bench loader` make from it (`--prefetch`,
+    `--hw-decoder-load`, ...: cli.py `tuning_options`). The Loader takes them by name (`Loader(prefetch=3)`), a
+    run's DataConfig holds them as `tuning`. A new knob is a field here and its use in the graph
+    (pipelines/common.py): nothing between them names it. ValueError with one line on a value out of range."""
+
+    prefetch: int = field(default=2, metadata={"help": "Batches DALI prepares ahead (prefetch_queue_depth)."})
+    # The GPU decoder's tuning (common.decoder_kw; the CPU decoder ignores it)
+    hw_decoder_load: float = field(
+        default=0.65,
+        metadata={"help": "Share of JPEGs for the GPU's hardware decoder (A100/H100/H200), in [0, 1]; DALI's default."},
+    )
+    hybrid_huffman_threshold: int = field(
+        default=1_000_000,
+        metadata={"help": "Pixels above which nvJPEG's hybrid Huffman decoder takes an image (GPU); DALI's default."},
+    )
+    gpu_cache_gb: float = field(
+        default=0.0,
+        metadata={"help": "GiB of GPU memory for DALI's cache of decoded images (GPU only); 0: none."},
+    )
+
+    def __post_init__(self):
+        if not (isinstance(self.prefetch, int) and not isinstance(self.prefetch, bool) and self.prefetch >= 1):
+            raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {self.prefetch!r}")
+        if not (isinstance(self.hw_decoder_load, (int, float)) and 0 <= self.hw_decoder_load <= 1):
+            raise ValueError(
+                f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got {self.hw_decoder_load!r}"
+            )
+        if not (isinstance(self.hybrid_huffman_threshold, int) and self.hybrid_huffman_threshold >= 0):
+            raise ValueError(
+                f"hybrid_huffman_threshold must be >= 0 pixels (an int), got {self.hybrid_huffman_threshold!r}"
+            )
+        g = self.gpu_cache_gb
+        if not (isinstance(g, (int, float)) and g >= 0 and (g == 0 or round(g * 1024) >= 1)):
+            raise ValueError(f"gpu_cache_gb must be 0 or at least 1 MiB of GPU memory (in GiB), got {g!r}")
+
+    @property
+    def gpu_cache_mb(self) -> int:
+        """gpu_cache_gb in MB, DALI's `cache_size` unit."""
+        return round(self.gpu_cache_gb * 1024)
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How one DALI pipeline runs, apart from what it computes: batch, threads, device, this rank's shard, the
     seeds and the GPU decoder's tuning. ValueError with one line on a value out of range."""
@@ -178,16 +224,9 @@ class RunSpec:
     shuffle_seed: int = 0  # the epoch order: the same on every rank, or their shards stop being disjoint
     shard_id: int = 0  # this rank's shard of the split
     num_shards: int = 1
-    prefetch: int = 2  # batches DALI prepares ahead (prefetch_queue_depth)
-    # The GPU decoder's tuning (common.decoder_kw; the CPU decoder ignores it): the hardware JPEG decoder's share
-    # of the images (A100/H100/H200), the size in pixels above which nvJPEG's hybrid Huffman decoder takes an
-    # image (DALI's default 1,000,000), and (height, width) of the largest image to allocate its buffers for.
-    hw_decoder_load: float = 0.65
-    hybrid_huffman_threshold: int = 1_000_000
+    tuning: Tuning = Tuning()  # DALI's speed knobs (prefetch, the GPU decoder's, its cache)
+    # (height, width) of the largest image, for the GPU decoder to allocate its buffers for (common.decoder_kw)
     preallocate_hw: tuple[int, int] | None = None
-    # The GPU decoder's cache of decoded images in MB (DALI's `cache_size`, fn.decoders.image "mixed" only; 0: off):
-    # a cached image is not decoded again (common.decode). GPU memory, on top of the pipeline's own.
-    decoder_cache_mb: int = 0
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -203,17 +242,10 @@ class RunSpec:
             )
         if not 0 <= self.shard_id < self.num_shards:
             raise ValueError(f"need 0 <= shard_id < num_shards, got {self.shard_id}/{self.num_shards}")
-        if not (isinstance(self.prefetch, int) and self.prefetch >= 1):
-            raise ValueError(f"prefetch must be an int >= 1 (batches prepared ahead), got {self.prefetch!r}")
-        if not 0 <= self.hw_decoder_load <= 1:
-            raise ValueError(
-                f"hw_decoder_load must be in [0, 1] (the hardware decoder's share), got {self.hw_decoder_load}"
-            )
-        if self.hybrid_huffman_threshold < 0:
-            raise ValueError(f"hybrid_huffman_threshold must be >= 0 pixels, got {self.hybrid_huffman_threshold}")
         if self.preallocate_hw is not None and (len(self.preallocate_hw) != 2 or min(self.preallocate_hw) < 1):
             raise ValueError(f"preallocate_hw must be (height, width) in pixels, got {self.preallocate_hw!r}")
-        if not (isinstance(self.decoder_cache_mb, int) and self.decoder_cache_mb >= 0):
-            raise ValueError(f"decoder_cache_mb must be an int >= 0 (MB), got {self.decoder_cache_mb!r}")
-        if self.decoder_cache_mb and self.device != "gpu":
-            raise ValueError("the decoded-image cache is GPU-only (DALI's mixed decoder); the CPU has none")
+        if self.tuning.gpu_cache_gb and self.device != "gpu":
+            raise ValueError(
+                f"gpu_cache_gb {self.tuning.gpu_cache_gb:g}: the decoded-image cache is GPU-only (DALI's mixed "
+                f"decoder); leave it off on the CPU"
+            )

@@ -25,7 +25,7 @@ arithmetic: the window is mapped back to the original's coordinates).
 
 Data echoing (`echo` > 1, Choi et al. 2019, arXiv:1907.05550): steps 2-3 once, then 4-7 `echo` times with their
 own draws, so one decode gives `echo` differently augmented copies (alexdata/echo.py puts them in different
-batches). The whole image is then decoded, as on the GPU, where the decoder's cache (RunSpec.decoder_cache_mb)
+batches). The whole image is then decoded, as on the GPU, where the decoder's cache (Tuning.gpu_cache_gb)
 can keep it.
 """
 
@@ -152,7 +152,7 @@ def build_train_pipeline(
     resize = common.needs_resize(split, aug.shorter_side)
     # The whole image is decoded once: to echo it; on the GPU, where the hardware JPEG decoder serves a plain
     # decode, and the decoder's cache keeps whole images only (common.cache_kw)
-    whole = echo > 1 or (spec.device == "gpu" and (not resize or spec.decoder_cache_mb > 0))
+    whole = echo > 1 or (spec.device == "gpu" and (not resize or spec.tuning.gpu_cache_mb > 0))
     c = aug.crop
 
     @pipeline_def(enable_checkpointing=True)

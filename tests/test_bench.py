@@ -44,8 +44,7 @@ def test_bench_loader_times_only_the_contenders_asked_for(prepared):
         threads=1,
         stats=STATS,
         rounds=1,
-        prefetch=3,
-        hw_decoder_load=0.9,
+        tuning={"prefetch": 3, "hw_decoder_load": 0.9},
         contenders=("decode_only", "pipeline"),
     )
     assert r["decode_only"] > 0 and r["pipeline"] > 0 and "baseline" not in r and "pipeline_vs_baseline" not in r

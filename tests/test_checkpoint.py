@@ -9,7 +9,7 @@ import torch
 from alexdata.errors import TrainError
 from alexmodel import AlexNet
 from alexmodel.checkpoint import FORMAT, load, save_atomic
-from pipelines.config import AugmentConfig
+from pipelines.config import AugmentConfig, Tuning
 
 CLASSES = 3
 STATE = AlexNet(CLASSES, width=0.125).state_dict()
@@ -22,7 +22,11 @@ def valid() -> dict:
         "config": {
             "model": {"num_classes": CLASSES, "width": 0.125, "init": "paper"},
             "classes": ["n01", "n02", "n03"],
-            "data": {"aug": asdict(AugmentConfig(central_square=True, mean="pixel")), "echo": 1},
+            "data": {
+                "aug": asdict(AugmentConfig(central_square=True, mean="pixel")),
+                "tuning": asdict(Tuning()),
+                "echo": 1,
+            },
             "data_fingerprint": "0123456789abcdef",
             "stats_255": {
                 "mean_255": [120.0, 115.0, 100.0],
@@ -82,6 +86,14 @@ EDITS = {
     "an older version's (fewer augmentation fields)": (
         lambda ck: ck["config"]["data"]["aug"].pop("ratio"),
         r"config\.data\.aug\.ratio is missing: a checkpoint of an older version",
+    ),
+    "an older version's (the DALI knobs flat in data)": (
+        lambda ck: ck["config"]["data"].update(prefetch=ck["config"]["data"].pop("tuning")["prefetch"]),
+        r"config\.data\.tuning is missing: a checkpoint of an older version",
+    ),
+    "a DALI knob out of range": (
+        _set("config.data.tuning.hw_decoder_load", 2.0),
+        r"config\.data\.tuning does not make a Tuning \(hw_decoder_load must be in \[0, 1\]",
     ),
     "a mean image expanded": (
         _set("mean_image_255", torch.zeros(1, 1, 1).expand(100_000, 100_000, 3)),

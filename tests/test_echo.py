@@ -138,10 +138,10 @@ def test_the_gpu_graph_decodes_whole_images_once_with_the_cache(ramps20, kind):
     twice. Traced only: the CPU machines here have no CUDA."""
     from alexdata.dataset import open_split
     from alexdata.loader import resolve_stats
-    from pipelines.config import RunSpec
+    from pipelines.config import RunSpec, Tuning
 
     split = open_split(ramps20 if kind == "shards" else ramps20.parent / "raw", "train")
-    spec = RunSpec(batch_size=8, threads=1, device="gpu", device_id=0, decoder_cache_mb=2048)
+    spec = RunSpec(batch_size=8, threads=1, device="gpu", device_id=0, tuning=Tuning(gpu_cache_gb=2.0))
     ops = traced(split, resolve_stats(STATS, ramps20), AUG, spec, echo=2)
     decoders = [op for op in ops if "OpSpec for decoders__" in op]
     assert len(decoders) == 1 and "decoders__Image:" in decoders[0]  # one whole-image decode

@@ -261,7 +261,7 @@ def test_option_rules_are_the_librarys(one_epoch, data, capsys):
 def test_compat_keys_cover_the_optimiser_but_not_epochs_or_lr():
     assert {"optim.batch_size", "optim.schedule", "optim.momentum", "model.width"} <= set(COMPAT_KEYS)
     assert not {"optim.epochs", "optim.lr", "run.precision", "world_size"} & set(COMPAT_KEYS)
-    speed_only = {"data.threads", "data.prefetch", "data.hw_decoder_load", "run.tf32", "run.fused_sgd"}
+    speed_only = {"data.threads", "data.tuning", "run.tf32", "run.fused_sgd"}
     assert not speed_only & set(COMPAT_KEYS)  # a resume may change them
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY, run_cli, val_images
 
+from alexdata.errors import ConfigError
 from alexmodel import load
 from alexmodel.evaluate import evaluate_checkpoint
 
@@ -252,7 +253,8 @@ def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
         )
     finally:
         torch.set_num_threads(threads)
-    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"], seen[0]["layout"]) == (
+    tuning = seen[0]["tuning"]
+    assert "spied" in r.output and (tuning.prefetch, tuning.hw_decoder_load, seen[0]["layout"]) == (
         3,
         0.9,
         "NHWC",
@@ -274,7 +276,7 @@ def test_speed_options_reach_the_loader(data, tmp_path, monkeypatch):
             "0.8",
         ],
     )
-    assert "spied" in r.output and (seen[0]["prefetch"], seen[0]["hw_decoder_load"]) == (4, 0.8)
+    assert "spied" in r.output and (seen[0]["tuning"].prefetch, seen[0]["tuning"].hw_decoder_load) == (4, 0.8)
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(data, tmp_path, monkeypatch):
@@ -304,8 +306,8 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(data, tmp_path, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--hw-decoder-load", 1.5], "hw_decoder_load=1.5: expected a share in [0, 1]"),
-        (["--prefetch", 0], "prefetch=0: expected an int >= 1"),
+        (["--hw-decoder-load", 1.5], "hw_decoder_load must be in [0, 1] (the hardware decoder's share), got 1.5"),
+        (["--prefetch", 0], "prefetch must be an int >= 1 (batches prepared ahead), got 0"),
     ],
 )
 def test_bad_speed_options_are_one_line(data, tmp_path, args, message):
@@ -336,6 +338,43 @@ def test_a_resume_may_change_the_speed_options(run, data):
     )
     saved = torch.load(run / "checkpoint.pt", weights_only=True)
     cfg = saved["config"]
-    assert (cfg["data"]["prefetch"], cfg["data"]["hw_decoder_load"]) == (3, 0.9)
+    assert (cfg["data"]["tuning"]["prefetch"], cfg["data"]["tuning"]["hw_decoder_load"]) == (3, 0.9)
     assert cfg["run"]["channels_last"] and not cfg["run"]["tf32"] and cfg["run"]["fused_sgd"]
     assert all(g["fused"] for g in saved["optimizer"]["param_groups"])  # not the plain SGD the run started with
+
+
+@pytest.mark.parametrize("command", [("train",), ("bench", "loader")])
+def test_every_dali_knob_is_an_option_made_from_its_field(command):
+    """A field of pipelines.config.Tuning is all a DALI knob declares above the graph: `train` and `bench loader`
+    offer it as --its-name, with the field's type, help and default."""
+    from dataclasses import fields
+
+    import cli
+    from pipelines.config import Tuning
+
+    cmd = cli.main
+    for name in command:
+        cmd = cmd.commands[name]
+    options = {p.name: p for p in cmd.params}
+    for f in fields(Tuning):
+        o = options[f.name]
+        assert o.opts == ["--" + f.name.replace("_", "-")] and o.default is None  # None: not given
+        assert o.help == f"{f.metadata['help']} [default: {f.default:,}]"
+        assert o.type.name == {int: "integer", float: "float"}[type(f.default)]
+
+
+def test_every_dali_knob_travels_by_its_name_to_the_run_and_the_loader():
+    """Each Tuning field, given by name, lands in the run's DataConfig.tuning and in the Loader's Tuning; a name
+    that is no knob is one line listing the knobs."""
+    from dataclasses import fields
+
+    from alexdata.loader import tuning_of
+    from alexmodel.config import configs_from_options
+    from pipelines.config import Tuning
+
+    for f in fields(Tuning):
+        value = f.default + (1 if isinstance(f.default, int) else 0.25)
+        data_cfg = configs_from_options("data", "elsewhere", **{f.name: value})[0]
+        assert getattr(data_cfg.tuning, f.name) == value and getattr(tuning_of(None, {f.name: value}), f.name) == value
+    with pytest.raises(ConfigError, match="unknown Loader argument 'prefetchh': a DALI knob is one of prefetch, "):
+        tuning_of(Tuning(), {"prefetchh": 3})

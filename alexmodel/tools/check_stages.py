@@ -23,7 +23,7 @@ import torch
 
 from alexdata import host
 from alexmodel.tools import synth_done
-from pipelines.config import RunSpec
+from pipelines.config import Tuning
 
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: tests/ lives here
 QUICK_TESTS = ("tests/test_lrn.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
@@ -58,11 +58,11 @@ class CheckSize:
     repeats: int = 1  # interleaved readings of the loader's best setting and its default, when they differ
     threads: tuple[int, ...] = ()  # loader threads to sweep; () -> half and all of the cores
     batches: tuple[int, ...] = ()  # loader batch sizes to sweep; () -> batch_size and twice it
-    prefetch: tuple[int, ...] = (RunSpec.prefetch, 3, 4)  # DALI prefetch queue depths to sweep (the default first)
+    prefetch: tuple[int, ...] = (Tuning.prefetch, 3, 4)  # DALI prefetch queue depths to sweep (the default first)
     # The GPU ("mixed") decoder only, the Loader's default first: the hardware decoder's share, and the pixels
     # above which nvJPEG's hybrid Huffman decoder takes an image (0: all of them).
-    hw_decoder_load: tuple[float, ...] = (RunSpec.hw_decoder_load, 0.0, 0.8, 0.9, 0.95, 1.0)
-    hybrid_huffman_threshold: tuple[int, ...] = (RunSpec.hybrid_huffman_threshold, 0)
+    hw_decoder_load: tuple[float, ...] = (Tuning.hw_decoder_load, 0.0, 0.8, 0.9, 0.95, 1.0)
+    hybrid_huffman_threshold: tuple[int, ...] = (Tuning.hybrid_huffman_threshold, 0)
 
 
 class StageSkipped(Exception):
@@ -282,7 +282,7 @@ GPU_KNOBS = ("hw_decoder_load", "hybrid_huffman_threshold", "preallocate")  # th
 
 def sweep_default(ctx: Context) -> dict:
     """The sweep's first point: the Loader's own defaults, with all cores and the size's batch."""
-    knobs = {k: getattr(RunSpec, k) for k in ("prefetch", "hw_decoder_load", "hybrid_huffman_threshold")}
+    knobs = {k: getattr(Tuning, k) for k in ("prefetch", "hw_decoder_load", "hybrid_huffman_threshold")}
     return {"batch_size": ctx.size.batch_size, "threads": ctx.cores, "layout": "NCHW", "preallocate": False, **knobs}
 
 
