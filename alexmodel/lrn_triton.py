@@ -4,8 +4,10 @@ output's gradient and writing the input's gradient in the backward (10 bytes per
 for the eager "analytic" one: alexnet bench bytes). Nothing else is stored for the backward: it recomputes each
 window's sum of squares from the input, which the caches serve.
 
-Each program holds one image's channel group (all its maps, up to BLOCK_C) over BLOCK_P pixels; a window's
-channels are read as shifted, masked loads, so the window stops at the group's edges and the towers never mix.
+Each program holds BLOCK_C maps of one image's channel group over BLOCK_P pixels; a window's channels are read
+as shifted, masked loads, so the window stops at the group's edges and the towers never mix. A tile is TILE
+elements, a few per thread (`_blocks`): the first version's tiles held a whole group over up to 4096 elements, 32
+per thread, and its backward spilled 5.2 KB a thread to local memory on sm_90 (ptxas -v; docs/BENCHMARKS.md).
 Squares, sums and powers are float32; the output keeps the input's dtype, and a dense NCHW or channels_last
 input is read in place (any other is copied to a dense one first). With TRITON_INTERPRET=1 (set before this
 module is imported) the kernels run on CPU tensors, which is how tests/test_lrn.py checks them without a GPU.
@@ -19,14 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
+TILE = 512  # elements a program holds: 4 a thread at Triton's 4 warps
+
 
 @triton.jit
-def _tile(sb, sc, G, n, HW, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """This program's tile: the offset of its image's channel group, the channel column, the pixel row and
-    which pixels lie inside the image."""
-    bg, pb = tl.program_id(0), tl.program_id(1)
+def _tile(sb, sc, G, n, HW, CB, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """This program's tile: the offset of its image's channel group, its channel column (the CB-th block of
+    BLOCK_C maps in the group), the pixel row and which pixels lie inside the image."""
+    q, pb = tl.program_id(0), tl.program_id(1)
+    bg, cb = q // CB, q % CB
     base = (bg // G).to(tl.int64) * sb + ((bg % G) * n).to(tl.int64) * sc
-    c = tl.arange(0, BLOCK_C)[:, None]
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
     return base, c, p, p < HW
 
@@ -44,9 +49,9 @@ def _sum_sq(X, base, ci, p, sc, sp, n, inside, SIZE: tl.constexpr, BLOCK_C: tl.c
 
 @triton.jit
 def _lrn_fwd(
-    X, Y, n, HW, G, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+    X, Y, n, HW, G, CB, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
 ):
-    base, c, p, inside = _tile(sb, sc, G, n, HW, BLOCK_C, BLOCK_P)
+    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, BLOCK_C, BLOCK_P)
     total = _sum_sq(X, base, c, p, sc, sp, n, inside, SIZE, BLOCK_C, BLOCK_P)
     mine = (c < n) & inside
     x = tl.load(X + base + c * sc + p * sp, mask=mine, other=0.0).to(tl.float32)
@@ -56,10 +61,25 @@ def _lrn_fwd(
 
 @triton.jit
 def _lrn_bwd(
-    X, G_OUT, DX, n, HW, G, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+    X,
+    G_OUT,
+    DX,
+    n,
+    HW,
+    G,
+    CB,
+    sb,
+    sc,
+    sp,
+    alpha,
+    beta,
+    k,
+    SIZE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     # da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in window(j)} g_i a_i d_i^(-beta-1)
-    base, c, p, inside = _tile(sb, sc, G, n, HW, BLOCK_C, BLOCK_P)
+    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, BLOCK_C, BLOCK_P)
     window = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
     own = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)  # g_j d_j^-beta
     for o in tl.static_range(SIZE):
@@ -77,16 +97,26 @@ def _lrn_bwd(
     tl.store(DX + base + c * sc + p * sp, dx.to(DX.dtype.element_ty), mask=mine)
 
 
+def _blocks(n: int, hw: int, channels_last: bool) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of a TILE-element tile, longest along the contiguous axis: maps in channels_last (up to
+    the group's n, at most 64), pixels in NCHW (up to the map's hw, at most 256)."""
+    if channels_last:
+        block_c = min(triton.next_power_of_2(n), 64)
+        return block_c, max(1, TILE // block_c)
+    block_p = min(triton.next_power_of_2(hw), 256)
+    return max(1, TILE // block_p), block_p
+
+
 def _launch(kernel, tensors, x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float):
     b, c, h, w = x.shape
     n = c // groups
     sb, sc, sh, sw = x.stride()
-    block_c = triton.next_power_of_2(n)
-    block_p = max(16, min(256, 4096 // block_c))
-    grid = (b * groups, triton.cdiv(h * w, block_p))
+    block_c, block_p = _blocks(n, h * w, channels_last=sc == 1 and c > 1)
+    cb = triton.cdiv(n, block_c)
+    grid = (b * groups * cb, triton.cdiv(h * w, block_p))  # axis 0 takes 2^31 - 1 blocks, axis 1 65,535
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # Triton launches on the current one
         kernel[grid](
-            *tensors, n, h * w, groups, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p
+            *tensors, n, h * w, groups, cb, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p
         )
 
 
@@ -118,3 +148,53 @@ class TritonLRN(torch.autograd.Function):
 
 def lrn_triton(x: torch.Tensor, groups: int, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
     return TritonLRN.apply(x, groups, size, alpha, beta, k)
+
+
+def sm90_resources(channels_last: bool, n: int, hw: int) -> dict:
+    """What ptxas reports for the forward and backward kernels compiled for sm_90a (H100/H200) at a group of n
+    maps of hw pixels in bf16, without a GPU (Triton compiles for a named target; its wheel carries ptxas):
+    {"fwd": {"registers", "spill_bytes", "stack_bytes", "scalar_loads"}, "bwd": {...}} per thread. Spills and
+    the registers that set a multiprocessor's occupancy are what the kernels' speed on the device hangs on."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    block_c, block_p = _blocks(n, hw, channels_last)
+    out = {}
+    for name, kernel, pointers in (("fwd", _lrn_fwd, ("X", "Y")), ("bwd", _lrn_bwd, ("X", "G_OUT", "DX"))):
+        names = kernel.arg_names
+        sig = {
+            a: "constexpr"
+            if a in ("SIZE", "BLOCK_C", "BLOCK_P")
+            else "*bf16"
+            if a in pointers
+            else "fp32"
+            if a in ("alpha", "beta", "k")
+            else "i32"
+            for a in names
+        }
+        # as Triton's launcher specialises them: the unit stride a constant, pointers and 16-divisible ints marked
+        unit, other = ("sc", "sp") if channels_last else ("sp", "sc")
+        consts = {(names.index(a),): v for a, v in (("SIZE", 5), ("BLOCK_C", block_c), ("BLOCK_P", block_p), (unit, 1))}
+        attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in (*pointers, "sb", other)}
+        compiled = triton.compile(ASTSource(kernel, sig, consts, attrs), target=GPUTarget("cuda", 90, 32))
+        ptx = compiled.asm["ptx"]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{name}.ptx")
+            with open(path, "w") as f:
+                f.write(ptx)
+            r = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True)
+        info = r.stderr
+        number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, info)) else 0  # noqa: E731
+        out[name] = {
+            "registers": number(r"Used (\d+) registers"),
+            "spill_bytes": number(r"(\d+) bytes spill stores") + number(r"(\d+) bytes spill loads"),
+            "stack_bytes": number(r"(\d+) bytes stack frame"),
+            "scalar_loads": ptx.count("ld.global.b16"),
+        }
+    return out
