@@ -13,27 +13,51 @@ from concurrent.futures.process import BrokenProcessPool
 import click
 
 from alexdata.errors import StatsMissing, UserError, os_error_line, plural
+from alexmodel.config import RunConfig
 
 POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 
-def tuning_options(command):
-    """One option per field of pipelines.config.Tuning (DALI's speed knobs: `--prefetch`, `--hw-decoder-load`,
-    ...), its type, help and default read from the field, so a new knob needs no edit here. Each arrives in the
-    command's keyword arguments by field name, None where not given; Tuning itself checks the range."""
+def config_options(cls, skip: tuple[str, ...] = ()):
+    """A decorator adding one option per field of the config dataclass `cls` (but `skip`), made from the field:
+    its name (`--log-every`; a bool `--x/--no-x` when on by default, a flag `--x` when off), type, default and the
+    help text, choices and least value in its metadata (alexmodel/config.py `_opt`). A setting is declared once,
+    at its field; a new field needs no edit here. Values arrive in the command's keyword arguments by field
+    name; the config's own checks give the one-line errors."""
     from dataclasses import fields
 
+    def add(command):
+        for f in reversed([f for f in fields(cls) if f.name not in skip]):
+            meta, name = f.metadata, f.metadata.get("option", f.name).replace("_", "-")
+            kind = meta.get("type", type(f.default))
+            if kind is bool:
+                decl, kw = (f"--{name}/--no-{name}", {}) if f.default else (f"--{name}", {"is_flag": True})
+            elif "choices" in meta:
+                decl, kw = f"--{name}", {"type": click.Choice(meta["choices"])}
+            elif "min" in meta:
+                decl, kw = f"--{name}", {"type": (click.IntRange if kind is int else click.FloatRange)(min=meta["min"])}
+            else:
+                decl, kw = f"--{name}", {"type": kind}
+            shown = "" if f.default is None or f.default is False else f" [default: {_shown(f.default, name)}]"
+            command = click.option(decl, f.name, default=f.default, help=meta["help"] + shown, **kw)(command)
+        return command
+
+    return add
+
+
+def _shown(value, name: str) -> str:
+    """A default as the help text says it: 1,000,000; 0.65; --tf32 for a bool option on by default."""
+    if value is True:
+        return f"--{name}"
+    return f"{value:,}" if isinstance(value, (int, float)) else str(value)
+
+
+def tuning_options(command):
+    """`--prefetch`, `--hw-decoder-load`, ...: the fields of pipelines.config.Tuning, DALI's speed knobs."""
     from pipelines.config import Tuning
 
-    for f in reversed(fields(Tuning)):
-        command = click.option(
-            "--" + f.name.replace("_", "-"),
-            type=type(f.default),
-            default=None,
-            help=f"{f.metadata['help']} [default: {f.default:,}]",
-        )(command)
-    return command
+    return config_options(Tuning)(command)
 
 
 class _Commands(click.Group):
@@ -543,25 +567,6 @@ class _ResumeValue(click.ParamType):
 )
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="[default: DATA/stats.json]")
 @click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="fp16 uses a GradScaler (GPU only).",
-)
-@click.option("--channels-last", is_flag=True, help="NHWC activations (faster convolutions on tensor cores).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option(
-    "--placement",
-    type=click.Choice(["single", "two-tower"]),
-    default="single",
-    show_default=True,
-    help="two-tower: the paper's split of the net over two GPUs (§3.2).",
-)
-@click.option(
     "--threads",
     type=POS_INT,
     default=None,
@@ -582,52 +587,7 @@ class _ResumeValue(click.ParamType):
     help="sha256 of every shard against manifest.json on a prepare output's first use (all cores; ImageNet's "
     "~50 GB: about a minute), remembered until its files change; --skip-verify checks sizes and indexes only.",
 )
-@click.option(
-    "--tf32/--no-tf32",
-    default=True,
-    show_default=True,
-    help="fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way.",
-)
-@click.option("--fused-sgd", is_flag=True, help="SGD's update of all parameters in one kernel (fused=True).")
-@click.option(
-    "--torch-threads",
-    type=POS_INT,
-    default=None,
-    help="CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's].",
-)
-@click.option(
-    "--checkpoint-every",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Also checkpoint every N optimizer steps (0: at epoch ends only).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--progress/--no-progress",
-    default=True,
-    show_default=True,
-    help="A live bar on a terminal, a plain line per logging window otherwise (Slurm, nohup). "
-    "--no-progress keeps only the epoch lines.",
-)
-@click.option(
-    "--log-every",
-    type=POS_INT,
-    default=100,
-    show_default=True,
-    help="Optimizer steps per logging window: a line in OUT/steps.jsonl, the NaN check, the one wait for the GPU.",
-)
-@click.option(
-    "--tensorboard", is_flag=True, help="Also write TensorBoard scalars to OUT/tensorboard (pip install tensorboard)."
-)
-@click.option(
-    "--val/--no-val",
-    "validate",
-    default=True,
-    show_default=True,
-    help="Evaluate on DATA's val split after every epoch. --no-val: data without one, train metrics only "
-    "(needs --recipe modern: the paper recipe's lr cuts watch the val error).",
-)
+@config_options(RunConfig, skip=("out",))
 @click.pass_context
 def train(ctx, data, out, resume, **options):
     """Train AlexNet on DATA; data parallel under torchrun.
@@ -645,10 +605,10 @@ def train(ctx, data, out, resume, **options):
     from alexmodel.distributed import STOPPED_EXIT, TrainStopped, end_on_signal, launcher
     from alexmodel.train import train_from_options
 
-    # The options given on this command line, by config field name (--compile arrives as compile_); a resume
-    # keeps the run's own value of every other one.
+    # The options given on this command line, by config field name; a resume keeps the run's own value of
+    # every other one.
     given = {
-        name.rstrip("_"): value
+        name: value
         for name, value in options.items()
         if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
     }

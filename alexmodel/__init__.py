@@ -23,7 +23,15 @@ evaluate.py     `alexnet evaluate`; predict.py `alexnet predict`; preprocess.py 
 tools/          `alexnet check`, `alexnet bench train`, `alexnet demo`
 """
 
-from alexmodel.model import AlexNet, ModelConfig
+
+def __getattr__(name: str):
+    """AlexNet and ModelConfig from model.py on first use: importing a submodule (alexmodel.config, which the
+    command line reads for its options) does not import torch."""
+    if name in ("AlexNet", "ModelConfig"):
+        from alexmodel import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'alexmodel' has no attribute {name!r}")
 
 
 def load(path, *, device="cpu"):

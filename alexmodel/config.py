@@ -22,15 +22,18 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alexdata import host
 from alexdata.errors import ConfigError, TrainError, plural
-from alexmodel import checkpoint, runlog
-from alexmodel.model import ModelConfig
+from alexmodel import runlog
 from pipelines.config import AUGMENTS, AugmentConfig, Tuning
 from pipelines.config import DEVICES as PIPELINE_DEVICES
+
+if TYPE_CHECKING:  # model.py imports torch, which this module leaves to its callers (cli.py reads the fields)
+    from alexmodel.model import ModelConfig
 
 RECIPES = ("paper", "modern")
 SCHEDULES = ("plateau", "cosine")
@@ -106,24 +109,59 @@ class OptimConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: expected a number in [0, 1)")
 
 
+def _opt(default, text: str, **more):
+    """A config field whose metadata carries its command-line option: the help text, and where the default does
+    not say it, the choices, the type or the least value; cli.py `config_options` makes the click option."""
+    return field(default=default, metadata={"help": text, **more})
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """How a run runs. Every field but `out` is an option of `alexnet train`, made from its metadata here."""
+
     out: str = "runs/alexnet"  # run directory: config.json, metrics.jsonl, plot.png, checkpoint.pt
-    device: str = "auto"  # "gpu" when torch sees CUDA, else "cpu"
-    precision: str = "fp32"  # the paper trained in fp32; "bf16" autocast; "fp16" autocast + GradScaler (GPU)
-    channels_last: bool = False  # NHWC activations: faster convolutions on tensor cores
-    compile: bool = False  # torch.compile the model
-    placement: str = "single"  # "two-tower": tower t on GPU t, as the paper split the net (§3.2)
-    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0: at the end of each epoch only
-    seed: int = 0  # init, dropout and the loader's augmentation draws
-    torch_threads: int | None = None  # CPU intra-op threads; fix it so CPU runs (and resumes) are bit-exact
-    progress: bool = True  # rank 0: a live bar on a terminal, plain lines per logging window otherwise
-    log_every: int = 100  # optimizer steps per logging window: one host sync, one steps.jsonl line (~1 s on a GPU)
-    tensorboard: bool = False  # also write TensorBoard scalars to OUT/tensorboard (needs the tensorboard package)
-    validate: bool = True  # evaluate on the val split after every epoch; False (--no-val): train metrics only
+    device: str = _opt("auto", "auto: gpu when torch sees CUDA, else cpu.", choices=DEVICES)
+    precision: str = _opt(
+        "fp32", "The paper trained in fp32; bf16 autocast; fp16 autocast + GradScaler (GPU only).", choices=PRECISIONS
+    )
+    channels_last: bool = _opt(False, "NHWC activations (faster convolutions on tensor cores).")
+    compile: bool = _opt(False, "torch.compile the model.")
+    placement: str = _opt("single", "two-tower: the paper's split of the net over two GPUs (§3.2).", choices=PLACEMENTS)
+    checkpoint_every: int = _opt(0, "Also checkpoint every N optimizer steps (0: at epoch ends only).", min=0)
+    seed: int = _opt(0, "Init, dropout and the loader's augmentation draws.")
+    torch_threads: int | None = _opt(
+        None,
+        "CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's, at most this "
+        "process's cores divided among the node's ranks].",
+        type=int,
+        min=1,
+    )
+    progress: bool = _opt(
+        True,
+        "A live bar on a terminal, a plain line per logging window otherwise (Slurm, nohup). --no-progress keeps "
+        "only the epoch lines.",
+    )
+    log_every: int = _opt(
+        100,
+        "Optimizer steps per logging window: a line in OUT/steps.jsonl, the NaN check, the one wait for the GPU "
+        "(~1 s on a GPU).",
+        min=1,
+    )
+    tensorboard: bool = _opt(
+        False,
+        "Also write TensorBoard scalars to OUT/tensorboard (pip install tensorboard, or the [tensorboard] extra).",
+    )
+    validate: bool = _opt(
+        True,
+        "Evaluate on DATA's val split after every epoch. --no-val: data without one, train metrics only (needs "
+        "--recipe modern: the paper recipe's lr cuts watch the val error).",
+        option="val",
+    )
     # Speed only, set by `alexnet check` on a GPU (its train stage measures both; docs/BENCHMARKS.md, "The GPU run").
-    tf32: bool = True  # fp32 matmuls (fc6-fc8) in TF32 on the GPU; cuDNN's convolutions use TF32 either way
-    fused_sgd: bool = False  # torch.optim.SGD(fused=True): the update of every parameter in one kernel
+    tf32: bool = _opt(
+        True, "fp32 matmuls (the fully connected layers) in TF32 on the GPU; convolutions use TF32 either way."
+    )
+    fused_sgd: bool = _opt(False, "SGD's update of all parameters in one kernel (fused=True).")
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -162,6 +200,8 @@ COMPAT_KEYS = [
 
 def model_config(**kw) -> ModelConfig:
     """ModelConfig(**kw), a bad value raised as ConfigError (model.py imports only torch, so it raises ValueError)."""
+    from alexmodel.model import ModelConfig
+
     try:
         return ModelConfig(**kw)
     except ValueError as e:
@@ -315,6 +355,8 @@ def configs_from_file(
         raise ConfigError(f"--config {p}: {e}") from None
     for k, where in (("data", "data"), ("stats", "data"), ("out", "run"), ("num_classes", "model")):
         parts[where].pop(k, None)  # the command's, or the data's
+    from alexmodel.model import ModelConfig
+
     for section, cls in (("data", DataConfig), ("model", ModelConfig), ("optim", OptimConfig), ("run", RunConfig)):
         unknown = sorted(set(parts[section]) - {f.name for f in fields(cls)})
         if unknown:
@@ -366,7 +408,9 @@ def configs_from_options(
         )
     given = {part: {k: v for k, v in options.items() if k in names} for part, names in _OPTIONS.items()}
     if resume == "auto":
-        resume = checkpoint.holds_run(out)
+        from alexmodel.checkpoint import holds_run
+
+        resume = holds_run(out)
     if config is not None and resume:
         raise ConfigError("--config with --resume: a resume takes the run's own config.json; give options on top")
     if config is not None and "recipe" in given["optim"]:

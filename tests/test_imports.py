@@ -75,3 +75,15 @@ def test_the_readmes_layout_names_every_module():
     layout = layout[: layout.index("```", layout.index("```") + 3)]
     missing = [str(p.relative_to(ROOT)) for p in MODULES if p.name != "__init__.py" and p.name not in layout]
     assert missing == []
+
+
+def test_the_command_line_imports_neither_torch_nor_dali():
+    """cli.py reads its options from the config dataclasses (alexmodel/config.py, pipelines/config.py) at import,
+    and `alexnet --help` stays instant: importing it loads no torch and no DALI (alexmodel's package exports
+    torch's names lazily)."""
+    import subprocess
+    import sys
+
+    code = "import sys, cli; print(sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

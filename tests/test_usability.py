@@ -343,24 +343,42 @@ def test_a_resume_may_change_the_speed_options(run, data):
     assert all(g["fused"] for g in saved["optimizer"]["param_groups"])  # not the plain SGD the run started with
 
 
-@pytest.mark.parametrize("command", [("train",), ("bench", "loader")])
-def test_every_dali_knob_is_an_option_made_from_its_field(command):
-    """A field of pipelines.config.Tuning is all a DALI knob declares above the graph: `train` and `bench loader`
-    offer it as --its-name, with the field's type, help and default."""
+@pytest.mark.parametrize(
+    "command, config",
+    [(("train",), "Tuning"), (("bench", "loader"), "Tuning"), (("train",), "RunConfig")],
+    ids=["train-tuning", "bench-loader-tuning", "train-run"],
+)
+def test_every_setting_is_an_option_made_from_its_field(command, config):
+    """A field of pipelines.config.Tuning (a DALI knob) or alexmodel.config.RunConfig is all a setting declares
+    above its use: the command offers it as --its-name (or the name in its metadata), with the field's default,
+    choices, least value and help, a bool as --x/--no-x when on by default and as a flag --x when off."""
     from dataclasses import fields
 
+    import click
+
     import cli
+    from alexmodel.config import RunConfig
     from pipelines.config import Tuning
 
+    cls = {"Tuning": Tuning, "RunConfig": RunConfig}[config]
     cmd = cli.main
     for name in command:
         cmd = cmd.commands[name]
     options = {p.name: p for p in cmd.params}
-    for f in fields(Tuning):
-        o = options[f.name]
-        assert o.opts == ["--" + f.name.replace("_", "-")] and o.default is None  # None: not given
-        assert o.help == f"{f.metadata['help']} [default: {f.default:,}]"
-        assert o.type.name == {int: "integer", float: "float"}[type(f.default)]
+    for f in fields(cls):
+        if f.name == "out":  # train's --out is its own argument, not a run setting
+            continue
+        o, meta = options[f.name], f.metadata
+        flag = f"--{meta.get('option', f.name).replace('_', '-')}"
+        assert o.opts == [flag] and o.default == f.default and o.help.startswith(meta["help"]), f.name
+        if f.default is True:
+            assert o.secondary_opts == [flag.replace("--", "--no-")] and o.help.endswith(f"[default: {flag}]")
+        elif f.default is False:
+            assert o.is_flag and o.secondary_opts == []
+        if "choices" in meta:
+            assert isinstance(o.type, click.Choice) and tuple(o.type.choices) == meta["choices"]
+        if "min" in meta:
+            assert o.type.min == meta["min"]
 
 
 def test_every_dali_knob_travels_by_its_name_to_the_run_and_the_loader():
