@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 import click
 
 from alexdata.errors import StatsMissing, UserError, os_error_line, plural
-from alexmodel.config import RunConfig
+from alexmodel.config import DataConfig, OptimConfig, RunConfig
 
 POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
@@ -21,10 +21,11 @@ POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 def config_options(cls, skip: tuple[str, ...] = ()):
     """A decorator adding one option per field of the config dataclass `cls` (but `skip`), made from the field:
-    its name (`--log-every`; a bool `--x/--no-x` when on by default, a flag `--x` when off), type, default and the
-    help text, choices and least value in its metadata (alexmodel/config.py `_opt`). A setting is declared once,
-    at its field; a new field needs no edit here. Values arrive in the command's keyword arguments by field
-    name; the config's own checks give the one-line errors."""
+    its name (`--log-every`; a bool `--x/--no-x` when on by default, `--no-x` renamed by metadata "off", a flag
+    `--x` when off), type, default and, in its metadata (alexmodel/config.py `_opt`), the help text, choices,
+    range ("min", "max", "min_open", "max_open") and the default as said where a recipe sets it ("shown"). A
+    setting is declared once, at its field; a new field needs no edit here. Values arrive in the command's
+    keyword arguments by field name; the config's own checks give the one-line errors."""
     from dataclasses import fields
 
     def add(command):
@@ -32,15 +33,18 @@ def config_options(cls, skip: tuple[str, ...] = ()):
             meta, name = f.metadata, f.metadata.get("option", f.name).replace("_", "-")
             kind = meta.get("type", type(f.default))
             if kind is bool:
-                decl, kw = (f"--{name}/--no-{name}", {}) if f.default else (f"--{name}", {"is_flag": True})
+                off = meta.get("off", f"no-{name}")
+                decl, kw = (f"--{name}/--{off}", {}) if f.default else (f"--{name}", {"is_flag": True})
             elif "choices" in meta:
                 decl, kw = f"--{name}", {"type": click.Choice(meta["choices"])}
-            elif "min" in meta:
-                decl, kw = f"--{name}", {"type": (click.IntRange if kind is int else click.FloatRange)(min=meta["min"])}
+            elif "min" in meta or "max" in meta:
+                bounds = {k: meta[k] for k in ("min", "max", "min_open", "max_open") if k in meta}
+                decl, kw = f"--{name}", {"type": (click.IntRange if kind is int else click.FloatRange)(**bounds)}
             else:
                 decl, kw = f"--{name}", {"type": kind}
-            shown = "" if f.default is None or f.default is False else f" [default: {_shown(f.default, name)}]"
-            command = click.option(decl, f.name, default=f.default, help=meta["help"] + shown, **kw)(command)
+            said = meta.get("shown") or ("" if f.default is None or f.default is False else _shown(f.default, name))
+            text = meta["help"] + (f" [default: {said}]" if said else "")
+            command = click.option(decl, f.name, default=f.default, help=text, **kw)(command)
         return command
 
     return add
@@ -519,45 +523,13 @@ class _ResumeValue(click.ParamType):
     "fields; the options given here go on top. DATA and --out stay this command's.",
 )
 @click.option(
-    "--recipe",
-    type=click.Choice(["paper", "modern"]),
-    default="paper",
-    show_default=True,
-    help="paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, Kaiming init.",
-)
-@click.option(
     "--augment",
     type=click.Choice(["paper", "inception"]),
     default=None,
     help="Training crops. paper: random 227 crops of the 256 image (§4.1). inception: torchvision's "
     "RandomResizedCrop to AlexNet's 227, evaluated at shorter side 259 [default: paper].",
 )
-@click.option("--epochs", type=POS_INT, default=None, help="[default: 90, paper §5]")
-@click.option(
-    "--batch-size",
-    type=POS_INT,
-    default=None,
-    help="The GLOBAL batch: images per step over all ranks together (each of N ranks takes 1/N) "
-    "[default: paper 128; modern 512].",
-)
-@click.option(
-    "--lr",
-    type=float,
-    default=None,
-    help="Initial/peak learning rate [default: paper 0.01 at any batch size; modern 0.01 per 128 images of "
-    "the batch]. On --resume: a new initial lr, the plateau cuts made so far kept.",
-)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: 0.9, §5]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 5e-4, §5]")
-@click.option(
-    "--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None, help="[default: paper 0; modern 0.1]"
-)
-@click.option(
-    "--warmup-epochs",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Linear lr warmup (modern recipe; at most half the run) [default: 5].",
-)
+@config_options(OptimConfig)
 @click.option(
     "--width",
     type=float,
@@ -566,27 +538,8 @@ class _ResumeValue(click.ParamType):
     help="Channel multiplier; 1.0 is the paper's net, 0.125 makes a CPU-sized one.",
 )
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="[default: DATA/stats.json]")
-@click.option(
-    "--threads",
-    type=POS_INT,
-    default=None,
-    help="DALI threads per rank [default: this process's cores divided among the node's ranks].",
-)
+@config_options(DataConfig, skip=("data", "stats", "aug", "tuning"))
 @tuning_options
-@click.option(
-    "--echo",
-    type=POS_INT,
-    default=None,
-    help="Data echoing: N differently augmented copies of each decoded image, in different batches; an epoch "
-    "then has N x the steps [default: 1, none].",
-)
-@click.option(
-    "--verify/--skip-verify",
-    default=True,
-    show_default=True,
-    help="sha256 of every shard against manifest.json on a prepare output's first use (all cores; ImageNet's "
-    "~50 GB: about a minute), remembered until its files change; --skip-verify checks sizes and indexes only.",
-)
 @config_options(RunConfig, skip=("out",))
 @click.pass_context
 def train(ctx, data, out, resume, **options):

@@ -44,20 +44,39 @@ PAPER_LR_BATCH = 128  # the paper's lr 0.01 is for 128 images per step (§5)
 FEW_STEPS = 10  # optimizer steps per epoch under which the recipe's batch is too big for the data (README: Small data)
 
 
+def _opt(default, text: str, **more):
+    """A config field whose metadata carries its command-line option: the help text, and where the default does
+    not say it, the choices, the type or the least value; cli.py `config_options` makes the click option."""
+    return field(default=default, metadata={"help": text, **more})
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """What a run reads. threads, echo and verify are options of `alexnet train`, made from their metadata here;
+    the DALI knobs are Tuning's (pipelines/config.py)."""
+
     data: str  # a prepare output (or class-folder tree) with a train and a val split
     stats: str | None = None  # stats.json (0-255 scale); None: DATA/stats.json from `alexnet stats DATA`
-    threads: int | None = None  # DALI CPU threads per rank; None: all cores
+    threads: int | None = _opt(
+        None, "DALI threads per rank [default: this process's cores divided among the node's ranks].", type=int, min=1
+    )
     aug: AugmentConfig = AugmentConfig()  # paper §4.1 (pipelines/config.py)
     tuning: Tuning = Tuning()  # DALI's speed knobs (pipelines/config.py): prefetch, the GPU decoder's, its cache
-    # Data echoing (Choi et al. 2019, arXiv:1907.05550; alexdata/echo.py): augmented copies of each decoded image,
-    # in different batches. An epoch still reads each image once and so has `echo` x the steps. Not speed only:
-    # each step sees fewer fresh images (README, "Data echoing").
-    echo: int = 1
-    # sha256 of every shard against manifest.json on a prepare output's first use, remembered until one of its
-    # files changes (alexdata/verify.py `verify_once`); False: sizes and indexes only
-    verify: bool = True
+    # Data echoing (Choi et al. 2019, arXiv:1907.05550; alexdata/echo.py). Not speed only: each step sees fewer
+    # fresh images (README, "Data echoing").
+    echo: int = _opt(
+        1,
+        "Data echoing: N differently augmented copies of each decoded image, in different batches; an epoch then "
+        "has N x the steps (1: none).",
+        min=1,
+    )
+    # alexdata/verify.py `verify_once`
+    verify: bool = _opt(
+        True,
+        "sha256 of every shard against manifest.json on a prepare output's first use (all cores; ImageNet's ~50 GB: "
+        "about a minute), remembered until its files change; --skip-verify checks sizes and indexes only.",
+        off="skip-verify",
+    )
 
     def __post_init__(self):
         if self.threads is not None and self.threads < 1:
@@ -70,17 +89,51 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    recipe: str = "paper"  # where the defaults came from, see recipe()
-    batch_size: int = 128  # paper §5; images per step over all data-parallel ranks together
-    epochs: int = 90  # paper §5: "roughly 90 cycles through the training set"
-    lr: float = 0.01  # paper §5: initial (peak) learning rate
-    momentum: float = 0.9  # paper §5
-    weight_decay: float = 5e-4  # paper §5, on every weight and bias as in the paper's update rule
-    schedule: str = "plateau"  # paper §5: lr / 10 "when the validation error rate stopped improving"; or "cosine"
-    plateau_factor: float = 0.1  # paper §5: "divided by 10"
-    plateau_patience: int = 5  # epochs without a better val top-1 error; the paper gives no number (3 cuts, ~90 ep.)
-    warmup_epochs: float = 0.0  # cosine only: lr ramps linearly from 0 (Goyal et al. 2017 §2.2)
-    label_smoothing: float = 0.0  # Szegedy et al. 2016 §7; the paper uses none
+    """How a run learns: the paper's §5 by default, every field an option of `alexnet train` made from its
+    metadata here. A field's default is the paper recipe's; `shown` says the recipes' defaults where they differ
+    (recipe())."""
+
+    recipe: str = _opt(
+        "paper",
+        "paper: §5 as published. modern: batch 512, linear lr scaling, warmup, cosine, label smoothing, Kaiming init.",
+        choices=RECIPES,
+    )
+    batch_size: int = _opt(
+        128,
+        "The GLOBAL batch: images per step over all ranks together (each of N ranks takes 1/N).",
+        min=1,
+        shown="paper 128; modern 512",
+    )
+    epochs: int = _opt(90, 'Paper §5: "roughly 90 cycles through the training set".', min=1)
+    lr: float = _opt(
+        0.01,
+        "Initial/peak learning rate. On --resume: a new initial lr, the plateau cuts made so far kept.",
+        shown="paper 0.01 at any batch size; modern 0.01 per 128 images of the batch",
+    )
+    momentum: float = _opt(0.9, "SGD momentum (§5).", min=0, max=1, max_open=True)
+    weight_decay: float = _opt(5e-4, "On every weight and bias, as in the paper's update rule (§5).", min=0)
+    schedule: str = _opt(
+        "plateau",
+        'plateau: the lr divided by --plateau-factor "when the validation error rate stopped improving" (§5); '
+        "cosine: warmup, then cosine decay to 0.",
+        choices=SCHEDULES,
+        shown="paper plateau; modern cosine",
+    )
+    plateau_factor: float = _opt(
+        0.1, 'The plateau cut: §5\'s "divided by 10".', min=0, min_open=True, max=1, max_open=True
+    )
+    plateau_patience: int = _opt(
+        5, "Epochs without a better val top-1 before a cut; the paper gives no number (3 cuts in ~90 epochs).", min=0
+    )
+    warmup_epochs: float = _opt(
+        0.0,
+        "Linear lr warmup from 0, cosine schedule only (Goyal et al. 2017 §2.2); at most half the run.",
+        min=0,
+        shown="paper 0; modern 5",
+    )
+    label_smoothing: float = _opt(
+        0.0, "Szegedy et al. 2016 §7; the paper uses none.", min=0, max=1, max_open=True, shown="paper 0; modern 0.1"
+    )
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -107,12 +160,6 @@ class OptimConfig:
             raise ConfigError(f"warmup_epochs={self.warmup_epochs}: expected >= 0, and 0 unless schedule='cosine'")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing={self.label_smoothing}: expected a number in [0, 1)")
-
-
-def _opt(default, text: str, **more):
-    """A config field whose metadata carries its command-line option: the help text, and where the default does
-    not say it, the choices, the type or the least value; cli.py `config_options` makes the click option."""
-    return field(default=default, metadata={"help": text, **more})
 
 
 @dataclass(frozen=True)

@@ -345,40 +345,51 @@ def test_a_resume_may_change_the_speed_options(run, data):
 
 @pytest.mark.parametrize(
     "command, config",
-    [(("train",), "Tuning"), (("bench", "loader"), "Tuning"), (("train",), "RunConfig")],
-    ids=["train-tuning", "bench-loader-tuning", "train-run"],
+    [
+        (("train",), "Tuning"),
+        (("bench", "loader"), "Tuning"),
+        (("train",), "RunConfig"),
+        (("train",), "OptimConfig"),
+        (("train",), "DataConfig"),
+    ],
+    ids=["train-tuning", "bench-loader-tuning", "train-run", "train-optim", "train-data"],
 )
 def test_every_setting_is_an_option_made_from_its_field(command, config):
-    """A field of pipelines.config.Tuning (a DALI knob) or alexmodel.config.RunConfig is all a setting declares
-    above its use: the command offers it as --its-name (or the name in its metadata), with the field's default,
-    choices, least value and help, a bool as --x/--no-x when on by default and as a flag --x when off."""
+    """A field of pipelines.config.Tuning (a DALI knob) or of alexmodel.config's RunConfig, OptimConfig or
+    DataConfig is all a setting declares above its use: the command offers it as --its-name (or the name in its
+    metadata), with the field's default, choices, range and help, a bool as --x/--no-x when on by default (or the
+    metadata's "off" name) and as a flag --x when off."""
     from dataclasses import fields
 
     import click
 
     import cli
-    from alexmodel.config import RunConfig
+    from alexmodel.config import DataConfig, OptimConfig, RunConfig
     from pipelines.config import Tuning
 
-    cls = {"Tuning": Tuning, "RunConfig": RunConfig}[config]
+    cls = {"Tuning": Tuning, "RunConfig": RunConfig, "OptimConfig": OptimConfig, "DataConfig": DataConfig}[config]
     cmd = cli.main
     for name in command:
         cmd = cmd.commands[name]
     options = {p.name: p for p in cmd.params}
     for f in fields(cls):
-        if f.name == "out":  # train's --out is its own argument, not a run setting
+        if f.name in ("out", "data", "stats", "aug", "tuning"):  # the command's own arguments, or nested configs
             continue
         o, meta = options[f.name], f.metadata
         flag = f"--{meta.get('option', f.name).replace('_', '-')}"
         assert o.opts == [flag] and o.default == f.default and o.help.startswith(meta["help"]), f.name
+        if "shown" in meta:  # the recipes' defaults
+            assert o.help.endswith(f"[default: {meta['shown']}]")
         if f.default is True:
-            assert o.secondary_opts == [flag.replace("--", "--no-")] and o.help.endswith(f"[default: {flag}]")
+            off = "--" + meta.get("off", "no-" + flag[2:])
+            assert o.secondary_opts == [off] and o.help.endswith(f"[default: {flag}]")
         elif f.default is False:
             assert o.is_flag and o.secondary_opts == []
         if "choices" in meta:
             assert isinstance(o.type, click.Choice) and tuple(o.type.choices) == meta["choices"]
-        if "min" in meta:
-            assert o.type.min == meta["min"]
+        for bound in ("min", "max", "min_open", "max_open"):
+            if bound in meta:
+                assert getattr(o.type, bound) == meta[bound], (f.name, bound)
 
 
 def test_every_dali_knob_travels_by_its_name_to_the_run_and_the_loader():
