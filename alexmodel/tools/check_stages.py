@@ -618,41 +618,42 @@ def past_the_decoder(ctx: Context, tb, best: dict, split, stats, precision: str,
 
 
 def stage_paper_init(ctx: Context, fig: dict) -> None:
-    """The paper's recipe from its init on the stage-1 data, until the box (or paper_init_s) runs out."""
+    """The paper's recipe from its init on the stage-1 data, until the box (or paper_init_s) runs out. The net,
+    its optimizer and its loader are built as `alexnet train` builds them (build.py, loaders.py), from configs."""
+    from dataclasses import fields, replace
+
     from alexdata.dataset import open_split
-    from alexdata.loader import Loader, resolve_stats
-    from alexmodel.config import recipe
+    from alexdata.loader import resolve_stats
+    from alexmodel.build import build_net, build_optimizer
+    from alexmodel.config import DataConfig, RunConfig, recipe
+    from alexmodel.distributed import Dist
+    from alexmodel.loaders import make_loaders
     from alexmodel.loop import StopRequested, train_one_epoch
-    from alexmodel.model import AlexNet
 
     data = _need_data(ctx)
     s = ctx.size
-    _, aug, optim = recipe("paper", width=s.width)  # batch 128, lr 0.01, momentum 0.9, wd 5e-4 (§5)
+    model_cfg, aug, optim = recipe("paper", width=s.width)  # batch 128, lr 0.01, momentum 0.9, wd 5e-4 (§5)
     split = open_split(data, "train")
     classes = len(split.classes)
-    dev = host.torch_device(ctx.device)
     precision, cl = (
         (ctx.best_train.get("precision", "bf16"), ctx.best_train.get("channels_last", True))
         if ctx.device == "gpu"
         else ("fp32", False)
     )
-    torch.manual_seed(0)
-    net = AlexNet(classes, width=s.width, init="paper").to(dev)
-    net = net.to(memory_format=torch.channels_last) if cl else net
-    opt = torch.optim.SGD(net.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    kw = {
-        "threads": ctx.cores,
-        **{k: v for k, v in ctx.best_loader.items() if k != "batch_size"},
-        "layout": "NHWC" if cl else "NCHW",
-    }
-    loader = Loader(
-        data,
-        stats=resolve_stats(None, data),
+    best = ctx.best_loader
+    run = RunConfig(device=ctx.device, precision=precision, channels_last=cl, validate=False, progress=False)
+    data_cfg = DataConfig(
+        str(data),
         aug=aug,
-        batch_size=optim.batch_size,
-        device=ctx.device,
-        opened=split,
-        **kw,
+        threads=best.get("threads", ctx.cores),
+        tuning=Tuning(**{f.name: best[f.name] for f in fields(Tuning) if f.name in best}),
+        verify=False,  # the data stage made it
+    )
+    d = Dist()
+    net, _ = build_net(replace(model_cfg, num_classes=classes), run, d)
+    opt, _, _ = build_optimizer(net, optim, run)
+    loader, _ = make_loaders(
+        data_cfg, run, {"train": split}, stats=resolve_stats(None, data), batch_size=optim.batch_size, device_id=0, d=d
     )
     chance = math.log(classes)
     per_epoch = len(loader)
