@@ -34,6 +34,45 @@ def test_bench_train(prepared):
     assert np.isclose(hs["trainer_vs_no_sync"], hs["trainer_images_per_s"] / hs["no_sync_images_per_s"])
     e2e = r["end_to_end"]
     assert e2e["images_per_s"] > 0 and 0 <= e2e["data_wait_frac"] <= 1
+    assert e2e["device_wait_frac"] is None  # CUDA events only: on the CPU the host's wait is the data's cost
+
+
+def test_device_wait_hands_every_batch_on_and_times_nothing_off_cuda():
+    from alexmodel.tools.bench import DeviceWait
+
+    w = DeviceWait(iter(range(5)), torch.device("cpu"))
+    assert list(w) == [0, 1, 2, 3, 4] and w.stalled_s() is None and w.pairs == []
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_the_device_wait_counts_a_late_loader_and_not_a_busy_device():
+    """A loader that hands a batch 50 ms late to a device with 1 ms of work leaves the device idle most of the
+    time; a device with ~200 ms of queued work per batch never waits for a prompt loader."""
+    import time
+
+    from alexmodel.tools.bench import DeviceWait
+
+    x = torch.randn(4096, 4096, device="cuda")
+
+    def share(delay_s: float, matmuls: int) -> float:
+        def batches():
+            for _ in range(8):
+                time.sleep(delay_s)
+                yield x
+
+        w = DeviceWait(batches(), x.device)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in w:
+            for _ in range(matmuls):
+                b @ b
+        torch.cuda.synchronize()
+        return w.stalled_s() / (time.perf_counter() - t0)
+
+    share(0.0, 1)  # warm-up: cuBLAS handles, the first kernels
+    assert share(0.05, 1) > 0.6
+    assert share(0.0, 200) < 0.05
 
 
 def test_bench_loader_times_only_the_contenders_asked_for(prepared):

@@ -67,6 +67,40 @@ class Take:
                 )
 
 
+class DeviceWait:
+    """`batches` passed through, and on a CUDA device the time its stream sat idle waiting for the host to hand
+    over each batch: an event recorded on torch's current stream when the step asks for the next batch (after
+    the previous step's work is queued) and one when the batch is in hand. Their gap on the device is zero while
+    the host keeps ahead (the device still runs queued steps), and is the device's stall where the loader is
+    late. The host's own time inside `next()` (EpochMeter.data_s) counts both, so on a GPU it overstates the
+    data's cost (docs/BENCHMARKS.md, "H200, 2026-12-04")."""
+
+    def __init__(self, batches, device: torch.device):
+        self.batches, self.cuda = batches, device.type == "cuda"
+        self.pairs: list[tuple] = []
+
+    def __iter__(self):
+        it = iter(self.batches)
+        while True:
+            if self.cuda:
+                asked = torch.cuda.Event(enable_timing=True)
+                asked.record()
+            batch = next(it, None)
+            if batch is None:
+                return
+            if self.cuda:
+                handed = torch.cuda.Event(enable_timing=True)
+                handed.record()
+                self.pairs.append((asked, handed))
+            yield batch
+
+    def stalled_s(self) -> float | None:
+        """Seconds the device waited for batches (after a synchronize); None off CUDA."""
+        if not self.cuda:
+            return None
+        return sum(a.elapsed_time(h) for a, h in self.pairs) / 1e3
+
+
 def bench_sgd(model, fused: bool = False) -> torch.optim.SGD:
     """The timed steps' optimizer: the paper's momentum and weight decay at a tiny lr (the weights stay finite
     over any number of steps); fused: SGD's one-kernel update (RunConfig.fused_sgd)."""
@@ -76,19 +110,24 @@ def bench_sgd(model, fused: bool = False) -> torch.optim.SGD:
 def run_steps(
     model, batches, *, precision: str, channels_last: bool, warmup: int, sync, fused_sgd: bool = False
 ) -> dict:
-    """The trainer's step timed after `warmup` batches; fused_sgd: SGD's one-kernel update (RunConfig.fused_sgd)."""
+    """The trainer's step timed after `warmup` batches; fused_sgd: SGD's one-kernel update (RunConfig.fused_sgd).
+    data_wait_frac: the host's share of the time inside the loader's next(), as the trainer logs it;
+    device_wait_frac (CUDA only, else None): the device's share idle for want of a batch (DeviceWait)."""
     opt = bench_sgd(model, fused_sgd)
     batches_it = iter(batches)
     head = list(itertools.islice(batches_it, warmup))
     train_one_epoch(model, opt, head, precision=precision, channels_last=channels_last)  # cudnn autotune, caches
     sync()
+    timed = DeviceWait(batches_it, next(model.parameters()).device)
     t0 = time.perf_counter()
-    meter = train_one_epoch(model, opt, batches_it, precision=precision, channels_last=channels_last)
+    meter = train_one_epoch(model, opt, timed, precision=precision, channels_last=channels_last)
     sync()
     dt = time.perf_counter() - t0
+    stalled = timed.stalled_s()
     return {
         "images_per_s": meter.images / dt,
         "data_wait_frac": meter.data_s / max(meter.step_s, 1e-9),
+        "device_wait_frac": None if stalled is None else stalled / dt,
         "steps": meter.steps,
     }
 
@@ -233,7 +272,8 @@ class TrainBench:
     def end_to_end(
         self, model, loader, precision: str, channels_last: bool, *, steps: int | None = None, full_only: bool = False
     ) -> dict:
-        """{"images_per_s", "data_wait_frac", "steps"} of the trainer's step fed by `loader` (epochs chained)."""
+        """{"images_per_s", "data_wait_frac", "device_wait_frac", "steps"} of the trainer's step fed by `loader`
+        (epochs chained): `run_steps`."""
         batches = Take(loader, (steps or self.steps) + self.warmup, full_only=full_only)
         return run_steps(
             model, batches, precision=precision, channels_last=channels_last, warmup=self.warmup, sync=self.sync
@@ -309,6 +349,7 @@ def bench_train(
             **kind,
             "images_per_s": r["images_per_s"],
             "data_wait_frac": r["data_wait_frac"],
+            "device_wait_frac": r["device_wait_frac"],
             "synthetic_images_per_s": top["synthetic_images_per_s"],
             "end_to_end_vs_synthetic": r["images_per_s"] / top["synthetic_images_per_s"],
         }

@@ -161,6 +161,7 @@ HEADLINES = {
         ("synthetic_img_s.bf16_channels_last", "bf16 cl", "{:.0f} img/s"),
         ("end_to_end_img_s", "end to end", "{:.0f} img/s"),
         ("data_wait_frac", "data wait", "{:.1%}"),
+        ("device_wait_frac", "device idle for data", "{:.1%}"),
         ("end_to_end_best_vs_default", "best loader vs default", "{:.2f}"),
         ("profile.heaviest", "heaviest op", "{}"),
         ("lrn.auto_vs_pool", "LRN default vs pool", "{:.2f}"),

@@ -479,6 +479,7 @@ def stage_train(ctx: Context, fig: dict) -> None:
         fig.update(
             end_to_end_img_s=r["images_per_s"],
             data_wait_frac=r["data_wait_frac"],
+            device_wait_frac=r["device_wait_frac"],
             end_to_end_vs_synthetic=r["images_per_s"] / syn[best_name],
             end_to_end_loader=best,
         )
