@@ -433,9 +433,9 @@ def stage_stats(ctx: Context, fig: dict) -> None:
 
 
 def stage_train(ctx: Context, fig: dict) -> None:
-    """Synthetic variants first (no data needed), end to end with the loader's best and default settings, then
-    TF32 and fused SGD, the host-sync ratio, two towers and torch.compile: `bench train`'s measurements
-    (TrainBench), time-boxed one by one."""
+    """Synthetic variants first (no data needed), end to end with the loader's best and default settings, the
+    profile, the LRN implementations, then TF32 and fused SGD, the host-sync ratio, two towers, the convolutions,
+    twice the batch and torch.compile: `bench train`'s measurements (TrainBench), time-boxed one by one."""
     from alexmodel.tools.bench import TrainBench
 
     s = ctx.size
@@ -451,7 +451,23 @@ def stage_train(ctx: Context, fig: dict) -> None:
     ctx.best_train = {"precision": precision, "channels_last": cl}
     fig["best"] = best_name
     # End to end next, right after the synthetic variants it is compared with: it is a goal figure, and the
-    # measurements below only tune defaults.
+    # measurements after it only tune defaults.
+    train_end_to_end(ctx, tb, fig, precision, cl)
+    ctx.check_time()
+    # Where the step's time goes (the model alone has missed the end-to-end goal: docs/BENCHMARKS.md): the top
+    # kernels name the layer to work on.
+    fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
+    train_lrn(ctx, tb, fig, precision, cl)
+    train_speed_options(ctx, tb, fig, precision, cl)
+    if ctx.device == "gpu":
+        train_gpu_only(ctx, tb, fig, precision, cl)
+    train_compiled(ctx, tb, fig, precision, cl)
+
+
+def train_end_to_end(ctx: Context, tb, fig: dict, precision: str, cl: bool) -> None:
+    """The train stage's end to end: the trainer's step fed by the Loader at the loader's best setting (this
+    check's loader stage, or an earlier check's) and at its defaults; on a GPU also echo 2 and the cache."""
+    s, syn, best_name = ctx.size, fig["synthetic_img_s"], fig["best"]
     if ctx.data is not None:
         from alexdata.dataset import open_split
         from alexdata.loader import Loader, resolve_stats
@@ -495,19 +511,19 @@ def stage_train(ctx: Context, fig: dict) -> None:
             fig.setdefault("notes", []).append("echo 2 and the decoded-image cache end to end: on a GPU only")
     else:
         fig["notes"] = ["end to end skipped: the data stage did not finish"]
-    ctx.check_time()
-    # Where the step's time goes (the model alone has missed the end-to-end goal: docs/BENCHMARKS.md): the top
-    # kernels name the layer to work on.
-    fig["profile"] = tb.profile(tb.model(cl), precision, cl, steps=min(5, s.train_steps))
-    ctx.check_time()
-    # The LRN (alexmodel/lrn.py): the default ("auto": Triton or analytic, whichever its own timing picked) beside
-    # each implementation and the net without LRN (identity), whose ratio is the LRN's true share of the step.
+
+
+def train_lrn(ctx: Context, tb, fig: dict, precision: str, cl: bool) -> None:
+    """The LRN (alexmodel/lrn.py): the default ("auto": Triton or analytic, whichever its own timing picked) beside
+    each implementation and the net without LRN (identity), whose ratio is the LRN's true share of the step."""
     import importlib.util
 
     from alexmodel import lrn
 
     triton = ctx.device == "gpu" and importlib.util.find_spec("triton") is not None
     impls = ["analytic", "pool", "identity"] + (["triton"] if triton else [])
+    syn, best_name = fig["synthetic_img_s"], fig["best"]
+    ctx.check_time()
     fig["lrn"] = {"auto_img_s": syn[best_name], "chosen": sorted(set(lrn._CHOSEN.values()))}
     for impl in impls:
         ctx.check_time()
@@ -517,8 +533,13 @@ def stage_train(ctx: Context, fig: dict) -> None:
         fig["lrn"][f"{impl}_img_s"] = tb.synthetic(tb.model(cl, lrn=impl), precision, cl)
     fig["lrn"]["auto_vs_pool"] = syn[best_name] / fig["lrn"]["pool_img_s"]
     fig["lrn"]["share_of_step"] = 1 - syn[best_name] / fig["lrn"]["identity_img_s"]
-    # The trainer's speed-only options, each beside the plain setting measured above: "wins" says which default
-    # the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd).
+
+
+def train_speed_options(ctx: Context, tb, fig: dict, precision: str, cl: bool) -> None:
+    """The trainer's speed-only options, each beside the plain setting measured before: "wins" says which default
+    the next GPU session should keep (RunConfig.tf32, RunConfig.fused_sgd); the host-sync ratio; both towers on
+    the one device."""
+    syn, best_name = fig["synthetic_img_s"], fig["best"]
     if ctx.device == "gpu":
         ctx.check_time()
         plain, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, True
@@ -553,25 +574,34 @@ def stage_train(ctx: Context, fig: dict) -> None:
     ctx.check_time()
     # The paper's two-tower code path (§3.2) with both towers on this one device: a second GPU is not lent here.
     fig["two_tower_one_device_img_s"] = tb.synthetic(tb.model(cl, devices=(tb.dev, tb.dev)), precision, cl)
-    if ctx.device == "gpu":
-        # Each convolution alone in NCHW and NHWC (which layout cuDNN serves best, per layer), and the best
-        # variant at twice the batch (a step's fixed costs amortised): each recorded, a failure not fatal.
-        for key, measure in (
-            ("conv_tflops", lambda: tb.conv_tflops(precision)),
-            (
-                "batch_2x_img_s",
-                lambda: TrainBench(
-                    ctx.device, classes=s.classes, width=s.width, batch_size=2 * s.batch_size, steps=s.train_steps // 2
-                ).synthetic(tb.model(cl), precision, cl),
-            ),
-        ):
-            ctx.check_time()
-            try:
-                fig[key] = measure()
-            except Exception as e:
-                fig[key + "_error"] = one_line(e)
-    # torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
-    # the timing), so it runs only when the box still has 90 s; a compiler failure is recorded, not fatal.
+
+
+def train_gpu_only(ctx: Context, tb, fig: dict, precision: str, cl: bool) -> None:
+    """Each convolution alone in NCHW and NHWC (which layout cuDNN serves best, per layer), and the best variant at
+    twice the batch (a step's fixed costs amortised): each recorded, a failure not fatal."""
+    from alexmodel.tools.bench import TrainBench
+
+    s = ctx.size
+    for key, measure in (
+        ("conv_tflops", lambda: tb.conv_tflops(precision)),
+        (
+            "batch_2x_img_s",
+            lambda: TrainBench(
+                ctx.device, classes=s.classes, width=s.width, batch_size=2 * s.batch_size, steps=s.train_steps // 2
+            ).synthetic(tb.model(cl), precision, cl),
+        ),
+    ):
+        ctx.check_time()
+        try:
+            fig[key] = measure()
+        except Exception as e:
+            fig[key + "_error"] = one_line(e)
+
+
+def train_compiled(ctx: Context, tb, fig: dict, precision: str, cl: bool) -> None:
+    """torch.compile last: compiling forward and backward takes a minute or so (inside the warm-up steps, outside
+    the timing), so it runs only on a GPU and when the box still has 90 s; a compiler failure is recorded."""
+    syn, best_name = fig["synthetic_img_s"], fig["best"]
     if ctx.device == "gpu" and ctx.left() > 90:
         t = time.perf_counter()
         try:
