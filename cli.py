@@ -57,6 +57,15 @@ def _shown(value, name: str) -> str:
     return f"{value:,}" if isinstance(value, (int, float)) else str(value)
 
 
+# --device of every command but train's (a RunConfig field) and check's: where the work runs
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
+)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
 def tuning_options(command):
     """`--prefetch`, `--hw-decoder-load`, ...: the fields of pipelines.config.Tuning, DALI's speed knobs."""
     from pipelines.config import Tuning
@@ -330,7 +339,7 @@ def bench_bytes(batch_size, precision, width, as_json):
 @click.option(
     "--rounds", type=POS_INT, default=3, show_default=True, help="Alternating rounds; the median is reported."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_prepare(src, images, rounds, as_json):
     """Per-core images/s of prepare's resize (DCT-domain draft) vs a plain PIL loop on SRC's images."""
     from alexdata.bench import bench_prepare as run
@@ -357,9 +366,7 @@ class _IntList(click.ParamType):
 
 @bench.command("loader")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default: gpu when torch sees one, else cpu."
-)
+@device_option
 @click.option("--batch-size", type=POS_INT, default=128, show_default=True)
 @click.option(
     "--seconds",
@@ -390,7 +397,7 @@ class _IntList(click.ParamType):
 )
 @click.option("--crop", type=POS_INT, default=None, help="Output size in pixels, square [default: 227].")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_loader(data, device, batch_size, seconds, threads, echoes, augment, crop, stats, rounds, as_json, **knobs):
     """Images/s of DALI decode only, the train pipeline, and a torch DataLoader + PIL baseline, side by side."""
     from alexdata.bench import bench_loader as run
@@ -419,12 +426,7 @@ def bench_loader(data, device, batch_size, seconds, threads, echoes, augment, cr
     "--max-images", type=POS_INT, default=None, help="Sum a seeded uniform sample of N training images [default: all]."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the --max-images sample.")
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "gpu"]),
-    default=None,
-    help="Decode and sum on [default: gpu if torch sees CUDA, else cpu].",
-)
+@device_option
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option(
     "--threads", type=POS_INT, default=None, help="DALI threads, and summing threads on cpu [default: all cores]."
@@ -467,9 +469,7 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
 
 @bench.command("stats")
 @click.argument("data", type=click.Path())
-@click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
-)
+@device_option
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option(
     "--threads", type=POS_INT, default=None, help="DALI threads, and summing threads on cpu [default: all cores]."
@@ -478,7 +478,7 @@ def stats(data, out, max_images, seed, device, batch_size, threads, force):
 @click.option(
     "--rounds", type=POS_INT, default=3, show_default=True, help="Alternating rounds; the median is reported."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_stats(data, device, batch_size, threads, max_images, rounds, as_json):
     """Images/s of DALI decode alone vs the stats pass (same reader, decoder, images and threads), and the ratio."""
     from alexdata.bench import bench_stats as run
@@ -605,10 +605,8 @@ def train(ctx, data, out, resume, **options):
     is_flag=True,
     help="Average the softmax over ten views: four corners and centre, and their mirrors (paper §4.1).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
-)
+@json_option
+@device_option
 @click.option(
     "--batch-size", type=POS_INT, default=128, show_default=True, help="Images per batch (ten-crop: 10 views each)."
 )
@@ -657,9 +655,7 @@ def evaluate(data, checkpoint, ten_crop, as_json, device, batch_size, threads, s
 @click.option("--ten-crop", is_flag=True, help="Average the softmax over the ten views, as evaluate does.")
 @click.option("--top", type=POS_INT, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image and line.")
-@click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
-)
+@device_option
 @click.option("--batch-size", type=POS_INT, default=64, show_default=True)
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads [default: all cores].")
 def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, threads):
@@ -703,9 +699,7 @@ def predict(images, checkpoint, ten_crop, top, as_json, device, batch_size, thre
     show_default=True,
     help="Directory for raw/, data/ and run/; finished stages are reused.",
 )
-@click.option(
-    "--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if torch sees CUDA, else cpu]"
-)
+@device_option
 @click.option(
     "--epochs",
     type=POS_INT,
@@ -732,7 +726,7 @@ def demo(out, device, epochs):
 
 @bench.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False), required=False)
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="[default: gpu if available]")
+@device_option
 @click.option(
     "--steps", type=POS_INT, default=20, show_default=True, help="Timed optimizer steps per variant (after warm-up)."
 )
@@ -748,7 +742,7 @@ def demo(out, device, epochs):
 @click.option("--threads", type=POS_INT, default=None, help="DALI threads for the end-to-end run.")
 @click.option("--stats", type=click.Path(dir_okay=False), default=None, help="Default: DATA/stats.json.")
 @click.option("--no-sweep", is_flag=True, help="Only the bf16 channels_last single-device variant.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 def bench_train(data, device, steps, batch_size, width, precisions, threads, stats, no_sweep, as_json):
     """Training images/s: synthetic tensors on the device (compute bound) vs the real loader (end to end), and
     the placement / precision / channels_last sweep. Without DATA only the synthetic figures."""
