@@ -609,10 +609,25 @@ def test_a_config_file_then_the_options_on_top(one_epoch, data, tmp_path):
         ({"data": {"aug": {"flip": 1}}}, "data.aug.flip is no field of AugmentConfig"),
         ({"optim": {"epochs": 0}}, "epochs=0: expected an int >= 1"),
         ({"optim": []}, "expected a JSON object of sections data, model, optim, run"),
+        ({"data": {"tuning": {"prefetch": 0}}}, "data.tuning: prefetch must be an int >= 1"),
+        ({"data": {"tuning": {"prefetchh": 3}}}, "data.tuning.prefetchh is no field of Tuning"),
+        ({"data": {"prefetch": 3}}, "data.prefetch is no field of DataConfig"),  # the older flat layout
     ):
         recipe_file.write_text(json.dumps(bad))
         with pytest.raises(ConfigError, match=re.escape(why)):
             configs_from_options(str(data), out, config=recipe_file)
+    tuned = tmp_path / "tuned.json"  # the DALI knobs as config.json records them
+    tuned.write_text(json.dumps({"data": {"tuning": {"prefetch": 3, "hw_decoder_load": 0.9}}}))
+    t = configs_from_options(str(data), out, config=tuned, hybrid_huffman_threshold=0)[0].tuning
+    assert (t.prefetch, t.hw_decoder_load, t.hybrid_huffman_threshold, t.gpu_cache_gb) == (3, 0.9, 0, 0.0)
+    older = tmp_path / "older"  # a run directory whose config.json keeps the DALI knobs flat in data
+    older.mkdir()
+    cfg = json.loads((one_epoch / "config.json").read_text())
+    inner = cfg.get("config", cfg)
+    inner["data"].update(prefetch=inner["data"].pop("tuning")["prefetch"])
+    (older / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"config\.data\.tuning is missing: a run of an older version"):
+        configs_from_options(str(data), str(older), resume=True)
     with pytest.raises(ConfigError, match="--recipe with --config"):
         configs_from_options(str(data), out, config=one_epoch, recipe="paper")
     with pytest.raises(ConfigError, match="--config with --resume"):
