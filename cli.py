@@ -21,8 +21,8 @@ POS_FLOAT = click.FloatRange(min=0, min_open=True)
 
 def config_options(cls, skip: tuple[str, ...] = ()):
     """A decorator adding one option per field of the config dataclass `cls` (but `skip`), made from the field:
-    its name (`--log-every`; a bool `--x/--no-x` when on by default, `--no-x` renamed by metadata "off", a flag
-    `--x` when off), type, default and, in its metadata (alexmodel/config.py `_opt`), the help text, choices,
+    its name (`--log-every`; a bool `--x/--no-x`, so a resume can turn it either way, `--no-x` renamed by
+    metadata "off"), type, default and, in its metadata (alexmodel/config.py `_opt`), the help text, choices,
     range ("min", "max", "min_open", "max_open") and the default as said where a recipe sets it ("shown"). A
     setting is declared once, at its field; a new field needs no edit here. Values arrive in the command's
     keyword arguments by field name; the config's own checks give the one-line errors."""
@@ -33,8 +33,7 @@ def config_options(cls, skip: tuple[str, ...] = ()):
             meta, name = f.metadata, f.metadata.get("option", f.name).replace("_", "-")
             kind = meta.get("type", type(f.default))
             if kind is bool:
-                off = meta.get("off", f"no-{name}")
-                decl, kw = (f"--{name}/--{off}", {}) if f.default else (f"--{name}", {"is_flag": True})
+                decl, kw = f"--{name}/--{meta.get('off', f'no-{name}')}", {}
             elif "choices" in meta:
                 decl, kw = f"--{name}", {"type": click.Choice(meta["choices"])}
             elif "min" in meta or "max" in meta:
@@ -42,7 +41,7 @@ def config_options(cls, skip: tuple[str, ...] = ()):
                 decl, kw = f"--{name}", {"type": (click.IntRange if kind is int else click.FloatRange)(**bounds)}
             else:
                 decl, kw = f"--{name}", {"type": kind}
-            said = meta.get("shown") or ("" if f.default is None or f.default is False else _shown(f.default, name))
+            said = meta.get("shown") or ("" if f.default is None else _shown(f.default, name, meta))
             text = meta["help"] + (f" [default: {said}]" if said else "")
             command = click.option(decl, f.name, default=f.default, help=text, **kw)(command)
         return command
@@ -50,10 +49,10 @@ def config_options(cls, skip: tuple[str, ...] = ()):
     return add
 
 
-def _shown(value, name: str) -> str:
-    """A default as the help text says it: 1,000,000; 0.65; --tf32 for a bool option on by default."""
-    if value is True:
-        return f"--{name}"
+def _shown(value, name: str, meta) -> str:
+    """A default as the help text says it: 1,000,000; 0.65; --tf32 or --no-compile for a bool option."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--{meta.get('off', f'no-{name}')}"
     return f"{value:,}" if isinstance(value, (int, float)) else str(value)
 
 

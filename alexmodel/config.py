@@ -175,7 +175,7 @@ class RunConfig:
     compile: bool = _opt(False, "torch.compile the model.")
     placement: str = _opt("single", "two-tower: the paper's split of the net over two GPUs (§3.2).", choices=PLACEMENTS)
     checkpoint_every: int = _opt(0, "Also checkpoint every N optimizer steps (0: at epoch ends only).", min=0)
-    seed: int = _opt(0, "Init, dropout and the loader's augmentation draws.")
+    seed: int = _opt(0, "Init, dropout and the loader's augmentation draws.", min=0)
     torch_threads: int | None = _opt(
         None,
         "CPU compute threads (fix them for bit-exact CPU runs and resumes) [default: torch's, at most this "
@@ -222,6 +222,8 @@ class RunConfig:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every}: expected >= 0 steps (0: epoch ends only)")
         if self.log_every < 1:
             raise ConfigError(f"log_every={self.log_every}: expected >= 1 optimizer steps")
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ConfigError(f"seed={self.seed!r}: expected an int >= 0")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"torch_threads={self.torch_threads}: expected >= 1 (or None for torch's default)")
 

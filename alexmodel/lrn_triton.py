@@ -25,10 +25,11 @@ TILE = 512  # elements a program holds: 4 a thread at Triton's 4 warps
 
 
 @triton.jit
-def _tile(sb, sc, G, n, HW, CB, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _tile(sb, sc, G, n, HW, CB, PB, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """This program's tile: the offset of its image's channel group, its channel column (the CB-th block of
     BLOCK_C maps in the group), the pixel row and which pixels lie inside the image."""
-    q, pb = tl.program_id(0), tl.program_id(1)
+    pid = tl.program_id(0)  # one axis (2^31 - 1 programs): PB pixel blocks of each of CB channel blocks of each
+    q, pb = pid // PB, pid % PB  # image's group
     bg, cb = q // CB, q % CB
     base = (bg // G).to(tl.int64) * sb + ((bg % G) * n).to(tl.int64) * sc
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
@@ -49,9 +50,9 @@ def _sum_sq(X, base, ci, p, sc, sp, n, inside, SIZE: tl.constexpr, BLOCK_C: tl.c
 
 @triton.jit
 def _lrn_fwd(
-    X, Y, n, HW, G, CB, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
+    X, Y, n, HW, G, CB, PB, sb, sc, sp, alpha, beta, k, SIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr
 ):
-    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, BLOCK_C, BLOCK_P)
+    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, PB, BLOCK_C, BLOCK_P)
     total = _sum_sq(X, base, c, p, sc, sp, n, inside, SIZE, BLOCK_C, BLOCK_P)
     mine = (c < n) & inside
     x = tl.load(X + base + c * sc + p * sp, mask=mine, other=0.0).to(tl.float32)
@@ -68,6 +69,7 @@ def _lrn_bwd(
     HW,
     G,
     CB,
+    PB,
     sb,
     sc,
     sp,
@@ -79,7 +81,7 @@ def _lrn_bwd(
     BLOCK_P: tl.constexpr,
 ):
     # da_j = g_j d_j^-beta - 2 alpha beta a_j sum_{i in window(j)} g_i a_i d_i^(-beta-1)
-    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, BLOCK_C, BLOCK_P)
+    base, c, p, inside = _tile(sb, sc, G, n, HW, CB, PB, BLOCK_C, BLOCK_P)
     window = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)
     own = tl.zeros((BLOCK_C, BLOCK_P), tl.float32)  # g_j d_j^-beta
     for o in tl.static_range(SIZE):
@@ -112,11 +114,11 @@ def _launch(kernel, tensors, x: torch.Tensor, groups: int, size: int, alpha: flo
     n = c // groups
     sb, sc, sh, sw = x.stride()
     block_c, block_p = _blocks(n, h * w, channels_last=sc == 1 and c > 1)
-    cb = triton.cdiv(n, block_c)
-    grid = (b * groups * cb, triton.cdiv(h * w, block_p))  # axis 0 takes 2^31 - 1 blocks, axis 1 65,535
+    cb, pb = triton.cdiv(n, block_c), triton.cdiv(h * w, block_p)
+    grid = (b * groups * cb * pb,)
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():  # Triton launches on the current one
         kernel[grid](
-            *tensors, n, h * w, groups, cb, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p
+            *tensors, n, h * w, groups, cb, pb, sb, sc, sw, alpha, beta, k, SIZE=size, BLOCK_C=block_c, BLOCK_P=block_p
         )
 
 

@@ -3,6 +3,7 @@ dataset statistics, and how a pipeline runs (`RunSpec`: batch, threads, device, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -202,7 +203,7 @@ class Tuning:
                 f"hybrid_huffman_threshold must be >= 0 pixels (an int), got {self.hybrid_huffman_threshold!r}"
             )
         g = self.gpu_cache_gb
-        if not (isinstance(g, (int, float)) and g >= 0 and (g == 0 or round(g * 1024) >= 1)):
+        if not (isinstance(g, (int, float)) and math.isfinite(g) and g >= 0 and (g == 0 or round(g * 1024) >= 1)):
             raise ValueError(f"gpu_cache_gb must be 0 or at least 1 MiB of GPU memory (in GiB), got {g!r}")
 
     @property

@@ -347,4 +347,13 @@ def test_the_loaders_best_setting_is_kept_for_a_later_checks_train_stage(tmp_pat
         assert check_stages.earlier_best_loader(Context(**{**vars(later), **other})) == {}
     (tmp_path / check_stages.BEST_LOADER).write_text("{not json")
     assert check_stages.earlier_best_loader(later) == {}
+    (tmp_path / check_stages.BEST_LOADER).write_text("[1, 2]")  # JSON, but no record
+    assert check_stages.earlier_best_loader(later) == {}
+    # a file of another version or machine: knobs the sweep does not know dropped, threads capped to the cores
+    check_stages.keep_best_loader(ctx, {**best, "threads": 64, "gone_knob": 1, "prefetch": "2"})
+    assert check_stages.earlier_best_loader(later) == {
+        "batch_size": TINY.batch_size,
+        "threads": 4,
+        "hw_decoder_load": 0.8,
+    }
     assert check_stages.earlier_best_loader(Context(**{**vars(later), "work": tmp_path / "none"})) == {}

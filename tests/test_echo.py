@@ -115,6 +115,8 @@ def test_echo_and_the_cache_are_refused_where_they_do_not_apply(ramps20):
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="at least 1 MiB"):  # would round to no cache at all, silently
         Loader(ramps20, stats=STATS, gpu_cache_gb=0.0001)
+    with pytest.raises(ConfigError, match="at least 1 MiB"):  # round() of infinity raised OverflowError
+        Loader(ramps20, stats=STATS, gpu_cache_gb=float("inf"))
     old = Loader(ramps20, stats=STATS, batch_size=8).state_dict()
     with pytest.raises(ConfigError, match="loader state is for echo=1, this loader has 2"):
         Loader(ramps20, stats=STATS, batch_size=8, echo=2).load_state_dict(old)

@@ -258,6 +258,14 @@ def test_option_rules_are_the_librarys(one_epoch, data, capsys):
         configs_from_options(str(data), "elsewhere", epoch=3)
 
 
+def test_a_negative_seed_is_one_line():
+    """numpy's seed (build_net) takes no negative number, and DALI's -1 means "draw one": refused up front."""
+    from alexdata.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="seed=-1: expected an int >= 0"):
+        RunConfig(seed=-1)
+
+
 def test_compat_keys_cover_the_optimiser_but_not_epochs_or_lr():
     assert {"optim.batch_size", "optim.schedule", "optim.momentum", "model.width"} <= set(COMPAT_KEYS)
     assert not {"optim.epochs", "optim.lr", "run.precision", "world_size"} & set(COMPAT_KEYS)

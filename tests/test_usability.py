@@ -357,8 +357,8 @@ def test_a_resume_may_change_the_speed_options(run, data):
 def test_every_setting_is_an_option_made_from_its_field(command, config):
     """A field of pipelines.config.Tuning (a DALI knob) or of alexmodel.config's RunConfig, OptimConfig or
     DataConfig is all a setting declares above its use: the command offers it as --its-name (or the name in its
-    metadata), with the field's default, choices, range and help, a bool as --x/--no-x when on by default (or the
-    metadata's "off" name) and as a flag --x when off."""
+    metadata), with the field's default, choices, range and help, a bool as --x/--no-x (or the metadata's "off"
+    name)."""
     from dataclasses import fields
 
     import click
@@ -380,11 +380,9 @@ def test_every_setting_is_an_option_made_from_its_field(command, config):
         assert o.opts == [flag] and o.default == f.default and o.help.startswith(meta["help"]), f.name
         if "shown" in meta:  # the recipes' defaults
             assert o.help.endswith(f"[default: {meta['shown']}]")
-        if f.default is True:
+        if isinstance(f.default, bool):  # both ways, so that a resume can turn it off or on
             off = "--" + meta.get("off", "no-" + flag[2:])
-            assert o.secondary_opts == [off] and o.help.endswith(f"[default: {flag}]")
-        elif f.default is False:
-            assert o.is_flag and o.secondary_opts == []
+            assert o.secondary_opts == [off] and o.help.endswith(f"[default: {flag if f.default else off}]")
         if "choices" in meta:
             assert isinstance(o.type, click.Choice) and tuple(o.type.choices) == meta["choices"]
         for bound in ("min", "max", "min_open", "max_open"):

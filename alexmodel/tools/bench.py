@@ -76,7 +76,7 @@ class DeviceWait:
     data's cost (docs/BENCHMARKS.md, "H200, 2026-12-04")."""
 
     def __init__(self, batches, device: torch.device):
-        self.batches, self.cuda = batches, device.type == "cuda"
+        self.batches, self.cuda, self.device = batches, device.type == "cuda", device
         self.pairs: list[tuple] = []
 
     def __iter__(self):
@@ -84,13 +84,13 @@ class DeviceWait:
         while True:
             if self.cuda:
                 asked = torch.cuda.Event(enable_timing=True)
-                asked.record()
+                asked.record(torch.cuda.current_stream(self.device))
             batch = next(it, None)
             if batch is None:
                 return
             if self.cuda:
                 handed = torch.cuda.Event(enable_timing=True)
-                handed.record()
+                handed.record(torch.cuda.current_stream(self.device))
                 self.pairs.append((asked, handed))
             yield batch
 

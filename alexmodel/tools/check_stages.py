@@ -412,12 +412,18 @@ def earlier_best_loader(ctx: Context) -> dict:
         record = json.loads((ctx.work / BEST_LOADER).read_text())
     except (OSError, ValueError, TypeError):
         return {}
+    if not isinstance(record, dict) or not isinstance(record.get("best"), dict):
+        return {}
     same = (record.get("device"), record.get("data"), record.get("batch_size")) == (
         ctx.device,
         str(ctx.data),
         ctx.size.batch_size,
     )
-    return dict(record["best"]) if same and isinstance(record.get("best"), dict) else {}
+    known = sweep_default(ctx)  # the sweep's knobs only: a file of another version names no others
+    best = {k: v for k, v in record["best"].items() if k in known and type(v) is type(known[k])}
+    if "threads" in best:
+        best["threads"] = max(1, min(best["threads"], ctx.cores))  # another machine's cores
+    return best if same else {}
 
 
 def stage_stats(ctx: Context, fig: dict) -> None:
@@ -671,7 +677,7 @@ def stage_paper_init(ctx: Context, fig: dict) -> None:
         if ctx.device == "gpu"
         else ("fp32", False)
     )
-    best = ctx.best_loader
+    best = ctx.best_loader or earlier_best_loader(ctx)
     run = RunConfig(device=ctx.device, precision=precision, channels_last=cl, validate=False, progress=False)
     data_cfg = DataConfig(
         str(data),
