@@ -209,7 +209,7 @@ def train_one_epoch(
         )
         asked = bool(stop is not None and stop())
         # float64: a window's sums add up exactly enough that the window's length changes no reported figure
-        # beyond round-off (tests/test_preemption.py), and counts stay exact past float32's 2^24.
+        # beyond round-off (tests/test_cli_preemption.py), and counts stay exact past float32's 2^24.
         # The two host numbers go in with fill kernels: new_tensor() would be a host-to-device copy, which
         # waits for the device every step (caught by the GPU test under torch.cuda.set_sync_debug_mode).
         full = lambda v: torch.full((), v, dtype=torch.float64, device=logits.device)

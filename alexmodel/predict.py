@@ -2,7 +2,7 @@
 
 Each JPEG or PNG goes through the same DALI graph as `alexnet evaluate` (pipelines/eval.py): decode, shorter side
 to 256, the central 227 crop (or the ten crops of paper §4.1 with `ten_crop`), minus the mean the run trained
-with. So predict and evaluate give the same probabilities for the same image (tests/test_usability.py).
+with. So predict and evaluate give the same probabilities for the same image (tests/test_cli_usability.py).
 
 A file that is missing, empty, not a JPEG/PNG, cut short or damaged inside (libjpeg's strict check, as in
 `prepare`) is reported in its place ({"image", "error"}) and the others are predicted: DALI would stop the whole

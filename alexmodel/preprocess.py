@@ -18,7 +18,7 @@ them; the recipe decides the mean and the std (the modern one divides by the std
 
 The decoder (PIL's libjpeg-turbo and DALI's) gives the same pixels, so on an image whose shorter side is 256
 the probabilities are `alexnet predict`'s to float precision; a resized one has a few pixels in a thousand a level
-or two of 255 apart (the filter's rounding), its probabilities ~1e-4 (tests/test_first_use.py).
+or two of 255 apart (the filter's rounding), its probabilities ~1e-4 (tests/test_cli_first_use.py).
 """
 
 from __future__ import annotations

@@ -87,3 +87,16 @@ def test_the_command_line_imports_neither_torch_nor_dali():
     code = "import sys, cli; print(sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_test_files_follow_the_modules():
+    """Each test file is named after the module (or package) it tests, test_<module>.py, or is an end-to-end file
+    of the command line, test_cli_*.py; test_style.py and this file keep the house."""
+    names = {p.stem for p in MODULES} | set(LAYERS[:3]) | {"check_stages"}
+    house = {"test_style", "test_imports"}
+    odd = [
+        p.name
+        for p in sorted((ROOT / "tests").glob("test_*.py"))
+        if p.stem not in house and not p.stem.startswith("test_cli_") and p.stem.removeprefix("test_") not in names
+    ]
+    assert odd == []
