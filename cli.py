@@ -14,6 +14,7 @@ import click
 
 from alexdata.errors import StatsMissing, UserError, os_error_line, plural
 from alexmodel.config import DataConfig, OptimConfig, RunConfig
+from pipelines.config import Tuning
 
 POS_INT = click.IntRange(min=1)  # counts: workers, images, batch sizes, steps ...
 POS_FLOAT = click.FloatRange(min=0, min_open=True)
@@ -32,8 +33,9 @@ def config_options(cls, skip: tuple[str, ...] = ()):
         for f in reversed([f for f in fields(cls) if f.name not in skip]):
             meta, name = f.metadata, f.metadata.get("option", f.name).replace("_", "-")
             kind = meta.get("type", type(f.default))
+            off = meta.get("off", f"no-{name}")  # a bool's other spelling
             if kind is bool:
-                decl, kw = f"--{name}/--{meta.get('off', f'no-{name}')}", {}
+                decl, kw = f"--{name}/--{off}", {}
             elif "choices" in meta:
                 decl, kw = f"--{name}", {"type": click.Choice(meta["choices"])}
             elif "min" in meta or "max" in meta:
@@ -41,7 +43,7 @@ def config_options(cls, skip: tuple[str, ...] = ()):
                 decl, kw = f"--{name}", {"type": (click.IntRange if kind is int else click.FloatRange)(**bounds)}
             else:
                 decl, kw = f"--{name}", {"type": kind}
-            said = meta.get("shown") or ("" if f.default is None else _shown(f.default, name, meta))
+            said = meta.get("shown") or ("" if f.default is None else _shown(f.default, name, off))
             text = meta["help"] + (f" [default: {said}]" if said else "")
             command = click.option(decl, f.name, default=f.default, help=text, **kw)(command)
         return command
@@ -49,10 +51,10 @@ def config_options(cls, skip: tuple[str, ...] = ()):
     return add
 
 
-def _shown(value, name: str, meta) -> str:
+def _shown(value, name: str, off: str) -> str:
     """A default as the help text says it: 1,000,000; 0.65; --tf32 or --no-compile for a bool option."""
     if isinstance(value, bool):
-        return f"--{name}" if value else f"--{meta.get('off', f'no-{name}')}"
+        return f"--{name}" if value else f"--{off}"
     return f"{value:,}" if isinstance(value, (int, float)) else str(value)
 
 
@@ -65,11 +67,7 @@ device_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
-def tuning_options(command):
-    """`--prefetch`, `--hw-decoder-load`, ...: the fields of pipelines.config.Tuning, DALI's speed knobs."""
-    from pipelines.config import Tuning
-
-    return config_options(Tuning)(command)
+tuning_options = config_options(Tuning)  # `--prefetch`, `--hw-decoder-load`, ...: DALI's speed knobs
 
 
 class _Commands(click.Group):
@@ -410,7 +408,7 @@ def bench_loader(data, device, batch_size, seconds, threads, echoes, augment, cr
             threads,
             stats,
             rounds,
-            tuning={k: v for k, v in knobs.items() if v is not None},
+            tuning=knobs,
             echoes=echoes,
             aug={"augment": augment, **({"crop": crop} if crop else {})},
         ),

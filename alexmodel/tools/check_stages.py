@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the source checkout: tests/ lives 
 QUICK_TESTS = ("tests/test_lrn.py", "-m", "not slow and not gpu")  # the CPU's subset: seconds, no data fixtures
 # Every GPU test but the compiled training epoch (the train stage times torch.compile itself, and its several
 # minute-long compilations would not fit the stage's box), on four pytest-xdist workers sharing the GPU: one at a
-# time, the 11 tests at ~10 s each outran the stage's box on the H200 (docs/BENCHMARKS.md).
+# time, the 13 tests at ~10 s each outran the stage's box on the H200 (docs/BENCHMARKS.md).
 GPU_TESTS = ("tests", "-m", "gpu", "--deselect", "tests/test_train.py::test_gpu_epoch[bf16-True-True]", "-n", "4")
 # A result line of `pytest -v`: "tests/x.py::t PASSED [ 50%]", or under pytest-xdist "[gw0] [ 50%] PASSED tests/x.py::t"
 RESULT_LINE = re.compile(
